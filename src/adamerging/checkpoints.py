@@ -1,0 +1,316 @@
+"""Reading and writing checkpoints without executing code from them.
+
+The public task-vectors checkpoints are whole pickled modules (`torch.save(module)`) of classes from
+`src.modeling` and open_clip 2.0.2. Unpickling them normally imports those classes and can run any
+callable the file names. Here a restricted unpickler rebuilds tensors and containers only; every
+other class becomes an inert stand-in (an object that just keeps its pickled attributes), and a file
+that tries to *call* something outside a short allow-list is refused. Parameters and buffers are
+then collected from the stand-ins into a state dict, in the module's own order.
+
+Plain state dicts (weights-only `.pt`, `.safetensors`) load too, and the writers here produce both the
+task-vectors format (for the mini benchmark and test fixtures) and plain state dicts.
+"""
+from __future__ import annotations
+
+import _compat_pickle
+import collections
+import contextlib
+import copy
+import copyreg
+import io
+import os
+import pickle
+import sys
+import tempfile
+import types
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+
+class CheckpointError(Exception):
+    """A checkpoint file that cannot be read safely or does not hold what was expected."""
+
+
+# Callables a legitimate checkpoint needs: tensor/parameter rebuilders and plain containers.
+_SAFE_CALLABLES: dict[tuple[str, str], Any] = {
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): torch._utils._rebuild_parameter_with_state,
+    ("torch", "Size"): torch.Size,
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+    ("builtins", "tuple"): tuple,
+    ("builtins", "list"): list,
+    ("builtins", "dict"): dict,
+}
+# Classes whose pickled form is a call with plain arguments (enum members in torchvision transforms);
+# calling their stand-in only records the arguments.
+_INERT_CALLS = {
+    ("torchvision.transforms.functional", "InterpolationMode"),
+    ("torchvision.transforms.transforms", "InterpolationMode"),
+    ("torchvision.transforms.v2.functional", "InterpolationMode"),
+    ("torch", "device"),
+}
+
+
+class _StandInMeta(type):
+    def __call__(cls, *args, **kwargs):
+        if (cls._pickled_module, cls._pickled_name) in _INERT_CALLS:
+            obj = cls.__new__(cls)
+            obj.__dict__["_pickled_args"] = args
+            return obj
+        raise CheckpointError(
+            f"refused to call {cls._pickled_module}.{cls._pickled_name}: checkpoints may only rebuild "
+            "tensors and containers, and this one tries to run code"
+        )
+
+
+class _StandIn(metaclass=_StandInMeta):
+    """An inert object in place of a pickled class instance: keeps its state, runs nothing."""
+
+    _pickled_module = ""
+    _pickled_name = ""
+
+    def __new__(cls, *args, **kwargs):  # NEWOBJ path: no constructor code runs
+        return object.__new__(cls)
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple) and len(state) == 2 and (state[0] is None or isinstance(state[0], dict)):
+            state = {**(state[0] or {}), **(state[1] or {})}
+        if isinstance(state, dict):
+            self.__dict__.update(state)
+        else:
+            self.__dict__["_pickled_state"] = state
+
+    def __repr__(self) -> str:
+        return f"<stand-in for {self._pickled_module}.{self._pickled_name}>"
+
+
+_stand_ins: dict[tuple[str, str], type] = {}
+
+
+def _stand_in(module: str, name: str) -> type:
+    key = (module, name)
+    if key not in _stand_ins:
+        _stand_ins[key] = _StandInMeta(name, (_StandIn,), {"_pickled_module": module, "_pickled_name": name})
+    return _stand_ins[key]
+
+
+def _reconstructor(cls: Any, base: Any, state: Any) -> Any:
+    # copyreg._reconstructor (pickle protocols 0/1) re-implemented for stand-ins only.
+    if not (isinstance(cls, type) and issubclass(cls, _StandIn)) or base is not object:
+        raise CheckpointError(f"refused copyreg._reconstructor({cls!r}, {base!r})")
+    return cls.__new__(cls)
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        # Protocol-2 pickles name Python 2 modules (`__builtin__.set`); map them as pickle itself does.
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+        if (module, name) in _SAFE_CALLABLES:
+            return _SAFE_CALLABLES[(module, name)]
+        if (module, name) == ("copyreg", "_reconstructor"):
+            return _reconstructor
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        return _stand_in(module, name)
+
+
+# torch.load accepts a "pickle module": anything with Unpickler and load.
+_restricted_pickle = types.ModuleType("adamerging_restricted_pickle")
+_restricted_pickle.Unpickler = _RestrictedUnpickler
+_restricted_pickle.load = lambda f, **kw: _RestrictedUnpickler(f, **kw).load()
+_restricted_pickle.__dict__["__name__"] = "adamerging_restricted_pickle"
+
+
+@dataclass
+class LoadedCheckpoint:
+    state_dict: "collections.OrderedDict[str, torch.Tensor]"
+    kind: str  # "module:<module>.<Class>" for pickled modules, "state_dict" otherwise
+    attributes: dict[str, Any] = field(default_factory=dict)  # plain top-level attributes (e.g. normalize)
+
+
+def _module_state_dict(obj: Any, prefix: str, out: dict[str, torch.Tensor]) -> None:
+    """nn.Module.state_dict order: own parameters, persistent buffers, then submodules."""
+    state = obj.__dict__
+    for name, value in (state.get("_parameters") or {}).items():
+        if value is not None:
+            out[prefix + name] = value.detach() if isinstance(value, torch.Tensor) else value
+    non_persistent = state.get("_non_persistent_buffers_set") or set()
+    for name, value in (state.get("_buffers") or {}).items():
+        if value is not None and name not in non_persistent:
+            out[prefix + name] = value
+    for name, child in (state.get("_modules") or {}).items():
+        if child is not None:
+            _module_state_dict(child, prefix + name + ".", out)
+
+
+def _is_module_stand_in(obj: Any) -> bool:
+    return isinstance(obj, _StandIn) and "_modules" in obj.__dict__
+
+
+def _check_tensors(sd: dict[str, Any], path: Path) -> None:
+    for key, value in sd.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{path}: entry {key!r} is a {type(value).__name__}, expected a tensor")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"{path}: entry {key!r} contains NaN or inf values")
+
+
+def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
+    """Read a task-vectors pickled module, a weights-only `.pt` state dict, or a `.safetensors` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            sd = collections.OrderedDict(load_file(str(path)))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
+        _check_tensors(sd, path)
+        return LoadedCheckpoint(sd, "state_dict")
+    try:
+        obj = torch.load(path, map_location="cpu", pickle_module=_restricted_pickle, weights_only=False)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    except (pickle.UnpicklingError, EOFError, RuntimeError, zipfile.BadZipFile, ValueError, KeyError, AttributeError, TypeError, IndexError) as e:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
+    if _is_module_stand_in(obj):
+        sd: collections.OrderedDict[str, torch.Tensor] = collections.OrderedDict()
+        _module_state_dict(obj, "", sd)
+        attributes = {k: v for k, v in obj.__dict__.items() if isinstance(v, (bool, int, float, str))}
+        kind = f"module:{type(obj)._pickled_module}.{type(obj)._pickled_name}"
+    elif isinstance(obj, dict):
+        if "state_dict" in obj and isinstance(obj["state_dict"], dict):
+            obj = obj["state_dict"]
+        sd = collections.OrderedDict(obj)
+        attributes, kind = {}, "state_dict"
+    else:
+        raise CheckpointError(f"{path}: holds a {type(obj).__name__}, expected a module or a state dict")
+    if not sd:
+        raise CheckpointError(f"{path}: holds no tensors")
+    _check_tensors(sd, path)
+    return LoadedCheckpoint(sd, kind, attributes)
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing. The task-vectors format needs the classes `src.modeling.ImageEncoder` and
+# `ClassificationHead`; these mirror the originals and are registered under that module name only
+# while saving, so files written here look exactly like the public checkpoints.
+
+
+class ImageEncoder(torch.nn.Module):
+    """Mirror of task-vectors' `src.modeling.ImageEncoder` (text transformer deleted)."""
+
+    def __init__(self, clip_model: torch.nn.Module, keep_lang: bool = False):
+        super().__init__()
+        self.model = clip_model
+        self.train_preprocess = None
+        self.val_preprocess = None
+        self.cache_dir = None
+        if not keep_lang and hasattr(self.model, "transformer"):
+            delattr(self.model, "transformer")
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(images)
+
+
+class ClassificationHead(torch.nn.Linear):
+    """Mirror of task-vectors' `src.modeling.ClassificationHead`."""
+
+    def __init__(self, normalize: bool, weights: torch.Tensor, biases: torch.Tensor | None = None):
+        output_size, input_size = weights.shape
+        super().__init__(input_size, output_size)
+        self.normalize = normalize
+        self.weight = torch.nn.Parameter(weights.clone())
+        self.bias = torch.nn.Parameter(biases.clone() if biases is not None else torch.zeros_like(self.bias))
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if self.normalize:
+            inputs = inputs / inputs.norm(dim=-1, keepdim=True)
+        return super().forward(inputs)
+
+
+@contextlib.contextmanager
+def _as_src_modeling() -> Iterator[None]:
+    saved = {name: sys.modules.get(name) for name in ("src", "src.modeling")}
+    package = types.ModuleType("src")
+    package.__path__ = []
+    modeling = types.ModuleType("src.modeling")
+    modeling.ImageEncoder, modeling.ClassificationHead = ImageEncoder, ClassificationHead
+    package.modeling = modeling
+    originals = {cls: (cls.__module__, cls.__qualname__) for cls in (ImageEncoder, ClassificationHead)}
+    sys.modules["src"], sys.modules["src.modeling"] = package, modeling
+    for cls in originals:
+        cls.__module__ = "src.modeling"
+    try:
+        yield
+    finally:
+        for cls, (module, _) in originals.items():
+            cls.__module__ = module
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[Any]:
+    """Write to a temp file in the same folder, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def save_image_encoder(clip_model: torch.nn.Module, path: str | Path) -> None:
+    """Write a CLIP's image encoder as a task-vectors `ImageEncoder` pickle (text transformer deleted)."""
+    encoder = ImageEncoder(copy.deepcopy(clip_model).cpu())
+    with _as_src_modeling(), atomic_write(path) as f:
+        torch.save(encoder, f)
+
+
+def save_classification_head(weight: torch.Tensor, path: str | Path) -> None:
+    """Write a zero-shot head ([C, d] weights, zero bias, normalize=True) as a task-vectors pickle."""
+    head = ClassificationHead(True, weight.detach().cpu().float())
+    with _as_src_modeling(), atomic_write(path) as f:
+        torch.save(head, f)
+
+
+def save_state_dict(state_dict: dict[str, torch.Tensor], path: str | Path) -> None:
+    """A plain state dict: `.safetensors`, or a `.pt` that loads with `torch.load(weights_only=True)`."""
+    path = Path(path)
+    sd = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save
+
+        data = save(sd)
+        with atomic_write(path) as f:
+            f.write(data)
+    else:
+        with atomic_write(path) as f:
+            torch.save(collections.OrderedDict(sd), f)
+
+
+def load_state_dict(path: str | Path) -> "collections.OrderedDict[str, torch.Tensor]":
+    return load_checkpoint(path).state_dict

@@ -1,0 +1,124 @@
+"""Building the CLIP architectures with open_clip, never downloading weights.
+
+The task-vectors checkpoints hold an `ImageEncoder` whose state dict keys are `model.<name>`: the
+visual tower plus six text-side leftovers (the text transformer was deleted). We keep exactly that
+key set and order (the "canonical entries"), because row j of a published layer-wise coefficient
+table applies to entry j.
+"""
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+
+from . import _torchvision_compat  # noqa: F401
+import open_clip
+
+OPENAI_MODELS = ("ViT-B-32", "ViT-B-16", "ViT-L-14")
+MINI_MODEL = "mini"
+MODEL_NAMES = OPENAI_MODELS + (MINI_MODEL,)
+ENCODER_PREFIX = "model."
+VISUAL_PREFIX = "model.visual."
+
+_CONFIG_DIR = Path(__file__).parent / "model_configs"
+_registered = False
+
+
+def _register_configs() -> None:
+    global _registered
+    if not _registered:
+        open_clip.add_model_config(_CONFIG_DIR)
+        _registered = True
+
+
+def create_clip(model_name: str, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """An open_clip CLIP with random weights (weights are loaded from files afterwards).
+
+    QuickGELU is forced: the OpenAI weights were trained with it, and a current open_clip builds plain
+    GELU for `pretrained=None`, which loads the real checkpoints without error but silently lowers
+    every accuracy.
+    """
+    if model_name not in MODEL_NAMES:
+        raise ValueError(f"unknown model {model_name!r}; expected one of {', '.join(MODEL_NAMES)}")
+    _register_configs()
+    # open_clip logs a warning for every pretrained=None model; random init is the point here.
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=True, device=device)
+    finally:
+        logger.setLevel(level)
+    model.eval()
+    return model
+
+
+def get_tokenizer(model_name: str):
+    _register_configs()
+    return open_clip.get_tokenizer(model_name)
+
+
+def image_size(clip_model: torch.nn.Module) -> int:
+    size = clip_model.visual.image_size
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
+def normalization(clip_model: torch.nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean and std of the CLIP validation transform (OpenAI's values unless the config says otherwise)."""
+    cfg = getattr(clip_model.visual, "preprocess_cfg", None) or {}
+    mean = tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN))
+    std = tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD))
+    return mean, std
+
+
+def encoder_state_dict(clip_model: torch.nn.Module) -> "OrderedDict[str, torch.Tensor]":
+    """The task-vectors ImageEncoder state dict of a CLIP: `model.*` minus the text transformer.
+
+    The order is the module's registration order, which equals the checkpoints' own order (tested
+    against the vendored canonical entry lists).
+    """
+    out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+    for name, tensor in clip_model.state_dict(keep_vars=True).items():
+        if name.startswith("transformer.") or name == "logit_bias":
+            continue
+        out[ENCODER_PREFIX + name] = tensor
+    return out
+
+
+def visual_params(encoder_sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The visual tower's entries of an encoder state dict, keyed as in `clip.visual`."""
+    n = len(VISUAL_PREFIX)
+    return {k[n:]: v for k, v in encoder_sd.items() if k.startswith(VISUAL_PREFIX)}
+
+
+def load_encoder_weights(clip_model: torch.nn.Module, encoder_sd: dict[str, torch.Tensor], source: str = "") -> None:
+    """Copy an encoder state dict into `clip_model`; missing or unexpected keys are named in the error."""
+    expected = encoder_state_dict(clip_model)
+    missing = [k for k in expected if k not in encoder_sd]
+    unexpected = [k for k in encoder_sd if k not in expected]
+    where = f" in {source}" if source else ""
+    if missing or unexpected:
+        raise KeyError(
+            f"encoder weights{where} do not match the architecture: "
+            f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''} ({len(missing)}), "
+            f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''} ({len(unexpected)})"
+        )
+    with torch.no_grad():
+        for k, target in expected.items():
+            value = encoder_sd[k]
+            if tuple(value.shape) != tuple(target.shape):
+                raise ValueError(f"entry {k}{where}: shape {tuple(value.shape)}, architecture expects {tuple(target.shape)}")
+            target.copy_(value)
+
+
+def load_clip_weights(clip_model: torch.nn.Module, full_sd: dict[str, torch.Tensor], source: str = "") -> None:
+    """Load a full open_clip CLIP state dict (text tower included), naming missing/unexpected keys."""
+    result = clip_model.load_state_dict(full_sd, strict=False)
+    missing = [k for k in result.missing_keys if k != "attn_mask"]
+    if missing or result.unexpected_keys:
+        raise KeyError(
+            f"CLIP weights {source} do not match the architecture: missing {missing[:5]} ({len(missing)}), "
+            f"unexpected {list(result.unexpected_keys)[:5]} ({len(result.unexpected_keys)})"
+        )

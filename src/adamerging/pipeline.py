@@ -1,0 +1,305 @@
+"""The shared pipeline behind every `src/main_*.py`: load, merge (or learn the merge), evaluate, report.
+
+A method is a few facts (which task vectors, which table, whether to learn it); everything else is
+shared, so a fix lands once for every method.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from . import datasets as ds
+from .adaptation import AdaptConfig, MergedEncoder, TaskData, adamerge
+from .checkpoints import CheckpointError, load_checkpoint, save_state_dict
+from .evaluation import Normalizer, accuracy, predict
+from .heads import Head, load_head, zeroshot_weights
+from .checkpoints import save_classification_head
+from .merging import CoefficientTable, constant_table, load_table, merge, published_table, task_vectors, ties_select
+from .models import MODEL_NAMES, create_clip, encoder_state_dict, get_tokenizer, image_size, load_clip_weights, normalization
+from .reporting import markdown_table, package_versions, results_path, write_json
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str                      # results file name (script name without `main_`)
+    title: str                     # row label in tables
+    vectors: str = "plain"         # "plain" task vectors or "ties"-selected ones
+    adapt: str | None = None       # None (fixed table), "task" or "layer" (AdaMerging)
+    published: str | None = None   # key of the authors' table in published_merging_coefficients.json
+
+
+METHODS = {m.name: m for m in [
+    Method("zeroshot", "Zero-shot"),
+    Method("individual", "Individual"),
+    Method("weight_averaging", "Weight Averaging"),
+    Method("task_arithmetic", "Task Arithmetic"),
+    Method("ties_merging", "Ties-Merging", vectors="ties"),
+    Method("task_wise_adamerging", "Task-wise AdaMerging", adapt="task", published="tw_adamerging"),
+    Method("task_wise_adamergingpp", "Task-wise AdaMerging++", vectors="ties", adapt="task", published="tw_adamergingpp"),
+    Method("layer_wise_adamerging", "Layer-wise AdaMerging", adapt="layer", published="lw_adamerging"),
+    Method("layer_wise_adamergingpp", "Layer-wise AdaMerging++", vectors="ties", adapt="layer", published="lw_adamergingpp"),
+]}
+
+
+def build_parser(method: Method) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=f"{method.title}: merge CLIP image encoders fine-tuned on several tasks, evaluate every task's test split.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("models, data and outputs")
+    g.add_argument("--model", default="ViT-B-32", choices=MODEL_NAMES, help="CLIP architecture (`mini`: the embedded mini benchmark)")
+    g.add_argument("--checkpoints", default="checkpoints", help="root holding <model>/zeroshot.pt, <model>/<Task>/finetuned.pt, <model>/head_<Task>.pt")
+    g.add_argument("--data-location", default=None, help="root of the datasets (default: data/, or data/mini for --model mini)")
+    g.add_argument("--results-dir", default="results", help="results go to <results-dir>/<model>/<method>.json")
+    g.add_argument("--cache-dir", default=None, help="preprocessed-image and built-head cache (default: <data-location>/.cache)")
+    g.add_argument("--tasks", default=None, help="comma-separated tasks, in coefficient-column order (default: the 8 paper tasks, or <checkpoints>/<model>/tasks.txt)")
+    g.add_argument("--clip-weights", default=None, help="full open_clip CLIP weights to build missing zero-shot heads from the text tower (default: <checkpoints>/<model>/clip_pretrained.safetensors if present)")
+    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="compute device")
+    g.add_argument("--batch-size", type=int, default=128, help="evaluation batch size")
+    g.add_argument("--seed", type=int, default=0, help="seed for sampling and initialisation")
+    g.add_argument("--save-merged", default=None, help="write the merged image encoder here as a plain state dict (.safetensors or weights-only .pt)")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing results file instead of writing beside it")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    m = p.add_argument_group("merging")
+    m.add_argument("--lam", type=float, default=0.3 if method.name != "weight_averaging" else None, help="scaling coefficient for Task Arithmetic / TIES (weight averaging: 1/T)")
+    m.add_argument("--ties-k", type=float, default=0.2, help="TIES: fraction of each task vector kept (top-k by magnitude)")
+    m.add_argument("--ties-combine", default="sum", choices=["sum", "mean"], help="TIES: disjoint sum (the authors' code) or disjoint mean (the TIES paper)")
+    m.add_argument("--coefficients", default=None, help="evaluate a fixed table instead of learning one: 'published' (the authors') or a JSON written by this repo")
+    a = p.add_argument_group("AdaMerging (the four adamerging scripts)")
+    a.add_argument("--steps", type=int, default=500, help="optimizer steps")
+    a.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    a.add_argument("--init", type=float, default=0.3, help="initial task coefficient")
+    a.add_argument("--batch-size-adapt", type=int, default=16, help="images per unlabeled test batch")
+    a.add_argument("--batches-per-step", type=int, default=2, help="batches per task per step")
+    a.add_argument("--no-clamp", action="store_true", help="do not clamp coefficients to [0, 1] in the forward")
+    a.add_argument("--eval-every", type=int, default=0, help="also evaluate every N steps (trajectory); 0: only at start and end")
+    a.add_argument("--objective", default="entropy", choices=["entropy", "supervised"], help="entropy (AdaMerging) or cross-entropy with test labels (the paper's supervised oracle ablation)")
+    a.add_argument("--adapt-mode", default="fused", choices=["fused", "per-task"], help="one forward over all tasks' batches, or backward per task (less memory)")
+    return p
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def _find(folder: Path, stem: str) -> Path | None:
+    for suffix in (".pt", ".safetensors", ".bin"):
+        if (folder / (stem + suffix)).is_file():
+            return folder / (stem + suffix)
+    return None
+
+
+def to_encoder_entries(sd: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], source: Path) -> dict[str, torch.Tensor]:
+    """Any supported state dict -> the ImageEncoder layout (`model.*`) in canonical order.
+
+    Accepts the task-vectors encoder (`model.*`) and a whole open_clip CLIP (`visual.*`, text tower
+    dropped). Names missing/unexpected keys and shape mismatches.
+    """
+    if not any(k.startswith("model.") for k in sd):
+        sd = {"model." + k: v for k, v in sd.items() if not k.startswith("transformer.") and k not in ("attn_mask", "logit_bias")}
+    missing = [k for k in reference if k not in sd]
+    unexpected = [k for k in sd if k not in reference]
+    if missing or unexpected:
+        raise CheckpointError(f"{source}: entries do not match the architecture: missing {missing[:4]} ({len(missing)}), unexpected {unexpected[:4]} ({len(unexpected)})")
+    out = {}
+    for k, ref in reference.items():
+        if tuple(sd[k].shape) != tuple(ref.shape):
+            raise CheckpointError(f"{source}: entry {k!r} has shape {tuple(sd[k].shape)}, the architecture expects {tuple(ref.shape)}")
+        out[k] = sd[k].float()
+    return out
+
+
+def default_tasks(model_dir: Path) -> list[str]:
+    listing = model_dir / "tasks.txt"
+    if listing.is_file():
+        return [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+    return list(ds.TASKS)
+
+
+def parse_tasks(text: str | None, model_dir: Path) -> list[str]:
+    if not text:
+        return default_tasks(model_dir)
+    canonical = {t.lower(): t for t in ds.TASKS}
+    return [canonical.get(t.strip().lower(), t.strip()) for t in text.split(",") if t.strip()]
+
+
+@dataclass
+class Problem:
+    """Everything a merging method needs, loaded once."""
+
+    model: str
+    tasks: list[str]
+    clip: torch.nn.Module
+    keys: list[str]
+    theta0: dict[str, torch.Tensor]
+    tau: dict[str, torch.Tensor]
+    data: list[TaskData]
+    normalize: Normalizer
+
+
+def load_heads(args, model_dir: Path, tasks: Sequence[str], splits: dict[str, "ds.Split"], cache_dir: Path, data_root: Path) -> dict[str, Head]:
+    heads, missing = {}, []
+    for task in tasks:
+        path = _find(model_dir, f"head_{task}")
+        if path is not None:
+            heads[task] = load_head(path)
+        else:
+            missing.append(task)
+    if missing:
+        weights = Path(args.clip_weights) if args.clip_weights else _find(model_dir, "clip_pretrained")
+        if weights is None or not weights.is_file():
+            raise FileNotFoundError(
+                f"no head for {missing} ({model_dir}/head_<Task>.pt) and no CLIP weights to build one from the text tower: "
+                f"put the task-vectors heads there, or pass --clip-weights (a full open_clip state dict)")
+        clip = create_clip(args.model)
+        load_clip_weights(clip, load_checkpoint(weights).state_dict, str(weights))
+        tokenizer = get_tokenizer(args.model)
+        for task in missing:
+            cached = cache_dir / "heads" / args.model / f"head_{task}.pt"
+            if cached.is_file() and cached.stat().st_mtime >= weights.stat().st_mtime:
+                heads[task] = load_head(cached)
+                continue
+            weight = zeroshot_weights(clip, tokenizer, splits[task].classnames, ds.task_templates(task, data_root), device=args.device)
+            save_classification_head(weight, cached)
+            heads[task] = Head(weight)
+    for task in tasks:
+        if heads[task].num_classes != len(splits[task].classnames):
+            raise ValueError(f"{task}: head has {heads[task].num_classes} classes, the dataset has {len(splits[task].classnames)}")
+    return heads
+
+
+def load_problem(args, method: Method, timings: dict[str, float]) -> Problem:
+    t0 = time.perf_counter()
+    model_dir = Path(args.checkpoints) / args.model
+    data_root = Path(args.data_location or ("data/mini" if args.model == "mini" else "data"))
+    cache_dir = Path(args.cache_dir) if args.cache_dir else data_root / ".cache"
+    tasks = parse_tasks(args.tasks, model_dir)
+    clip = create_clip(args.model)
+    reference = encoder_state_dict(clip)
+    keys = list(reference)
+    base_path = _find(model_dir, "zeroshot")
+    if base_path is None:
+        raise FileNotFoundError(f"pretrained encoder not found: expected {model_dir}/zeroshot.pt (task-vectors layout) or .safetensors")
+    theta0 = to_encoder_entries(load_checkpoint(base_path).state_dict, reference, base_path)
+    experts = []
+    for task in tasks:
+        path = _find(model_dir / task, "finetuned")
+        if path is None:
+            raise FileNotFoundError(f"{task}: fine-tuned encoder not found: expected {model_dir}/{task}/finetuned.pt")
+        experts.append(to_encoder_entries(load_checkpoint(path).state_dict, reference, path))
+    tau = task_vectors(theta0, experts, tasks)
+    del experts
+    if method.vectors == "ties":
+        tau = ties_select(tau, args.ties_k, args.ties_combine)
+    timings["load_checkpoints"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    splits = {task: ds.read_split(task, data_root, "test") for task in tasks}
+    size = image_size(clip)
+    images = {task: ds.preprocess_images(splits[task], size, cache_dir / "images", progress=not args.no_progress) for task in tasks}
+    timings["load_data"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    heads = load_heads(args, model_dir, tasks, splits, cache_dir, data_root)
+    timings["load_heads"] = time.perf_counter() - t0
+    data = [TaskData(task, images[task], heads[task].to(args.device), torch.as_tensor(splits[task].labels, dtype=torch.long)) for task in tasks]
+    mean, std = normalization(clip)
+    return Problem(args.model, tasks, clip, keys, theta0, tau, data, Normalizer(mean, std, args.device))
+
+
+# ---------------------------------------------------------------------------------------------- running
+
+
+def evaluate_tasks(encoder, problem: Problem, batch_size: int, tasks: Sequence[TaskData] | None = None) -> dict[str, float]:
+    out = {}
+    for t in tasks or problem.data:
+        logits = predict(encoder, t.head, t.images, problem.normalize, batch_size)
+        out[t.name] = accuracy(logits, t.labels)
+    return out
+
+
+def fixed_table(args, method: Method, problem: Problem) -> CoefficientTable:
+    if args.coefficients == "published":
+        if method.published is None:
+            raise ValueError(f"{method.name}: the authors published coefficients only for the AdaMerging methods")
+        return published_table(method.published, problem.model).for_entries(problem.tasks, problem.keys, f"published {method.published}/{problem.model}")
+    if args.coefficients:
+        return load_table(args.coefficients).for_entries(problem.tasks, problem.keys, args.coefficients)
+    if method.name == "zeroshot":
+        return constant_table(problem.tasks, 0.0)
+    if method.name == "weight_averaging":
+        return constant_table(problem.tasks, 1.0 / len(problem.tasks) if args.lam is None else args.lam)
+    return constant_table(problem.tasks, args.lam)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run(method_name: str, argv: Sequence[str] | None = None) -> dict:
+    """Parse flags, run one method end to end, print its table and write its results JSON."""
+    method = METHODS[method_name]
+    args = build_parser(method).parse_args(argv)
+    seed_everything(args.seed)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    problem = load_problem(args, method, timings)
+    merged = MergedEncoder(problem.clip.visual, problem.theta0, problem.tau, problem.keys, args.device)
+    evaluate = lambda enc: evaluate_tasks(enc, problem, args.batch_size)  # noqa: E731
+    adaptation = None
+
+    t0 = time.perf_counter()
+    if method.name == "individual":
+        accs = {}
+        for i, t in enumerate(problem.data):
+            table = constant_table(problem.tasks, 0.0)
+            table.values[0, i + 1] = 1.0
+            accs.update(evaluate_tasks(merged.encoder(table.values), problem, args.batch_size, [t]))
+        table = None
+    elif method.adapt and not args.coefficients:
+        config = AdaptConfig(steps=args.steps, lr=args.lr, init=args.init, batch_size=args.batch_size_adapt,
+                             batches_per_step=args.batches_per_step, clamp=not args.no_clamp, granularity=method.adapt,
+                             objective=args.objective, mode=args.adapt_mode, eval_every=args.eval_every, seed=args.seed,
+                             progress=not args.no_progress)
+        adaptation = adamerge(merged, problem.data, problem.normalize, config, evaluate=evaluate)
+        table = adaptation.table
+        accs = adaptation.trajectory[-1]["accuracy"] if adaptation.trajectory and "accuracy" in adaptation.trajectory[-1] else evaluate(merged.encoder(table.values))
+    else:
+        table = fixed_table(args, method, problem)
+        accs = evaluate(merged.encoder(table.values))
+    timings["merge_adapt_evaluate"] = time.perf_counter() - t0
+
+    if args.save_merged and table is not None:
+        save_state_dict(merge(problem.theta0, problem.tau, table.values, problem.keys), args.save_merged)
+
+    average = sum(accs.values()) / len(accs)
+    print(markdown_table({method.title: accs}, problem.tasks))
+    timings["total"] = time.perf_counter() - started
+    result = {
+        "method": method.name, "title": method.title, "model": args.model, "tasks": problem.tasks,
+        "accuracy": accs, "average": average,
+        "coefficients": table.to_json() if table is not None else None,
+        "config": vars(args), "seed": args.seed, "versions": package_versions(), "timings_s": timings,
+    }
+    if adaptation is not None:
+        result["adaptation"] = {"step_seconds_median": adaptation.step_seconds, "adapt_seconds": adaptation.total_seconds,
+                                "trajectory": adaptation.trajectory}
+    path = results_path(Path(args.results_dir), args.model, method.name, args.overwrite)
+    write_json(result, path)
+    print(f"wrote {path}")
+    return result
+
+
+def main(method_name: str) -> None:
+    try:
+        run(method_name, sys.argv[1:])
+    except (FileNotFoundError, CheckpointError, ds.DatasetError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,115 @@
+"""Loading checkpoints without running code from them."""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import adamerging  # noqa: F401  (torchvision shim)
+import open_clip
+from adamerging.checkpoints import (CheckpointError, load_checkpoint, save_classification_head, save_image_encoder,
+                                    save_state_dict)
+from adamerging.models import create_clip, encoder_state_dict
+
+LEGACY = Path(__file__).parent / "legacy"
+
+
+def _legacy_modeling():
+    """Import the test-only `src.modeling` (only to *write* fixtures) and forget it afterwards."""
+    sys.path.insert(0, str(LEGACY))
+    try:
+        import src.modeling as modeling
+        return modeling
+    finally:
+        sys.path.remove(str(LEGACY))
+
+
+def _forget_legacy():
+    for name in ("src", "src.modeling"):
+        sys.modules.pop(name, None)
+
+
+def test_loads_a_task_vectors_pickle_without_importing_its_classes(tmp_path):
+    modeling = _legacy_modeling()
+    clip = create_clip("mini")
+    # real open_clip transforms, as the public files carry: their enum members are pickled as calls
+    val_preprocess = open_clip.image_transform(32, is_train=False)
+    expected = encoder_state_dict(clip)
+    expected = {k: v.detach().clone() for k, v in expected.items()}
+    encoder = modeling.ImageEncoder(clip, val_preprocess=val_preprocess, train_preprocess=val_preprocess)
+    head = modeling.ClassificationHead(True, torch.randn(5, 128))
+    torch.save(encoder, tmp_path / "zeroshot.pt")
+    torch.save(head, tmp_path / "head_MNIST.pt")
+    _forget_legacy()
+
+    loaded = load_checkpoint(tmp_path / "zeroshot.pt")
+    assert "src.modeling" not in sys.modules  # the original class was never imported
+    assert loaded.kind == "module:src.modeling.ImageEncoder"
+    assert list(loaded.state_dict) == list(expected)  # canonical order, text transformer absent
+    for k, v in expected.items():
+        assert torch.equal(loaded.state_dict[k], v), k
+    h = load_checkpoint(tmp_path / "head_MNIST.pt")
+    assert h.attributes["normalize"] is True
+    assert torch.equal(h.state_dict["weight"], head.weight.detach())
+    assert torch.equal(h.state_dict["bias"], torch.zeros(5))
+
+
+def test_package_writers_roundtrip(tmp_path):
+    clip = create_clip("mini")
+    save_image_encoder(clip, tmp_path / "enc.pt")
+    save_classification_head(torch.ones(3, 128), tmp_path / "head.pt")
+    ref = encoder_state_dict(clip)
+    got = load_checkpoint(tmp_path / "enc.pt").state_dict
+    assert list(got) == list(ref) and all(torch.equal(got[k], ref[k]) for k in ref)
+    assert torch.equal(load_checkpoint(tmp_path / "head.pt").state_dict["weight"], torch.ones(3, 128))
+    assert "src" not in sys.modules
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_plain_state_dicts_load_and_are_readable_without_this_repo(tmp_path, suffix):
+    sd = {"a": torch.randn(2, 3), "b": torch.arange(4)}
+    save_state_dict(sd, tmp_path / f"sd{suffix}")
+    got = load_checkpoint(tmp_path / f"sd{suffix}").state_dict
+    assert torch.equal(got["a"], sd["a"]) and torch.equal(got["b"], sd["b"])
+    if suffix == ".pt":
+        assert torch.equal(torch.load(tmp_path / "sd.pt", weights_only=True)["a"], sd["a"])
+    else:
+        from safetensors.torch import load_file
+        assert torch.equal(load_file(str(tmp_path / "sd.safetensors"))["a"], sd["a"])
+
+
+class _RunsACommand:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_pickle_that_runs_a_command_is_refused_and_runs_nothing(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    torch.save({"weight": torch.zeros(2), "payload": _RunsACommand(marker)}, path)
+    with pytest.raises(CheckpointError, match=r"evil\.pt.*refused to call (posix|os)\.system"):
+        load_checkpoint(path)
+    assert not marker.exists()
+    # the same file would run the command with plain pickle semantics: the test is meaningful
+    torch.load(path, weights_only=False)
+    assert marker.exists()
+
+
+def test_garbage_truncated_and_nan_files_give_one_line_errors(tmp_path):
+    (tmp_path / "text.pt").write_text("this is not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"text\.pt: not a readable PyTorch checkpoint"):
+        load_checkpoint(tmp_path / "text.pt")
+    save_state_dict({"w": torch.randn(100)}, tmp_path / "ok.pt")
+    data = (tmp_path / "ok.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"cut\.pt"):
+        load_checkpoint(tmp_path / "cut.pt")
+    save_state_dict({"w": torch.tensor([1.0, float("nan")])}, tmp_path / "nan.pt")
+    with pytest.raises(CheckpointError, match=r"nan\.pt: entry 'w' contains NaN"):
+        load_checkpoint(tmp_path / "nan.pt")
+    with pytest.raises(CheckpointError, match="no such file"):
+        load_checkpoint(tmp_path / "missing.pt")

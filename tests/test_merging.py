@@ -1,0 +1,147 @@
+"""Task Arithmetic, TIES and the merge function against obviously-correct dense references."""
+import itertools
+
+import pytest
+import torch
+
+from adamerging.merging import (CoefficientTable, constant_table, load_table, merge, published_table, task_vectors,
+                                ties_select)
+
+
+def _reference_ties(tvs: list[dict], k: float, combine: str) -> list[dict]:
+    """Element-by-element TIES, written for clarity, not speed."""
+    keys = sorted(tvs[0])
+    flat = [[float(x) for key in keys for x in tv[key].flatten()] for tv in tvs]
+    d = len(flat[0])
+    kth = max(d - int(d * k), 1)
+    trimmed = []
+    for row in flat:
+        cutoff = sorted(abs(x) for x in row)[kth - 1]
+        trimmed.append([x if abs(x) >= cutoff else 0.0 for x in row])
+    sums = [sum(row[i] for row in trimmed) for i in range(d)]
+    sign = [(s > 0) - (s < 0) for s in sums]
+    total = sum(sign)
+    majority = (total > 0) - (total < 0)
+    sign = [s if s != 0 else majority for s in sign]
+    selected = [[x if (sign[i] > 0 and x > 0) or (sign[i] < 0 and x < 0) else 0.0 for i, x in enumerate(row)] for row in trimmed]
+    if combine == "mean":
+        counts = [max(1, sum(1 for row in selected if row[i] != 0)) for i in range(d)]
+        selected = [[x / counts[i] for i, x in enumerate(row)] for row in selected]
+    out = []
+    for row in selected:
+        sd, offset = {}, 0
+        for key in keys:
+            n = tvs[0][key].numel()
+            sd[key] = torch.tensor(row[offset:offset + n]).reshape(tvs[0][key].shape)
+            offset += n
+        out.append(sd)
+    return out
+
+
+def _stack(tvs):
+    return {key: torch.stack([tv[key] for tv in tvs]) for key in tvs[0]}
+
+
+def _small_problem(seed=0, tasks=3):
+    g = torch.Generator().manual_seed(seed)
+    theta0 = {"b.weight": torch.randn(3, 2, generator=g), "a.bias": torch.randn(4, generator=g), "c": torch.randn(1, generator=g)}
+    finetuned = [{k: v + torch.randn(v.shape, generator=g) for k, v in theta0.items()} for _ in range(tasks)]
+    return theta0, finetuned
+
+
+def test_task_vectors_and_task_arithmetic_match_reference():
+    theta0, finetuned = _small_problem()
+    tau = task_vectors(theta0, finetuned)
+    merged = merge(theta0, tau, constant_table(["x", "y", "z"], 0.3).values)
+    for key in theta0:
+        expected = theta0[key] + 0.3 * sum(ft[key] - theta0[key] for ft in finetuned)
+        torch.testing.assert_close(merged[key], expected)
+
+
+@pytest.mark.parametrize("combine", ["sum", "mean"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ties_matches_reference(seed, combine):
+    theta0, finetuned = _small_problem(seed)
+    tvs = [{k: ft[k] - theta0[k] for k in theta0} for ft in finetuned]
+    ours = ties_select(_stack(tvs), 0.2, combine)
+    ref = _reference_ties(tvs, 0.2, combine)
+    for t, key in itertools.product(range(3), theta0):
+        torch.testing.assert_close(ours[key][t], ref[t][key])
+
+
+def test_ties_keeps_ties_at_cutoff_and_uses_majority_for_zero_sums():
+    # Task 0 has three entries tied at the cut-off magnitude: all are kept.
+    # Entry 0: +1 and -1 cancel (sum 0) -> elected sign is the majority sign of the rest (+).
+    tvs = [
+        {"w": torch.tensor([1.0, 2.0, 2.0, 2.0, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1])},
+        {"w": torch.tensor([-1.0, 3.0, 3.0, 3.0, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1])},
+    ]
+    ref = _reference_ties(tvs, 0.3, "sum")
+    ours = ties_select(_stack(tvs), 0.3, "sum")
+    for t in range(2):
+        torch.testing.assert_close(ours["w"][t], ref[t]["w"])
+    # k = 10 - int(3) = 7th smallest |x| of task 0 is 2.0: the three 2.0 entries survive (ties kept).
+    assert ours["w"][0][1:4].tolist() == [2.0, 2.0, 2.0]
+    # entry 0 sums to 0: the majority sign (+) wins, so task 0's +1 is kept and task 1's -1 zeroed.
+    assert ours["w"][0][0] == 1.0 and ours["w"][1][0] == 0.0
+
+
+def test_ties_full_k_is_identity_when_signs_agree():
+    tvs = [{"w": torch.tensor([1.0, 2.0, -3.0])}, {"w": torch.tensor([0.5, 1.0, -1.0])}]
+    out = ties_select(_stack(tvs), 1.0, "sum")
+    torch.testing.assert_close(out["w"], _stack(tvs)["w"])
+
+
+def test_layer_wise_rows_apply_to_their_entries():
+    theta0, finetuned = _small_problem()
+    tau = task_vectors(theta0, finetuned)
+    keys = list(theta0)
+    values = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 0.5, 0.1, 0.9], [1.0, 1.0, 0.0, 0.0]])
+    merged = merge(theta0, tau, values, keys)
+    torch.testing.assert_close(merged["b.weight"], theta0["b.weight"])  # all-zero row: theta_0 untouched
+    torch.testing.assert_close(merged["a.bias"], theta0["a.bias"] + 0.5 * tau["a.bias"][0] + 0.1 * tau["a.bias"][1] + 0.9 * tau["a.bias"][2])
+    torch.testing.assert_close(merged["c"], finetuned[0]["c"])
+
+
+def test_merge_rejects_wrong_shapes():
+    theta0, finetuned = _small_problem()
+    tau = task_vectors(theta0, finetuned)
+    with pytest.raises(ValueError, match="rows"):
+        merge(theta0, tau, torch.ones(2, 4))
+    with pytest.raises(ValueError, match="columns"):
+        merge(theta0, tau, torch.ones(1, 3))
+
+
+def test_task_vectors_name_the_mismatch():
+    theta0, finetuned = _small_problem()
+    finetuned[1]["a.bias"] = torch.zeros(5)
+    with pytest.raises(ValueError, match=r"Cars.*a\.bias.*\(5,\).*\(4,\)"):
+        task_vectors(theta0, finetuned, ["SUN397", "Cars", "DTD"])
+
+
+def test_published_tables_have_the_papers_shapes():
+    for method, model, rows in [("lw_adamerging", "ViT-B-32", 158), ("lw_adamergingpp", "ViT-L-14", 302), ("tw_adamerging", "ViT-B-32", 1)]:
+        table = published_table(method, model)
+        assert tuple(table.values.shape) == (rows, 9)
+        assert (table.values[:, 0] == 1).all()
+    with pytest.raises(ValueError, match="published"):
+        published_table("lw_adamerging", "mini")
+
+
+def test_table_reorders_columns_and_checks_rows(tmp_path):
+    table = CoefficientTable(torch.tensor([[1.0, 0.1, 0.2], [1.0, 0.3, 0.4]]), ["A", "B"], ["k0", "k1"])
+    sub = table.for_entries(["B"], ["k0", "k1"])
+    torch.testing.assert_close(sub.values, torch.tensor([[1.0, 0.2], [1.0, 0.4]]))
+    with pytest.raises(ValueError, match="no column"):
+        table.for_entries(["C"], ["k0", "k1"])
+    with pytest.raises(ValueError, match="rows"):
+        table.for_entries(["A"], ["k0", "k1", "k2"])
+    with pytest.raises(ValueError, match="row 1"):
+        table.for_entries(["A"], ["k0", "kX"])
+    path = tmp_path / "t.json"
+    import json
+    path.write_text(json.dumps({"coefficients": table.to_json()}))
+    assert torch.equal(load_table(path).values, table.values)
+    path.write_text(json.dumps({"values": [[1, 2]]}))
+    with pytest.raises(ValueError, match="columns"):
+        load_table(path)

@@ -168,7 +168,7 @@ def adamerge(
                 labels = t.labels[i].to(merged.device) if config.objective == "supervised" else None
                 loss = loss + _task_loss(t.head(f), labels, config.batches_per_step, config.objective)
             loss.backward()
-            loss_value = float(loss)
+            loss_value = float(loss.detach())
         elif config.mode == "per-task":
             # Backward one task at a time into detached copies of the merged parameters, then once
             # from those into the table: peak activation memory of one task, same gradient.
@@ -177,7 +177,7 @@ def adamerge(
                 labels = t.labels[i].to(merged.device) if config.objective == "supervised" else None
                 loss = _task_loss(t.head(merged(leaves, normalize(t.images[i]))), labels, config.batches_per_step, config.objective)
                 loss.backward()
-                loss_value += float(loss)
+                loss_value += float(loss.detach())
             torch.autograd.backward([params[k] for k in leaves], [leaves[k].grad for k in leaves])
         else:
             raise ValueError(f"mode must be 'fused' or 'per-task', got {config.mode!r}")

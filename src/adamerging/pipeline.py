@@ -291,7 +291,11 @@ def run(method_name: str, argv: Sequence[str] | None = None) -> dict:
     if adaptation is not None:
         result["adaptation"] = {"step_seconds_median": adaptation.step_seconds, "adapt_seconds": adaptation.total_seconds,
                                 "trajectory": adaptation.trajectory}
-    path = results_path(Path(args.results_dir), args.model, method.name, args.overwrite)
+    # variants get their own file, so they never replace the method's main result
+    name = method.name + ("_supervised" if method.adapt and args.objective == "supervised" and not args.coefficients else "") \
+        + ("_published" if args.coefficients == "published" else "")
+    result["result_name"] = name
+    path = results_path(Path(args.results_dir), args.model, name, args.overwrite)
     write_json(result, path)
     print(f"wrote {path}")
     return result

@@ -1,0 +1,33 @@
+"""Random-weight checkpoints in the real task-vectors layout (the files the public release has)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+from adamerging.checkpoints import save_classification_head, save_image_encoder, save_state_dict
+from adamerging.heads import zeroshot_weights
+from adamerging.models import create_clip, get_tokenizer
+
+
+def write_random_checkpoints(root: Path, model: str, classes: Mapping[str, int], heads: Mapping[str, bool] | None = None,
+                             scale: float = 0.05, seed: int = 0) -> Path:
+    """<root>/<model>/zeroshot.pt, <Task>/finetuned.pt (theta_0 + noise), head_<Task>.pt where
+    heads[task] is true (others must be built from clip_pretrained.safetensors, also written)."""
+    torch.manual_seed(seed)
+    folder = Path(root) / model
+    clip = create_clip(model)
+    save_state_dict(clip.state_dict(), folder / "clip_pretrained.safetensors")
+    save_image_encoder(clip, folder / "zeroshot.pt")
+    for i, (task, num_classes) in enumerate(classes.items()):
+        expert = create_clip(model)
+        expert.load_state_dict(clip.state_dict())
+        with torch.no_grad():
+            for p in expert.visual.parameters():
+                p.add_(scale * p.abs().mean() * torch.randn_like(p))
+        save_image_encoder(expert, folder / task / "finetuned.pt")
+        if heads is None or heads.get(task, True):
+            weight = torch.nn.functional.normalize(torch.randn(num_classes, clip.visual.output_dim), dim=1) * 100
+            save_classification_head(weight, folder / f"head_{task}.pt")
+    return folder

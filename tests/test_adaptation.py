@@ -1,0 +1,113 @@
+"""The functional merge-and-forward loop: gradients, clamp, equivalence with in-place merging, learning."""
+import pytest
+import torch
+
+from adamerging.adaptation import AdaptConfig, CoefficientModel, MergedEncoder, TaskData, adamerge, softmax_entropy
+from adamerging.evaluation import Normalizer
+from adamerging.heads import Head
+from adamerging.merging import merge, published_table
+from adamerging.models import VISUAL_PREFIX, create_clip, encoder_state_dict, load_encoder_weights, normalization
+
+
+def _problem(model="mini", tasks=2, classes=4, images=32, scale=0.02, seed=0):
+    torch.manual_seed(seed)
+    clip = create_clip(model)
+    theta0 = {k: v.detach().clone() for k, v in encoder_state_dict(clip).items()}
+    keys = list(theta0)
+    g = torch.Generator().manual_seed(seed + 1)
+    tau = {k: scale * torch.randn((tasks, *v.shape), generator=g) * max(float(v.std()) if v.numel() > 1 else 1.0, 0.05) for k, v in theta0.items()}
+    dim = clip.visual.output_dim
+    size = clip.visual.image_size[0]
+    data = [TaskData(f"T{i}", torch.randint(0, 256, (images, 3, size, size), generator=g, dtype=torch.uint8),
+                     Head(torch.nn.functional.normalize(torch.randn(classes, dim, generator=g), dim=1) * 30.0),
+                     torch.randint(0, classes, (images,), generator=g)) for i in range(tasks)]
+    mean, std = normalization(clip)
+    return clip, theta0, tau, keys, data, Normalizer(mean, std, "cpu")
+
+
+def _loss(merged, data, normalize, coefficients):
+    params = merged.params(coefficients())
+    return sum(softmax_entropy(t.head(merged(params, normalize(t.images[:8])))).mean() for t in data)
+
+
+def test_gradient_reaches_exactly_the_coefficients_and_text_rows_get_none():
+    clip, theta0, tau, keys, data, normalize = _problem()
+    merged = MergedEncoder(clip.visual, theta0, tau, keys, "cpu")
+    coefficients = CoefficientModel(len(keys), 2, 0.3, clamp=True)
+    _loss(merged, data, normalize, coefficients).backward()
+    grad = coefficients.raw.grad
+    visual_rows = torch.tensor([k.startswith(VISUAL_PREFIX) for k in keys])
+    assert (grad[visual_rows].abs().sum(dim=1) > 0).all()       # every visual entry learns
+    assert (grad[~visual_rows] == 0).all()                      # text-side rows never get a gradient
+    assert not any(p.requires_grad for p in merged.visual.parameters())
+    assert all(v.grad is None and not v.requires_grad for v in [*merged.theta0.values(), *merged.tau.values()])
+    assert all(t.head.weight.grad is None for t in data)
+
+
+def test_clamp_gives_zero_gradient_outside_unit_interval():
+    clip, theta0, tau, keys, data, normalize = _problem()
+    merged = MergedEncoder(clip.visual, theta0, tau, keys, "cpu")
+    j = keys.index("model.visual.proj")
+    for clamp, expect_zero in [(True, True), (False, False)]:
+        coefficients = CoefficientModel(len(keys), 2, 0.3, clamp=clamp)
+        with torch.no_grad():
+            coefficients.raw[j, 0] = 1.5
+            coefficients.raw[j, 1] = -0.2
+        _loss(merged, data, normalize, coefficients).backward()
+        assert (coefficients.raw.grad[j] == 0).all() == expect_zero
+        assert coefficients.raw.grad[j + 1].abs().sum() > 0
+
+
+def test_functional_model_with_published_table_equals_in_place_merge():
+    # The real ViT-B/32 architecture (random weights) and the authors' 158-row table, two tasks.
+    clip, theta0, tau, keys, _, normalize = _problem("ViT-B-32", tasks=2, images=1)
+    table = published_table("lw_adamerging", "ViT-B-32").for_entries(["SVHN", "MNIST"], keys).values
+    assert (table[:, 1:] == 0).any(axis=1).any()
+    merged = MergedEncoder(clip.visual, theta0, tau, keys, "cpu")
+    x = normalize(torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8))
+    with torch.no_grad():
+        functional = merged(merged.params(table), x)
+        reference_model = create_clip("ViT-B-32")
+        load_encoder_weights(reference_model, merge(theta0, tau, table, keys))
+        in_place = reference_model.encode_image(x)
+    torch.testing.assert_close(functional, in_place, rtol=1e-4, atol=1e-5)
+
+
+def _run(data, clip, theta0, tau, keys, normalize, **overrides):
+    config = AdaptConfig(**{"steps": 20, "lr": 0.02, "batch_size": 16, "batches_per_step": 2, "progress": False, **overrides})
+    merged = MergedEncoder(clip.visual, theta0, tau, keys, "cpu")
+    return adamerge(merged, data, normalize, config)
+
+
+def test_entropy_decreases_and_tables_have_the_right_shapes():
+    clip, theta0, tau, keys, data, normalize = _problem(scale=0.2)
+    layer = _run(data, clip, theta0, tau, keys, normalize)  # 32 images = 2 x 16: the whole set every step
+    losses = [r["loss"] for r in layer.trajectory if "loss" in r]
+    assert losses[-1] < losses[0] - 0.01
+    assert tuple(layer.table.values.shape) == (len(keys), 3) and layer.table.rows == keys
+    assert (layer.table.values[:, 0] == 1).all()
+    text_rows = [j for j, k in enumerate(keys) if not k.startswith(VISUAL_PREFIX)]
+    assert torch.allclose(layer.table.values[text_rows, 1:], torch.tensor(0.3))
+    task = _run(data, clip, theta0, tau, keys, normalize, granularity="task", steps=3)
+    assert tuple(task.table.values.shape) == (1, 3) and task.table.rows is None
+
+
+def test_same_seed_same_coefficients_and_per_task_mode_matches_fused():
+    clip, theta0, tau, keys, data, normalize = _problem(images=64)
+    a = _run(data, clip, theta0, tau, keys, normalize, steps=5, seed=3)
+    b = _run(data, clip, theta0, tau, keys, normalize, steps=5, seed=3)
+    c = _run(data, clip, theta0, tau, keys, normalize, steps=5, seed=3, mode="per-task")
+    assert torch.equal(a.table.values, b.table.values)
+    torch.testing.assert_close(a.table.values, c.table.values, rtol=0, atol=1e-5)
+    d = _run(data, clip, theta0, tau, keys, normalize, steps=5, seed=4)
+    assert not torch.equal(a.table.values, d.table.values)
+
+
+def test_supervised_oracle_reads_labels_and_entropy_does_not():
+    clip, theta0, tau, keys, data, normalize = _problem()
+    sup = _run(data, clip, theta0, tau, keys, normalize, steps=2, objective="supervised")
+    assert sup.table.values.shape[0] == len(keys)
+    unlabeled = [TaskData(t.name, t.images, t.head, None) for t in data]
+    _run(unlabeled, clip, theta0, tau, keys, normalize, steps=2)  # entropy never touches labels
+    with pytest.raises(ValueError, match="labels"):
+        _run(unlabeled, clip, theta0, tau, keys, normalize, steps=2, objective="supervised")

@@ -1,0 +1,334 @@
+"""Tests of adamerging.datasets on tiny fake datasets written in the real layouts (tests/fake_data.py)."""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import adamerging  # noqa: F401  (before torchvision: installs the compat shim)
+from adamerging import datasets as ds
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fake_data import read_expected, write_fake_dataset  # noqa: E402
+
+TASKS = ds.TASKS
+
+
+def _check_against_expected(split: ds.Split, root: Path, which: str) -> None:
+    exp = read_expected(split.task, root, which)
+    assert len(split) == exp["n"]
+    assert split.labels.dtype == np.int64
+    assert split.labels.tolist() == exp["labels"]
+    assert split.classnames == exp["classnames"]
+    if exp["files"] is not None:
+        assert [os.path.basename(p) for p in split.images] == exp["files"]
+        assert all(os.path.isfile(p) for p in split.images)
+    else:
+        assert isinstance(split.images, np.ndarray) and split.images.dtype == np.uint8
+        assert split.images.ndim == 4 and split.images.shape[-1] == 3
+        assert hashlib.sha1(np.ascontiguousarray(split.images).data).hexdigest() == exp["images_sha1"]
+
+
+# ----- reading ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", ["task_vectors", "fork"])
+@pytest.mark.parametrize("task", TASKS)
+def test_test_split_reads_back(tmp_path: Path, task: str, layout: str) -> None:
+    write_fake_dataset(task, tmp_path, n_per_class=1 if task == "Cars" else 2, layout=layout)
+    split = ds.read_split(task, tmp_path, "test")
+    assert split.task == task and split.split == "test"
+    _check_against_expected(split, tmp_path, "test")
+    full = {"Cars": 196, "RESISC45": 45, "EuroSAT": 10, "SVHN": 10, "GTSRB": 43, "MNIST": 10, "DTD": 47}
+    if task in full:
+        assert len(split.classnames) == full[task]
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_train_split_reads_back(tmp_path: Path, task: str) -> None:
+    write_fake_dataset(task, tmp_path, n_per_class=1, split="both")
+    _check_against_expected(ds.read_split(task, tmp_path, "train"), tmp_path, "train")
+    _check_against_expected(ds.read_split(task, tmp_path, "test"), tmp_path, "test")
+
+
+def test_task_lookup_is_case_insensitive(tmp_path: Path) -> None:
+    write_fake_dataset("MNIST", tmp_path, n_per_class=1)
+    assert ds.read_split("mnist", tmp_path).task == "MNIST"
+    assert ds.read_split("MNIST", tmp_path).task == "MNIST"
+    assert ds.canonical_task("eurosat") == "EuroSAT"
+    with pytest.raises(ds.DatasetError) as err:
+        ds.read_split("ImageNet", tmp_path)
+    for t in TASKS:
+        assert t in str(err.value)
+
+
+def test_cars_labels_are_one_based_in_the_mat(tmp_path: Path) -> None:
+    import scipy.io
+
+    base = write_fake_dataset("Cars", tmp_path, n_per_class=1, num_classes=5)
+    annos = scipy.io.loadmat(base / "cars_test_annos_withlabels.mat", squeeze_me=True)["annotations"]
+    stored = np.asarray([int(a["class"]) for a in annos])
+    assert stored.min() == 1 and stored.max() == 5
+    split = ds.read_split("Cars", tmp_path)
+    assert split.labels.tolist() == (stored - 1).tolist()
+    assert split.classnames[3] == "Make3 Model 3 2003"  # cars_meta.mat name, `_` -> space
+
+
+def test_svhn_label_10_means_zero(tmp_path: Path) -> None:
+    import scipy.io
+
+    base = write_fake_dataset("SVHN", tmp_path, n_per_class=3)
+    mat = scipy.io.loadmat(base / "test_32x32.mat")
+    y = mat["y"].reshape(-1)
+    assert (y == 10).sum() == 3 and (y == 0).sum() == 0
+    split = ds.read_split("SVHN", tmp_path)
+    assert (split.labels[y == 10] == 0).all()
+    assert (split.labels[y != 10] == y[y != 10]).all()
+    np.testing.assert_array_equal(split.images[5], mat["X"][:, :, :, 5])
+
+
+def test_mnist_gz_files(tmp_path: Path) -> None:
+    base = write_fake_dataset("MNIST", tmp_path, n_per_class=2)
+    before = ds.read_split("MNIST", tmp_path)
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        raw = base / "raw" / name
+        with gzip.open(f"{raw}.gz", "wb") as f:
+            f.write(raw.read_bytes())
+        raw.unlink()
+    after = ds.read_split("MNIST", tmp_path)
+    np.testing.assert_array_equal(after.labels, before.labels)
+    np.testing.assert_array_equal(after.images, before.images)
+    assert (after.images[..., 0] == after.images[..., 2]).all()  # grayscale replicated to 3 channels
+
+
+def test_test_dir_choice_when_both_layouts_exist(tmp_path: Path) -> None:
+    write_fake_dataset("DTD", tmp_path, n_per_class=1, num_classes=3, layout="task_vectors")
+    write_fake_dataset("DTD", tmp_path, n_per_class=2, num_classes=3, layout="fork")
+    assert ds.read_split("DTD", tmp_path).source.endswith("val")  # task-vectors' folder first
+    picked = ds.read_split("DTD", tmp_path, test_dir="test")
+    assert picked.source.endswith("test") and len(picked) == 6
+
+
+# ----- overrides ----------------------------------------------------------------------------------
+
+
+def test_classnames_override(tmp_path: Path) -> None:
+    base = write_fake_dataset("SUN397", tmp_path, n_per_class=1, num_classes=3)
+    assert ds.read_split("SUN397", tmp_path).classnames == ["abbey", "airplane cabin", "bedroom"]
+    (base / "classnames.txt").write_text("one\ntwo\nthree\n")
+    assert ds.read_split("SUN397", tmp_path).classnames == ["one", "two", "three"]
+    (base / "classnames.txt").write_text("one\ntwo\n")
+    with pytest.raises(ds.DatasetError, match="classnames.txt"):
+        ds.read_split("SUN397", tmp_path)
+
+
+def test_fewer_classes_than_fixed_list_needs_classnames_txt(tmp_path: Path) -> None:
+    base = write_fake_dataset("RESISC45", tmp_path, n_per_class=1, num_classes=5)
+    with pytest.raises(ds.DatasetError, match=r"found 5 class folders.*45 names.*classnames\.txt"):
+        ds.read_split("RESISC45", tmp_path)
+    names = ["plane", "port", "diamond", "court", "beach"]
+    (base / "classnames.txt").write_text("\n".join(names))
+    split = ds.read_split("RESISC45", tmp_path)
+    assert split.classnames == names
+    assert split.labels.tolist() == read_expected("RESISC45", tmp_path)["labels"]
+
+
+def test_label_only_tasks_check_labels_against_names(tmp_path: Path) -> None:
+    base = write_fake_dataset("GTSRB", tmp_path, n_per_class=1, num_classes=4)
+    assert len(ds.read_split("GTSRB", tmp_path).classnames) == 43  # labels 0..3 fit the fixed list
+    (base / "classnames.txt").write_text("a\nb\nc\nd\n")
+    assert ds.read_split("GTSRB", tmp_path).classnames == ["a", "b", "c", "d"]
+    (base / "classnames.txt").write_text("a\nb\nc\n")
+    with pytest.raises(ds.DatasetError, match=r"range over \[0, 3\].*3 names"):
+        ds.read_split("GTSRB", tmp_path)
+
+
+def test_eurosat_unknown_folder_needs_classnames_txt(tmp_path: Path) -> None:
+    base = write_fake_dataset("EuroSAT", tmp_path, n_per_class=1, num_classes=3)
+    assert ds.read_split("EuroSAT", tmp_path).classnames == [
+        "annual crop land", "forest", "brushland or shrubland"]
+    (base / "test" / "Glacier").mkdir()
+    (base / "test" / "Glacier" / "x.jpg").write_bytes((base / "test" / "Forest" / "img_0000.jpg").read_bytes())
+    with pytest.raises(ds.DatasetError, match="Glacier"):
+        ds.read_split("EuroSAT", tmp_path)
+
+
+def test_templates(tmp_path: Path) -> None:
+    base = write_fake_dataset("MNIST", tmp_path, n_per_class=1)
+    assert ds.task_templates("mnist", tmp_path) == ['a photo of the number: "{c}".']
+    assert len(ds.task_templates("Cars", tmp_path / "nowhere")) == 8  # built-ins need no data
+    (base / "templates.txt").write_text("a {c}.\na digit {c}.\n")
+    assert ds.task_templates("MNIST", tmp_path) == ["a {c}.", "a digit {c}."]
+    (base / "templates.txt").write_text("a {c}.\nno placeholder\n")
+    with pytest.raises(ds.DatasetError, match="placeholder"):
+        ds.task_templates("MNIST", tmp_path)
+
+
+# ----- errors -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_missing_dataset_names_expected_path(tmp_path: Path, task: str) -> None:
+    with pytest.raises(ds.DatasetError) as err:
+        ds.read_split(task, tmp_path)
+    msg = str(err.value)
+    assert msg.startswith(f"{task}: expected {tmp_path / ds.TASK_DIRS[task]}")
+    assert "not found" in msg and str(tmp_path) in msg
+
+
+def test_missing_mnist_message(tmp_path: Path) -> None:
+    (tmp_path / "MNIST").mkdir()
+    with pytest.raises(ds.DatasetError) as err:
+        ds.read_split("MNIST", tmp_path)
+    msg = str(err.value)
+    assert f"expected {tmp_path / 'MNIST' / 'raw' / 't10k-images-idx3-ubyte'} (torchvision's MNIST layout)" in msg
+    assert f"{tmp_path / 'MNIST'} exists but is empty" in msg
+
+
+def test_missing_sun397_mentions_both_layouts(tmp_path: Path) -> None:
+    (tmp_path / "sun397" / "train").mkdir(parents=True)
+    with pytest.raises(ds.DatasetError) as err:
+        ds.read_split("SUN397", tmp_path)
+    msg = str(err.value)
+    assert str(tmp_path / "sun397" / "val") in msg and str(tmp_path / "sun397" / "test") in msg
+    assert "train" in msg  # what was found instead
+
+
+def test_empty_class_folder(tmp_path: Path) -> None:
+    base = write_fake_dataset("DTD", tmp_path, n_per_class=1, num_classes=3)
+    (base / "val" / "zz_empty").mkdir()
+    with pytest.raises(ds.DatasetError, match=str(base / "val" / "zz_empty")):
+        ds.read_split("DTD", tmp_path)
+
+
+def test_train_and_test_classes_must_agree(tmp_path: Path) -> None:
+    write_fake_dataset("DTD", tmp_path, n_per_class=1, num_classes=3, split="test")
+    write_fake_dataset("DTD", tmp_path, n_per_class=1, num_classes=4, split="train")
+    with pytest.raises(ds.DatasetError, match="differ"):
+        ds.read_split("DTD", tmp_path)
+
+
+def test_split_file_listing_missing_image(tmp_path: Path) -> None:
+    base = write_fake_dataset("RESISC45", tmp_path, n_per_class=1)
+    gone = base / "NWPU-RESISC45" / "beach" / "beach_001.jpg"
+    gone.unlink()
+    with pytest.raises(ds.DatasetError, match=str(gone)):
+        ds.read_split("RESISC45", tmp_path)
+    gbase = write_fake_dataset("GTSRB", tmp_path, n_per_class=1, num_classes=3)
+    gone = gbase / "GTSRB" / "Final_Test" / "Images" / "00001.ppm"
+    gone.unlink()
+    with pytest.raises(ds.DatasetError, match=str(gone)):
+        ds.read_split("GTSRB", tmp_path)
+
+
+def test_cars_unlabelled_annotations_rejected(tmp_path: Path) -> None:
+    base = write_fake_dataset("Cars", tmp_path, n_per_class=1, num_classes=3)
+    (base / "devkit" / "cars_test_annos.mat").replace(base / "cars_test_annos_withlabels.mat")
+    with pytest.raises(ds.DatasetError, match="'class'"):
+        ds.read_split("Cars", tmp_path)
+
+
+# ----- preprocessing ------------------------------------------------------------------------------
+
+
+def _stripes(w: int, h: int) -> np.ndarray:
+    """Columns: left quarter red, middle half green, right quarter blue (an [h, w, 3] image)."""
+    img = np.zeros((h, w, 3), np.uint8)
+    img[:, : w // 4, 0] = 255
+    img[:, w // 4 : w - w // 4, 1] = 255
+    img[:, w - w // 4 :, 2] = 255
+    return img
+
+
+def test_preprocess_shape_and_centre_crop(tmp_path: Path) -> None:
+    from PIL import Image
+
+    Image.fromarray(_stripes(16, 8)).save(tmp_path / "wide.png")
+    Image.fromarray(np.ascontiguousarray(_stripes(16, 8).transpose(1, 0, 2))).save(tmp_path / "tall.png")  # rows striped
+    split = ds.Split("DTD", "test", ["a"], np.zeros(2, np.int64),
+                     [str(tmp_path / "wide.png"), str(tmp_path / "tall.png")], str(tmp_path))
+    out = ds.preprocess_images(split, 8, num_workers=1)
+    assert out.shape == (2, 3, 8, 8) and str(out.dtype) == "torch.uint8"
+    # 16x8 -> shorter side already 8, centre crop keeps columns 4..11: all green.
+    assert (out[0, 1] == 255).all() and (out[0, 0] == 0).all() and (out[0, 2] == 0).all()
+    # 16 high x 8 wide -> crop keeps rows 4..11 of the (row-striped) image: all green.
+    assert (out[1, 1] == 255).all() and (out[1, 0] == 0).all()
+
+
+def test_preprocess_matches_torchvision_clip_transform(tmp_path: Path) -> None:
+    from PIL import Image
+    from torchvision import transforms as T
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, (w, h) in enumerate([(37, 20), (20, 45), (30, 30), (11, 13)]):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(paths[-1])
+    Image.fromarray(rng.integers(0, 256, (25, 17), dtype=np.uint8), mode="L").save(tmp_path / "g.png")
+    paths.append(str(tmp_path / "g.png"))
+    split = ds.Split("DTD", "test", ["a"], np.zeros(len(paths), np.int64), paths, str(tmp_path))
+    ours = ds.preprocess_images(split, 16, num_workers=2)
+    tf = T.Compose([T.Resize(16, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(16), T.PILToTensor()])
+    for i, p in enumerate(paths):
+        ref = tf(Image.open(p).convert("RGB"))
+        assert (ours[i] == ref).all(), p
+
+
+def test_preprocess_array_images(tmp_path: Path) -> None:
+    write_fake_dataset("MNIST", tmp_path, n_per_class=1, image_size=6)
+    split = ds.read_split("MNIST", tmp_path)
+    out = ds.preprocess_images(split, 12, progress=True)
+    assert out.shape == (10, 3, 12, 12)
+    assert (out[:, 0] == out[:, 1]).all()
+
+
+def test_cache_reused_and_rebuilt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    base = write_fake_dataset("EuroSAT", data, n_per_class=2, num_classes=3, image_size=10)
+    split = ds.read_split("EuroSAT", data)
+    first = ds.preprocess_images(split, 8, cache_dir=cache)
+    assert sorted(os.listdir(cache)) == ["EuroSAT_test_8.json", "EuroSAT_test_8.npy"]  # no temp files left
+    meta = json.loads((cache / "EuroSAT_test_8.json").read_text())
+    assert meta["n"] == 6 and meta["fingerprint"]["size"] == 8
+
+    def boom(item):  # any decode now fails: a cache hit must not decode
+        raise RuntimeError("decoded")
+
+    monkeypatch.setattr(ds, "_load_image", boom)
+    again = ds.preprocess_images(split, 8, cache_dir=cache)
+    assert (again == first).all() and again.shape == (6, 3, 8, 8)
+
+    # Another size is another cache file: it must decode.
+    with pytest.raises(ds.DatasetError, match="decoded"):
+        ds.preprocess_images(split, 9, cache_dir=cache)
+    assert not [f for f in os.listdir(cache) if f.startswith(".")]  # the failed build left no temp file
+
+    # One more image changes the fingerprint: rebuilt.
+    (base / "test" / "Forest" / "img_0000.jpg").replace(base / "test" / "Forest" / "img_0009.jpg")
+    (base / "test" / "Forest" / "img_0010.jpg").write_bytes((base / "test" / "Forest" / "img_0001.jpg").read_bytes())
+    grown = ds.read_split("EuroSAT", data)
+    with pytest.raises(ds.DatasetError, match="decoded"):
+        ds.preprocess_images(grown, 8, cache_dir=cache)
+    monkeypatch.undo()
+    rebuilt = ds.preprocess_images(grown, 8, cache_dir=cache)
+    assert rebuilt.shape == (7, 3, 8, 8)
+    assert (rebuilt == ds.preprocess_images(grown, 8)).all()
+
+
+def test_array_cache_fingerprint_sees_pixels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_fake_dataset("SVHN", tmp_path / "data", n_per_class=1)
+    split = ds.read_split("SVHN", tmp_path / "data")
+    first = ds.preprocess_images(split, 8, cache_dir=tmp_path / "cache")
+    split.images[0] = 255 - split.images[0]
+    calls = []
+    real = ds._load_image
+    monkeypatch.setattr(ds, "_load_image", lambda item: calls.append(1) or real(item))
+    second = ds.preprocess_images(split, 8, cache_dir=tmp_path / "cache")
+    assert len(calls) == 10  # rebuilt
+    assert (second[1:] == first[1:]).all() and not (second[0] == first[0]).all()

@@ -1,0 +1,157 @@
+"""The entry scripts end to end on random-weight checkpoints and tiny fake datasets."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from adamerging.checkpoints import load_checkpoint
+from adamerging.merging import load_table, merge
+from adamerging.pipeline import METHODS, run
+from fake_data import write_fake_dataset
+from model_fixtures import write_random_checkpoints
+
+ROOT = Path(__file__).resolve().parents[1]
+TASKS = {"MNIST": 10, "SVHN": 10, "EuroSAT": 10}
+
+
+@pytest.fixture(scope="module")
+def mini(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mini")
+    # EuroSAT has no head file: it is built from the text tower of clip_pretrained.safetensors.
+    write_random_checkpoints(root / "checkpoints", "mini", TASKS, heads={"EuroSAT": False})
+    for task in TASKS:
+        write_fake_dataset(task, root / "data", n_per_class=4, image_size=8)
+    return root
+
+
+def _argv(root, *extra, tasks="MNIST,SVHN,EuroSAT"):
+    return ["--model", "mini", "--checkpoints", str(root / "checkpoints"), "--data-location", str(root / "data"),
+            "--results-dir", str(root / "results"), "--tasks", tasks, "--no-progress", "--overwrite", *extra]
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_runs_and_writes_a_complete_result(mini, method):
+    result = run(method, _argv(mini, "--steps", "3", "--eval-every", "2"))
+    saved = json.loads((mini / "results" / "mini" / f"{method}.json").read_text())
+    assert saved["accuracy"].keys() == set(TASKS) and saved["tasks"] == list(TASKS)
+    assert abs(saved["average"] - sum(saved["accuracy"].values()) / 3) < 1e-9
+    assert all(0 <= a <= 100 for a in saved["accuracy"].values())
+    assert saved["config"]["seed"] == 0 and "torch" in saved["versions"] and saved["timings_s"]["total"] > 0
+    if method != "individual":
+        values = torch.tensor(saved["coefficients"]["values"])
+        rows = 62 if "layer_wise" in method else 1   # the mini encoder has 62 entries
+        assert tuple(values.shape) == (rows, 4) and (values[:, 0] == 1).all()
+    if "adamerging" in method:
+        adapt = saved["adaptation"]
+        assert adapt["step_seconds_median"] > 0
+        assert [r["step"] for r in adapt["trajectory"] if "accuracy" in r] == [0, 2, 3]
+        assert len([r for r in adapt["trajectory"] if "loss" in r]) == 3
+    assert result["average"] == saved["average"]
+
+
+def test_baselines_use_their_defining_coefficients(mini):
+    ta = json.loads((mini / "results/mini/task_arithmetic.json").read_text()) if (mini / "results/mini/task_arithmetic.json").exists() else run("task_arithmetic", _argv(mini))
+    assert ta["coefficients"]["values"] == [[1.0, 0.3, 0.3, 0.3]]
+    wa = run("weight_averaging", _argv(mini))
+    assert wa["coefficients"]["values"][0][1:] == pytest.approx([1 / 3] * 3)
+    zs = run("zeroshot", _argv(mini))
+    assert zs["coefficients"]["values"] == [[1.0, 0.0, 0.0, 0.0]]
+
+
+def test_learned_table_reloads_and_gives_the_same_accuracies(mini):
+    learned = run("layer_wise_adamerging", _argv(mini, "--steps", "4", "--lr", "0.05"))
+    table_file = mini / "results" / "mini" / "layer_wise_adamerging.json"
+    assert load_table(table_file).values.shape == (62, 4)
+    reloaded = run("layer_wise_adamerging", _argv(mini, "--coefficients", str(table_file)))
+    assert reloaded["accuracy"] == pytest.approx(learned["accuracy"])
+    assert reloaded["coefficients"]["values"] == learned["coefficients"]["values"]
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_save_merged_writes_a_plain_state_dict(mini, tmp_path, suffix):
+    out = tmp_path / f"merged{suffix}"
+    run("task_arithmetic", _argv(mini, "--save-merged", str(out)))
+    if suffix == ".pt":
+        sd = torch.load(out, weights_only=True)  # loadable without this repo
+    else:
+        from safetensors.torch import load_file
+        sd = load_file(str(out))
+    theta0 = load_checkpoint(mini / "checkpoints/mini/zeroshot.pt").state_dict
+    experts = [load_checkpoint(mini / f"checkpoints/mini/{t}/finetuned.pt").state_dict for t in TASKS]
+    key = "model.visual.proj"
+    expected = theta0[key] + 0.3 * sum(e[key] - theta0[key] for e in experts)
+    torch.testing.assert_close(sd[key], expected)
+    assert len(sd) == 62
+
+
+def test_oracle_and_published_runs_get_their_own_result_names(mini):
+    run("task_wise_adamerging", _argv(mini, "--steps", "2", "--objective", "supervised"))
+    assert (mini / "results/mini/task_wise_adamerging_supervised.json").exists()
+
+
+def test_task_subset_and_order_and_clear_errors(mini):
+    sub = run("ties_merging", _argv(mini, tasks="svhn,MNIST"))
+    assert sub["tasks"] == ["SVHN", "MNIST"]
+    with pytest.raises(ValueError, match="published"):
+        run("layer_wise_adamerging", _argv(mini, "--coefficients", "published"))
+    with pytest.raises(FileNotFoundError, match=r"DTD/finetuned\.pt"):
+        run("task_arithmetic", _argv(mini, tasks="MNIST,DTD"))
+
+
+def test_existing_result_is_kept_without_overwrite(mini):
+    argv = [a for a in _argv(mini) if a != "--overwrite"]
+    run("zeroshot", _argv(mini))
+    run("zeroshot", argv)
+    written = {p.name for p in (mini / "results" / "mini").glob("zeroshot*.json")}
+    assert "zeroshot.json" in written and len(written) == 2
+
+
+def test_scripts_run_as_commands(mini):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, str(ROOT / "src" / "main_task_arithmetic.py"), *_argv(mini)],
+                         capture_output=True, text=True, env=env, cwd=mini)
+    assert out.returncode == 0, out.stderr
+    assert "| Task Arithmetic |" in out.stdout
+    bad = subprocess.run([sys.executable, str(ROOT / "src" / "main_ties_merging.py"), *_argv(mini, tasks="GTSRB")],
+                         capture_output=True, text=True, env=env, cwd=mini)
+    assert bad.returncode == 2 and "GTSRB" in bad.stderr and "Traceback" not in bad.stderr
+    helptext = subprocess.run([sys.executable, str(ROOT / "src" / "main_layer_wise_adamerging.py"), "--help"],
+                              capture_output=True, text=True, env=env)
+    for flag in ["--model", "--checkpoints", "--data-location", "--results-dir", "--tasks", "--device", "--batch-size",
+                 "--seed", "--save-merged", "--steps", "--lr", "--init", "--batch-size-adapt", "--batches-per-step",
+                 "--no-clamp", "--eval-every", "--coefficients"]:
+        assert flag in helptext.stdout
+
+
+def test_vit_b32_user_story(tmp_path):
+    """The real ViT-B/32 architecture (random weights) in the task-vectors layout: TA, TIES and the
+    authors' published layer-wise table (158 rows) run, and published rows that are 0 leave theta_0."""
+    tasks = {"SVHN": 10, "MNIST": 10}
+    write_random_checkpoints(tmp_path / "checkpoints", "ViT-B-32", tasks, scale=0.01)
+    for task in tasks:
+        write_fake_dataset(task, tmp_path / "data", n_per_class=1, image_size=16)
+    argv = ["--model", "ViT-B-32", "--checkpoints", str(tmp_path / "checkpoints"), "--data-location", str(tmp_path / "data"),
+            "--results-dir", str(tmp_path / "results"), "--tasks", "SVHN,MNIST", "--no-progress"]
+    for method in ("task_arithmetic", "ties_merging"):
+        result = run(method, argv)
+        assert set(result["accuracy"]) == set(tasks)
+        assert (tmp_path / "results" / "ViT-B-32" / f"{method}.json").exists()
+    merged_path = tmp_path / "lw.safetensors"
+    published = run("layer_wise_adamerging", argv + ["--coefficients", "published", "--save-merged", str(merged_path)])
+    values = torch.tensor(published["coefficients"]["values"])
+    assert values.shape == (158, 3)
+    from safetensors.torch import load_file
+    merged = load_file(str(merged_path))
+    theta0 = load_checkpoint(tmp_path / "checkpoints/ViT-B-32/zeroshot.pt").state_dict
+    keys = list(theta0)
+    zero_rows = [j for j in range(158) if (values[j, 1:] == 0).all()]
+    moved_rows = [j for j in range(158) if (values[j, 1:] > 0).all() and keys[j].startswith("model.visual.")]
+    assert zero_rows and moved_rows
+    for j in zero_rows:
+        assert torch.equal(merged[keys[j]], theta0[keys[j]]), keys[j]
+    for j in moved_rows[:5]:
+        assert not torch.equal(merged[keys[j]], theta0[keys[j]]), keys[j]

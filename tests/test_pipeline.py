@@ -155,3 +155,13 @@ def test_vit_b32_user_story(tmp_path):
         assert torch.equal(merged[keys[j]], theta0[keys[j]]), keys[j]
     for j in moved_rows[:5]:
         assert not torch.equal(merged[keys[j]], theta0[keys[j]]), keys[j]
+
+
+def test_results_table_collects_methods_in_paper_order(mini):
+    from adamerging.reporting import main as table_main
+    run("task_arithmetic", _argv(mini))
+    run("zeroshot", _argv(mini))
+    table_main(["--model", "mini", "--results-dir", str(mini / "results")])
+    text = (mini / "results" / "mini" / "table.md").read_text()
+    assert text.index("| Zero-shot |") < text.index("| Task Arithmetic |")
+    assert "| method | MNIST | SVHN | EuroSAT | Avg |" in text

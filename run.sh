@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The main job on the embedded mini benchmark: set up .venv, build the benchmark if it is not cached
+# (data/mini, checkpoints/mini), run every method through the entry scripts, print one table.
+set -euo pipefail
+cd "$(dirname "$0")"
+bash scripts/setup_venv.sh
+export PYTHONPATH=src
+PY=.venv/bin/python
+COMMON=(--model mini --overwrite "$@")
+
+echo "== building the mini benchmark (skipped when cached)"
+$PY -m adamerging.mini.build
+
+for method in zeroshot individual; do
+  echo "== $method"
+  $PY -m adamerging "$method" "${COMMON[@]}"
+done
+for script in task_arithmetic ties_merging task_wise_adamerging task_wise_adamergingpp layer_wise_adamerging layer_wise_adamergingpp; do
+  echo "== main_$script.py"
+  start=$(date +%s)
+  $PY "src/main_$script.py" "${COMMON[@]}"
+  echo "   ($(( $(date +%s) - start )) s)"
+done
+
+echo "== results/mini/table.md"
+$PY -m adamerging.reporting --model mini

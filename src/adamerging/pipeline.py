@@ -17,8 +17,9 @@ import numpy as np
 import torch
 
 from . import datasets as ds
-from .adaptation import AdaptConfig, MergedEncoder, TaskData, adamerge
-from .checkpoints import CheckpointError, load_checkpoint, save_state_dict
+from .adaptation import AdaptConfig, AdaptationStopped, MergedEncoder, TaskData, adamerge
+from .checkpoints import CheckpointError, atomic_write, load_checkpoint, save_state_dict
+from .distributed import Ranks, init_from_env
 from .evaluation import Normalizer, accuracy, predict
 from .heads import Head, load_head, zeroshot_weights
 from .checkpoints import save_classification_head
@@ -81,6 +82,12 @@ def build_parser(method: Method) -> argparse.ArgumentParser:
     a.add_argument("--eval-every", type=int, default=0, help="also evaluate every N steps (trajectory); 0: only at start and end")
     a.add_argument("--objective", default="entropy", choices=["entropy", "supervised"], help="entropy (AdaMerging) or cross-entropy with test labels (the paper's supervised oracle ablation)")
     a.add_argument("--adapt-mode", default="fused", choices=["fused", "per-task"], help="one forward over all tasks' batches, or backward per task (less memory)")
+    a.add_argument("--save-every", type=int, default=50, help="save coefficients + optimizer state every N steps (also on Ctrl-C and on a NaN), for --resume")
+    a.add_argument("--resume", action="store_true", help="continue from <results-dir>/<model>/<method>.state.pt")
+    s_ = p.add_argument_group("speed")
+    s_.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16 autocast for the encoder (use on CUDA)")
+    s_.add_argument("--checkpointing", action="store_true", help="activation checkpointing in the encoder (ViT-L/14 on a 24 GB GPU)")
+    s_.add_argument("--compile", action="store_true", help="torch.compile the encoder forward (experimental; pays off on GPU for long runs)")
     return p
 
 
@@ -215,12 +222,16 @@ def load_problem(args, method: Method, timings: dict[str, float]) -> Problem:
 # ---------------------------------------------------------------------------------------------- running
 
 
-def evaluate_tasks(encoder, problem: Problem, batch_size: int, tasks: Sequence[TaskData] | None = None) -> dict[str, float]:
+def evaluate_tasks(encoder, problem: Problem, batch_size: int, tasks: Sequence[TaskData] | None = None,
+                   ranks: Ranks = Ranks()) -> dict[str, float]:
+    """Accuracy per task; under torchrun each rank evaluates its share and the results are gathered."""
+    tasks = list(tasks or problem.data)
     out = {}
-    for t in tasks or problem.data:
-        logits = predict(encoder, t.head, t.images, problem.normalize, batch_size)
-        out[t.name] = accuracy(logits, t.labels)
-    return out
+    for i, t in enumerate(tasks):
+        if ranks.owns(i):
+            out[t.name] = accuracy(predict(encoder, t.head, t.images, problem.normalize, batch_size), t.labels)
+    out = ranks.merge_dicts(out)
+    return {t.name: out[t.name] for t in tasks}
 
 
 def fixed_table(args, method: Method, problem: Problem) -> CoefficientTable:
@@ -243,17 +254,47 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def result_name(method: Method, args) -> str:
+    """Variants get their own file, so they never replace the method's main result."""
+    name = method.name
+    if method.adapt and args.objective == "supervised" and not args.coefficients:
+        name += "_supervised"
+    if args.coefficients == "published":
+        name += "_published"
+    return name
+
+
+def _state_io(args, name: str, ranks: Ranks):
+    """Load (for --resume) and save the adaptation state: <results-dir>/<model>/<name>.state.pt."""
+    path = Path(args.results_dir) / args.model / f"{name}.state.pt"
+    resume = None
+    if args.resume:
+        if not path.is_file():
+            raise FileNotFoundError(f"--resume: no saved state at {path}")
+        resume = torch.load(path, weights_only=True)
+
+    def save(state: dict) -> None:
+        if ranks.is_main:
+            state = {**state, "table": state["table"].to_json()}
+            with atomic_write(path) as f:
+                torch.save(state, f)
+    return path, resume, save
+
+
 def run(method_name: str, argv: Sequence[str] | None = None) -> dict:
     """Parse flags, run one method end to end, print its table and write its results JSON."""
     method = METHODS[method_name]
     args = build_parser(method).parse_args(argv)
+    ranks, args.device = init_from_env(args.device)
     seed_everything(args.seed)
     timings: dict[str, float] = {}
     started = time.perf_counter()
     problem = load_problem(args, method, timings)
-    merged = MergedEncoder(problem.clip.visual, problem.theta0, problem.tau, problem.keys, args.device)
-    evaluate = lambda enc: evaluate_tasks(enc, problem, args.batch_size)  # noqa: E731
+    merged = MergedEncoder(problem.clip.visual, problem.theta0, problem.tau, problem.keys, args.device,
+                           checkpointing=args.checkpointing, compile=args.compile)
+    evaluate = lambda enc: evaluate_tasks(enc, problem, args.batch_size, ranks=ranks)  # noqa: E731
     adaptation = None
+    name = result_name(method, args)
 
     t0 = time.perf_counter()
     if method.name == "individual":
@@ -261,25 +302,35 @@ def run(method_name: str, argv: Sequence[str] | None = None) -> dict:
         for i, t in enumerate(problem.data):
             table = constant_table(problem.tasks, 0.0)
             table.values[0, i + 1] = 1.0
-            accs.update(evaluate_tasks(merged.encoder(table.values), problem, args.batch_size, [t]))
+            accs.update(evaluate_tasks(merged.encoder(table.values, args.precision), problem, args.batch_size, [t]))
         table = None
     elif method.adapt and not args.coefficients:
         config = AdaptConfig(steps=args.steps, lr=args.lr, init=args.init, batch_size=args.batch_size_adapt,
                              batches_per_step=args.batches_per_step, clamp=not args.no_clamp, granularity=method.adapt,
-                             objective=args.objective, mode=args.adapt_mode, eval_every=args.eval_every, seed=args.seed,
+                             objective=args.objective, mode=args.adapt_mode, precision=args.precision,
+                             eval_every=args.eval_every, save_every=args.save_every, seed=args.seed,
                              progress=not args.no_progress)
-        adaptation = adamerge(merged, problem.data, problem.normalize, config, evaluate=evaluate)
+        state_path, resume, save_state = _state_io(args, name, ranks)
+        try:
+            adaptation = adamerge(merged, problem.data, problem.normalize, config, evaluate=evaluate,
+                                  resume=resume, save_state=save_state, ranks=ranks)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(f"interrupted; coefficients and optimizer state saved to {state_path}: rerun with --resume") from None
+        except AdaptationStopped as stop:
+            raise AdaptationStopped(f"{stop}; state saved to {state_path} (its 'table' is the last good one)", stop.state) from None
         table = adaptation.table
-        accs = adaptation.trajectory[-1]["accuracy"] if adaptation.trajectory and "accuracy" in adaptation.trajectory[-1] else evaluate(merged.encoder(table.values))
+        last = adaptation.trajectory[-1] if adaptation.trajectory else {}
+        accs = last["accuracy"] if "accuracy" in last else evaluate(merged.encoder(table.values, args.precision))
     else:
         table = fixed_table(args, method, problem)
-        accs = evaluate(merged.encoder(table.values))
+        accs = evaluate(merged.encoder(table.values, args.precision))
     timings["merge_adapt_evaluate"] = time.perf_counter() - t0
 
+    average = sum(accs.values()) / len(accs)
+    if not ranks.is_main:
+        return {"accuracy": accs, "average": average}
     if args.save_merged and table is not None:
         save_state_dict(merge(problem.theta0, problem.tau, table.values, problem.keys), args.save_merged)
-
-    average = sum(accs.values()) / len(accs)
     print(markdown_table({method.title: accs}, problem.tasks))
     timings["total"] = time.perf_counter() - started
     result = {
@@ -291,9 +342,6 @@ def run(method_name: str, argv: Sequence[str] | None = None) -> dict:
     if adaptation is not None:
         result["adaptation"] = {"step_seconds_median": adaptation.step_seconds, "adapt_seconds": adaptation.total_seconds,
                                 "trajectory": adaptation.trajectory}
-    # variants get their own file, so they never replace the method's main result
-    name = method.name + ("_supervised" if method.adapt and args.objective == "supervised" and not args.coefficients else "") \
-        + ("_published" if args.coefficients == "published" else "")
     result["result_name"] = name
     path = results_path(Path(args.results_dir), args.model, name, args.overwrite)
     write_json(result, path)
@@ -302,8 +350,15 @@ def run(method_name: str, argv: Sequence[str] | None = None) -> dict:
 
 
 def main(method_name: str) -> None:
+    """Entry point of the scripts: user mistakes print one line and exit 2, no traceback."""
     try:
         run(method_name, sys.argv[1:])
-    except (FileNotFoundError, CheckpointError, ds.DatasetError, ValueError, KeyError) as e:
+    except KeyboardInterrupt as e:
+        print(f"\n{e or 'interrupted'}", file=sys.stderr)
+        sys.exit(130)
+    except AdaptationStopped as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(3)
+    except (FileNotFoundError, CheckpointError, ds.DatasetError, ValueError, KeyError) as e:
+        print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
         sys.exit(2)

@@ -86,3 +86,9 @@ def test_torchrun_two_processes_learn_the_same_coefficients(mini, tmp_path):  # 
     multi = json.loads((tmp_path / "mini" / "layer_wise_adamerging.json").read_text())
     torch.testing.assert_close(torch.tensor(multi["coefficients"]["values"]), torch.tensor(single["coefficients"]["values"]), rtol=0, atol=1e-5)
     assert multi["accuracy"] == pytest.approx(single["accuracy"])
+
+
+def test_same_seed_same_coefficients_and_accuracies(mini):  # noqa: F811
+    a = run("task_wise_adamergingpp", _argv(mini, "--steps", "3", "--lr", "0.05", "--seed", "7"))
+    b = run("task_wise_adamergingpp", _argv(mini, "--steps", "3", "--lr", "0.05", "--seed", "7"))
+    assert a["coefficients"] == b["coefficients"] and a["accuracy"] == b["accuracy"]

@@ -65,6 +65,29 @@ def merge(theta0: dict[str, torch.Tensor], tau: TaskVectors, coefficients: torch
     return out
 
 
+def trim_top_k(flat: torch.Tensor, k: float) -> torch.Tensor:
+    """Per row of [T, D]: keep entries with |x| >= the (D - int(k D))-th smallest |x| (ties kept), zero the rest."""
+    if not 0 < k <= 1:
+        raise ValueError(f"TIES top-k fraction must be in (0, 1], got {k}")
+    d = flat.shape[1]
+    kth = max(d - int(d * k), 1)  # k = 1 keeps everything (the authors' code would fail there)
+    trimmed = torch.empty_like(flat)
+    for t in range(flat.shape[0]):  # one row at a time: kthvalue copies its input
+        magnitude = flat[t].abs()
+        cutoff = magnitude.kthvalue(kth).values
+        trimmed[t] = torch.where(magnitude >= cutoff, flat[t], torch.zeros_like(flat[t]))
+    return trimmed
+
+
+def elect_and_select(trimmed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Elected sign per entry (sign of the column sum; the majority sign where that sum is 0) and the
+    trimmed rows with every entry that disagrees with it zeroed."""
+    sign = torch.sign(trimmed.sum(dim=0))
+    sign[sign == 0] = torch.sign(sign.sum())
+    keep = torch.where(sign > 0, trimmed > 0, trimmed < 0)
+    return sign, trimmed * keep
+
+
 def ties_select(tau: TaskVectors, k: float = 0.2, combine: str = "sum") -> TaskVectors:
     """TIES-Merging's trim and sign election, returning per-task selected vectors.
 
@@ -74,27 +97,15 @@ def ties_select(tau: TaskVectors, k: float = 0.2, combine: str = "sum") -> TaskV
     zero every entry that disagrees. Summing the result gives "dis-sum"; `combine="mean"` divides each
     entry by the number of tasks that kept it, so the sum gives TIES's "dis-mean".
     """
-    if not 0 < k <= 1:
-        raise ValueError(f"TIES top-k fraction must be in (0, 1], got {k}")
     if combine not in ("sum", "mean"):
         raise ValueError(f"TIES combine must be 'sum' or 'mean', got {combine!r}")
     keys = sorted(tau)
     num_tasks = next(iter(tau.values())).shape[0]
     flat = torch.cat([tau[key].reshape(num_tasks, -1) for key in keys], dim=1)
-    d = flat.shape[1]
-    kth = max(d - int(d * k), 1)  # k = 1 keeps everything (the authors' code would fail there)
-    trimmed = torch.empty_like(flat)
-    for t in range(num_tasks):  # one row at a time: kthvalue copies its input
-        magnitude = flat[t].abs()
-        cutoff = magnitude.kthvalue(kth).values
-        trimmed[t] = torch.where(magnitude >= cutoff, flat[t], torch.zeros_like(flat[t]))
+    _, selected = elect_and_select(trim_top_k(flat, k))
     del flat
-    sign = torch.sign(trimmed.sum(dim=0))
-    sign[sign == 0] = torch.sign(sign.sum())
-    keep = torch.where(sign > 0, trimmed > 0, trimmed < 0)
-    selected = trimmed * keep
     if combine == "mean":
-        selected = selected / keep.sum(dim=0).clamp(min=1)
+        selected = selected / (selected != 0).sum(dim=0).clamp(min=1)
     out: TaskVectors = {}
     offset = 0
     for key in keys:

@@ -165,3 +165,22 @@ def test_results_table_collects_methods_in_paper_order(mini):
     text = (mini / "results" / "mini" / "table.md").read_text()
     assert text.index("| Zero-shot |") < text.index("| Task Arithmetic |")
     assert "| method | MNIST | SVHN | EuroSAT | Avg |" in text
+
+
+def test_generalization_corruption_and_data_fraction_flags(mini):
+    gen = run("layer_wise_adamerging", _argv(mini, "--steps", "2", "--eval-tasks", "EuroSAT", tasks="MNIST,SVHN"))
+    assert gen["tasks"] == ["MNIST", "SVHN"] and gen["eval_tasks"] == ["EuroSAT"]
+    assert set(gen["accuracy"]) == {"MNIST", "SVHN", "EuroSAT"}
+    assert len(gen["coefficients"]["values"][0]) == 3              # only the seen tasks are merged
+    assert gen["average"] == pytest.approx((gen["accuracy"]["MNIST"] + gen["accuracy"]["SVHN"]) / 2)
+    assert gen["unseen_average"] == gen["accuracy"]["EuroSAT"]
+    clean = run("task_arithmetic", _argv(mini))
+    noisy = run("task_arithmetic", _argv(mini, "--corruption", "gaussian_noise"))
+    assert noisy["config"]["corruption"] == "gaussian_noise"
+    assert set(noisy["accuracy"]) == set(clean["accuracy"])
+    few = run("task_wise_adamerging", _argv(mini, "--steps", "2", "--adapt-fraction", "0.1"))  # 4 images per task
+    assert few["config"]["adapt_fraction"] == 0.1
+    with pytest.raises(ValueError, match="adapt-fraction"):
+        run("task_wise_adamerging", _argv(mini, "--steps", "1", "--adapt-fraction", "0"))
+    with pytest.raises(ValueError, match="unknown corruption"):
+        run("task_arithmetic", _argv(mini, "--corruption", "fog"))

@@ -156,8 +156,11 @@ class AdaptationStopped(RuntimeError):
 
 def _sample(task: TaskData, count: int, generator: torch.Generator) -> torch.Tensor:
     # A fresh shuffle per step, first `count` images: what re-creating a shuffled DataLoader every
-    # step (the authors' code) draws, without re-creating anything.
-    return torch.randperm(len(task.images), generator=generator)[:count]
+    # step (the authors' code) draws, without re-creating anything. With fewer images than `count`
+    # (a small --adapt-fraction), shuffles are chained so every batch stays full.
+    n = len(task.images)
+    rounds = -(-count // n)
+    return torch.cat([torch.randperm(n, generator=generator) for _ in range(rounds)])[:count]
 
 
 def _task_loss(logits: torch.Tensor, labels: torch.Tensor | None, batches: int, objective: str) -> torch.Tensor:

@@ -23,6 +23,8 @@ from .distributed import Ranks, init_from_env
 from .evaluation import Normalizer, accuracy, predict
 from .heads import Head, load_head, zeroshot_weights
 from .checkpoints import save_classification_head
+from .corruptions import CORRUPTIONS, corrupt
+from .diagnostics import add_diagnostic_arguments, run_diagnostics
 from .merging import CoefficientTable, constant_table, load_table, merge, published_table, task_vectors, ties_select
 from .models import MODEL_NAMES, create_clip, encoder_state_dict, get_tokenizer, image_size, load_clip_weights, normalization
 from .reporting import markdown_table, package_versions, results_path, write_json
@@ -60,6 +62,8 @@ def build_parser(method: Method) -> argparse.ArgumentParser:
     g.add_argument("--results-dir", default="results", help="results go to <results-dir>/<model>/<method>.json")
     g.add_argument("--cache-dir", default=None, help="preprocessed-image and built-head cache (default: <data-location>/.cache)")
     g.add_argument("--tasks", default=None, help="comma-separated tasks, in coefficient-column order (default: the 8 paper tasks, or <checkpoints>/<model>/tasks.txt)")
+    g.add_argument("--eval-tasks", default=None, help="comma-separated unseen tasks: evaluated with the merged model, but neither merged nor adapted on (generalization)")
+    g.add_argument("--corruption", default=None, help="corrupt every test image first (robustness): " + ", ".join(CORRUPTIONS))
     g.add_argument("--clip-weights", default=None, help="full open_clip CLIP weights to build missing zero-shot heads from the text tower (default: <checkpoints>/<model>/clip_pretrained.safetensors if present)")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="compute device")
     g.add_argument("--batch-size", type=int, default=128, help="evaluation batch size")
@@ -80,8 +84,11 @@ def build_parser(method: Method) -> argparse.ArgumentParser:
     a.add_argument("--batches-per-step", type=int, default=2, help="batches per task per step")
     a.add_argument("--no-clamp", action="store_true", help="do not clamp coefficients to [0, 1] in the forward")
     a.add_argument("--eval-every", type=int, default=0, help="also evaluate every N steps (trajectory); 0: only at start and end")
+    a.add_argument("--adapt-fraction", type=float, default=1.0, help="fraction of each task's test images the adaptation may draw from (seeded subset; evaluation always uses all)")
     a.add_argument("--objective", default="entropy", choices=["entropy", "supervised"], help="entropy (AdaMerging) or cross-entropy with test labels (the paper's supervised oracle ablation)")
     a.add_argument("--adapt-mode", default="fused", choices=["fused", "per-task"], help="one forward over all tasks' batches, or backward per task (less memory)")
+    a.add_argument("--diagnose", action="store_true", help="before adapting, check on a labeled test sample whether entropy tracks the loss on these models (as src/diagnose.py) and print the verdict")
+    add_diagnostic_arguments(a)
     a.add_argument("--save-every", type=int, default=50, help="save coefficients + optimizer state every N steps (also on Ctrl-C and on a NaN), for --resume")
     a.add_argument("--resume", action="store_true", help="continue from <results-dir>/<model>/<method>.state.pt")
     s_ = p.add_argument_group("speed")
@@ -145,8 +152,13 @@ class Problem:
     keys: list[str]
     theta0: dict[str, torch.Tensor]
     tau: dict[str, torch.Tensor]
-    data: list[TaskData]
+    data: list[TaskData]            # the merged tasks (adapted on, evaluated)
     normalize: Normalizer
+    eval_data: list[TaskData]       # unseen tasks: evaluated only
+
+    @property
+    def all_data(self) -> list[TaskData]:
+        return self.data + self.eval_data
 
 
 def load_heads(args, model_dir: Path, tasks: Sequence[str], splits: dict[str, "ds.Split"], cache_dir: Path, data_root: Path) -> dict[str, Head]:
@@ -206,17 +218,37 @@ def load_problem(args, method: Method, timings: dict[str, float]) -> Problem:
     timings["load_checkpoints"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    splits = {task: ds.read_split(task, data_root, "test") for task in tasks}
+    unseen = [t for t in parse_tasks(args.eval_tasks, model_dir) if t not in tasks] if args.eval_tasks else []
+    everything = tasks + unseen
+    splits = {task: ds.read_split(task, data_root, "test") for task in everything}
     size = image_size(clip)
-    images = {task: ds.preprocess_images(splits[task], size, cache_dir / "images", progress=not args.no_progress) for task in tasks}
+    images = {task: ds.preprocess_images(splits[task], size, cache_dir / "images", progress=not args.no_progress) for task in everything}
+    if args.corruption:
+        images = {task: corrupt(x, args.corruption, seed=args.seed) for task, x in images.items()}
     timings["load_data"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    heads = load_heads(args, model_dir, tasks, splits, cache_dir, data_root)
+    heads = load_heads(args, model_dir, everything, splits, cache_dir, data_root)
     timings["load_heads"] = time.perf_counter() - t0
-    data = [TaskData(task, images[task], heads[task].to(args.device), torch.as_tensor(splits[task].labels, dtype=torch.long)) for task in tasks]
+    data = {task: TaskData(task, images[task], heads[task].to(args.device), torch.as_tensor(splits[task].labels, dtype=torch.long))
+            for task in everything}
     mean, std = normalization(clip)
-    return Problem(args.model, tasks, clip, keys, theta0, tau, data, Normalizer(mean, std, args.device))
+    return Problem(args.model, tasks, clip, keys, theta0, tau, [data[t] for t in tasks], Normalizer(mean, std, args.device),
+                   [data[t] for t in unseen])
+
+
+def adaptation_subset(data: Sequence[TaskData], fraction: float, seed: int) -> list[TaskData]:
+    """Each task restricted to a seeded `fraction` of its test images (at least one) for adaptation."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"--adapt-fraction must be in (0, 1], got {fraction}")
+    if fraction == 1:
+        return list(data)
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for t in data:
+        keep = torch.randperm(len(t.images), generator=g)[: max(1, round(fraction * len(t.images)))].sort().values
+        out.append(TaskData(t.name, t.images[keep], t.head, t.labels[keep] if t.labels is not None else None))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -225,7 +257,7 @@ def load_problem(args, method: Method, timings: dict[str, float]) -> Problem:
 def evaluate_tasks(encoder, problem: Problem, batch_size: int, tasks: Sequence[TaskData] | None = None,
                    ranks: Ranks = Ranks()) -> dict[str, float]:
     """Accuracy per task; under torchrun each rank evaluates its share and the results are gathered."""
-    tasks = list(tasks or problem.data)
+    tasks = list(tasks or problem.all_data)
     out = {}
     for i, t in enumerate(tasks):
         if ranks.owns(i):
@@ -293,7 +325,7 @@ def run(method_name: str, argv: Sequence[str] | None = None) -> dict:
     merged = MergedEncoder(problem.clip.visual, problem.theta0, problem.tau, problem.keys, args.device,
                            checkpointing=args.checkpointing, compile=args.compile)
     evaluate = lambda enc: evaluate_tasks(enc, problem, args.batch_size, ranks=ranks)  # noqa: E731
-    adaptation = None
+    adaptation = diagnosis = None
     name = result_name(method, args)
 
     t0 = time.perf_counter()
@@ -310,9 +342,11 @@ def run(method_name: str, argv: Sequence[str] | None = None) -> dict:
                              objective=args.objective, mode=args.adapt_mode, precision=args.precision,
                              eval_every=args.eval_every, save_every=args.save_every, seed=args.seed,
                              progress=not args.no_progress)
+        if args.diagnose:
+            diagnosis = run_diagnostics(problem, args, merged=merged, vectors=method.vectors, timings=timings)
         state_path, resume, save_state = _state_io(args, name, ranks)
         try:
-            adaptation = adamerge(merged, problem.data, problem.normalize, config, evaluate=evaluate,
+            adaptation = adamerge(merged, adaptation_subset(problem.data, args.adapt_fraction, args.seed), problem.normalize, config, evaluate=evaluate,
                                   resume=resume, save_state=save_state, ranks=ranks)
         except KeyboardInterrupt:
             raise KeyboardInterrupt(f"interrupted; coefficients and optimizer state saved to {state_path}: rerun with --resume") from None
@@ -326,19 +360,22 @@ def run(method_name: str, argv: Sequence[str] | None = None) -> dict:
         accs = evaluate(merged.encoder(table.values, args.precision))
     timings["merge_adapt_evaluate"] = time.perf_counter() - t0
 
-    average = sum(accs.values()) / len(accs)
+    average = sum(accs[t] for t in problem.tasks) / len(problem.tasks)  # over the merged tasks
     if not ranks.is_main:
         return {"accuracy": accs, "average": average}
     if args.save_merged and table is not None:
         save_state_dict(merge(problem.theta0, problem.tau, table.values, problem.keys), args.save_merged)
-    print(markdown_table({method.title: accs}, problem.tasks))
+    print(markdown_table({method.title: accs}, problem.tasks + [t.name for t in problem.eval_data]))
     timings["total"] = time.perf_counter() - started
     result = {
         "method": method.name, "title": method.title, "model": args.model, "tasks": problem.tasks,
-        "accuracy": accs, "average": average,
+        "accuracy": accs, "average": average, "eval_tasks": [t.name for t in problem.eval_data],
+        "unseen_average": sum(accs[t.name] for t in problem.eval_data) / len(problem.eval_data) if problem.eval_data else None,
         "coefficients": table.to_json() if table is not None else None,
         "config": vars(args), "seed": args.seed, "versions": package_versions(), "timings_s": timings,
     }
+    if diagnosis is not None:
+        result["diagnostics"] = {k: diagnosis[k] for k in ("verdict", "checks", "spearman", "thresholds")}
     if adaptation is not None:
         result["adaptation"] = {"step_seconds_median": adaptation.step_seconds, "adapt_seconds": adaptation.total_seconds,
                                 "trajectory": adaptation.trajectory}

@@ -1,8 +1,6 @@
 """Zero-shot classification heads: loaded from `head_<Task>.pt`, or built from the text tower."""
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -10,7 +8,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .checkpoints import CheckpointError, load_checkpoint, save_classification_head
+from .checkpoints import CheckpointError, load_checkpoint
 
 
 @dataclass
@@ -55,18 +53,3 @@ def zeroshot_weights(clip_model: torch.nn.Module, tokenizer, classnames: Sequenc
         emb = F.normalize(clip_model.encode_text(texts), dim=-1).mean(dim=0)
         rows.append(F.normalize(emb, dim=0))
     return torch.stack(rows).cpu() * clip_model.logit_scale.exp().cpu()
-
-
-def cached_zeroshot_head(cache_dir: Path, model_name: str, task: str, build) -> Head:
-    """Build a head once per (model, task, classnames, templates) and keep it on disk."""
-    path = cache_dir / f"head_{task}.pt"
-    if path.exists():
-        return load_head(path)
-    weight = build()
-    save_classification_head(weight, path)
-    return Head(weight)
-
-
-def head_cache_key(model_name: str, weights_path: Path, classnames: Sequence[str], templates: Sequence[str]) -> str:
-    blob = json.dumps([model_name, str(weights_path.resolve()), weights_path.stat().st_mtime_ns, list(classnames), list(templates)])
-    return hashlib.sha1(blob.encode()).hexdigest()[:12]

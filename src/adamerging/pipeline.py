@@ -6,6 +6,8 @@ shared, so a fix lands once for every method.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import random
 import sys
 import time
@@ -17,12 +19,12 @@ import numpy as np
 import torch
 
 from . import datasets as ds
+from . import hf
 from .adaptation import AdaptConfig, AdaptationStopped, MergedEncoder, TaskData, adamerge
-from .checkpoints import CheckpointError, atomic_write, load_checkpoint, save_state_dict
+from .checkpoints import CheckpointError, atomic_write, save_classification_head, save_state_dict
 from .distributed import Ranks, init_from_env
 from .evaluation import Normalizer, accuracy, predict
 from .heads import Head, load_head, zeroshot_weights
-from .checkpoints import save_classification_head
 from .corruptions import CORRUPTIONS, corrupt
 from .diagnostics import add_diagnostic_arguments, run_diagnostics
 from .merging import CoefficientTable, constant_table, load_table, merge, published_table, task_vectors, ties_select
@@ -64,6 +66,9 @@ def build_parser(method: Method) -> argparse.ArgumentParser:
     g.add_argument("--tasks", default=None, help="comma-separated tasks, in coefficient-column order (default: the 8 paper tasks, or <checkpoints>/<model>/tasks.txt)")
     g.add_argument("--eval-tasks", default=None, help="comma-separated unseen tasks: evaluated with the merged model, but neither merged nor adapted on (generalization)")
     g.add_argument("--corruption", default=None, help="corrupt every test image first (robustness): " + ", ".join(CORRUPTIONS))
+    g.add_argument("--checkpoint-format", default="auto", choices=["auto", "task-vectors", "hf"], help="task-vectors files (zeroshot.pt, <Task>/finetuned.pt), Hugging Face CLIP folders (zeroshot/, <Task>/finetuned/ with config.json), or detect")
+    g.add_argument("--task", action="append", default=[], metavar="NAME=DIR", help="your own task: an ImageFolder tree DIR/test/<class>/... (optional classnames.txt, templates.txt); repeatable")
+    g.add_argument("--finetuned", action="append", default=[], metavar="NAME=PATH", help="expert checkpoint of task NAME in any supported format (file or HF folder); repeatable")
     g.add_argument("--clip-weights", default=None, help="full open_clip CLIP weights to build missing zero-shot heads from the text tower (default: <checkpoints>/<model>/clip_pretrained.safetensors if present)")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="compute device")
     g.add_argument("--batch-size", type=int, default=128, help="evaluation batch size")
@@ -101,11 +106,26 @@ def build_parser(method: Method) -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------------------------- loading
 
 
-def _find(folder: Path, stem: str) -> Path | None:
-    for suffix in (".pt", ".safetensors", ".bin"):
-        if (folder / (stem + suffix)).is_file():
-            return folder / (stem + suffix)
+def _find(folder: Path, stem: str, fmt: str = "auto") -> Path | None:
+    """`folder/stem.{pt,safetensors,bin}` (task-vectors layout) or the HF folder `folder/stem/`."""
+    if fmt != "hf":
+        for suffix in (".pt", ".safetensors", ".bin"):
+            if (folder / (stem + suffix)).is_file():
+                return folder / (stem + suffix)
+    if fmt != "task-vectors" and hf.is_hf_checkpoint(folder / stem):
+        return folder / stem
     return None
+
+
+def _named(values: Sequence[str], flag: str) -> dict[str, str]:
+    """NAME=VALUE pairs of a repeatable flag."""
+    out = {}
+    for item in values:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise ValueError(f"{flag} expects NAME=VALUE, got {item!r}")
+        out[name.strip()] = value.strip()
+    return out
 
 
 def to_encoder_entries(sd: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], source: Path) -> dict[str, torch.Tensor]:
@@ -161,29 +181,34 @@ class Problem:
         return self.data + self.eval_data
 
 
-def load_heads(args, model_dir: Path, tasks: Sequence[str], splits: dict[str, "ds.Split"], cache_dir: Path, data_root: Path) -> dict[str, Head]:
+def load_heads(args, model_dir: Path, tasks: Sequence[str], splits: dict[str, "ds.Split"], templates: dict[str, list[str]],
+               cache_dir: Path) -> dict[str, Head]:
     heads, missing = {}, []
     for task in tasks:
-        path = _find(model_dir, f"head_{task}")
+        path = _find(model_dir, f"head_{task}", "task-vectors")
         if path is not None:
             heads[task] = load_head(path)
         else:
             missing.append(task)
     if missing:
-        weights = Path(args.clip_weights) if args.clip_weights else _find(model_dir, "clip_pretrained")
-        if weights is None or not weights.is_file():
+        # a full CLIP: clip_pretrained.*, or an HF zeroshot/ folder (a whole CLIPModel)
+        weights = Path(args.clip_weights) if args.clip_weights else (_find(model_dir, "clip_pretrained") or _find(model_dir, "zeroshot", "hf"))
+        if weights is None or not weights.exists():
             raise FileNotFoundError(
                 f"no head for {missing} ({model_dir}/head_<Task>.pt) and no CLIP weights to build one from the text tower: "
                 f"put the task-vectors heads there, or pass --clip-weights (a full open_clip state dict)")
         clip = create_clip(args.model)
-        load_clip_weights(clip, load_checkpoint(weights).state_dict, str(weights))
+        load_clip_weights(clip, hf.load_weights(weights), str(weights))
         tokenizer = get_tokenizer(args.model)
+        weights_file = hf.weights_file(weights) if weights.is_dir() else weights
         for task in missing:
-            cached = cache_dir / "heads" / args.model / f"head_{task}.pt"
-            if cached.is_file() and cached.stat().st_mtime >= weights.stat().st_mtime:
+            # the cache key covers everything the head depends on, so a stale head is never reused
+            key = json.dumps([args.model, str(weights_file.resolve()), weights_file.stat().st_mtime_ns, splits[task].classnames, templates[task]])
+            cached = cache_dir / "heads" / args.model / f"head_{task}-{hashlib.sha1(key.encode()).hexdigest()[:10]}.pt"
+            if cached.is_file():
                 heads[task] = load_head(cached)
                 continue
-            weight = zeroshot_weights(clip, tokenizer, splits[task].classnames, ds.task_templates(task, data_root), device=args.device)
+            weight = zeroshot_weights(clip, tokenizer, splits[task].classnames, templates[task], device=args.device)
             save_classification_head(weight, cached)
             heads[task] = Head(weight)
     for task in tasks:
@@ -197,20 +222,28 @@ def load_problem(args, method: Method, timings: dict[str, float]) -> Problem:
     model_dir = Path(args.checkpoints) / args.model
     data_root = Path(args.data_location or ("data/mini" if args.model == "mini" else "data"))
     cache_dir = Path(args.cache_dir) if args.cache_dir else data_root / ".cache"
-    tasks = parse_tasks(args.tasks, model_dir)
+    user_tasks = {name: Path(folder) for name, folder in _named(args.task, "--task").items()}
+    user_experts = {name: Path(path) for name, path in _named(args.finetuned, "--finetuned").items()}
+    tasks = parse_tasks(args.tasks, model_dir) if args.tasks or not user_tasks else list(user_tasks)
     clip = create_clip(args.model)
     reference = encoder_state_dict(clip)
     keys = list(reference)
-    base_path = _find(model_dir, "zeroshot")
+    fmt = args.checkpoint_format
+    base_path = _find(model_dir, "zeroshot", fmt)
     if base_path is None:
-        raise FileNotFoundError(f"pretrained encoder not found: expected {model_dir}/zeroshot.pt (task-vectors layout) or .safetensors")
-    theta0 = to_encoder_entries(load_checkpoint(base_path).state_dict, reference, base_path)
+        raise FileNotFoundError(f"pretrained encoder not found: expected {model_dir}/zeroshot.pt (task-vectors layout), "
+                                f"zeroshot.safetensors, or a Hugging Face folder {model_dir}/zeroshot/ with config.json")
+    theta0 = to_encoder_entries(hf.load_weights(base_path), reference, base_path)
     experts = []
     for task in tasks:
-        path = _find(model_dir / task, "finetuned")
-        if path is None:
-            raise FileNotFoundError(f"{task}: fine-tuned encoder not found: expected {model_dir}/{task}/finetuned.pt")
-        experts.append(to_encoder_entries(load_checkpoint(path).state_dict, reference, path))
+        path = user_experts.get(task) or _find(model_dir / task, "finetuned", fmt)
+        if path is None or not path.exists():
+            raise FileNotFoundError(f"{task}: fine-tuned encoder not found: expected {path or model_dir / task / 'finetuned.pt'} "
+                                    f"(or a Hugging Face folder {model_dir / task / 'finetuned'}/, or --finetuned {task}=PATH)")
+        weights = hf.load_weights(path)
+        if hf.is_hf_checkpoint(path):  # HF experts are often vision-only: text-side entries come from theta_0
+            weights = hf.fill_from(weights, theta0)
+        experts.append(to_encoder_entries(weights, reference, path))
     tau = task_vectors(theta0, experts, tasks)
     del experts
     if method.vectors == "ties":
@@ -220,7 +253,10 @@ def load_problem(args, method: Method, timings: dict[str, float]) -> Problem:
     t0 = time.perf_counter()
     unseen = [t for t in parse_tasks(args.eval_tasks, model_dir) if t not in tasks] if args.eval_tasks else []
     everything = tasks + unseen
-    splits = {task: ds.read_split(task, data_root, "test") for task in everything}
+    splits = {task: ds.read_image_folder_task(task, user_tasks[task]) if task in user_tasks else ds.read_split(task, data_root, "test")
+              for task in everything}
+    templates = {task: ds.user_task_templates(user_tasks[task]) if task in user_tasks else ds.task_templates(task, data_root)
+                 for task in everything}
     size = image_size(clip)
     images = {task: ds.preprocess_images(splits[task], size, cache_dir / "images", progress=not args.no_progress) for task in everything}
     if args.corruption:
@@ -228,7 +264,7 @@ def load_problem(args, method: Method, timings: dict[str, float]) -> Problem:
     timings["load_data"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    heads = load_heads(args, model_dir, everything, splits, cache_dir, data_root)
+    heads = load_heads(args, model_dir, everything, splits, templates, cache_dir)
     timings["load_heads"] = time.perf_counter() - t0
     data = {task: TaskData(task, images[task], heads[task].to(args.device), torch.as_tensor(splits[task].labels, dtype=torch.long))
             for task in everything}

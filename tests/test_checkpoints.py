@@ -113,3 +113,45 @@ def test_garbage_truncated_and_nan_files_give_one_line_errors(tmp_path):
         load_checkpoint(tmp_path / "nan.pt")
     with pytest.raises(CheckpointError, match="no such file"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def _one_line(error: pytest.ExceptionInfo) -> str:
+    message = str(error.value)
+    assert "\n" not in message
+    return message
+
+
+def test_unknown_module_is_never_imported(tmp_path):
+    # GLOBAL of a module that does not exist, then a call to it: refused before any import is tried
+    payload = b"\x80\x02cno_such_module_xyz\nboom\nq\x00)R."
+    path = tmp_path / "unknown.pt"
+    path.write_bytes(payload)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(path)
+    assert "unknown.pt" in _one_line(e) and "no_such_module_xyz.boom" in str(e.value)
+    assert "no_such_module_xyz" not in sys.modules
+    # an instance of an unknown class (no call) is inert, but it is not a checkpoint
+    torch_save_like = b"\x80\x02cno_such_module_xyz\nThing\nq\x00)\x81q\x01}q\x02b."
+    (tmp_path / "thing.pt").write_bytes(torch_save_like)
+    with pytest.raises(CheckpointError, match=r"thing\.pt: .*(holds a|not a readable)"):
+        load_checkpoint(tmp_path / "thing.pt")
+
+
+def test_zip_with_a_bad_entry_is_a_clear_error(tmp_path):
+    import zipfile
+    save_state_dict({"w": torch.randn(64)}, tmp_path / "ok.pt")
+    with zipfile.ZipFile(tmp_path / "ok.pt") as src, zipfile.ZipFile(tmp_path / "bad.pt", "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if "/data/" in item.filename and not item.filename.endswith(".pkl"):
+                data = data[:10]  # a storage entry cut short
+            dst.writestr(item, data)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(tmp_path / "bad.pt")
+    assert "bad.pt" in _one_line(e)
+
+
+def test_a_list_of_tensors_is_not_a_checkpoint(tmp_path):
+    torch.save([torch.zeros(2)], tmp_path / "list.pt")
+    with pytest.raises(CheckpointError, match=r"list\.pt: holds a list"):
+        load_checkpoint(tmp_path / "list.pt")

@@ -184,7 +184,8 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
     except (pickle.UnpicklingError, EOFError, RuntimeError, zipfile.BadZipFile, ValueError, KeyError, AttributeError, TypeError, IndexError) as e:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
+        detail = " ".join(str(e).split())[:300]  # torch's messages can span lines; keep errors one line
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {detail})") from e
     if _is_module_stand_in(obj):
         sd: collections.OrderedDict[str, torch.Tensor] = collections.OrderedDict()
         _module_state_dict(obj, "", sd)

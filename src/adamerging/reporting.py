@@ -1,11 +1,14 @@
 """Printing per-task tables and writing results JSON atomically."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 import platform
 import time
+from importlib import resources
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Collection, Mapping, Sequence
 
 from .checkpoints import atomic_write
 
@@ -18,16 +21,105 @@ def package_versions() -> dict[str, str]:
     return {"python": platform.python_version(), "torch": torch.__version__, "open_clip": open_clip.__version__, "numpy": numpy.__version__}
 
 
-def markdown_table(rows: Mapping[str, Mapping[str, float]], tasks: Sequence[str], digits: int = 1) -> str:
-    """One row per method: per-task accuracy and the average (computed over `tasks`)."""
-    header = "| method | " + " | ".join(tasks) + " | Avg |"
-    lines = [header, "|" + "---|" * (len(tasks) + 2)]
+def row_average(accs: Mapping[str, float], tasks: Sequence[str]) -> float | None:
+    """The row's own "Avg" if it carries one (a paper's printed average), else the mean over `tasks` (None if one is missing)."""
+    if accs.get("Avg") is not None:
+        return float(accs["Avg"])
+    present = [accs[t] for t in tasks if accs.get(t) is not None]
+    return sum(present) / len(present) if present and len(present) == len(tasks) else None
+
+
+def _cell(value: float | None, digits: int, signed: bool) -> str:
+    if value is None:
+        return "-"
+    value = round(float(value), digits) + 0.0   # no "-0.0" for a difference that rounds to zero
+    return f"{value:{'+' if signed else ''}.{digits}f}"
+
+
+def markdown_table(rows: Mapping[str, Mapping[str, float]], tasks: Sequence[str], digits: int = 1, *,
+                   signed: Collection[str] = (), average: bool = True, label: str = "method") -> str:
+    """One row per method: per-task accuracy and the average (computed over `tasks`).
+
+    A row that carries an "Avg" entry shows it instead of the computed mean (the paper's printed
+    averages); rows named in `signed` print with a sign (differences); `average=False` drops the column.
+    """
+    header = f"| {label} | " + " | ".join(tasks) + (" | Avg |" if average else " |")
+    lines = [header, "|" + "---|" * (len(tasks) + 1 + average)]
     for name, accs in rows.items():
-        cells = [f"{accs[t]:.{digits}f}" if t in accs else "-" for t in tasks]
-        present = [accs[t] for t in tasks if t in accs]
-        avg = f"{sum(present) / len(present):.{digits}f}" if len(present) == len(tasks) else "-"
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {avg} |")
+        sign = name in signed
+        cells = [_cell(accs.get(t), digits, sign) for t in tasks]
+        if average:
+            cells.append(_cell(row_average(accs, tasks), digits, sign))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def csv_table(rows: Mapping[str, Mapping[str, float]], tasks: Sequence[str], digits: int = 2, average: bool = True,
+              label: str = "method") -> str:
+    """The same rows as CSV (empty cell where a value is missing), for spreadsheets and plotting."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([label, *tasks, *(["Avg"] if average else [])])
+    for name, accs in rows.items():
+        values = [accs.get(t) for t in tasks] + ([row_average(accs, tasks)] if average else [])
+        writer.writerow([name, *("" if v is None else round(float(v), digits) for v in values)])
+    return out.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------- the paper's numbers
+
+# Our row titles that the paper spells differently.
+PAPER_TITLES = {"Zero-shot": "Pretrained"}
+
+
+def paper_tables() -> dict:
+    """The vendored paper_tables.json (Tables 2-4, the authors' logs)."""
+    return json.loads(resources.files("adamerging.data").joinpath("paper_tables.json").read_text())
+
+
+def paper_row(model: str, title: str, tasks: Sequence[str] | None = None) -> dict[str, float] | None:
+    """The paper's row `title` (our spelling) for `model`, restricted to `tasks`, or None if not reported.
+
+    "Avg" is the paper's printed average when `tasks` are all 8 of its tasks, else the mean over `tasks`.
+    """
+    tables = paper_tables()
+    row = tables.get(model, {}).get(PAPER_TITLES.get(title, title))
+    if row is None:
+        return None
+    tasks = list(tasks) if tasks is not None else list(tables["task_order"])
+    if not any(t in row for t in tasks):
+        return None
+    out = {t: row[t] for t in tasks if t in row}
+    if set(tasks) == set(tables["task_order"]) and "Avg" in row:
+        out["Avg"] = row["Avg"]
+    return out
+
+
+def with_paper(ours: Mapping[str, Mapping[str, float]], paper: Mapping[str, Mapping[str, float] | None],
+               columns: Sequence[str], average: bool = True) -> tuple[dict[str, dict[str, float]], set[str]]:
+    """Each of our rows, then the paper's row `<title> (paper)` and `<title> (ours - paper)` where the paper has one.
+
+    Returns the rows and the names of the difference rows (for `markdown_table(signed=...)`). With
+    `average`, every row gets an "Avg" (ours: the mean over `columns`; the paper: its own when given).
+    """
+    rows: dict[str, dict[str, float]] = {}
+    signed: set[str] = set()
+    for title, accs in ours.items():
+        mine = {c: accs[c] for c in columns if accs.get(c) is not None}
+        if average and row_average(accs, columns) is not None:
+            mine["Avg"] = row_average(accs, columns)
+        rows[title] = mine
+        theirs = paper.get(title)
+        if not theirs:
+            continue
+        theirs = dict(theirs)
+        if average and row_average(theirs, columns) is not None:
+            theirs["Avg"] = row_average(theirs, columns)
+        rows[f"{title} (paper)"] = theirs
+        diff = {c: mine[c] - theirs[c] for c in [*columns, "Avg"] if mine.get(c) is not None and theirs.get(c) is not None}
+        rows[f"{title} (ours - paper)"] = diff
+        signed.add(f"{title} (ours - paper)")
+    return rows, signed
 
 
 def write_json(data: dict, path: str | Path) -> None:

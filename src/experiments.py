@@ -1,0 +1,8 @@
+"""The paper's experiments, one command each (see adamerging/experiments.py):
+
+    python src/experiments.py {main-table,published,entropy-loss,coefficients,generalization,robustness,ablations,all} --model mini
+"""
+from adamerging.experiments import main
+
+if __name__ == "__main__":
+    main()

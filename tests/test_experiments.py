@@ -1,0 +1,193 @@
+"""The experiment commands: table rendering beside the paper, CSV, the correlation and depth code on
+inputs with known answers, then several experiments end to end on random-weight mini checkpoints."""
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from adamerging.experiments import (binned_means, comparison, correlation_report, depth_group, depth_profile, generalization_splits,
+                                    _paper_generalization, run)
+from adamerging.merging import CoefficientTable
+from adamerging.reporting import csv_table, markdown_table, paper_row
+from fake_data import write_fake_dataset
+from model_fixtures import write_random_checkpoints
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER_TASKS = ["SUN397", "Cars", "RESISC45", "EuroSAT", "SVHN", "GTSRB", "MNIST", "DTD"]
+PAPER_TA = [55.2, 54.9, 66.7, 78.9, 80.2, 69.7, 97.3, 50.4]     # Table 2, ViT-B/32, average 69.1
+
+
+# ---------------------------------------------------------------------------------------------- tables
+
+
+def test_rows_beside_the_paper_with_signed_differences():
+    ours = {"Task Arithmetic": {t: v + 1.0 for t, v in zip(PAPER_TASKS, PAPER_TA)},
+            "Zero-shot": {t: 50.0 for t in PAPER_TASKS}}
+    rows, signed = comparison("ViT-B-32", ours, PAPER_TASKS)
+    assert list(rows) == ["Task Arithmetic", "Task Arithmetic (paper)", "Task Arithmetic (ours - paper)",
+                          "Zero-shot", "Zero-shot (paper)", "Zero-shot (ours - paper)"]
+    assert rows["Task Arithmetic (paper)"]["Avg"] == 69.1               # the printed average, not the mean of rounded cells
+    diff = rows["Task Arithmetic (ours - paper)"]
+    assert all(diff[t] == pytest.approx(1.0) for t in PAPER_TASKS)
+    assert diff["Avg"] == pytest.approx(np.mean(PAPER_TA) + 1 - 69.1)
+    assert rows["Zero-shot (paper)"]["SUN397"] == 62.3 and rows["Zero-shot (paper)"]["Avg"] == 48.0   # the paper's "Pretrained"
+    table = markdown_table(rows, PAPER_TASKS, signed=signed)
+    assert "| Task Arithmetic (paper) | 55.2 | 54.9 | 66.7 | 78.9 | 80.2 | 69.7 | 97.3 | 50.4 | 69.1 |" in table
+    assert "| Task Arithmetic (ours - paper) | +1.0 | +1.0 |" in table
+    assert "| Zero-shot (ours - paper) | -12.3 |" in table and "| +2.0 |" in table   # 50 - 48.0 on the average
+
+
+def test_paper_rows_on_a_task_subset_and_a_model_the_paper_does_not_report():
+    sub = paper_row("ViT-B-32", "Task Arithmetic", ["MNIST", "DTD", "NotATask"])
+    assert sub == {"MNIST": 97.3, "DTD": 50.4}                            # no printed average for a subset
+    rows, _ = comparison("ViT-B-32", {"Task Arithmetic": {"MNIST": 90.0, "DTD": 50.0}}, ["MNIST", "DTD"])
+    assert rows["Task Arithmetic (paper)"]["Avg"] == pytest.approx((97.3 + 50.4) / 2)
+    assert rows["Task Arithmetic (ours - paper)"]["Avg"] == pytest.approx(70.0 - (97.3 + 50.4) / 2)
+    assert paper_row("ViT-L-14", "Task-wise AdaMerging") is None and paper_row("mini", "Task Arithmetic") is None
+    rows, signed = comparison("mini", {"Task Arithmetic": {"MNIST": 90.0}}, ["MNIST"])
+    assert list(rows) == ["Task Arithmetic"] and not signed
+
+
+def test_markdown_table_keeps_its_plain_behaviour_and_csv_matches():
+    rows = {"A": {"x": 10.0, "y": 20.0}, "B": {"x": 5.0}}
+    assert markdown_table(rows, ["x", "y"]).splitlines() == [
+        "| method | x | y | Avg |", "|---|---|---|---|", "| A | 10.0 | 20.0 | 15.0 |", "| B | 5.0 | - | - |"]
+    assert markdown_table(rows, ["x"], average=False, label="row").splitlines()[0] == "| row | x |"
+    parsed = list(csv.reader(io.StringIO(csv_table({**rows, "C": {"x": 1.234, "y": 2.0, "Avg": 9.0}}, ["x", "y"]))))
+    assert parsed == [["method", "x", "y", "Avg"], ["A", "10.0", "20.0", "15.0"], ["B", "5.0", "", ""], ["C", "1.23", "2.0", "9.0"]]
+
+
+# ---------------------------------------------------------------------------------------------- correlation, depth, splits
+
+
+def test_spearman_per_task_and_pooled_on_known_inputs():
+    h = [0.1, 0.2, 0.3, 0.4, 0.5]
+    report = correlation_report({"up": (h, [1, 2, 3, 4, 5]), "down": (h, [5, 4, 3, 2, 1]), "swap": ([1, 2, 3, 4], [1, 3, 2, 4])})
+    assert report["per_task"]["up"] == pytest.approx(1.0) and report["per_task"]["down"] == pytest.approx(-1.0)
+    assert report["per_task"]["swap"] == pytest.approx(0.8)               # 1 - 6 * 2 / (4 * 15)
+    pooled = correlation_report({"a": ([0.0, 1.0, 2.0], [0.0, 1.0, 2.0]), "b": ([3.0, 4.0], [3.0, 4.0])})
+    assert pooled["pooled"] == pytest.approx(1.0)
+    assert np.isnan(correlation_report({"flat": ([1.0, 1.0, 1.0], [1.0, 2.0, 3.0])})["per_task"]["flat"])
+    bins = binned_means(np.arange(20.0), 2 * np.arange(20.0), bins=4)
+    assert [b["count"] for b in bins] == [5, 5, 5, 5]
+    assert [b["entropy"] for b in bins] == pytest.approx([2, 7, 12, 17]) and [b["loss"] for b in bins] == pytest.approx([4, 14, 24, 34])
+
+
+def test_depth_profile_groups_entries_by_block():
+    rows = ["model.positional_embedding", "model.visual.conv1.weight", "model.visual.proj",
+            "model.visual.transformer.resblocks.0.ln_1.weight", "model.visual.transformer.resblocks.0.attn.in_proj_weight",
+            "model.visual.transformer.resblocks.1.mlp.c_fc.weight", "model.visual.transformer.resblocks.2.ln_2.bias",
+            "model.visual.ln_post.weight"]
+    values = torch.tensor([[1, 9, 9], [1, .1, .3], [1, .5, .5], [1, .2, .2], [1, .2, .4], [1, .4, .4], [1, .8, .6], [1, .7, .7]])
+    profile = depth_profile(CoefficientTable(values, ["A", "B"], rows))
+    assert profile["groups"] == ["input", "block 0", "block 1", "block 2", "output"]   # text-side row left out
+    assert profile["entries"] == [1, 2, 1, 1, 2]
+    assert profile["per_task"]["B"] == pytest.approx([.3, .3, .4, .6, .6])
+    assert profile["mean"] == pytest.approx([.2, .25, .4, .7, .6])
+    assert profile["shallow_mean"] == pytest.approx(.25) and profile["deep_mean"] == pytest.approx(.7)
+    assert depth_group("model.visual.transformer.resblocks.11.attn.out_proj.bias") == (12, "block 11")
+    with pytest.raises(ValueError, match="layer-wise"):
+        depth_profile(CoefficientTable(values[:1], ["A", "B"]))
+
+
+def test_generalization_splits_follow_the_paper_restricted_to_the_available_tasks():
+    assert generalization_splits(PAPER_TASKS)["exp1"] == (["SUN397", "Cars", "RESISC45", "DTD", "SVHN", "GTSRB"], ["MNIST", "EuroSAT"])
+    mini = ["SUN397", "EuroSAT", "SVHN", "GTSRB", "MNIST", "DTD"]
+    assert generalization_splits(mini) == {"exp1": (["SUN397", "DTD", "SVHN", "GTSRB"], ["MNIST", "EuroSAT"]),
+                                           "exp2": (["SUN397", "GTSRB", "EuroSAT", "DTD", "MNIST"], ["SVHN"])}
+    assert generalization_splits(["MNIST", "SVHN"]) == {}
+    paper = _paper_generalization("ViT-B-32", "exp1", *generalization_splits(PAPER_TASKS)["exp1"])
+    assert paper["Layer-wise AdaMerging"]["EuroSAT"] == 56.1 and paper["Layer-wise AdaMerging"]["Unseen avg"] == 70.0
+    assert _paper_generalization("ViT-B-32", "exp1", *generalization_splits(mini)["exp1"]) == {}
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def mini(tmp_path_factory):
+    root = tmp_path_factory.mktemp("experiments")
+    tasks = {"MNIST": 10, "SVHN": 10, "EuroSAT": 10}
+    write_random_checkpoints(root / "checkpoints", "mini", tasks)
+    for task in tasks:
+        write_fake_dataset(task, root / "data", n_per_class=3, image_size=8)
+    return root
+
+
+def _argv(root, *extra):
+    return ["--model", "mini", "--checkpoints", str(root / "checkpoints"), "--data-location", str(root / "data"),
+            "--results-dir", str(root / "results"), "--tasks", "MNIST,SVHN,EuroSAT", "--no-progress", "--steps", "2", *extra]
+
+
+def _png(path: Path) -> bool:
+    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_main_table_then_the_analyses_on_its_results(mini, capsys):
+    folder = mini / "results" / "mini"
+    run(["main-table", *_argv(mini)])
+    rows = list(csv.reader(io.StringIO((folder / "main_table.csv").read_text())))
+    assert rows[0] == ["method", "MNIST", "SVHN", "EuroSAT", "Avg"] and len(rows) == 10     # every method, no paper rows for mini
+    assert [r[0] for r in rows[1:3]] == ["Zero-shot", "Individual"]
+    md = (folder / "main_table.md").read_text()
+    assert "| Layer-wise AdaMerging++ |" in md and "| method (average %) | ours | paper ViT-B-32 | paper ViT-L-14 |" in md
+    assert json.loads((folder / "layer_wise_adamerging.json").read_text())["config"]["steps"] == 2
+
+    stamp = (folder / "task_arithmetic.json").stat().st_mtime_ns
+    run(["main-table", *_argv(mini, "--skip-existing", "--methods", "task_arithmetic,zeroshot")])
+    assert (folder / "task_arithmetic.json").stat().st_mtime_ns == stamp and "reusing" in capsys.readouterr().out
+    run(["main-table", *_argv(mini, "--skip-existing", "--methods", "task_wise_adamerging", "--steps", "3")])   # other settings: rerun
+    assert json.loads((folder / "task_wise_adamerging.json").read_text())["config"]["steps"] == 3
+
+    report = run(["entropy-loss", *_argv(mini, "--samples", "20")])
+    saved = json.loads((folder / "entropy_vs_loss.json").read_text())
+    assert saved["samples"] == {"MNIST": 20, "SVHN": 20, "EuroSAT": 20} and len(saved["per_sample"]["SVHN"]["loss"]) == 20
+    assert saved["spearman"]["pooled"] == pytest.approx(report["spearman"]["pooled"]) and _png(folder / "entropy_vs_loss.png")
+
+    coeffs = run(["coefficients", *_argv(mini)])
+    assert coeffs["depth"]["groups"] == ["input", "block 0", "block 1", "block 2", "block 3", "output"]
+    assert coeffs["task_vectors"]["cosine"][0][0] == pytest.approx(1.0)
+    for kind in ("heatmap", "depth", "cosine"):
+        assert _png(folder / f"coefficients_{kind}.png")
+
+    with pytest.raises(ValueError, match="no published coefficients"):
+        run(["published", *_argv(mini)])
+
+
+def test_generalization_robustness_and_ablations_keep_their_runs_apart(mini):
+    folder = mini / "results" / "mini"
+    gen = run(["generalization", *_argv(mini, "--eval-tasks", "EuroSAT", "--methods", "task_arithmetic,layer_wise_adamerging")])
+    assert gen["custom"]["seen"] == ["MNIST", "SVHN"] and gen["custom"]["unseen"] == ["EuroSAT"]
+    assert "| method | MNIST | SVHN | Seen avg | EuroSAT | Unseen avg |" in (folder / "generalization.md").read_text()
+    run_file = json.loads((folder / "runs/generalization/custom/layer_wise_adamerging.json").read_text())
+    assert run_file["eval_tasks"] == ["EuroSAT"] and run_file["config"]["results_dir"] == str(folder / "runs/generalization/custom")
+
+    rob = run(["robustness", *_argv(mini, "--corruptions", "contrast", "--methods", "task_arithmetic,layer_wise_adamerging")])
+    assert set(rob["summary"]["Task Arithmetic"]) == {"clean", "contrast"}
+    assert rob["minus_ta"]["Layer-wise AdaMerging - TA"]["contrast"] == pytest.approx(
+        rob["summary"]["Layer-wise AdaMerging"]["contrast"] - rob["summary"]["Task Arithmetic"]["contrast"])
+    assert json.loads((folder / "runs/robustness/contrast/task_arithmetic.json").read_text())["config"]["corruption"] == "contrast"
+    assert "## contrast" in (folder / "robustness.md").read_text()
+
+    abl = run(["ablations", *_argv(mini, "--fractions", "0.1,1")])
+    assert set(abl["objective"]) == {"entropy", "supervised"} and set(abl["fractions"]) == {"0.1", "1"}
+    assert [s for s, _ in abl["trajectory"]["entropy"]] == [0, 1, 2]                  # --steps 2: evaluated every step
+    assert json.loads((folder / "runs/ablations/fraction_0.1/layer_wise_adamerging.json").read_text())["config"]["adapt_fraction"] == 0.1
+    assert _png(folder / "trajectory.png") and "## Fraction" in (folder / "ablations.md").read_text()
+    assert not (folder / "layer_wise_adamerging_supervised.json").exists()            # variants never land beside the main results
+
+
+def test_command_line_errors_are_one_line(mini):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, str(ROOT / "src" / "experiments.py"), "robustness", *_argv(mini, "--corruptions", "fog")],
+                         capture_output=True, text=True, env=env)
+    assert out.returncode == 2 and "fog" in out.stderr and "Traceback" not in out.stderr
+    with pytest.raises(SystemExit, match="main-table"):
+        run(["nonsense"])

@@ -1,0 +1,1 @@
+"""The embedded mini benchmark: `python -m adamerging.mini.build` (see DESIGN.md)."""

@@ -1,0 +1,232 @@
+"""Build the embedded mini benchmark: data in the real layouts, a pretrained tiny CLIP, zero-shot heads
+and fine-tuned experts in the real checkpoint formats.
+
+    python -m adamerging.mini.build [--quick] [--data-root data/mini] [--checkpoints checkpoints/mini]
+                                    [--seed 0] [--threads 2] [--force]
+
+See DESIGN.md beside this file for what each task stands in for and what was measured.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import adamerging  # noqa: F401  (compat shim before torchvision / open_clip)
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import layouts, tasks as T, train as TR
+
+BUILD_VERSION = 2
+
+# The final design (see DESIGN.md). `quick` keeps every file and layout, with tiny sizes.
+FULL = dict(
+    tasks=["SUN397", "EuroSAT", "GTSRB", "MNIST"],
+    n_train=2000, n_test=1000, n_val=200,
+    pool_n=40000, pretrain_steps=2000, pretrain_batch=128, pretrain_lr=1e-3, pretrain_wd=0.1,
+    expert_steps=300, expert_batch=64, expert_lr=1.5e-4, expert_wd=0.01,
+    heads="text", logit_scale=100.0,
+)
+QUICK = dict(FULL, n_train=100, n_test=60, n_val=20, pool_n=800, pretrain_steps=20, pretrain_batch=64, expert_steps=5,
+             expert_batch=32)
+
+
+HEADS_NOTE = {
+    "text": "zero-shot heads from the text tower with the templates (task-vectors construction)",
+    "probe": ("fallback: frozen linear-probe heads fitted on the pretrained image features (logistic regression "
+              "on the train split, rows L2-normalised, times exp(logit_scale)=100), written in the zero-shot "
+              "head format; the text-tower heads' accuracy is reported as text_zeroshot (see DESIGN.md)"),
+}
+
+
+class Progress:
+    def __init__(self):
+        self.t0 = time.time()
+        self.stage_t0 = self.t0
+        self.timings: dict[str, float] = {}
+
+    def log(self, msg: str) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(f"[mini build {time.time() - self.t0:7.1f}s] {msg}", file=sys.stdout)
+        sys.stdout.flush()
+
+    def stage(self, name: str) -> None:
+        now = time.time()
+        self.timings[name] = round(now - self.stage_t0, 2)
+        self.stage_t0 = now
+        self.log(f"{name} done in {self.timings[name]:.1f}s")
+
+
+def _config_hash(cfg: dict, seed: int) -> str:
+    blob = json.dumps({"v": BUILD_VERSION, "cfg": cfg, "seed": seed}, sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+@torch.no_grad()
+def _features(visual, images, bs=500):
+    return torch.cat([F.normalize(visual(TR.to_tensor(images[i:i + bs])), dim=-1) for i in range(0, len(images), bs)])
+
+
+def _acc(visual, head, images, labels):
+    f = _features(visual, images)
+    return float(((f @ head.t()).argmax(1).numpy() == labels).mean())
+
+
+def _linear_probe(visual, tr, te):
+    from sklearn.linear_model import LogisticRegression
+
+    ftr, fte = _features(visual, tr[0]).numpy(), _features(visual, te[0]).numpy()
+    clf = LogisticRegression(C=10, max_iter=2000).fit(ftr, tr[1])
+    return float(clf.score(fte, te[1])), clf
+
+
+def build(data_root: str | Path, ckpt_dir: str | Path, quick: bool = False, seed: int = 0, threads: int | None = None,
+          force: bool = False) -> dict:
+    from adamerging import checkpoints as C
+    from adamerging import heads as H
+    from adamerging import models as M
+
+    cfg = dict(QUICK if quick else FULL)
+    data_root, ckpt_dir = Path(data_root), Path(ckpt_dir)
+    key = _config_hash(cfg, seed)
+    report_path = ckpt_dir / "build_report.json"
+    if not force and report_path.exists():
+        try:
+            old = json.loads(report_path.read_text())
+        except json.JSONDecodeError:
+            old = {}
+        if old.get("config_hash") == key and all((ckpt_dir / t / "finetuned.pt").exists() for t in old.get("tasks", [])):
+            print(f"[mini build] cached: {ckpt_dir} (config {key}); use --force to rebuild", flush=True)
+            return old
+    threads = threads or min(2, os.cpu_count() or 1)
+    torch.set_num_threads(threads)
+    P = Progress()
+    P.log(f"{'quick' if quick else 'full'} build, seed {seed}, {threads} threads -> {data_root}, {ckpt_dir}")
+    tasks = cfg["tasks"]
+
+    # ---------------------------------------------------------------- 1. evaluation tasks on disk
+    for t in tasks:
+        d = data_root / layouts.DATASET_DIR[t]
+        if d.exists():
+            shutil.rmtree(d)
+    if (data_root / ".cache").exists():  # preprocessed-image caches of the old data would be stale
+        shutil.rmtree(data_root / ".cache")
+    data = {}
+    for t in tasks:
+        gen, classnames, templates = T.EVAL_TASKS[t]
+        ti = T.CANONICAL.index(t)
+        splits = {}
+        for si, (split, n) in enumerate([("train", cfg["n_train"]), ("test", cfg["n_test"]), ("val", cfg["n_val"])]):
+            if split == "val" and t != "EuroSAT":
+                continue
+            splits[split] = gen(np.random.default_rng([seed, ti, si]), n, split)
+        classnames, splits = layouts.on_disk_order(t, classnames, splits)
+        layouts.WRITERS[t](str(data_root), classnames, templates, splits)
+        data[t] = dict(splits=splits, classnames=classnames, templates=templates)
+        P.log(f"  {t}: {len(splits['train'][1])} train / {len(splits['test'][1])} test images -> "
+              f"{data_root / layouts.DATASET_DIR[t]}")
+    P.stage("data")
+
+    # ---------------------------------------------------------------- 2. pretraining pool + tiny CLIP
+    shares = {k: v[1] for k, v in T.POOL_GROUPS.items()}
+    pool = []
+    for gi, (name, (gen, share)) in enumerate(T.POOL_GROUPS.items()):
+        (x, y), names = gen(np.random.default_rng([seed, 100 + gi]), int(cfg["pool_n"] * share / sum(shares.values())))
+        pool.append(dict(name=name, images=x, labels=y, names=names, templates=T.POOL_TEMPLATES))
+    P.log(f"  pretraining pool: {sum(len(p['labels']) for p in pool)} images in {len(pool)} caption groups")
+    P.stage("pool")
+
+    torch.manual_seed(seed)
+    clip = M.create_clip("mini")
+    tok = M.get_tokenizer("mini")
+    TR.pretrain(clip, tok, pool, cfg["pretrain_steps"], batch=cfg["pretrain_batch"], lr=cfg["pretrain_lr"],
+                wd=cfg["pretrain_wd"], seed=seed, log=P.log, fixed_scale=cfg["logit_scale"])
+    clip.eval()
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    C.save_state_dict(clip.state_dict(), ckpt_dir / "clip_pretrained.safetensors")
+    C.save_image_encoder(clip, ckpt_dir / "zeroshot.pt")
+    P.stage("pretrain")
+
+    # ---------------------------------------------------------------- 3. zero-shot heads (text tower)
+    report_tasks = {}
+    heads = {}
+    for t in tasks:
+        tr, te = data[t]["splits"]["train"], data[t]["splits"]["test"]
+        text_w = H.zeroshot_weights(clip, tok, data[t]["classnames"], data[t]["templates"])
+        text_acc = _acc(clip.visual, text_w, *te)
+        probe, clf = _linear_probe(clip.visual, tr, te)
+        if cfg["heads"] == "text":
+            w = text_w
+        else:  # documented fallback: frozen probe head, unit-norm class rows times exp(logit_scale)
+            w = F.normalize(torch.tensor(clf.coef_, dtype=torch.float32), dim=-1) * clip.logit_scale.exp().detach()
+        heads[t] = w
+        C.save_classification_head(w, ckpt_dir / f"head_{t}.pt")
+        zs = _acc(clip.visual, w, *te)
+        report_tasks[t] = dict(zeroshot=zs, text_zeroshot=text_acc, linear_probe=probe, classes=len(data[t]["classnames"]))
+        P.log(f"  {t}: head ({cfg['heads']}) {zs * 100:.1f}, text zero-shot {text_acc * 100:.1f}, "
+              f"linear probe on pretrained features {probe * 100:.1f}")
+    P.stage("heads")
+
+    # ---------------------------------------------------------------- 4. experts
+    theta0 = {k: v.detach().clone() for k, v in clip.visual.state_dict().items()}
+    n0 = math.sqrt(sum(float(v.float().pow(2).sum()) for v in theta0.values()))
+    from tqdm import tqdm
+
+    for i, t in enumerate(tqdm(tasks, desc="experts", leave=False)):
+        tr, te = data[t]["splits"]["train"], data[t]["splits"]["test"]
+        ft = copy.deepcopy(clip)
+        TR.finetune_visual(ft.visual, heads[t], tr[0], tr[1], cfg["expert_steps"], batch=cfg["expert_batch"],
+                           lr=cfg["expert_lr"], wd=cfg["expert_wd"], seed=seed * 1000 + T.CANONICAL.index(t))
+        ft.eval()
+        C.save_image_encoder(ft, ckpt_dir / t / "finetuned.pt")
+        acc = _acc(ft.visual, heads[t], *te)
+        tau = math.sqrt(sum(float((ft.visual.state_dict()[k] - theta0[k]).float().pow(2).sum()) for k in theta0))
+        report_tasks[t].update(expert=acc, tau_over_theta0=tau / n0)
+        P.log(f"  {t}: expert {acc * 100:.1f} (zero-shot {report_tasks[t]['zeroshot'] * 100:.1f}), "
+              f"|tau|/|theta_0| {tau / n0:.3f}")
+        del ft
+    P.stage("experts")
+
+    (ckpt_dir / "tasks.txt").write_text("".join(t + "\n" for t in tasks))
+    avg = lambda k: float(np.mean([report_tasks[t][k] for t in tasks]))  # noqa: E731
+    report = dict(
+        config_hash=key, build_version=BUILD_VERSION, quick=quick, seed=seed, threads=threads, config=cfg,
+        tasks=tasks, per_task=report_tasks,
+        average=dict(zeroshot=avg("zeroshot"), expert=avg("expert"), linear_probe=avg("linear_probe")),
+        heads=HEADS_NOTE[cfg["heads"]],
+        timings_s=dict(P.timings, total=round(time.time() - P.t0, 2)),
+        torch=torch.__version__, python=sys.version.split()[0],
+    )
+    with C.atomic_write(report_path, "w") as f:
+        json.dump(report, f, indent=1)
+    P.log(f"average: zero-shot {report['average']['zeroshot'] * 100:.1f}, experts {report['average']['expert'] * 100:.1f}, "
+          f"linear probe {report['average']['linear_probe'] * 100:.1f}; total {report['timings_s']['total']:.0f}s")
+    return report
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m adamerging.mini.build", description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="a reduced benchmark (same files and layouts) in seconds")
+    ap.add_argument("--data-root", default="data/mini")
+    ap.add_argument("--checkpoints", default="checkpoints/mini")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default min(2, cores))")
+    ap.add_argument("--force", action="store_true", help="rebuild even if a matching build is cached")
+    a = ap.parse_args(argv)
+    build(a.data_root, a.checkpoints, quick=a.quick, seed=a.seed, threads=a.threads, force=a.force)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,163 @@
+"""Write mini tasks in the on-disk layouts of the real datasets they stand in for (SPEC.md, "Data").
+
+Each writer takes the data root, the class names, the templates and a dict
+``{split: (images uint8 [N,32,32,3], labels int64 [N])}`` with splits "train" and "test", and writes
+the real dataset's files plus ``classnames.txt`` / ``templates.txt`` in the dataset's folder (mini class
+names and templates differ from the real ones). Image files are written losslessly (PNG) where the real
+layout does not fix the format (class-folder datasets); GTSRB keeps its .ppm files, SVHN its .mat,
+MNIST its idx files (32x32 grey, the idx header carries the size).
+"""
+from __future__ import annotations
+
+import csv
+import os
+import struct
+
+import numpy as np
+from PIL import Image
+
+# folder of each task's dataset under the data root (where classnames.txt / templates.txt go)
+DATASET_DIR = {
+    "SUN397": "sun397", "Cars": "stanford_cars", "RESISC45": "resisc45", "EuroSAT": "EuroSAT_splits",
+    "SVHN": "svhn", "GTSRB": "gtsrb", "MNIST": "MNIST", "DTD": "dtd",
+}
+EUROSAT_FOLDERS = ["AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial", "Pasture",
+                   "PermanentCrop", "Residential", "River", "SeaLake"]
+
+
+def folder_names(task, classnames):
+    """Class-folder names of the folder datasets (None for the others)."""
+    if task == "SUN397":
+        return [f"{c[0]}_{c.replace(' ', '_')}" for c in classnames]  # e.g. b_beach, n_night_sky
+    if task == "DTD":
+        return [c.replace(" ", "_") for c in classnames]
+    if task == "EuroSAT":
+        return EUROSAT_FOLDERS if len(classnames) == len(EUROSAT_FOLDERS) else [c.replace(" ", "_") for c in classnames]
+    return None
+
+
+def on_disk_order(task, classnames, splits):
+    """Reorder classes as the readers number them: ImageFolder labels follow the SORTED class-folder
+    names, so classnames.txt, the heads and the experts must use that order too.
+    Returns (classnames, splits) relabelled; identity for the non-folder datasets."""
+    folders = folder_names(task, classnames)
+    if folders is None:
+        return list(classnames), splits
+    order = sorted(range(len(folders)), key=lambda i: folders[i])  # new label j = old label order[j]
+    inv = np.empty(len(order), dtype=np.int64)
+    inv[order] = np.arange(len(order))
+    new_splits = {k: (x, inv[y]) for k, (x, y) in splits.items()}
+    return [classnames[i] for i in order], new_splits
+
+
+def _write_meta(folder, classnames, templates):
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "classnames.txt"), "w") as f:
+        f.write("".join(c + "\n" for c in classnames))
+    with open(os.path.join(folder, "templates.txt"), "w") as f:
+        f.write("".join(t + "\n" for t in templates))
+
+
+def _save_png(path, img):
+    Image.fromarray(img).save(path, format="PNG", optimize=False)
+
+
+def _class_folders(root, split_dir, folder_names, images, labels, stem="img"):
+    for c, name in enumerate(folder_names):
+        os.makedirs(os.path.join(root, split_dir, name), exist_ok=True)
+    counters = np.zeros(len(folder_names), dtype=np.int64)
+    for img, y in zip(images, labels):
+        _save_png(os.path.join(root, split_dir, folder_names[y], f"{stem}_{counters[y]:05d}.png"), img)
+        counters[y] += 1
+
+
+def write_mnist(root, classnames, templates, splits):
+    raw = os.path.join(root, "MNIST", "raw")
+    os.makedirs(raw, exist_ok=True)
+    for split, prefix in [("train", "train"), ("test", "t10k")]:
+        images, labels = splits[split]
+        grey = images[..., 0] if images.ndim == 4 else images
+        n, h, w = grey.shape
+        with open(os.path.join(raw, f"{prefix}-images-idx3-ubyte"), "wb") as f:
+            f.write(struct.pack(">IIII", 2051, n, h, w))
+            f.write(np.ascontiguousarray(grey, dtype=np.uint8).tobytes())
+        with open(os.path.join(raw, f"{prefix}-labels-idx1-ubyte"), "wb") as f:
+            f.write(struct.pack(">II", 2049, n))
+            f.write(np.asarray(labels, dtype=np.uint8).tobytes())
+    _write_meta(os.path.join(root, "MNIST"), classnames, templates)
+
+
+def write_svhn(root, classnames, templates, splits):
+    from scipy.io import savemat
+
+    folder = os.path.join(root, "svhn")
+    os.makedirs(folder, exist_ok=True)
+    for split in ("train", "test"):
+        images, labels = splits[split]
+        X = np.ascontiguousarray(np.transpose(images, (1, 2, 3, 0)), dtype=np.uint8)  # [32,32,3,N]
+        y = np.where(labels == 0, 10, labels).astype(np.uint8).reshape(-1, 1)  # label 10 means digit 0
+        savemat(os.path.join(folder, f"{split}_32x32.mat"), {"X": X, "y": y}, do_compression=False)
+    _write_meta(folder, classnames, templates)
+
+
+def write_gtsrb(root, classnames, templates, splits):
+    base = os.path.join(root, "gtsrb")
+    images, labels = splits["train"]
+    counters = {}
+    for img, y in zip(images, labels):
+        d = os.path.join(base, "GTSRB", "Training", f"{int(y):05d}")
+        if y not in counters:
+            os.makedirs(d, exist_ok=True)
+            counters[y] = 0
+        Image.fromarray(img).save(os.path.join(d, f"00000_{counters[y]:05d}.ppm"), format="PPM")
+        counters[y] += 1
+    for y in range(len(classnames)):  # every class folder exists, with its GT csv as in the real archive
+        d = os.path.join(base, "GTSRB", "Training", f"{y:05d}")
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, f"GT-{y:05d}.csv"), "w", newline="") as f:
+            w = csv.writer(f, delimiter=";")
+            w.writerow(["Filename", "Width", "Height", "Roi.X1", "Roi.Y1", "Roi.X2", "Roi.Y2", "ClassId"])
+            for i in range(counters.get(y, 0)):
+                w.writerow([f"00000_{i:05d}.ppm", 32, 32, 0, 0, 31, 31, y])
+    images, labels = splits["test"]
+    d = os.path.join(base, "GTSRB", "Final_Test", "Images")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(base, "GT-final_test.csv"), "w", newline="") as f:
+        w = csv.writer(f, delimiter=";")
+        w.writerow(["Filename", "Width", "Height", "Roi.X1", "Roi.Y1", "Roi.X2", "Roi.Y2", "ClassId"])
+        for i, (img, y) in enumerate(zip(images, labels)):
+            Image.fromarray(img).save(os.path.join(d, f"{i:05d}.ppm"), format="PPM")
+            w.writerow([f"{i:05d}.ppm", 32, 32, 0, 0, 31, 31, int(y)])
+    _write_meta(base, classnames, templates)
+
+
+def write_eurosat(root, classnames, templates, splits):
+    base = os.path.join(root, "EuroSAT_splits")
+    folders = folder_names("EuroSAT", classnames)
+    _class_folders(base, "train", folders, *splits["train"])
+    _class_folders(base, "test", folders, *splits["test"])
+    if "val" in splits:
+        _class_folders(base, "val", folders, *splits["val"])
+    _write_meta(base, classnames, templates)
+
+
+def write_dtd(root, classnames, templates, splits):
+    base = os.path.join(root, "dtd")
+    folders = folder_names("DTD", classnames)
+    _class_folders(base, "train", folders, *splits["train"])
+    _class_folders(base, "val", folders, *splits["test"])  # task-vectors reads DTD's test split from val/
+    _write_meta(base, classnames, templates)
+
+
+def write_sun397(root, classnames, templates, splits):
+    base = os.path.join(root, "sun397")
+    folders = folder_names("SUN397", classnames)
+    _class_folders(base, "train", folders, *splits["train"])
+    _class_folders(base, "val", folders, *splits["test"])  # test split read from val/
+    _write_meta(base, classnames, templates)
+
+
+WRITERS = {
+    "SUN397": write_sun397, "EuroSAT": write_eurosat, "SVHN": write_svhn, "GTSRB": write_gtsrb,
+    "MNIST": write_mnist, "DTD": write_dtd,
+}

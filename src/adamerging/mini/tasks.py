@@ -1,0 +1,394 @@
+"""The mini tasks (stand-ins for the paper's 8) and the separate pretraining pool.
+
+Each evaluation task is a function ``gen(rng, n, split) -> (uint8 [n,32,32,3], int64 [n])`` plus its
+class names and prompt templates. The pretraining pool is a list of *groups*: each has its own label
+set of caption phrases (drawn from the same vocabulary the evaluation prompts use) and its own
+generator; concepts appear there in other styles, with a subset of the classes, or in other words,
+so that zero-shot transfer to the evaluation tasks is partial (a miniature of web pretraining).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from . import generators as g
+from .generators import S
+
+DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+def _stack(imgs, labels):
+    return np.stack(imgs).astype(np.uint8), np.asarray(labels, dtype=np.int64)
+
+
+def _balanced(rng, n, k):
+    lab = np.arange(n) % k
+    return rng.permutation(lab)
+
+
+# ================================================================================================
+# evaluation tasks
+def gen_mnist(rng, n, split):
+    _, (X, y) = g.mnist_halves()  # held-out half: never seen in pretraining
+    # fixed disjoint train / test subsets of the held-out half
+    order = np.random.default_rng(77).permutation(len(X))
+    ntest = len(X) * 2 // 5
+    pool_idx = order[:ntest] if split == "test" else order[ntest:]
+    idx = rng.permutation(pool_idx)[:n]
+    imgs = []
+    for i in idx:
+        a = np.asarray(Image.fromarray(X[i]).resize((g.OUT, g.OUT), Image.BILINEAR))
+        imgs.append(np.repeat(a[..., None], 3, axis=2))
+    return _stack(imgs, y[idx])
+
+
+def gen_svhn(rng, n, split):
+    labels = _balanced(rng, n, 10)
+    imgs = []
+    for k in labels:
+        img = g.background(rng, ["solid", "gradient", "photo"][rng.integers(3)])
+        d = ImageDraw.Draw(img)
+        size = int(rng.integers(36, 48))
+        fg = g._rand_color(rng)
+        cx, cy = S / 2 + rng.uniform(-3, 3), S / 2 + rng.uniform(-3, 3)
+        stroke = int(rng.integers(0, 2))
+        for side in (-1, 1):  # neighbouring digits of the house number, partly cut off
+            if rng.random() < 0.7:
+                g.render_printed(d, str(rng.integers(10)), cx + side * size * rng.uniform(0.65, 0.8), cy,
+                                 size, fg, stroke)
+        g.render_printed(d, str(k), cx, cy, size, fg, stroke)
+        imgs.append(g._finish(rng, img, blur=rng.uniform(0, 0.8), noise=5, bright=(0.7, 1.1)))
+    return _stack(imgs, labels)
+
+
+def gen_gtsrb(rng, n, split):
+    labels = _balanced(rng, n, len(g.SIGNS))
+    imgs = []
+    for k in labels:
+        img = g.photo_crop(rng)
+        r = rng.uniform(14, 26)
+        cx, cy = S / 2 + rng.uniform(-5, 5), S / 2 + rng.uniform(-5, 5)
+        g.draw_sign(img, int(k), cx, cy, r, rng)
+        imgs.append(g._finish(rng, img, blur=rng.uniform(0, 1.5), noise=5, bright=(0.35, 1.15)))
+    return _stack(imgs, labels)
+
+
+def gen_dtd(rng, n, split):
+    labels = _balanced(rng, n, len(g.DTD_KINDS))
+    imgs = []
+    for k in labels:
+        c0, c1 = g._rand_color(rng), g._rand_color(rng)
+        img = g.texture(rng, g.DTD_KINDS[k], c0, c1, period=rng.uniform(10, 22), angle=rng.uniform(0, math.pi),
+                        jitter=0.2)
+        imgs.append(g._finish(rng, img, blur=rng.uniform(0, 1.0), noise=10))
+    return _stack(imgs, labels)
+
+
+EUROSAT = ["annual crop land", "forest", "brushland or shrubland", "highway or road", "industrial buildings",
+           "pasture land", "permanent crop land", "residential buildings", "river", "lake or sea"]
+
+
+def _aerial(rng, k):
+    yy, xx = np.mgrid[0:S, 0:S].astype(np.float64)
+    if k == 0:  # annual crop: patches of striped fields
+        a = np.zeros((S, S, 3))
+        cut = rng.integers(16, 48)
+        for sl, ang in [((slice(0, cut), slice(None)), rng.uniform(0, math.pi)),
+                        ((slice(cut, S), slice(None)), rng.uniform(0, math.pi))]:
+            u = (xx * math.cos(ang) + yy * math.sin(ang)) / rng.uniform(3, 6)
+            m = (np.sin(2 * math.pi * u) > 0).astype(np.float64)
+            c0 = g._jitter_color(rng, (120, 150, 60), 30)
+            c1 = g._jitter_color(rng, (170, 140, 90), 30)
+            a[sl] = g._mix(c0, c1, m)[sl]
+    elif k == 1:
+        a = g.terrain(rng, "forest")
+    elif k == 2:  # brushland: blotches of grass and soil
+        t = (g._noise_field(rng, S, 6) > 0.5).astype(np.float64) * 0.7 + 0.3 * g._noise_field(rng, S, 2)
+        a = g._mix(g._jitter_color(rng, (110, 120, 60)), g._jitter_color(rng, (150, 130, 90)), t)
+    elif k == 3:  # highway
+        a = g.terrain(rng, ["grass", "soil", "sand"][rng.integers(3)])
+        im = Image.fromarray(a.astype(np.uint8))
+        d = ImageDraw.Draw(im)
+        ang = rng.uniform(0, math.pi)
+        c, s_ = math.cos(ang) * 60, math.sin(ang) * 60
+        cx, cy = rng.uniform(20, 44, 2)
+        d.line([(cx - c, cy - s_), (cx + c, cy + s_)], fill=g._jitter_color(rng, (110, 110, 110)), width=10)
+        d.line([(cx - c, cy - s_), (cx + c, cy + s_)], fill=(230, 230, 230), width=1)
+        a = np.asarray(im, dtype=np.float64)
+    elif k == 4:  # industrial: large grey / white roofs
+        im = Image.new("RGB", (S, S), g._jitter_color(rng, (120, 120, 115)))
+        d = ImageDraw.Draw(im)
+        for _ in range(rng.integers(3, 6)):
+            x0, y0 = rng.integers(-10, 50, 2)
+            w, h = rng.integers(14, 34, 2)
+            d.rectangle([x0, y0, x0 + w, y0 + h], fill=g._jitter_color(rng, (200, 200, 205), 30))
+        a = np.asarray(im, dtype=np.float64)
+    elif k == 5:  # pasture: smooth light green
+        t = g._noise_field(rng, S, 32)
+        a = g._mix(g._jitter_color(rng, (120, 180, 80)), g._jitter_color(rng, (150, 200, 100)), t)
+    elif k == 6:  # permanent crop: rows of tree dots
+        a = g.terrain(rng, "soil")
+        im = Image.fromarray(a.astype(np.uint8))
+        d = ImageDraw.Draw(im)
+        step = rng.uniform(6, 10)
+        col = g._jitter_color(rng, (40, 110, 40))
+        off = rng.uniform(0, step)
+        for yv in np.arange(off, S, step):
+            for xv in np.arange(off, S, step * 0.8):
+                d.ellipse([xv - 2.5, yv - 2.5, xv + 2.5, yv + 2.5], fill=col)
+        a = np.asarray(im, dtype=np.float64)
+    elif k == 7:  # residential: dense small roofs along streets
+        im = Image.new("RGB", (S, S), g._jitter_color(rng, (90, 130, 70)))
+        d = ImageDraw.Draw(im)
+        step = int(rng.integers(9, 13))
+        for yv in range(0, S, step):
+            for xv in range(0, S, step):
+                roof = g._jitter_color(rng, [(170, 70, 50), (120, 120, 130), (200, 190, 170)][rng.integers(3)])
+                d.rectangle([xv + 1, yv + 1, xv + step - 4, yv + step - 4], fill=roof)
+        a = np.asarray(im, dtype=np.float64)
+    elif k == 8:  # river through land
+        a = g.terrain(rng, ["grass", "forest", "soil"][rng.integers(3)])
+        ang = rng.uniform(0, math.pi)
+        u = (xx - 32) * math.cos(ang) + (yy - 32) * math.sin(ang)
+        v = -(xx - 32) * math.sin(ang) + (yy - 32) * math.cos(ang)
+        dist = np.abs(v - 6 * np.sin(u / rng.uniform(6, 10)))
+        m = (dist < rng.uniform(4, 7)).astype(np.float64)
+        a = a * (1 - m[..., None]) + g.terrain(rng, "water") * m[..., None]
+    else:  # lake or sea
+        a = g.terrain(rng, "water")
+        if rng.random() < 0.5:
+            ang = rng.uniform(0, 2 * math.pi)
+            m = ((xx - 32) * math.cos(ang) + (yy - 32) * math.sin(ang) > rng.uniform(14, 26)).astype(np.float64)
+            a = a * (1 - m[..., None]) + g.terrain(rng, "sand") * m[..., None]
+    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+
+
+def gen_eurosat(rng, n, split):
+    labels = _balanced(rng, n, 10)
+    imgs = [g._finish(rng, _aerial(rng, int(k)), blur=rng.uniform(0, 0.8), noise=6, bright=(0.8, 1.1))
+            for k in labels]
+    return _stack(imgs, labels)
+
+
+SCENES = ["beach", "desert", "forest", "mountain", "ocean", "snowfield", "night sky", "city skyline", "field",
+          "lake"]
+
+
+def _scene(rng, k, flat=False):
+    """Side-view landscape. flat=True: the pool's simplified style (flat colour bands, no objects)."""
+    yy, xx = np.mgrid[0:S, 0:S].astype(np.float64)
+    h = rng.uniform(22, 36)  # horizon
+    tex = (lambda name: g.terrain(rng, name)) if not flat else (
+        lambda name: np.ones((S, S, 3)) * np.asarray(g._jitter_color(rng, g.TERRAIN[name][1], 15)))
+    sky = tex("sky")
+    if k == 6:
+        sky = np.ones((S, S, 3)) * np.asarray(g._jitter_color(rng, (15, 20, 50), 10))
+    a = sky.copy()
+    below = yy > h + (0 if flat else 2 * np.sin(xx / rng.uniform(5, 12)))
+    ground = {0: "water", 1: "sand", 2: "forest", 3: "rock", 4: "water", 5: "snow", 6: "forest", 7: "rock",
+              8: "grass", 9: "water"}[k]
+    gr = tex(ground)
+    if k == 0:  # beach: water band then sand
+        sand = tex("sand")
+        a = np.where(below[..., None], gr, a)
+        a = np.where((yy > h + rng.uniform(8, 14))[..., None], sand, a)
+    elif k == 1 and not flat:
+        dune = yy > h + 5 * np.sin(xx / rng.uniform(6, 10) + rng.uniform(0, 6))
+        a = np.where(dune[..., None], gr, a)
+    elif k == 6:
+        a = np.where(below[..., None], gr * 0.25, a)
+    else:
+        a = np.where(below[..., None], gr, a)
+    im = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+    if flat:
+        return im
+    d = ImageDraw.Draw(im)
+    if k == 2:  # trees
+        for _ in range(rng.integers(6, 12)):
+            x, b = rng.uniform(0, S), rng.uniform(h, S)
+            hh = rng.uniform(10, 22)
+            d.polygon([(x, b - hh), (x - hh / 3, b), (x + hh / 3, b)], fill=g._jitter_color(rng, (20, 80, 30)))
+    elif k == 3:  # peaks
+        for _ in range(rng.integers(1, 3)):
+            x, hh = rng.uniform(5, 59), rng.uniform(18, 30)
+            d.polygon([(x, h - hh), (x - hh, h + 2), (x + hh, h + 2)], fill=g._jitter_color(rng, (110, 105, 100)))
+            d.polygon([(x, h - hh), (x - hh * 0.3, h - hh * 0.7), (x + hh * 0.3, h - hh * 0.7)], fill=(245, 245, 250))
+    elif k == 6:  # stars and moon
+        for _ in range(rng.integers(8, 20)):
+            x, y = rng.uniform(0, S), rng.uniform(0, h)
+            d.ellipse([x - 0.8, y - 0.8, x + 0.8, y + 0.8], fill=(250, 250, 220))
+        if rng.random() < 0.7:
+            x, y = rng.uniform(8, 56), rng.uniform(4, h - 6)
+            d.ellipse([x - 5, y - 5, x + 5, y + 5], fill=(240, 240, 210))
+    elif k == 7:  # buildings
+        x = rng.uniform(-5, 3)
+        while x < S:
+            w, hh = rng.uniform(6, 14), rng.uniform(12, 34)
+            col = g._jitter_color(rng, (80, 80, 95), 25)
+            d.rectangle([x, h - hh, x + w, S], fill=col)
+            for wy in np.arange(h - hh + 2, S - 2, 4):
+                for wx in np.arange(x + 2, x + w - 2, 3.5):
+                    if rng.random() < 0.6:
+                        d.rectangle([wx, wy, wx + 1, wy + 1], fill=(240, 220, 120))
+            x += w + rng.uniform(0, 3)
+    elif k == 8:  # crop rows / flowers
+        for _ in range(rng.integers(10, 30)):
+            x, y = rng.uniform(0, S), rng.uniform(h + 2, S)
+            d.ellipse([x - 1, y - 1, x + 1, y + 1], fill=g._jitter_color(rng, (230, 200, 40), 30))
+    elif k == 9:  # tree line on the far shore
+        for x in np.arange(rng.uniform(-4, 0), S, rng.uniform(3, 6)):
+            hh = rng.uniform(4, 9)
+            d.polygon([(x, h - hh), (x - 3, h), (x + 3, h)], fill=g._jitter_color(rng, (25, 80, 30)))
+    elif k == 4:  # waves
+        for _ in range(rng.integers(3, 8)):
+            y, x = rng.uniform(h + 3, S), rng.uniform(0, S)
+            d.line([(x - 6, y), (x + 6, y)], fill=(220, 235, 250), width=1)
+    elif k == 5:  # snowy hills
+        pass
+    return im
+
+
+def gen_sun397(rng, n, split):
+    labels = _balanced(rng, n, len(SCENES))
+    imgs = [g._finish(rng, _scene(rng, int(k)), blur=rng.uniform(0, 0.8), noise=6, bright=(0.7, 1.15))
+            for k in labels]
+    return _stack(imgs, labels)
+
+
+# name -> (generator, classnames, templates). Templates follow the real tasks' but stay short.
+EVAL_TASKS = {
+    "SUN397": (gen_sun397, SCENES, ["a photo of a {c}.", "a photo of the {c}."]),
+    "EuroSAT": (gen_eurosat, EUROSAT, ["a centered satellite photo of {c}.", "a satellite photo of the {c}."]),
+    "SVHN": (gen_svhn, [str(i) for i in range(10)], ['a photo of the number: "{c}".']),
+    "GTSRB": (gen_gtsrb, g.SIGNS, ['a photo of a "{c}" traffic sign.', 'a "{c}" traffic sign.']),
+    "MNIST": (gen_mnist, [str(i) for i in range(10)], ['a photo of the number: "{c}".']),
+    "DTD": (gen_dtd, g.DTD_KINDS, ["a photo of a {c} texture.", "a photo of a {c} pattern.",
+                                   "a photo of the {c} texture."]),
+}
+CANONICAL = ["SUN397", "Cars", "RESISC45", "EuroSAT", "SVHN", "GTSRB", "MNIST", "DTD"]
+
+
+# ================================================================================================
+# pretraining pool (never the evaluation images; MNIST digits from the other half)
+POOL_TEMPLATES = ["a photo of {c}.", "a picture of {c}.", "an image of {c}.", "{c}.", "a photo of the {c}.",
+                  "a small photo of {c}."]
+POOL_COLORS = ["red", "green", "blue", "yellow", "orange", "purple", "white", "black"]
+
+
+def pool_shapes(rng, n):
+    k = len(POOL_COLORS) * len(g.SHAPES)
+    labels = _balanced(rng, n, k)
+    imgs = []
+    for lab in labels:
+        col, shp = POOL_COLORS[lab // len(g.SHAPES)], g.SHAPES[lab % len(g.SHAPES)]
+        img = g.background(rng)
+        d = ImageDraw.Draw(img)
+        r = rng.uniform(10, 24)
+        g.draw_shape(d, shp, S / 2 + rng.uniform(-10, 10), S / 2 + rng.uniform(-10, 10), r,
+                     fill=g._jitter_color(rng, g.COLORS[col], 20), outline=g._rand_color(rng),
+                     rot=rng.uniform(-0.2, 0.2))
+        imgs.append(g._finish(rng, img, blur=rng.uniform(0, 0.8), noise=5))
+    names = [f"{c} {s}" for c in POOL_COLORS for s in g.SHAPES]
+    return _stack(imgs, labels), names
+
+
+def pool_handwritten(rng, n):
+    (X, y), _ = g.mnist_halves()
+    idx = rng.integers(0, len(X), n)
+    imgs = []
+    for i in idx:
+        bg = g.background(rng, "solid" if rng.random() < 0.5 else None)
+        fg = g._rand_color(rng)
+        img = g.render_handwritten(rng, X[i], fg, bg, rng.uniform(0.6, 1.0), rng.uniform(-6, 6),
+                                   rng.uniform(-6, 6), rng.uniform(-20, 20))
+        imgs.append(g._finish(rng, img, blur=rng.uniform(0, 0.8), noise=5))
+    return _stack(imgs, y[idx]), [f"a handwritten {w}" for w in DIGIT_WORDS]
+
+
+PRINTED = [str(i) for i in range(10)] + [str(10 * i) for i in range(1, 10)]
+
+
+def pool_printed(rng, n):
+    labels = _balanced(rng, n, len(PRINTED))
+    imgs = []
+    for lab in labels:
+        light = rng.random() < 0.5
+        colour = rng.random() < 0.5
+        bgc = g._rand_color(rng) if colour else g._jitter_color(rng, (235, 235, 235) if light else (20, 20, 20), 15)
+        fgc = g._rand_color(rng) if colour else g._jitter_color(rng, (20, 20, 20) if light else (235, 235, 235))
+        img = g.Image.new("RGB", (S, S), bgc)
+        d = ImageDraw.Draw(img)
+        g.render_printed(d, PRINTED[lab], S / 2 + rng.uniform(-4, 4), S / 2 + rng.uniform(-4, 4),
+                         int(rng.integers(26, 44)), fgc)
+        imgs.append(g._finish(rng, img, noise=3))
+    return _stack(imgs, labels), [f'the number: "{p}"' for p in PRINTED]
+
+
+def pool_arrows(rng, n):
+    dirs = ["left", "right", "up", "down"]
+    labels = _balanced(rng, n, 4)
+    imgs = []
+    for lab in labels:
+        img = g.background(rng)
+        d = ImageDraw.Draw(img)
+        g.draw_arrow(d, S / 2 + rng.uniform(-8, 8), S / 2 + rng.uniform(-8, 8), rng.uniform(12, 24), dirs[lab],
+                     g._rand_color(rng))
+        imgs.append(g._finish(rng, img, noise=4))
+    return _stack(imgs, labels), [f"an arrow pointing {d}" for d in dirs]
+
+
+POOL_PATTERNS = list(g.DTD_KINDS)
+
+
+def pool_patterns(rng, n):
+    labels = _balanced(rng, n, len(POOL_PATTERNS))
+    imgs = []
+    for lab in labels:
+        c0 = g._jitter_color(rng, g.COLORS[POOL_COLORS[rng.integers(8)]], 10)
+        c1 = g._jitter_color(rng, g.COLORS[POOL_COLORS[rng.integers(8)]], 10)
+        img = g.texture(rng, POOL_PATTERNS[lab], c0, c1, period=rng.uniform(10, 22), angle=rng.uniform(0, math.pi))
+        imgs.append(g._finish(rng, img))
+    return _stack(imgs, labels), [f"a {p} pattern" for p in POOL_PATTERNS]
+
+
+POOL_TERRAIN = ["water", "grass", "forest", "sand", "snow", "rock", "soil", "sky"]
+
+
+def pool_terrain(rng, n):
+    labels = _balanced(rng, n, len(POOL_TERRAIN))
+    imgs = [g._finish(rng, Image.fromarray(np.clip(g.terrain(rng, POOL_TERRAIN[lab], jit=30), 0, 255)
+                                            .astype(np.uint8)), noise=5, bright=(0.8, 1.1)) for lab in labels]
+    return _stack(imgs, labels), [f"close up {t}" for t in POOL_TERRAIN]
+
+
+POOL_SCENES = ["beach", "desert", "ocean", "snowfield", "night sky", "field"]
+
+
+def pool_scenes(rng, n):
+    ks = [SCENES.index(s) for s in POOL_SCENES]
+    labels = _balanced(rng, n, len(ks))
+    imgs = [g._finish(rng, _scene(rng, ks[lab], flat=True), noise=3) for lab in labels]
+    return _stack(imgs, labels), [f"a drawing of a {s}" for s in POOL_SCENES]
+
+
+def pool_photos(rng, n):
+    names = list(g.photos())
+    labels = _balanced(rng, n, len(names))
+    imgs = [g._finish(rng, g.photo_crop(rng, names[lab]), noise=3) for lab in labels]
+    nice = {"chelsea": "cat", "coffee": "cup of coffee", "immunohistochemistry": "tissue sample",
+            "hubble_deep_field": "galaxy", "camera": "cameraman", "china": "temple", "flower": "flower"}
+    return _stack(imgs, labels), [f"a {nice.get(k, k)}" for k in names]
+
+
+POOL_GROUPS = {
+    "shapes": (pool_shapes, 8),
+    "handwritten": (pool_handwritten, 3),
+    "printed": (pool_printed, 3),
+    "arrows": (pool_arrows, 1),
+    "patterns": (pool_patterns, 2),
+    "terrain": (pool_terrain, 2),
+    "scenes": (pool_scenes, 2),
+    "photos": (pool_photos, 2),
+}  # name -> (generator, relative share of the pool)

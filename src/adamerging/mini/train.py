@@ -1,0 +1,144 @@
+"""Pretraining the tiny CLIP and fine-tuning the experts (CPU, seeded)."""
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "model_configs")
+
+
+def to_tensor(images_uint8: np.ndarray) -> torch.Tensor:
+    """uint8 [N,32,32,3] -> normalised float [N,3,32,32] (CLIP's mean/std, as open_clip's val transform)."""
+    x = torch.from_numpy(np.ascontiguousarray(images_uint8)).permute(0, 3, 1, 2).float().div_(255.0)
+    return (x - MEAN) / STD
+
+
+def create_mini_clip(seed: int = 0):
+    """The `mini` open_clip CLIP (QuickGELU), randomly initialised with a fixed seed."""
+    import open_clip
+
+    try:  # the project's own factory when present
+        from adamerging.models import create_clip  # type: ignore
+
+        torch.manual_seed(seed)
+        return create_clip("mini")
+    except ImportError:
+        pass
+    open_clip.add_model_config(CONFIG_DIR)
+    torch.manual_seed(seed)
+    model = open_clip.create_model("mini", pretrained=None, force_quick_gelu=True)
+    return model
+
+
+def get_tokenizer():
+    import open_clip
+
+    open_clip.add_model_config(CONFIG_DIR)
+    return open_clip.get_tokenizer("mini")
+
+
+def cosine_lr(step, total, base, warmup):
+    if step < warmup:
+        return base * (step + 1) / warmup
+    p = (step - warmup) / max(1, total - warmup)
+    return base * 0.5 * (1 + math.cos(math.pi * p))
+
+
+def encode_text_norm(model, tokens):
+    return F.normalize(model.encode_text(tokens), dim=-1)
+
+
+@torch.no_grad()
+def zeroshot_weights(model, tokenizer, classnames, templates):
+    """Per class: encode every template, L2-normalise, average, L2-normalise; stack; x exp(logit_scale)."""
+    model.eval()
+    rows = []
+    for c in classnames:
+        e = encode_text_norm(model, tokenizer([t.replace("{c}", c) for t in templates]))
+        rows.append(F.normalize(e.mean(0), dim=-1))
+    return torch.stack(rows) * model.logit_scale.exp()
+
+
+def pretrain(model, tokenizer, pool, steps, batch=128, lr=1e-3, wd=0.1, warmup=100, seed=0, log=print,
+             max_scale=100.0, fixed_scale=None):
+    """Image-text pretraining with label-set negatives (UniCL-style): each image's caption competes with
+    all captions of its group, every caption drawn with a random template each step.
+
+    pool: list of dicts {images uint8, labels, names (caption phrases), templates}.
+    """
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    sizes = np.array([len(p["labels"]) for p in pool])
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    X = np.concatenate([p["images"] for p in pool])
+    G = np.concatenate([np.full(len(p["labels"]), i) for i, p in enumerate(pool)])
+    Y = np.concatenate([p["labels"] for p in pool])
+    if fixed_scale is not None:  # CLIP's final temperature (OpenAI CLIP: exp(logit_scale) = 100)
+        with torch.no_grad():
+            model.logit_scale.fill_(math.log(fixed_scale))
+        model.logit_scale.requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=wd)
+    model.train()
+    t0 = time.time()
+    from tqdm import tqdm
+
+    bar = tqdm(range(steps), desc="pretrain", mininterval=5, leave=False)
+    hist = []
+    for step in bar:
+        for pg in opt.param_groups:
+            pg["lr"] = cosine_lr(step, steps, lr, warmup)
+        idx = rng.integers(0, len(X), batch)
+        x = to_tensor(X[idx])
+        if rng.random() < 0.5:  # cheap augmentation: small random shifts
+            dx, dy = rng.integers(-2, 3, 2)
+            x = torch.roll(x, shifts=(int(dy), int(dx)), dims=(2, 3))
+        f = F.normalize(model.encode_image(x), dim=-1)
+        scale = model.logit_scale.exp().clamp(max=max_scale)
+        loss = 0.0
+        gs = G[idx]
+        for gi in np.unique(gs):
+            p = pool[gi]
+            tpl = p["templates"][rng.integers(len(p["templates"]))]
+            te = encode_text_norm(model, tokenizer([tpl.replace("{c}", n) for n in p["names"]]))
+            m = torch.from_numpy(gs == gi)
+            logits = scale * f[m] @ te.t()
+            loss = loss + F.cross_entropy(logits, torch.from_numpy(Y[idx][gs == gi]), reduction="sum")
+        loss = loss / batch
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(max_scale))
+        hist.append(loss.item())
+        if (step + 1) % 250 == 0:
+            log(f"  pretrain step {step + 1}/{steps} loss {np.mean(hist[-250:]):.3f} ({time.time() - t0:.0f}s)")
+    model.eval()
+    return hist
+
+
+def finetune_visual(visual, head_w, images, labels, steps, batch=64, lr=5e-4, wd=0.01, warmup=None, seed=0):
+    """Task-vectors recipe: fine-tune the image tower with the zero-shot head frozen (CE, AdamW, cosine)."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    warmup = warmup if warmup is not None else max(1, steps // 10)
+    opt = torch.optim.AdamW(visual.parameters(), lr=lr, weight_decay=wd)
+    visual.train()
+    Yt = torch.from_numpy(labels)
+    for step in range(steps):
+        for pg in opt.param_groups:
+            pg["lr"] = cosine_lr(step, steps, lr, warmup)
+        idx = rng.integers(0, len(images), batch)
+        f = F.normalize(visual(to_tensor(images[idx])), dim=-1)
+        loss = F.cross_entropy(f @ head_w.t(), Yt[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    visual.eval()
+    return visual

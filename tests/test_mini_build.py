@@ -1,0 +1,194 @@
+"""The mini benchmark builder (`python -m adamerging.mini.build --quick`): files, layouts, formats."""
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import adamerging  # noqa: F401
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def quick_build(tmp_path_factory):
+    base = tmp_path_factory.mktemp("mini")
+    data, ckpt = base / "data", base / "ckpt"
+    env = dict(__import__("os").environ, PYTHONPATH=str(ROOT / "src"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "adamerging.mini.build", "--quick", "--data-root", str(data), "--checkpoints", str(ckpt),
+         "--threads", "1"],
+        cwd=base, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return data, ckpt, proc.stdout
+
+
+def _tasks(ckpt):
+    return (ckpt / "tasks.txt").read_text().split()
+
+
+def test_progress_lines_and_report(quick_build):
+    data, ckpt, out = quick_build
+    for stage in ("data", "pool", "pretrain", "heads", "experts"):
+        assert f"{stage} done in" in out
+    report = json.loads((ckpt / "build_report.json").read_text())
+    tasks = _tasks(ckpt)
+    canonical = ["SUN397", "Cars", "RESISC45", "EuroSAT", "SVHN", "GTSRB", "MNIST", "DTD"]
+    assert 4 <= len(tasks) <= 8 and tasks == [t for t in canonical if t in tasks]
+    assert report["tasks"] == tasks and report["quick"] is True
+    for t in tasks:
+        r = report["per_task"][t]
+        for k in ("zeroshot", "expert", "linear_probe", "tau_over_theta0"):
+            assert 0.0 <= r[k] <= 1.0 or k == "tau_over_theta0"
+    assert report["timings_s"]["total"] > 0
+
+
+def test_layouts_on_disk(quick_build):
+    data, ckpt, _ = quick_build
+    tasks = _tasks(ckpt)
+    expect = {
+        "MNIST": ["MNIST/raw/train-images-idx3-ubyte", "MNIST/raw/train-labels-idx1-ubyte",
+                  "MNIST/raw/t10k-images-idx3-ubyte", "MNIST/raw/t10k-labels-idx1-ubyte"],
+        "SVHN": ["svhn/train_32x32.mat", "svhn/test_32x32.mat"],
+        "GTSRB": ["gtsrb/GT-final_test.csv", "gtsrb/GTSRB/Training/00000", "gtsrb/GTSRB/Final_Test/Images/00000.ppm"],
+        "EuroSAT": ["EuroSAT_splits/train/Forest", "EuroSAT_splits/test/SeaLake", "EuroSAT_splits/val/River"],
+        "DTD": ["dtd/train", "dtd/val"],
+        "SUN397": ["sun397/train", "sun397/val"],
+    }
+    dirs = {"SUN397": "sun397", "EuroSAT": "EuroSAT_splits", "SVHN": "svhn", "GTSRB": "gtsrb", "MNIST": "MNIST",
+            "DTD": "dtd", "Cars": "stanford_cars", "RESISC45": "resisc45"}
+    for t in tasks:
+        for rel in expect.get(t, []):
+            assert (data / rel).exists(), rel
+        names = (data / dirs[t] / "classnames.txt").read_text().splitlines()
+        templates = (data / dirs[t] / "templates.txt").read_text().splitlines()
+        assert len(names) >= 2 and templates and all("{c}" in x for x in templates)
+    if "MNIST" in tasks:
+        raw = (data / "MNIST/raw/t10k-images-idx3-ubyte").read_bytes()
+        magic, n, h, w = struct.unpack(">IIII", raw[:16])
+        assert magic == 2051 and (h, w) == (32, 32) and len(raw) == 16 + n * h * w
+    if "SVHN" in tasks:
+        from scipy.io import loadmat
+
+        m = loadmat(data / "svhn/test_32x32.mat")
+        assert m["X"].shape[:3] == (32, 32, 3) and m["X"].dtype == np.uint8
+        assert m["y"].shape == (m["X"].shape[3], 1) and set(np.unique(m["y"])) <= set(range(1, 11))
+    if "SUN397" in tasks:
+        folders = sorted(p.name for p in (data / "sun397/train").iterdir())
+        assert all(f[1] == "_" for f in folders)
+
+
+def test_checkpoint_files(quick_build):
+    data, ckpt, _ = quick_build
+    from adamerging import checkpoints as C
+
+    tasks = _tasks(ckpt)
+    full = C.load_state_dict(ckpt / "clip_pretrained.safetensors")
+    assert any(k.startswith("transformer.") for k in full) and "visual.conv1.weight" in full
+    zs = C.load_state_dict(ckpt / "zeroshot.pt")
+    assert "model.visual.conv1.weight" in zs and not any(k.startswith("model.transformer.") for k in zs)
+    for t in tasks:
+        ft = C.load_state_dict(ckpt / t / "finetuned.pt")
+        assert list(ft) == list(zs)
+        assert any(not torch.equal(ft[k], zs[k]) for k in zs if k.startswith("model.visual."))
+        # text-side leftovers are not fine-tuned
+        assert torch.equal(ft["model.token_embedding.weight"], zs["model.token_embedding.weight"])
+        head = C.load_checkpoint(ckpt / f"head_{t}.pt")
+        assert head.state_dict["weight"].shape[1] == zs["model.visual.proj"].shape[1]
+        assert float(head.state_dict["bias"].abs().sum()) == 0.0
+
+
+def test_read_back_with_project_readers(quick_build):
+    data, ckpt, _ = quick_build
+    from adamerging import datasets as D
+    from adamerging import heads as H
+
+    for t in _tasks(ckpt):
+        head = H.load_head(ckpt / f"head_{t}.pt")
+        for split in ("train", "test"):
+            s = D.read_split(t, data, split)
+            assert len(s) > 0 and len(s.classnames) == head.num_classes
+            assert s.labels.min() >= 0 and s.labels.max() < head.num_classes
+        assert D.task_templates(t, data) == (data / D.TASK_DIRS[t] / "templates.txt").read_text().splitlines()
+
+
+def test_class_order_matches_folders(quick_build):
+    """Readers number folder classes in sorted folder order: classnames.txt must follow that order."""
+    data, ckpt, _ = quick_build
+    from adamerging import datasets as D
+
+    from adamerging.mini import layouts
+
+    for t in _tasks(ckpt):
+        sub = {"SUN397": "sun397/train", "DTD": "dtd/train", "EuroSAT": "EuroSAT_splits/train"}.get(t)
+        if sub is None:
+            continue
+        folders = sorted(p.name for p in (data / sub).iterdir() if p.is_dir())
+        names = D.read_split(t, data, "test").classnames
+        assert layouts.folder_names(t, names) == folders, t
+        if t == "SUN397":
+            assert names == [f[2:].replace("_", " ") for f in folders]
+
+
+def test_reported_zeroshot_accuracy_reproduces_from_files(quick_build):
+    """Accuracy of the zero-shot encoder + head on the test files equals the builder's own number."""
+    data, ckpt, _ = quick_build
+    import torch.nn.functional as F
+    from adamerging import checkpoints as C
+    from adamerging import datasets as D
+    from adamerging import heads as H
+    from adamerging import models as M
+
+    report = json.loads((ckpt / "build_report.json").read_text())
+    clip = M.create_clip("mini")
+    M.load_encoder_weights(clip, C.load_state_dict(ckpt / "zeroshot.pt"))
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in M.normalization(clip))
+    for t in _tasks(ckpt):
+        s = D.read_split(t, data, "test")
+        x = (D.preprocess_images(s, 32).float() / 255 - mean) / std
+        with torch.no_grad():
+            pred = H.load_head(ckpt / f"head_{t}.pt")(clip.encode_image(x)).argmax(1).numpy()
+        acc = float((pred == s.labels).mean())
+        assert abs(acc - report["per_task"][t]["zeroshot"]) <= 1.5 / len(s), (t, acc, report["per_task"][t]["zeroshot"])
+
+
+def test_models_and_heads_roundtrip(quick_build):
+    data, ckpt, _ = quick_build
+    from adamerging import checkpoints as C
+    from adamerging import datasets as D
+    from adamerging import heads as H
+    from adamerging import models as M
+
+    clip = M.create_clip("mini")
+    M.load_clip_weights(clip, dict(C.load_state_dict(ckpt / "clip_pretrained.safetensors")), "pretrained")
+    tok = M.get_tokenizer("mini")
+    t = _tasks(ckpt)[0]
+    names, templates = D.read_split(t, data, "test").classnames, D.task_templates(t, data)
+    w = H.zeroshot_weights(clip, tok, names, templates)
+    assert torch.allclose(w, H.load_head(ckpt / f"head_{t}.pt").weight, atol=1e-5)
+
+
+@pytest.mark.parametrize("task", ["SVHN", "DTD", "SUN397", "EuroSAT", "GTSRB", "MNIST"])
+def test_every_writer_reads_back(tmp_path, task):
+    """Each layout writer (including tasks the final design does not use) round-trips through read_split."""
+    from adamerging import datasets as D
+    from adamerging.mini import layouts, tasks as T
+
+    gen, names, templates = T.EVAL_TASKS[task]
+    splits = {s: gen(np.random.default_rng(i), 30, s) for i, s in enumerate(["train", "test"])}
+    names, splits = layouts.on_disk_order(task, names, splits)
+    layouts.WRITERS[task](str(tmp_path), names, templates, splits)
+    for s in ("train", "test"):
+        got = D.read_split(task, tmp_path, s)
+        assert got.classnames == list(names)
+        imgs = D.preprocess_images(got, 32).numpy().transpose(0, 2, 3, 1)
+        # same multiset of (image, label) pairs as written, whatever order the reader lists them in
+        key = lambda x, y: sorted(zip([a.tobytes() for a in x], y.tolist()))  # noqa: E731
+        assert key(imgs, got.labels) == key(splits[s][0], splits[s][1])

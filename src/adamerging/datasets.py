@@ -235,24 +235,21 @@ def _pick_test_dir(task: str, base: Path, test_dir: str | None) -> Path:
 _Raw = tuple[list[str] | None, np.ndarray, Any, str]
 
 
-def _read_sun397(root: Path, split: str, test_dir: str | None) -> _Raw:
-    base = root / "sun397"
-    layout = "sun397/{train,val|test}/<x>_<scene>/*.jpg"
-    folder = _pick_test_dir("SUN397", base, test_dir) if split == "test" else base / "train"
-    classes, labels, paths = _image_folder("SUN397", folder, layout)
+def _read_class_folders(task: str, base: Path, layout: str, split: str, test_dir: str | None) -> _Raw:
+    """SUN397 and DTD: class folders under train/ and val/ (task-vectors) or test/ (the fork)."""
+    folder = _pick_test_dir(task, base, test_dir) if split == "test" else base / "train"
+    classes, labels, paths = _image_folder(task, folder, layout)
     if split == "test":
-        _check_same_classes("SUN397", folder, base / "train", classes)
+        _check_same_classes(task, folder, base / "train", classes)
     return classes, labels, paths, str(folder)
+
+
+def _read_sun397(root: Path, split: str, test_dir: str | None) -> _Raw:
+    return _read_class_folders("SUN397", root / "sun397", "sun397/{train,val|test}/<x>_<scene>/*.jpg", split, test_dir)
 
 
 def _read_dtd(root: Path, split: str, test_dir: str | None) -> _Raw:
-    base = root / "dtd"
-    layout = "dtd/{train,val|test}/<class>/*.jpg"
-    folder = _pick_test_dir("DTD", base, test_dir) if split == "test" else base / "train"
-    classes, labels, paths = _image_folder("DTD", folder, layout)
-    if split == "test":
-        _check_same_classes("DTD", folder, base / "train", classes)
-    return classes, labels, paths, str(folder)
+    return _read_class_folders("DTD", root / "dtd", "dtd/{train,val|test}/<class>/*.jpg", split, test_dir)
 
 
 def _read_eurosat(root: Path, split: str, test_dir: str | None) -> _Raw:

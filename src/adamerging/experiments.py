@@ -730,20 +730,20 @@ def _names(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
-def _methods(text: str) -> list[str]:
+def _choices(text: str, allowed, what: str) -> list[str]:
     names = _names(text)
-    bad = [m for m in names if m not in METHODS]
+    bad = [n for n in names if n not in allowed]
     if bad:
-        raise argparse.ArgumentTypeError(f"unknown method {bad}; expected some of {', '.join(METHODS)}")
+        raise argparse.ArgumentTypeError(f"unknown {what} {bad}; expected some of {', '.join(allowed)}")
     return names
+
+
+def _methods(text: str) -> list[str]:
+    return _choices(text, METHODS, "method")
 
 
 def _corruptions(text: str) -> list[str]:
-    names = _names(text)
-    bad = [c for c in names if c not in CORRUPTIONS]
-    if bad:
-        raise argparse.ArgumentTypeError(f"unknown corruption {bad}; expected some of {', '.join(CORRUPTIONS)}")
-    return names
+    return _choices(text, CORRUPTIONS, "corruption")
 
 
 def _fractions(text: str) -> list[float]:

@@ -401,12 +401,14 @@ def run(method_name: str, argv: Sequence[str] | None = None) -> dict:
         return {"accuracy": accs, "average": average}
     if args.save_merged and table is not None:
         save_state_dict(merge(problem.theta0, problem.tau, table.values, problem.keys), args.save_merged)
-    print(markdown_table({method.title: accs}, problem.tasks + [t.name for t in problem.eval_data]))
+    title = method.title + (" (supervised oracle)" if name.endswith("_supervised") else "")
+    print(markdown_table({title: accs}, problem.tasks + [t.name for t in problem.eval_data]))
     timings["total"] = time.perf_counter() - started
     result = {
         "method": method.name, "title": method.title, "model": args.model, "tasks": problem.tasks,
         "accuracy": accs, "average": average, "eval_tasks": [t.name for t in problem.eval_data],
-        "unseen_average": sum(accs[t.name] for t in problem.eval_data) / len(problem.eval_data) if problem.eval_data else None,
+        "unseen_average": (sum(accs[t.name] for t in problem.eval_data) / len(problem.eval_data)
+                           if problem.eval_data and all(t.name in accs for t in problem.eval_data) else None),
         "coefficients": table.to_json() if table is not None else None,
         "config": vars(args), "seed": args.seed, "versions": package_versions(), "timings_s": timings,
     }

@@ -87,12 +87,6 @@ def encoder_state_dict(clip_model: torch.nn.Module) -> "OrderedDict[str, torch.T
     return out
 
 
-def visual_params(encoder_sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The visual tower's entries of an encoder state dict, keyed as in `clip.visual`."""
-    n = len(VISUAL_PREFIX)
-    return {k[n:]: v for k, v in encoder_sd.items() if k.startswith(VISUAL_PREFIX)}
-
-
 def load_encoder_weights(clip_model: torch.nn.Module, encoder_sd: dict[str, torch.Tensor], source: str = "") -> None:
     """Copy an encoder state dict into `clip_model`; missing or unexpected keys are named in the error."""
     expected = encoder_state_dict(clip_model)

@@ -178,6 +178,12 @@ def test_generalization_corruption_and_data_fraction_flags(mini):
     noisy = run("task_arithmetic", _argv(mini, "--corruption", "gaussian_noise"))
     assert noisy["config"]["corruption"] == "gaussian_noise"
     assert set(noisy["accuracy"]) == set(clean["accuracy"])
+    from adamerging.pipeline import build_parser, load_problem
+    problems = [load_problem(build_parser(METHODS["task_arithmetic"]).parse_args(_argv(mini, *extra)), METHODS["task_arithmetic"], {})
+                for extra in ([], ["--corruption", "gaussian_noise"])]
+    for clean_task, noisy_task in zip(problems[0].data, problems[1].data):
+        assert clean_task.images.shape == noisy_task.images.shape
+        assert (clean_task.images.float() - noisy_task.images.float()).abs().mean() > 5  # the images really changed
     few = run("task_wise_adamerging", _argv(mini, "--steps", "2", "--adapt-fraction", "0.1"))  # 4 images per task
     assert few["config"]["adapt_fraction"] == 0.1
     with pytest.raises(ValueError, match="adapt-fraction"):

@@ -465,11 +465,11 @@ def coefficients(ctx: Context) -> dict:
     if not ctx.options.no_cosine:
         try:   # the task vectors come from the checkpoints, loaded as any run loads them
             args = pipeline.build_parser(METHODS["task_arithmetic"]).parse_args([*ctx.passthrough, "--tasks", ",".join(table.tasks)])
-            problem = pipeline.load_problem(args, METHODS["task_arithmetic"], {})
-            cosine = task_vector_stats(problem.theta0, problem.tau, problem.keys, table.tasks)
+            vectors = pipeline.load_task_vectors(args, METHODS["task_arithmetic"])  # checkpoints only, no test set
+            cosine = task_vector_stats(vectors.theta0, vectors.tau, vectors.keys, table.tasks)
             _plot_cosine(cosine["cosine"], table.tasks, folder / "coefficients_cosine.png", ctx.model)
             files["cosine"] = "coefficients_cosine.png"
-        except (FileNotFoundError, CheckpointError, ds.DatasetError) as e:
+        except (FileNotFoundError, CheckpointError) as e:
             print(f"cosine matrix skipped: {e}", file=sys.stderr)
     depth_rows = {g: {**{t: profile["per_task"][t][k] for t in table.tasks}, "mean": profile["mean"][k],
                       "mean, weight matrices": profile["mean_matrices"][k]} for k, g in enumerate(profile["groups"])}

@@ -217,17 +217,25 @@ def load_heads(args, model_dir: Path, tasks: Sequence[str], splits: dict[str, "d
     return heads
 
 
-def load_problem(args, method: Method, timings: dict[str, float]) -> Problem:
-    t0 = time.perf_counter()
+@dataclass
+class TaskVectorSet:
+    """The checkpoints side of a problem: architecture, theta_0 and the (possibly TIES-selected) task vectors."""
+
+    tasks: list[str]
+    clip: torch.nn.Module
+    keys: list[str]
+    theta0: dict[str, torch.Tensor]
+    tau: dict[str, torch.Tensor]
+
+
+def load_task_vectors(args, method: Method) -> TaskVectorSet:
+    """theta_0 and the experts' task vectors, for the tasks of `args` (no dataset is read)."""
     model_dir = Path(args.checkpoints) / args.model
-    data_root = Path(args.data_location or ("data/mini" if args.model == "mini" else "data"))
-    cache_dir = Path(args.cache_dir) if args.cache_dir else data_root / ".cache"
-    user_tasks = {name: Path(folder) for name, folder in _named(args.task, "--task").items()}
+    user_tasks = _named(args.task, "--task")
     user_experts = {name: Path(path) for name, path in _named(args.finetuned, "--finetuned").items()}
     tasks = parse_tasks(args.tasks, model_dir) if args.tasks or not user_tasks else list(user_tasks)
     clip = create_clip(args.model)
     reference = encoder_state_dict(clip)
-    keys = list(reference)
     fmt = args.checkpoint_format
     base_path = _find(model_dir, "zeroshot", fmt)
     if base_path is None:
@@ -248,6 +256,17 @@ def load_problem(args, method: Method, timings: dict[str, float]) -> Problem:
     del experts
     if method.vectors == "ties":
         tau = ties_select(tau, args.ties_k, args.ties_combine)
+    return TaskVectorSet(tasks, clip, list(reference), theta0, tau)
+
+
+def load_problem(args, method: Method, timings: dict[str, float]) -> Problem:
+    t0 = time.perf_counter()
+    vectors = load_task_vectors(args, method)
+    tasks, clip, keys, theta0, tau = vectors.tasks, vectors.clip, vectors.keys, vectors.theta0, vectors.tau
+    model_dir = Path(args.checkpoints) / args.model
+    data_root = Path(args.data_location or ("data/mini" if args.model == "mini" else "data"))
+    cache_dir = Path(args.cache_dir) if args.cache_dir else data_root / ".cache"
+    user_tasks = {name: Path(folder) for name, folder in _named(args.task, "--task").items()}
     timings["load_checkpoints"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -2,46 +2,24 @@
 from __future__ import annotations
 
 import math
-import os
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
-STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "model_configs")
+from .. import _torchvision_compat  # noqa: F401
+import open_clip
+
+# The CLIP validation normalisation (what the pipeline's Normalizer applies to the same images).
+MEAN = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
+STD = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
 
 
 def to_tensor(images_uint8: np.ndarray) -> torch.Tensor:
     """uint8 [N,32,32,3] -> normalised float [N,3,32,32] (CLIP's mean/std, as open_clip's val transform)."""
     x = torch.from_numpy(np.ascontiguousarray(images_uint8)).permute(0, 3, 1, 2).float().div_(255.0)
     return (x - MEAN) / STD
-
-
-def create_mini_clip(seed: int = 0):
-    """The `mini` open_clip CLIP (QuickGELU), randomly initialised with a fixed seed."""
-    import open_clip
-
-    try:  # the project's own factory when present
-        from adamerging.models import create_clip  # type: ignore
-
-        torch.manual_seed(seed)
-        return create_clip("mini")
-    except ImportError:
-        pass
-    open_clip.add_model_config(CONFIG_DIR)
-    torch.manual_seed(seed)
-    model = open_clip.create_model("mini", pretrained=None, force_quick_gelu=True)
-    return model
-
-
-def get_tokenizer():
-    import open_clip
-
-    open_clip.add_model_config(CONFIG_DIR)
-    return open_clip.get_tokenizer("mini")
 
 
 def cosine_lr(step, total, base, warmup):
@@ -53,17 +31,6 @@ def cosine_lr(step, total, base, warmup):
 
 def encode_text_norm(model, tokens):
     return F.normalize(model.encode_text(tokens), dim=-1)
-
-
-@torch.no_grad()
-def zeroshot_weights(model, tokenizer, classnames, templates):
-    """Per class: encode every template, L2-normalise, average, L2-normalise; stack; x exp(logit_scale)."""
-    model.eval()
-    rows = []
-    for c in classnames:
-        e = encode_text_norm(model, tokenizer([t.replace("{c}", c) for t in templates]))
-        rows.append(F.normalize(e.mean(0), dim=-1))
-    return torch.stack(rows) * model.logit_scale.exp()
 
 
 def pretrain(model, tokenizer, pool, steps, batch=128, lr=1e-3, wd=0.1, warmup=100, seed=0, log=print,

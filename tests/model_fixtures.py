@@ -31,3 +31,23 @@ def write_random_checkpoints(root: Path, model: str, classes: Mapping[str, int],
             weight = torch.nn.functional.normalize(torch.randn(num_classes, clip.visual.output_dim), dim=1) * 100
             save_classification_head(weight, folder / f"head_{task}.pt")
     return folder
+
+
+MINI_TASKS = {"MNIST": 10, "SVHN": 10, "EuroSAT": 10}
+
+
+def write_mini_problem(root: Path, n_per_class: int = 3) -> Path:
+    """Random-weight `mini` checkpoints and fake data for MNIST, SVHN, EuroSAT under `root`.
+    EuroSAT has no head file, so its head is built from the text tower (the zero-shot path)."""
+    from fake_data import write_fake_dataset
+
+    write_random_checkpoints(root / "checkpoints", "mini", MINI_TASKS, heads={"EuroSAT": False})
+    for task in MINI_TASKS:
+        write_fake_dataset(task, root / "data", n_per_class=n_per_class, image_size=8)
+    return root
+
+
+def mini_argv(root: Path, *extra: str, tasks: str = "MNIST,SVHN,EuroSAT") -> list[str]:
+    """Pipeline flags pointing at a `write_mini_problem` folder."""
+    return ["--model", "mini", "--checkpoints", str(root / "checkpoints"), "--data-location", str(root / "data"),
+            "--results-dir", str(root / "results"), "--tasks", tasks, "--no-progress", *extra]

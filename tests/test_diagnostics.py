@@ -15,8 +15,7 @@ from adamerging.diagnostics import (
     entropy_and_loss, run_diagnostics, sample_tasks, spearman, task_vector_stats, verdict)
 from adamerging.evaluation import accuracy
 from adamerging.heads import Head
-from fake_data import write_fake_dataset
-from model_fixtures import write_random_checkpoints
+from model_fixtures import mini_argv, write_mini_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 C = 5
@@ -196,17 +195,11 @@ def test_sample_is_seeded_labeled_and_independent_of_task_order():
 
 @pytest.fixture(scope="module")
 def mini(tmp_path_factory):
-    root = tmp_path_factory.mktemp("diag")
-    tasks = {"MNIST": 10, "SVHN": 10, "EuroSAT": 10}
-    write_random_checkpoints(root / "checkpoints", "mini", tasks)
-    for task in tasks:
-        write_fake_dataset(task, root / "data", n_per_class=3, image_size=8)
-    return root
+    return write_mini_problem(tmp_path_factory.mktemp("diag"))
 
 
 def _argv(root):
-    return ["--model", "mini", "--checkpoints", str(root / "checkpoints"), "--data-location", str(root / "data"),
-            "--results-dir", str(root / "results"), "--tasks", "MNIST,SVHN,EuroSAT", "--no-progress"]
+    return mini_argv(root)
 
 
 def test_diagnose_script_writes_report_and_plots(mini):

@@ -16,8 +16,7 @@ from adamerging.experiments import (binned_means, comparison, correlation_report
                                     _paper_generalization, run)
 from adamerging.merging import CoefficientTable
 from adamerging.reporting import csv_table, markdown_table, paper_row
-from fake_data import write_fake_dataset
-from model_fixtures import write_random_checkpoints
+from model_fixtures import mini_argv, write_mini_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_TASKS = ["SUN397", "Cars", "RESISC45", "EuroSAT", "SVHN", "GTSRB", "MNIST", "DTD"]
@@ -113,17 +112,11 @@ def test_generalization_splits_follow_the_paper_restricted_to_the_available_task
 
 @pytest.fixture(scope="module")
 def mini(tmp_path_factory):
-    root = tmp_path_factory.mktemp("experiments")
-    tasks = {"MNIST": 10, "SVHN": 10, "EuroSAT": 10}
-    write_random_checkpoints(root / "checkpoints", "mini", tasks)
-    for task in tasks:
-        write_fake_dataset(task, root / "data", n_per_class=3, image_size=8)
-    return root
+    return write_mini_problem(tmp_path_factory.mktemp("experiments"))
 
 
 def _argv(root, *extra):
-    return ["--model", "mini", "--checkpoints", str(root / "checkpoints"), "--data-location", str(root / "data"),
-            "--results-dir", str(root / "results"), "--tasks", "MNIST,SVHN,EuroSAT", "--no-progress", "--steps", "2", *extra]
+    return mini_argv(root, "--steps", "2", *extra)
 
 
 def _png(path: Path) -> bool:

@@ -12,25 +12,19 @@ from adamerging.checkpoints import load_checkpoint
 from adamerging.merging import load_table, merge
 from adamerging.pipeline import METHODS, run
 from fake_data import write_fake_dataset
-from model_fixtures import write_random_checkpoints
+from model_fixtures import MINI_TASKS, mini_argv, write_mini_problem, write_random_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
-TASKS = {"MNIST": 10, "SVHN": 10, "EuroSAT": 10}
+TASKS = MINI_TASKS
 
 
 @pytest.fixture(scope="module")
 def mini(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mini")
-    # EuroSAT has no head file: it is built from the text tower of clip_pretrained.safetensors.
-    write_random_checkpoints(root / "checkpoints", "mini", TASKS, heads={"EuroSAT": False})
-    for task in TASKS:
-        write_fake_dataset(task, root / "data", n_per_class=4, image_size=8)
-    return root
+    return write_mini_problem(tmp_path_factory.mktemp("mini"), n_per_class=4)
 
 
 def _argv(root, *extra, tasks="MNIST,SVHN,EuroSAT"):
-    return ["--model", "mini", "--checkpoints", str(root / "checkpoints"), "--data-location", str(root / "data"),
-            "--results-dir", str(root / "results"), "--tasks", tasks, "--no-progress", "--overwrite", *extra]
+    return mini_argv(root, "--overwrite", *extra, tasks=tasks)
 
 
 @pytest.mark.parametrize("method", list(METHODS))
@@ -54,7 +48,7 @@ def test_every_method_runs_and_writes_a_complete_result(mini, method):
 
 
 def test_baselines_use_their_defining_coefficients(mini):
-    ta = json.loads((mini / "results/mini/task_arithmetic.json").read_text()) if (mini / "results/mini/task_arithmetic.json").exists() else run("task_arithmetic", _argv(mini))
+    ta = run("task_arithmetic", _argv(mini))
     assert ta["coefficients"]["values"] == [[1.0, 0.3, 0.3, 0.3]]
     wa = run("weight_averaging", _argv(mini))
     assert wa["coefficients"]["values"][0][1:] == pytest.approx([1 / 3] * 3)

@@ -1,0 +1,54 @@
+"""The one command-line error handler of every script: a user mistake prints one line, never a traceback.
+
+Used by the method scripts (`pipeline.main`), `src/diagnose.py` and `python -m adamerging.experiments`.
+Exit codes: 0 done; 2 a user error (missing file, unreadable checkpoint or dataset, bad value or key);
+3 a run that stopped early with its state saved (`RunStopped`, e.g. AdaMerging's non-finite-loss guard);
+130 interrupted (Ctrl-C; the message may say where the state was saved).
+"""
+from __future__ import annotations
+
+import sys
+from typing import Callable, Sequence
+
+from .checkpoints import CheckpointError
+from .datasets import DatasetError
+
+EXIT_USER_ERROR = 2
+EXIT_STOPPED = 3
+EXIT_INTERRUPTED = 130
+
+# What a user can cause and fix from the message alone (a wrong path, flag value, task or entry name).
+USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, CheckpointError, DatasetError, ValueError, KeyError)
+
+
+class RunStopped(RuntimeError):
+    """A run stopped before its end and saved its state; the scripts exit with code 3.
+
+    Subclass it for a specific reason (AdaMerging's guard against a non-finite loss) so that the
+    handler here needs no import from the modules above it.
+    """
+
+
+def error_message(error: BaseException) -> str:
+    """The error as one line: a KeyError's own message, not the quoted repr str() gives it."""
+    text = error.args[0] if isinstance(error, KeyError) and error.args else error
+    return str(text).replace("\n", " ")
+
+
+def run_cli(command: Callable[[list[str]], object], argv: Sequence[str] | None = None) -> None:
+    """Run `command(argv)` (default: sys.argv[1:]) and turn the errors a user can fix into one line and an exit code.
+
+    Anything else (a bug) keeps its traceback. Raises SystemExit with EXIT_INTERRUPTED, EXIT_STOPPED or
+    EXIT_USER_ERROR; returns normally when the command succeeds.
+    """
+    try:
+        command(sys.argv[1:] if argv is None else list(argv))
+    except KeyboardInterrupt as e:
+        print(f"\n{e or 'interrupted'}", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    except RunStopped as e:
+        print(f"error: {error_message(e)}", file=sys.stderr)
+        sys.exit(EXIT_STOPPED)
+    except USER_ERRORS as e:
+        print(f"error: {error_message(e)}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)

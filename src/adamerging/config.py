@@ -1,0 +1,188 @@
+"""The typed run configuration: every setting of a merging run, its default written once, its flag.
+
+`RunConfig` is a frozen dataclass (hashable, comparable: two runs with equal configs are the same
+run); the argparse parser of the scripts is built from its fields' metadata, so a flag, its help and
+its default live in one place. Derive variants with `dataclasses.replace(config, steps=20)`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .corruptions import CORRUPTIONS
+from .models import MODEL_NAMES
+
+DEFAULT_LAM = 0.3  # Task Arithmetic / TIES scaling coefficient (the authors' fixed value)
+
+GROUPS = {
+    "data": "models, data and outputs",
+    "merging": "merging",
+    "adamerging": "AdaMerging (the four adamerging scripts)",
+    "diagnostics": "diagnostics (--diagnose; src/diagnose.py)",
+    "speed": "speed",
+}
+
+
+def _lambdas(text: str) -> tuple[float, ...]:
+    """'0,0.5,1' -> (0.0, 0.5, 1.0); a one-line argparse error otherwise."""
+    try:
+        values = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return values
+
+
+def _opt(default: Any, group: str, help: str, *, flag: str | None = None, standalone: str | None = None,
+         choices: Sequence[str] | None = None, parse: Callable[[str], Any] | None = None, repeat: str | None = None) -> Any:
+    """A config field with its command-line flag (derived from the field name unless `flag`).
+
+    `standalone`: the flag in src/diagnose.py, where the diagnostics knobs drop their prefix ("" = that
+    CLI only). `repeat`: metavar of a repeatable flag (a tuple of strings). `parse`: argparse `type`.
+    """
+    meta = {"group": group, "help": help, "flag": flag, "standalone": standalone, "choices": choices, "parse": parse, "repeat": repeat}
+    return field(default=default, metadata=meta)
+
+
+def default_device() -> str:
+    """'cuda' when a GPU is visible, else 'cpu'."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every setting of one run of one method (units: images, steps; fractions in (0, 1]).
+
+    Field names are the argparse destinations of the scripts' flags (`--batch-size-adapt` ->
+    `batch_size_adapt`). Sequences are tuples so configs stay hashable and comparable.
+    """
+
+    # models, data and outputs
+    model: str = _opt("ViT-B-32", "data", "CLIP architecture (`mini`: the embedded mini benchmark)", choices=MODEL_NAMES)
+    checkpoints: str = _opt("checkpoints", "data", "root holding <model>/zeroshot.pt, <model>/<Task>/finetuned.pt, <model>/head_<Task>.pt")
+    data_location: str | None = _opt(None, "data", "root of the datasets (default: data/, or data/mini for --model mini)")
+    results_dir: str = _opt("results", "data", "results go to <results-dir>/<model>/<method>.json")
+    cache_dir: str | None = _opt(None, "data", "preprocessed-image and built-head cache (default: <data-location>/.cache)")
+    tasks: str | None = _opt(None, "data", "comma-separated tasks, in coefficient-column order (default: the 8 paper tasks, or <checkpoints>/<model>/tasks.txt)")
+    eval_tasks: str | None = _opt(None, "data", "comma-separated unseen tasks: evaluated with the merged model, but neither merged nor adapted on (generalization)")
+    corruption: str | None = _opt(None, "data", "corrupt every test image first (robustness): " + ", ".join(CORRUPTIONS))
+    checkpoint_format: str = _opt("auto", "data", "task-vectors files (zeroshot.pt, <Task>/finetuned.pt), Hugging Face CLIP folders (zeroshot/, <Task>/finetuned/ with config.json), or detect",
+                                  choices=("auto", "task-vectors", "hf"))
+    task: tuple[str, ...] = _opt((), "data", "your own task: an ImageFolder tree DIR/test/<class>/... (optional classnames.txt, templates.txt); repeatable", repeat="NAME=DIR")
+    finetuned: tuple[str, ...] = _opt((), "data", "expert checkpoint of task NAME in any supported format (file or HF folder); repeatable", repeat="NAME=PATH")
+    clip_weights: str | None = _opt(None, "data", "full open_clip CLIP weights to build missing zero-shot heads from the text tower (default: <checkpoints>/<model>/clip_pretrained.safetensors if present)")
+    device: str = _opt(default_device(), "data", "compute device")
+    batch_size: int = _opt(128, "data", "evaluation batch size")
+    seed: int = _opt(0, "data", "seed for sampling and initialisation")
+    save_merged: str | None = _opt(None, "data", "write the merged image encoder here (see --save-format)")
+    save_format: str = _opt("state-dict", "data", "--save-merged as a plain state dict (.safetensors or weights-only .pt, by suffix) or as a Hugging Face CLIPVisionModel folder (config.json + model.safetensors)",
+                            choices=("state-dict", "hf"))
+    overwrite: bool = _opt(False, "data", "replace an existing results file instead of writing beside it")
+    no_progress: bool = _opt(False, "data", "no progress bars")
+    # merging
+    lam: float | None = _opt(None, "merging", f"scaling coefficient for Task Arithmetic / TIES (default {DEFAULT_LAM}; weight averaging: 1/T)")
+    ties_k: float = _opt(0.2, "merging", "TIES: fraction of each task vector kept (top-k by magnitude)")
+    ties_combine: str = _opt("sum", "merging", "TIES: disjoint sum (the authors' code) or disjoint mean (the TIES paper)", choices=("sum", "mean"))
+    coefficients: str | None = _opt(None, "merging", "evaluate a fixed table instead of learning one: 'published' (the authors') or a JSON written by this repo")
+    # AdaMerging
+    steps: int = _opt(500, "adamerging", "optimizer steps")
+    lr: float = _opt(1e-3, "adamerging", "Adam learning rate")
+    init: float = _opt(0.3, "adamerging", "initial merging coefficient lambda of every task")
+    batch_size_adapt: int = _opt(16, "adamerging", "images per unlabeled test batch")
+    batches_per_step: int = _opt(2, "adamerging", "batches per task per step")
+    no_clamp: bool = _opt(False, "adamerging", "do not clamp lambdas to [0, 1] in the forward")
+    eval_every: int = _opt(0, "adamerging", "also evaluate every N steps (trajectory); 0: only at start and end")
+    adapt_fraction: float = _opt(1.0, "adamerging", "fraction of each task's test images the adaptation may draw from (seeded subset; evaluation always uses all)")
+    objective: str = _opt("entropy", "adamerging", "entropy (AdaMerging) or cross-entropy with test labels (the paper's supervised oracle ablation)",
+                          choices=("entropy", "supervised"))
+    adapt_mode: str = _opt("fused", "adamerging", "one forward over all tasks' batches, or backward per task (less memory)", choices=("fused", "per-task"))
+    save_every: int = _opt(50, "adamerging", "save lambdas + optimizer state every N steps (also on Ctrl-C and on a NaN), for --resume")
+    resume: bool = _opt(False, "adamerging", "continue from <results-dir>/<model>/<method>.state.pt")
+    # diagnostics
+    diagnose: bool = _opt(False, "diagnostics", "before adapting, check on a labeled test sample whether entropy tracks the loss on these models (as src/diagnose.py) and print the verdict")
+    diagnose_samples: int = _opt(256, "diagnostics", "labeled test samples per task (seeded subset)", standalone="--samples")
+    diagnose_lambdas: tuple[float, ...] = _opt(tuple(round(0.1 * i, 1) for i in range(11)), "diagnostics",
+                                               "Task Arithmetic coefficients to sweep, comma-separated (default 0,0.1,...,1.0)", standalone="--lambdas", parse=_lambdas)
+    diagnose_spearman: float = _opt(0.8, "diagnostics", "minimum Spearman(entropy, loss) per task and pooled",
+                                    flag="--diagnose-spearman-threshold", standalone="--spearman-threshold")
+    diagnose_lambda_slack: float = _opt(0.2, "diagnostics", "maximum distance between the entropy-minimising and the accuracy-maximising lambda",
+                                        standalone="--lambda-slack")
+    vectors: str = _opt("plain", "diagnostics", "plain task vectors (AdaMerging) or TIES-selected ones (AdaMerging++)", standalone="",
+                        choices=("plain", "ties"))
+    # speed
+    precision: str = _opt("fp32", "speed", "bf16 autocast for the encoder (use on CUDA)", choices=("fp32", "bf16"))
+    checkpointing: bool = _opt(False, "speed", "activation checkpointing in the encoder (ViT-L/14 on a 24 GB GPU)")
+    compile: bool = _opt(False, "speed", "torch.compile the encoder forward (experimental; pays off on GPU for long runs)")
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            choices, value = f.metadata["choices"], getattr(self, f.name)
+            if choices is not None and value is not None and value not in choices:
+                raise ValueError(f"config field {f.name!r} ({_flag(f)}) must be one of {list(choices)}, got {value!r}")
+        for name in ("task", "finetuned", "diagnose_lambdas"):  # keep the config hashable when built from lists
+            if not isinstance(getattr(self, name), tuple):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+
+    @property
+    def progress(self) -> bool:
+        """Whether to show progress bars."""
+        return not self.no_progress
+
+    @property
+    def clamp(self) -> bool:
+        """Whether lambdas are clamped to [0, 1] inside the forward (the authors' code)."""
+        return not self.no_clamp
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_argv(cls, argv: Sequence[str] | None, description: str = "") -> "RunConfig":
+        """Parse the scripts' flags (None: sys.argv[1:]) into a config; bad flags exit 2 (argparse)."""
+        return config_from_namespace(build_parser(description).parse_args(argv))
+
+
+def _flag(f: dataclasses.Field, standalone: bool = False) -> str:
+    if standalone and f.metadata["standalone"] is not None:
+        return f.metadata["standalone"] or "--" + f.name.replace("_", "-")
+    return f.metadata["flag"] or "--" + f.name.replace("_", "-")
+
+
+def build_parser(description: str = "", standalone_diagnostics: bool = False) -> argparse.ArgumentParser:
+    """The argparse parser of every RunConfig field, grouped as in GROUPS.
+
+    `standalone_diagnostics`: src/diagnose.py's flags (`--samples`, `--vectors`, ...; no `--diagnose`);
+    otherwise the scripts' (`--diagnose-samples`, ...; no `--vectors`).
+    """
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    groups = {key: parser.add_argument_group(title) for key, title in GROUPS.items()}
+    for f in dataclasses.fields(RunConfig):
+        meta = f.metadata
+        if standalone_diagnostics and f.name == "diagnose":
+            continue
+        if meta["standalone"] == "" and not standalone_diagnostics:
+            continue
+        kwargs: dict[str, Any] = {"dest": f.name, "help": meta["help"]}
+        if isinstance(f.default, bool):
+            kwargs["action"] = "store_true"
+        elif meta["repeat"]:
+            kwargs.update(action="append", default=[], metavar=meta["repeat"])
+        else:
+            kwargs["default"] = f.default
+            kwargs["type"] = meta["parse"] or (type(f.default) if f.default is not None else (float if f.name == "lam" else str))
+            if meta["choices"]:
+                kwargs["choices"] = list(meta["choices"])
+        groups[meta["group"]].add_argument(_flag(f, standalone_diagnostics), **kwargs)
+    return parser
+
+
+def config_from_namespace(args: argparse.Namespace) -> RunConfig:
+    """The RunConfig of parsed flags (extra attributes of `args` are ignored)."""
+    names = {f.name for f in dataclasses.fields(RunConfig)}
+    return RunConfig(**{k: v for k, v in vars(args).items() if k in names})

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from adamerging.adaptation import TaskData
 from adamerging.diagnostics import (
-    TRUSTWORTHY, Check, _lambdas, accuracy_tolerance, check_correlation, check_cross_task, check_lambda_alignment,
+    TRUSTWORTHY, Check, accuracy_tolerance, check_correlation, check_cross_task, check_lambda_alignment,
     entropy_and_loss, run_diagnostics, sample_tasks, spearman, task_vector_stats, verdict)
 from adamerging.evaluation import accuracy
 from adamerging.heads import Head
+from adamerging.problem import TaskData
 from model_fixtures import mini_argv, write_mini_problem
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -187,7 +187,6 @@ def test_sample_is_seeded_labeled_and_independent_of_task_order():
     assert len(sample_tasks([b], 100, seed=0)[0].images) == 30                   # fewer than asked: all of them
     with pytest.raises(ValueError, match="labels"):
         sample_tasks([TaskData("C", a.images, head, None)], 10, seed=0)
-    assert _lambdas("1, 0,0.5") == (0.0, 0.5, 1.0)
 
 
 # ---------------------------------------------------------------------------------------------- end to end
@@ -224,13 +223,16 @@ def test_diagnose_script_writes_report_and_plots(mini):
 
 
 def test_hook_runs_on_the_adamerging_parser_with_defaults(mini, capsys):
-    from adamerging.pipeline import METHODS, build_parser, load_problem
+    from dataclasses import replace
+
+    from adamerging.pipeline import METHODS, parse_config
+    from adamerging.problem import load_problem
 
     method = METHODS["layer_wise_adamergingpp"]
-    args = build_parser(method).parse_args(_argv(mini))          # no diagnostics flags at all: defaults apply
-    args.diagnose_lambdas, args.diagnose_samples = (0.0, 0.3), 6   # as `--diagnose-lambdas 0,0.3 --diagnose-samples 6` would set
-    problem = load_problem(args, method, {})
-    report = run_diagnostics(problem, args, vectors=method.vectors)
+    config = parse_config(method.name, _argv(mini))                # no diagnostics flags at all: defaults apply
+    config = replace(config, diagnose_lambdas=(0.0, 0.3), diagnose_samples=6)   # as `--diagnose-lambdas 0,0.3 --diagnose-samples 6`
+    problem = load_problem(config, method.vectors)
+    report = run_diagnostics(problem, config, vectors=method.vectors)
     assert report["vectors"] == "ties" and report["samples"]["MNIST"] == 6 and report["lambdas"] == [0.0, 0.3]
     assert report["verdict"]["overall"] in capsys.readouterr().out
     assert not (mini / "results" / "mini" / "diagnostics_ties.json").exists()   # the hook only prints

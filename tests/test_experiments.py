@@ -12,8 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from adamerging.experiments import (binned_means, comparison, correlation_report, depth_group, depth_profile, generalization_splits,
-                                    _paper_generalization, run)
+from adamerging.diagnostics.measure import binned_means, correlation_report
+from adamerging.experiments import run
+from adamerging.experiments.coefficients import depth_group, depth_profile
+from adamerging.experiments.common import comparison
+from adamerging.experiments.generalization import _paper_generalization, generalization_splits
 from adamerging.merging import CoefficientTable
 from adamerging.reporting import csv_table, markdown_table, paper_row
 from model_fixtures import mini_argv, write_mini_problem
@@ -79,12 +82,19 @@ def test_spearman_per_task_and_pooled_on_known_inputs():
     assert [b["entropy"] for b in bins] == pytest.approx([2, 7, 12, 17]) and [b["loss"] for b in bins] == pytest.approx([4, 14, 24, 34])
 
 
+def test_a_value_on_a_decile_edge_falls_in_the_bin_below():
+    # quantile edges 0, 2, 4: the median 2 is "at most half of the values lie above it", so it joins the lower bin
+    bins = binned_means(np.arange(5.0), np.arange(5.0), bins=2)
+    assert [b["count"] for b in bins] == [3, 2] and [b["entropy"] for b in bins] == pytest.approx([1.0, 3.5])
+    assert binned_means(np.ones(4), np.arange(4.0)) == [{"entropy": 1.0, "loss": 1.5, "count": 4}]   # one value: one bin
+
+
 def test_depth_profile_groups_entries_by_block():
     rows = ["model.positional_embedding", "model.visual.conv1.weight", "model.visual.proj",
             "model.visual.transformer.resblocks.0.ln_1.weight", "model.visual.transformer.resblocks.0.attn.in_proj_weight",
             "model.visual.transformer.resblocks.1.mlp.c_fc.weight", "model.visual.transformer.resblocks.2.ln_2.bias",
             "model.visual.ln_post.weight"]
-    values = torch.tensor([[1, 9, 9], [1, .1, .3], [1, .5, .5], [1, .2, .2], [1, .2, .4], [1, .4, .4], [1, .8, .6], [1, .7, .7]])
+    values = torch.tensor([[9, 9], [.1, .3], [.5, .5], [.2, .2], [.2, .4], [.4, .4], [.8, .6], [.7, .7]])
     profile = depth_profile(CoefficientTable(values, ["A", "B"], rows))
     assert profile["groups"] == ["input", "block 0", "block 1", "block 2", "output"]   # text-side row left out
     assert profile["entries"] == [1, 2, 1, 1, 2]
@@ -159,20 +169,20 @@ def test_generalization_robustness_and_ablations_keep_their_runs_apart(mini):
     gen = run(["generalization", *_argv(mini, "--eval-tasks", "EuroSAT", "--methods", "task_arithmetic,layer_wise_adamerging")])
     assert gen["custom"]["seen"] == ["MNIST", "SVHN"] and gen["custom"]["unseen"] == ["EuroSAT"]
     assert "| method | MNIST | SVHN | Seen avg | EuroSAT | Unseen avg |" in (folder / "generalization.md").read_text()
-    run_file = json.loads((folder / "runs/generalization/custom/layer_wise_adamerging.json").read_text())
+    run_file = json.loads((folder / "runs/generalization/custom/mini/layer_wise_adamerging.json").read_text())
     assert run_file["eval_tasks"] == ["EuroSAT"] and run_file["config"]["results_dir"] == str(folder / "runs/generalization/custom")
 
     rob = run(["robustness", *_argv(mini, "--corruptions", "contrast", "--methods", "task_arithmetic,layer_wise_adamerging")])
     assert set(rob["summary"]["Task Arithmetic"]) == {"clean", "contrast"}
     assert rob["minus_ta"]["Layer-wise AdaMerging - TA"]["contrast"] == pytest.approx(
         rob["summary"]["Layer-wise AdaMerging"]["contrast"] - rob["summary"]["Task Arithmetic"]["contrast"])
-    assert json.loads((folder / "runs/robustness/contrast/task_arithmetic.json").read_text())["config"]["corruption"] == "contrast"
+    assert json.loads((folder / "runs/robustness/contrast/mini/task_arithmetic.json").read_text())["config"]["corruption"] == "contrast"
     assert "## contrast" in (folder / "robustness.md").read_text()
 
     abl = run(["ablations", *_argv(mini, "--fractions", "0.1,1")])
     assert set(abl["objective"]) == {"entropy", "supervised"} and set(abl["fractions"]) == {"0.1", "1"}
     assert [s for s, _ in abl["trajectory"]["entropy"]] == [0, 1, 2]                  # --steps 2: evaluated every step
-    assert json.loads((folder / "runs/ablations/fraction_0.1/layer_wise_adamerging.json").read_text())["config"]["adapt_fraction"] == 0.1
+    assert json.loads((folder / "runs/ablations/fraction_0.1/mini/layer_wise_adamerging.json").read_text())["config"]["adapt_fraction"] == 0.1
     assert _png(folder / "trajectory.png") and "## Fraction" in (folder / "ablations.md").read_text()
     assert not (folder / "layer_wise_adamerging_supervised.json").exists()            # variants never land beside the main results
 

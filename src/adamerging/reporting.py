@@ -21,6 +21,11 @@ def package_versions() -> dict[str, str]:
     return {"python": platform.python_version(), "torch": torch.__version__, "open_clip": open_clip.__version__, "numpy": numpy.__version__}
 
 
+def fmt(x: float | None, spec: str = ".1f") -> str:
+    """A number for report text: "-" when it is missing or NaN (an undefined correlation), else format(x, spec)."""
+    return "-" if x is None or x != x else format(x, spec)
+
+
 def row_average(accs: Mapping[str, float], tasks: Sequence[str]) -> float | None:
     """The row's own "Avg" if it carries one (a paper's printed average), else the mean over `tasks` (None if one is missing)."""
     if accs.get("Avg") is not None:
@@ -75,6 +80,12 @@ PAPER_TITLES = {"Zero-shot": "Pretrained"}
 def paper_tables() -> dict:
     """The vendored paper_tables.json (Tables 2-4, the authors' logs)."""
     return json.loads(resources.files("adamerging.data").joinpath("paper_tables.json").read_text())
+
+
+def paper_findings(model: str = "ViT-B-32") -> dict:
+    """The numbers the paper states in its text for `model` (Sec. 3.2 and 5: the entropy-loss Spearman,
+    the ablations, the coefficient ranges), without the "_" explanation keys; {} if it states none."""
+    return {k: v for k, v in paper_tables().get(f"findings_{model}", {}).items() if not k.startswith("_")}
 
 
 def paper_row(model: str, title: str, tasks: Sequence[str] | None = None) -> dict[str, float] | None:

@@ -1,0 +1,4 @@
+"""`python -m adamerging.experiments EXPERIMENT [flags]`."""
+from .command import main
+
+main()

@@ -1,0 +1,128 @@
+"""The experiments' command line: `python -m adamerging.experiments EXPERIMENT [flags]` (see the package docstring)."""
+from __future__ import annotations
+
+import argparse
+from typing import Callable, Sequence
+
+from .. import pipeline
+from ..cli import run_cli
+from ..corruptions import CORRUPTIONS
+from .ablations import ablations
+from .coefficients import coefficients
+from .common import ADAPTIVE, METHODS, Context
+from .entropy_loss import entropy_loss
+from .generalization import generalization
+from .main_table import main_table
+from .published import check_published, published
+from .robustness import robustness
+
+EXPERIMENTS: dict[str, Callable[[Context], dict]] = {
+    "main-table": main_table, "published": published, "entropy-loss": entropy_loss, "coefficients": coefficients,
+    "generalization": generalization, "robustness": robustness, "ablations": ablations,
+}
+
+
+def _names(text: str) -> list[str]:
+    """'a, b,' -> ['a', 'b']."""
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _choices(text: str, allowed, what: str) -> list[str]:
+    """The names in `text`, each one of `allowed` (an argparse error naming the others)."""
+    names = _names(text)
+    bad = [n for n in names if n not in allowed]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown {what} {bad}; expected some of {', '.join(allowed)}")
+    return names
+
+
+def _methods(text: str) -> list[str]:
+    """--methods: comma-separated method names."""
+    return _choices(text, METHODS, "method")
+
+
+def _corruptions(text: str) -> list[str]:
+    """--corruptions: comma-separated corruption names."""
+    return _choices(text, CORRUPTIONS, "corruption")
+
+
+def _fractions(text: str) -> list[float]:
+    """--fractions: comma-separated numbers in (0, 1]."""
+    try:
+        values = [float(x) for x in _names(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"comma-separated numbers expected, got {text!r}") from None
+    if not values or any(not 0 < v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"fractions must be in (0, 1], got {text!r}")
+    return values
+
+
+def build_parser(experiment: str) -> argparse.ArgumentParser:
+    """The experiment's own flags; every other flag is forwarded to the pipeline (allow_abbrev off, so
+    a pipeline flag is never mistaken for a prefix of one of these)."""
+    p = argparse.ArgumentParser(prog=f"python -m adamerging.experiments {experiment}", allow_abbrev=False,
+                                description=(EXPERIMENTS[experiment].__doc__ or "").strip() if experiment in EXPERIMENTS else "every experiment",
+                                epilog="Every other flag goes to each method run: python -m adamerging task_arithmetic --help lists them.")
+    p.add_argument("--skip-existing", action="store_true", help="reuse a method run's JSON when it exists with the same tasks and settings")
+    if experiment in ("main-table", "generalization", "robustness", "all"):
+        p.add_argument("--methods", type=_methods, default=None, help="comma-separated methods instead of the experiment's default set")
+    if experiment in ("entropy-loss", "all"):
+        p.add_argument("--samples", type=int, default=0, help="entropy-loss: labeled test samples per task (seeded subset; 0 = all)")
+    if experiment in ("coefficients", "ablations", "all"):
+        p.add_argument("--method", default="layer_wise_adamerging", choices=list(ADAPTIVE),
+                       help="the layer-wise method analysed (coefficients) or ablated (ablations)")
+    if experiment in ("coefficients", "all"):
+        p.add_argument("--source", default=None, help="coefficients: a layer-wise results/coefficients JSON, or 'published' "
+                                                      "(default: results/<model>/<method>.json)")
+        p.add_argument("--no-cosine", action="store_true", help="coefficients: skip the task-vector cosine matrix (needs the checkpoints)")
+    if experiment in ("robustness", "all"):
+        p.add_argument("--corruptions", type=_corruptions, default=None, help=f"comma-separated subset of {', '.join(CORRUPTIONS)}")
+        p.add_argument("--no-clean", action="store_true", help="robustness: skip the uncorrupted reference runs")
+    if experiment in ("ablations", "all"):
+        p.add_argument("--fractions", type=_fractions, default=[0.001, 0.01, 0.05, 1.0], help="ablations: adaptation-data fractions")
+    return p
+
+
+def parse(argv: Sequence[str]) -> Context:
+    """The experiment, its own flags, and the run configuration of the forwarded flags (unknown flags: exit 2)."""
+    if argv and argv[0] in ("-h", "--help"):
+        from . import __doc__ as usage
+        print(usage)
+        raise SystemExit(0)
+    if not argv or argv[0] not in [*EXPERIMENTS, "all"]:
+        raise SystemExit(f"usage: python -m adamerging.experiments {{{','.join([*EXPERIMENTS, 'all'])}}} [flags]  (--help for details)")
+    experiment, rest = argv[0], list(argv[1:])
+    options, passthrough = build_parser(experiment).parse_known_args(rest)
+    base = pipeline.parse_config("task_arithmetic", passthrough)   # rejects unknown flags early
+    return Context(experiment, options, base, passthrough)
+
+
+def run_all(ctx: Context) -> dict:
+    """Every experiment in turn; published only where the authors published tables for this model."""
+    out = {}
+    for name, fn in EXPERIMENTS.items():
+        sub = Context(name, ctx.options, ctx.base, ctx.passthrough)
+        if name == "published":
+            try:
+                check_published(ctx.model)
+            except ValueError as e:
+                print(f"== published: skipped ({e})")
+                continue
+        if name == "coefficients" and ctx.options.source is None and not (ctx.folder / f"{ctx.options.method}.json").is_file():
+            print(f"== coefficients: skipped (no {ctx.options.method} result)")
+            continue
+        print(f"\n######## {name}", flush=True)
+        out[name] = fn(sub)
+    return out
+
+
+def run(argv: Sequence[str]) -> dict:
+    """Parse, run one experiment (or all), return what it wrote (JSON-ready)."""
+    ctx = parse(argv)
+    return run_all(ctx) if ctx.experiment == "all" else EXPERIMENTS[ctx.experiment](ctx)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point: user mistakes print one line and exit 2, as the method scripts do (adamerging.cli)."""
+    run_cli(run, argv)
+

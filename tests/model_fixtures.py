@@ -8,7 +8,7 @@ import torch
 
 from adamerging.checkpoints import save_classification_head, save_image_encoder, save_state_dict
 from adamerging.heads import zeroshot_weights
-from adamerging.models import create_clip, get_tokenizer
+from adamerging.models import create_clip, encoder_state_dict, get_tokenizer
 
 
 def write_random_checkpoints(root: Path, model: str, classes: Mapping[str, int], heads: Mapping[str, bool] | None = None,
@@ -31,6 +31,27 @@ def write_random_checkpoints(root: Path, model: str, classes: Mapping[str, int],
             weight = torch.nn.functional.normalize(torch.randn(num_classes, clip.visual.output_dim), dim=1) * 100
             save_classification_head(weight, folder / f"head_{task}.pt")
     return folder
+
+
+def load_encoder_weights(clip_model: torch.nn.Module, encoder_sd: dict[str, torch.Tensor], source: str = "") -> None:
+    """Copy an encoder state dict (`model.*`) into `clip_model` in place (the in-place reference the
+    functional merged encoder is checked against); missing or unexpected keys are named in the error."""
+    expected = encoder_state_dict(clip_model)
+    missing = [k for k in expected if k not in encoder_sd]
+    unexpected = [k for k in encoder_sd if k not in expected]
+    where = f" in {source}" if source else ""
+    if missing or unexpected:
+        raise KeyError(
+            f"encoder weights{where} do not match the architecture: "
+            f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''} ({len(missing)}), "
+            f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''} ({len(unexpected)})"
+        )
+    with torch.no_grad():
+        for k, target in expected.items():
+            value = encoder_sd[k]
+            if tuple(value.shape) != tuple(target.shape):
+                raise ValueError(f"entry {k}{where}: shape {tuple(value.shape)}, architecture expects {tuple(target.shape)}")
+            target.copy_(value)
 
 
 MINI_TASKS = {"MNIST": 10, "SVHN": 10, "EuroSAT": 10}

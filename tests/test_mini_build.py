@@ -145,10 +145,11 @@ def test_reported_zeroshot_accuracy_reproduces_from_files(quick_build):
     from adamerging import datasets as D
     from adamerging import heads as H
     from adamerging import models as M
+    from model_fixtures import load_encoder_weights
 
     report = json.loads((ckpt / "build_report.json").read_text())
     clip = M.create_clip("mini")
-    M.load_encoder_weights(clip, C.load_state_dict(ckpt / "zeroshot.pt"))
+    load_encoder_weights(clip, C.load_state_dict(ckpt / "zeroshot.pt"))
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in M.normalization(clip))
     for t in _tasks(ckpt):
         s = D.read_split(t, data, "test")

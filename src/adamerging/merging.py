@@ -1,9 +1,10 @@
-"""Task vectors, the one merge function, and the baselines' coefficient tables.
+"""Task vectors, THE merge formula, TIES selection and the coefficient tables.
 
-Everything is expressed as  theta_j = c[j, 0] * theta_0,j + sum_t c[j, t] * tau_t,j  over a
-coefficient table c with the pretrained column first (as in the authors' published tables):
-Task Arithmetic, TIES, weight averaging and AdaMerging differ only in the task vectors they use
-(plain or TIES-selected) and in the table (fixed, or learned).
+Every method is  theta_j = theta_0,j + sum_t lambda[j, t] * tau_t,j  (Eq. 1-2 of the AdaMerging paper,
+Task Arithmetic with per-task / per-entry coefficients), written once in `merge_entry`. Task Arithmetic,
+TIES, weight averaging and AdaMerging differ only in the task vectors (plain or TIES-selected) and in
+the lambdas table (fixed, or learned). The authors' published tables carry a pretrained column, always
+1; here it exists only in the JSON files.
 """
 from __future__ import annotations
 
@@ -41,27 +42,36 @@ def task_vectors(theta0: dict[str, torch.Tensor], finetuned: Sequence[dict[str, 
     return out
 
 
-def merge(theta0: dict[str, torch.Tensor], tau: TaskVectors, coefficients: torch.Tensor, keys: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
-    """theta_j = c[j,0] theta_0,j + sum_t c[j,t+1] tau_t,j.
+def merge_entry(theta0_j: torch.Tensor, lambdas_j: torch.Tensor, tau_j: torch.Tensor) -> torch.Tensor:
+    """THE merge of one state-dict entry j: theta_j = theta_0,j + sum_t lambda_t,j tau_t,j.
 
-    `coefficients` is [1, T+1] (task-wise: one row for every entry) or [L, T+1] with row j for
-    `keys[j]` (layer-wise; `keys` defaults to theta0's order). Differentiable in the coefficients.
+    theta0_j: [*shape]; lambdas_j: [T] (this entry's merging coefficients); tau_j: [T, *shape] (the T
+    task vectors of this entry, stacked). Differentiable in `lambdas_j`. Source: AdaMerging paper,
+    Sec. 3 (task-wise Eq. and layer-wise Eq.); the authors' tables' pretrained column is always 1, and
+    theta_0 + ... is bit-identical to 1 * theta_0 + ... while saving a multiply per entry.
     """
-    keys = list(keys) if keys is not None else list(theta0)
-    rows = coefficients.shape[0]
-    if rows not in (1, len(keys)):
-        raise ValueError(f"coefficient table has {rows} rows; expected 1 (task-wise) or {len(keys)} (one per entry)")
+    return theta0_j + torch.tensordot(lambdas_j.to(tau_j.dtype), tau_j, dims=1)
+
+
+def merge(theta0: dict[str, torch.Tensor], tau: TaskVectors, lambdas: torch.Tensor, entries: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+    """The merged state dict: `merge_entry` for every entry with a task vector, theta_0 elsewhere.
+
+    `lambdas` is [1, T] (task-wise: one row for every entry) or [L, T] with row j for `entries[j]`
+    (layer-wise; `entries` defaults to theta0's order). Errors: ValueError on a wrong row/column count.
+    """
+    entries = list(entries) if entries is not None else list(theta0)
+    rows = lambdas.shape[0]
+    if rows not in (1, len(entries)):
+        raise ValueError(f"lambdas table has {rows} rows; expected 1 (task-wise) or {len(entries)} (one per entry)")
     out = {}
-    for j, key in enumerate(keys):
-        c = coefficients[0 if rows == 1 else j]
-        base = theta0[key]
+    for j, key in enumerate(entries):
         if key not in tau:  # integer buffers have no task vector
-            out[key] = base
+            out[key] = theta0[key]
             continue
-        t = tau[key]
-        if c.shape[0] != t.shape[0] + 1:
-            raise ValueError(f"coefficient table has {c.shape[0]} columns; expected {t.shape[0] + 1} (pretrained + {t.shape[0]} tasks)")
-        out[key] = c[0] * base + torch.tensordot(c[1:].to(t.dtype), t, dims=1)
+        lambdas_j = lambdas[0 if rows == 1 else j]
+        if lambdas_j.shape[0] != tau[key].shape[0]:
+            raise ValueError(f"lambdas table has {lambdas_j.shape[0]} columns; expected {tau[key].shape[0]} (one per task)")
+        out[key] = merge_entry(theta0[key], lambdas_j, tau[key])
     return out
 
 
@@ -119,31 +129,42 @@ def ties_select(tau: TaskVectors, k: float = 0.2, combine: str = "sum") -> TaskV
 # Coefficient tables
 
 
+TASK_WISE, LAYER_WISE = "task-wise", "layer-wise"  # the one spelling of granularity (code, JSON, CLI)
+
+
 @dataclass
 class CoefficientTable:
-    """[R, T+1] merging coefficients; column 0 is theta_0's (1), columns 1.. follow `tasks`.
+    """The merging coefficients lambdas [R, T]: column t is task `tasks[t]`, row j is entry `entries[j]`.
 
-    R = 1 for task-wise tables; otherwise R = len(rows) with rows = the entry keys in canonical order.
+    R = 1 for task-wise tables (`entries` None); otherwise R = len(entries), the state-dict entries in
+    canonical order (layer-wise). The JSON form adds the authors' pretrained column (always 1) first.
     """
 
-    values: torch.Tensor
+    lambdas: torch.Tensor
     tasks: list[str]
-    rows: list[str] | None = None
+    entries: list[str] | None = None
 
     @property
     def granularity(self) -> str:
-        return "task-wise" if self.values.shape[0] == 1 else "layer-wise"
+        """'task-wise' (one row) or 'layer-wise' (one row per entry)."""
+        return TASK_WISE if self.lambdas.shape[0] == 1 else LAYER_WISE
 
     def to_json(self) -> dict:
+        """{"columns": ["pretrained", *tasks], "granularity", "entries", "values": [R][T+1] rounded to 1e-6}."""
         return {
             "columns": ["pretrained", *self.tasks],
             "granularity": self.granularity,
-            "rows": self.rows,
-            "values": [[round(float(x), 6) for x in row] for row in self.values.detach().cpu()],
+            "entries": self.entries,
+            "values": [[1.0, *(round(float(x), 6) for x in row)] for row in self.lambdas.detach().cpu()],
         }
 
     @classmethod
     def from_json(cls, data: dict, source: str = "") -> "CoefficientTable":
+        """The inverse of `to_json`; also reads tables written before `rows` was renamed `entries`.
+
+        Errors (ValueError, naming `source`): missing keys, a first column other than 'pretrained',
+        a ragged table, a pretrained column that is not all 1 (theta_0 always enters with weight 1).
+        """
         try:
             columns, values = data["columns"], data["values"]
         except (KeyError, TypeError):
@@ -153,30 +174,42 @@ class CoefficientTable:
         tensor = torch.tensor(values, dtype=torch.float32)
         if tensor.dim() != 2 or tensor.shape[1] != len(columns):
             raise ValueError(f"{source}: values must be a table with {len(columns)} columns, got shape {tuple(tensor.shape)}")
-        return cls(tensor, list(columns[1:]), data.get("rows"))
+        return cls(_drop_pretrained(tensor, source), list(columns[1:]), data.get("entries", data.get("rows")))
 
-    def for_entries(self, tasks: Sequence[str], keys: Sequence[str], source: str = "") -> "CoefficientTable":
-        """This table with its columns reordered to `tasks` and rows checked against `keys`."""
+    def for_entries(self, tasks: Sequence[str], entries: Sequence[str], source: str = "") -> "CoefficientTable":
+        """This table with its columns reordered to `tasks` and rows checked against `entries`."""
         missing = [t for t in tasks if t not in self.tasks]
         if missing:
             raise ValueError(f"{source}: coefficient table has no column for {missing}; its columns are {self.tasks}")
-        if self.values.shape[0] != 1:
-            if self.values.shape[0] != len(keys):
-                raise ValueError(f"{source}: coefficient table has {self.values.shape[0]} rows; this model has {len(keys)} entries (expected 1 or {len(keys)})")
-            if self.rows is not None and list(self.rows) != list(keys):
-                bad = next(i for i, (a, b) in enumerate(zip(self.rows, keys)) if a != b)
-                raise ValueError(f"{source}: row {bad} is {self.rows[bad]!r}, the model's entry {bad} is {keys[bad]!r}")
-        index = [0] + [1 + self.tasks.index(t) for t in tasks]
-        rows = list(keys) if self.values.shape[0] != 1 else None
-        return CoefficientTable(self.values[:, index].clone(), list(tasks), rows)
+        if self.lambdas.shape[0] != 1:
+            if self.lambdas.shape[0] != len(entries):
+                raise ValueError(f"{source}: coefficient table has {self.lambdas.shape[0]} rows; this model has {len(entries)} entries (expected 1 or {len(entries)})")
+            if self.entries is not None and list(self.entries) != list(entries):
+                bad = next(i for i, (a, b) in enumerate(zip(self.entries, entries)) if a != b)
+                raise ValueError(f"{source}: row {bad} is {self.entries[bad]!r}, the model's entry {bad} is {entries[bad]!r}")
+        index = [self.tasks.index(t) for t in tasks]
+        return CoefficientTable(self.lambdas[:, index].clone(), list(tasks), list(entries) if self.lambdas.shape[0] != 1 else None)
 
 
-def constant_table(tasks: Sequence[str], value: float, keys: Sequence[str] | None = None) -> CoefficientTable:
-    """[1 or L, T+1] table with 1 for theta_0 and `value` for every task (TA, TIES, WA, init)."""
-    rows = 1 if keys is None else len(keys)
-    values = torch.full((rows, len(tasks) + 1), float(value))
-    values[:, 0] = 1.0
-    return CoefficientTable(values, list(tasks), list(keys) if keys is not None else None)
+def _drop_pretrained(values: torch.Tensor, source: str) -> torch.Tensor:
+    """[R, T+1] with the pretrained column first -> lambdas [R, T]; ValueError unless that column is all 1."""
+    if not bool((values[:, 0] == 1).all()):
+        bad = int((values[:, 0] != 1).nonzero()[0, 0])
+        raise ValueError(f"{source}: the pretrained column must be 1 in every row (theta_0 enters with weight 1), row {bad} has {float(values[bad, 0])}")
+    return values[:, 1:].contiguous()
+
+
+def constant_table(tasks: Sequence[str], value: float, entries: Sequence[str] | None = None) -> CoefficientTable:
+    """[1 or L, T] lambdas all equal to `value` (Task Arithmetic, TIES, weight averaging, the init)."""
+    rows = 1 if entries is None else len(entries)
+    return CoefficientTable(torch.full((rows, len(tasks)), float(value)), list(tasks), list(entries) if entries is not None else None)
+
+
+def one_hot_table(tasks: Sequence[str], task: str) -> CoefficientTable:
+    """[1, T] lambdas: 1 for `task`, 0 elsewhere (the individual expert theta_0 + tau_task)."""
+    table = constant_table(tasks, 0.0)
+    table.lambdas[0, list(tasks).index(task)] = 1.0
+    return table
 
 
 PAPER_TASKS = ["SUN397", "Cars", "RESISC45", "EuroSAT", "SVHN", "GTSRB", "MNIST", "DTD"]
@@ -189,12 +222,12 @@ def published_table(method: str, model: str) -> CoefficientTable:
     if key not in data["data"]:
         available = ", ".join(sorted(data["data"]))
         raise ValueError(f"no published coefficients for {key}; the authors published: {available}")
-    rows = None
+    entries = None
     values = torch.tensor(data["data"][key], dtype=torch.float32)
     if values.shape[0] > 1:
         order = json.loads(resources.files("adamerging.data").joinpath("canonical_entry_order.json").read_text())
-        rows = [e["key"] for e in order[model]]
-    return CoefficientTable(values, list(PAPER_TASKS), rows)
+        entries = [e["key"] for e in order[model]]
+    return CoefficientTable(_drop_pretrained(values, f"published {key}"), list(PAPER_TASKS), entries)
 
 
 def load_table(path: str | Path) -> CoefficientTable:

@@ -87,26 +87,6 @@ def encoder_state_dict(clip_model: torch.nn.Module) -> "OrderedDict[str, torch.T
     return out
 
 
-def load_encoder_weights(clip_model: torch.nn.Module, encoder_sd: dict[str, torch.Tensor], source: str = "") -> None:
-    """Copy an encoder state dict into `clip_model`; missing or unexpected keys are named in the error."""
-    expected = encoder_state_dict(clip_model)
-    missing = [k for k in expected if k not in encoder_sd]
-    unexpected = [k for k in encoder_sd if k not in expected]
-    where = f" in {source}" if source else ""
-    if missing or unexpected:
-        raise KeyError(
-            f"encoder weights{where} do not match the architecture: "
-            f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''} ({len(missing)}), "
-            f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''} ({len(unexpected)})"
-        )
-    with torch.no_grad():
-        for k, target in expected.items():
-            value = encoder_sd[k]
-            if tuple(value.shape) != tuple(target.shape):
-                raise ValueError(f"entry {k}{where}: shape {tuple(value.shape)}, architecture expects {tuple(target.shape)}")
-            target.copy_(value)
-
-
 def load_clip_weights(clip_model: torch.nn.Module, full_sd: dict[str, torch.Tensor], source: str = "") -> None:
     """Load a full open_clip CLIP state dict (text tower included), naming missing/unexpected keys."""
     result = clip_model.load_state_dict(full_sd, strict=False)

@@ -1,0 +1,90 @@
+"""The merged image encoder, evaluated functionally: one module, parameters theta(lambdas) from `merge_entry`.
+
+Every method is evaluated (and AdaMerging trained) through `MergedEncoder`: it keeps theta_0 and the
+stacked task vectors of the visual entries on the compute device, builds the merged parameters once
+per lambdas table with `merging.merge_entry` and calls the CLIP visual tower with
+`torch.func.functional_call`, so gradients flow to the lambdas only.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, ContextManager, Sequence
+
+import torch
+from torch.func import functional_call
+
+from .merging import TaskVectors, merge_entry
+from .models import VISUAL_PREFIX
+
+
+def autocast(device: torch.device, precision: str) -> ContextManager:
+    """The encoder forward's precision: 'fp32' (no autocast) or 'bf16' (autocast); ValueError otherwise."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+
+
+class MergedEncoder:
+    """The image encoder at theta_0 + sum_t lambda_t tau_t, evaluated functionally on `device`.
+
+    `theta0`: entry -> tensor (the ImageEncoder layout, `model.*`); `tau`: entry -> [T, *shape];
+    `entries`: the state-dict entries in canonical order (row j of a layer-wise lambdas table is
+    `entries[j]`). Only the visual entries are merged: the text-side ones never reach the forward.
+    """
+
+    def __init__(self, visual: torch.nn.Module, theta0: dict[str, torch.Tensor], tau: TaskVectors, entries: Sequence[str],
+                 device: str | torch.device, checkpointing: bool = False, compile: bool = False):
+        self.device = torch.device(device)
+        self.entries = list(entries)
+        self.visual = visual.to(self.device).eval()
+        for p in self.visual.parameters():
+            p.requires_grad_(False)
+        # Recompute block activations in backward: ViT-L/14 memory in exchange for time. Set both ways,
+        # since the module may be shared with an earlier MergedEncoder.
+        self.checkpointing = checkpointing
+        self.visual.set_grad_checkpointing(checkpointing)
+        # (row j of the lambdas table, parameter name inside the visual tower)
+        self.visual_entries = [(j, k[len(VISUAL_PREFIX):]) for j, k in enumerate(self.entries) if k.startswith(VISUAL_PREFIX)]
+        self.theta0 = {name: theta0[VISUAL_PREFIX + name].to(self.device, torch.float32) for _, name in self.visual_entries}
+        self.tau = {name: tau[VISUAL_PREFIX + name].to(self.device, torch.float32) for _, name in self.visual_entries}
+        self.num_tasks = next(iter(self.tau.values())).shape[0]
+        self._forward = torch.compile(self._call) if compile else self._call
+
+    def params(self, lambdas: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Merged visual parameters for a lambdas table [R, T] (R = 1: task-wise, R = len(entries): layer-wise)."""
+        lambdas = lambdas.to(self.device)
+        if lambdas.dim() != 2 or lambdas.shape[0] not in (1, len(self.entries)) or lambdas.shape[1] != self.num_tasks:
+            raise ValueError(f"lambdas must be [1 or {len(self.entries)}, {self.num_tasks}] (rows: entries, columns: tasks), got {tuple(lambdas.shape)}")
+        task_wise = lambdas.shape[0] == 1
+        return {name: merge_entry(self.theta0[name], lambdas[0 if task_wise else j], self.tau[name]) for j, name in self.visual_entries}
+
+    def _call(self, params: dict[str, torch.Tensor], images: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.visual, params, (images,))
+
+    def __call__(self, params: dict[str, torch.Tensor], images: torch.Tensor) -> torch.Tensor:
+        """Image features [N, D] of normalised images [N, 3, S, S] at merged parameters `params`."""
+        return self._forward(params, images)
+
+    def bound(self, params: dict[str, torch.Tensor]) -> ContextManager:
+        """Keep `params` bound to the module until the backward is done.
+
+        Activation checkpointing recomputes each block during backward, after `functional_call` has
+        put the module's own weights back; the recomputation must see the merged ones. (torch.func
+        uses this same context internally; without checkpointing it is not needed.)
+        """
+        if not self.checkpointing:
+            return contextlib.nullcontext()
+        from torch.nn.utils.stateless import _reparametrize_module
+        return _reparametrize_module(self.visual, params)
+
+    def encoder(self, lambdas: torch.Tensor, precision: str = "fp32") -> Callable[[torch.Tensor], torch.Tensor]:
+        """A plain function images [N, 3, S, S] -> features [N, D] (float32) at a fixed lambdas table [R, T]."""
+        with torch.no_grad():
+            params = self.params(lambdas)
+
+        def encode(x: torch.Tensor) -> torch.Tensor:
+            with autocast(self.device, precision):
+                return self(params, x).float()
+        return encode

@@ -1,0 +1,241 @@
+"""Loading a merging problem: checkpoints -> theta_0 and task vectors, test sets -> uint8 images, heads.
+
+Loading only: `load_problem(config, vectors)` returns a `Problem` that every method (and the
+diagnostics) runs on; nothing here merges, trains or evaluates.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from . import datasets as ds
+from . import hf
+from .checkpoints import CheckpointError, save_classification_head
+from .config import RunConfig
+from .corruptions import corrupt
+from .evaluation import Normalizer
+from .heads import Head, load_head, zeroshot_weights
+from .merging import TaskVectors, task_vectors, ties_select
+from .models import create_clip, encoder_state_dict, get_tokenizer, image_size, load_clip_weights, normalization
+
+
+@dataclass
+class TaskData:
+    """One task's test split in memory: images uint8 [N, 3, S, S], its frozen head, labels [N] (long)."""
+
+    name: str
+    images: torch.Tensor
+    head: Head
+    labels: torch.Tensor | None = None  # only read by the supervised oracle and by evaluation
+
+
+@dataclass
+class TaskVectorSet:
+    """The checkpoints side of a problem: architecture, theta_0 and the (possibly TIES-selected) task vectors."""
+
+    tasks: list[str]
+    clip: torch.nn.Module
+    entries: list[str]              # state-dict entries in canonical order (rows of a layer-wise table)
+    theta0: dict[str, torch.Tensor]
+    tau: TaskVectors
+
+
+@dataclass
+class Problem:
+    """Everything a merging method needs, loaded once."""
+
+    model: str
+    tasks: list[str]
+    clip: torch.nn.Module
+    entries: list[str]              # state-dict entries in canonical order (rows of a layer-wise table)
+    theta0: dict[str, torch.Tensor]
+    tau: TaskVectors
+    data: list[TaskData]            # the merged tasks (adapted on, evaluated)
+    normalize: Normalizer
+    eval_data: list[TaskData]       # unseen tasks: evaluated only
+
+    @property
+    def all_data(self) -> list[TaskData]:
+        """Merged tasks, then unseen ones."""
+        return self.data + self.eval_data
+
+
+def _find(folder: Path, stem: str, fmt: str = "auto") -> Path | None:
+    """`folder/stem.{pt,safetensors,bin}` (task-vectors layout) or the HF folder `folder/stem/`."""
+    if fmt != "hf":
+        for suffix in (".pt", ".safetensors", ".bin"):
+            if (folder / (stem + suffix)).is_file():
+                return folder / (stem + suffix)
+    if fmt != "task-vectors" and hf.is_hf_checkpoint(folder / stem):
+        return folder / stem
+    return None
+
+
+def _named(values: Sequence[str], flag: str) -> dict[str, str]:
+    """NAME=VALUE pairs of a repeatable flag."""
+    out = {}
+    for item in values:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise ValueError(f"{flag} expects NAME=VALUE, got {item!r}")
+        out[name.strip()] = value.strip()
+    return out
+
+
+def to_encoder_entries(sd: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], source: Path) -> dict[str, torch.Tensor]:
+    """Any supported state dict -> the ImageEncoder layout (`model.*`) in canonical order.
+
+    Accepts the task-vectors encoder (`model.*`) and a whole open_clip CLIP (`visual.*`, text tower
+    dropped). Names missing/unexpected keys and shape mismatches.
+    """
+    if not any(k.startswith("model.") for k in sd):
+        sd = {"model." + k: v for k, v in sd.items() if not k.startswith("transformer.") and k not in ("attn_mask", "logit_bias")}
+    missing = [k for k in reference if k not in sd]
+    unexpected = [k for k in sd if k not in reference]
+    if missing or unexpected:
+        raise CheckpointError(f"{source}: entries do not match the architecture: missing {missing[:4]} ({len(missing)}), unexpected {unexpected[:4]} ({len(unexpected)})")
+    out = {}
+    for k, ref in reference.items():
+        if tuple(sd[k].shape) != tuple(ref.shape):
+            raise CheckpointError(f"{source}: entry {k!r} has shape {tuple(sd[k].shape)}, the architecture expects {tuple(ref.shape)}")
+        out[k] = sd[k].float()
+    return out
+
+
+def default_tasks(model_dir: Path) -> list[str]:
+    """The tasks listed in `model_dir/tasks.txt` (one a line), else the 8 paper tasks."""
+    listing = model_dir / "tasks.txt"
+    if listing.is_file():
+        return [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+    return list(ds.TASKS)
+
+
+def parse_tasks(text: str | None, model_dir: Path) -> list[str]:
+    """'mnist,SVHN' -> ['MNIST', 'SVHN'] (paper task names matched case-insensitively); empty: `default_tasks`."""
+    if not text:
+        return default_tasks(model_dir)
+    canonical = {t.lower(): t for t in ds.TASKS}
+    return [canonical.get(t.strip().lower(), t.strip()) for t in text.split(",") if t.strip()]
+
+
+def load_heads(config: RunConfig, model_dir: Path, tasks: Sequence[str], splits: dict[str, "ds.Split"], templates: dict[str, list[str]],
+               cache_dir: Path) -> dict[str, Head]:
+    """The frozen zero-shot head of every task: `head_<Task>.pt`, else built from the text tower (cached).
+
+    Errors: FileNotFoundError when a head is missing and no CLIP weights are at hand; ValueError when a
+    head's class count differs from the dataset's.
+    """
+    heads, missing = {}, []
+    for task in tasks:
+        path = _find(model_dir, f"head_{task}", "task-vectors")
+        if path is not None:
+            heads[task] = load_head(path)
+        else:
+            missing.append(task)
+    if missing:
+        # a full CLIP: clip_pretrained.*, or an HF zeroshot/ folder (a whole CLIPModel)
+        weights = Path(config.clip_weights) if config.clip_weights else (_find(model_dir, "clip_pretrained") or _find(model_dir, "zeroshot", "hf"))
+        if weights is None or not weights.exists():
+            raise FileNotFoundError(
+                f"no head for {missing} ({model_dir}/head_<Task>.pt) and no CLIP weights to build one from the text tower: "
+                f"put the task-vectors heads there, or pass --clip-weights (a full open_clip state dict)")
+        clip = create_clip(config.model)
+        load_clip_weights(clip, hf.load_weights(weights), str(weights))
+        tokenizer = get_tokenizer(config.model)
+        weights_file = hf.weights_file(weights) if weights.is_dir() else weights
+        for task in missing:
+            # the cache key covers everything the head depends on, so a stale head is never reused
+            key = json.dumps([config.model, str(weights_file.resolve()), weights_file.stat().st_mtime_ns, splits[task].classnames, templates[task]])
+            cached = cache_dir / "heads" / config.model / f"head_{task}-{hashlib.sha1(key.encode()).hexdigest()[:10]}.pt"
+            if cached.is_file():
+                heads[task] = load_head(cached)
+                continue
+            weight = zeroshot_weights(clip, tokenizer, splits[task].classnames, templates[task], device=config.device)
+            save_classification_head(weight, cached)
+            heads[task] = Head(weight)
+    for task in tasks:
+        if heads[task].num_classes != len(splits[task].classnames):
+            raise ValueError(f"{task}: head has {heads[task].num_classes} classes, the dataset has {len(splits[task].classnames)}")
+    return heads
+
+
+def load_task_vectors(config: RunConfig, vectors: str = "plain") -> TaskVectorSet:
+    """theta_0 and the experts' task vectors tau [T, *shape] per entry, for the tasks of `config`.
+
+    `vectors`: "plain" (tau_t = theta_t - theta_0) or "ties" (TIES-selected, `merging.ties_select`).
+    No dataset is read. Errors: FileNotFoundError naming the missing checkpoint, CheckpointError.
+    """
+    if vectors not in ("plain", "ties"):
+        raise ValueError(f"task vectors must be 'plain' or 'ties', got {vectors!r}")
+    model_dir = Path(config.checkpoints) / config.model
+    user_tasks = _named(config.task, "--task")
+    user_experts = {name: Path(path) for name, path in _named(config.finetuned, "--finetuned").items()}
+    tasks = parse_tasks(config.tasks, model_dir) if config.tasks or not user_tasks else list(user_tasks)
+    clip = create_clip(config.model)
+    reference = encoder_state_dict(clip)
+    fmt = config.checkpoint_format
+    base_path = _find(model_dir, "zeroshot", fmt)
+    if base_path is None:
+        raise FileNotFoundError(f"pretrained encoder not found: expected {model_dir}/zeroshot.pt (task-vectors layout), "
+                                f"zeroshot.safetensors, or a Hugging Face folder {model_dir}/zeroshot/ with config.json")
+    theta0 = to_encoder_entries(hf.load_weights(base_path), reference, base_path)
+    experts = []
+    for task in tasks:
+        path = user_experts.get(task) or _find(model_dir / task, "finetuned", fmt)
+        if path is None or not path.exists():
+            raise FileNotFoundError(f"{task}: fine-tuned encoder not found: expected {path or model_dir / task / 'finetuned.pt'} "
+                                    f"(or a Hugging Face folder {model_dir / task / 'finetuned'}/, or --finetuned {task}=PATH)")
+        weights = hf.load_weights(path)
+        if hf.is_hf_checkpoint(path):  # HF experts are often vision-only: text-side entries come from theta_0
+            weights = hf.fill_from(weights, theta0)
+        experts.append(to_encoder_entries(weights, reference, path))
+    tau = task_vectors(theta0, experts, tasks)
+    del experts
+    if vectors == "ties":
+        tau = ties_select(tau, config.ties_k, config.ties_combine)
+    return TaskVectorSet(tasks, clip, list(reference), theta0, tau)
+
+
+def load_problem(config: RunConfig, vectors: str = "plain", timings: dict[str, float] | None = None) -> Problem:
+    """Checkpoints, test images (uint8, preprocessed once and cached), heads and labels of a run.
+
+    `vectors`: "plain" or "ties" task vectors (see `load_task_vectors`). `timings` (seconds) gets
+    load_checkpoints / load_data / load_heads when given.
+    """
+    timings = {} if timings is None else timings
+    t0 = time.perf_counter()
+    loaded = load_task_vectors(config, vectors)
+    tasks, clip, entries, theta0, tau = loaded.tasks, loaded.clip, loaded.entries, loaded.theta0, loaded.tau
+    model_dir = Path(config.checkpoints) / config.model
+    data_root = Path(config.data_location or ("data/mini" if config.model == "mini" else "data"))
+    cache_dir = Path(config.cache_dir) if config.cache_dir else data_root / ".cache"
+    user_tasks = {name: Path(folder) for name, folder in _named(config.task, "--task").items()}
+    timings["load_checkpoints"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    unseen = [t for t in parse_tasks(config.eval_tasks, model_dir) if t not in tasks] if config.eval_tasks else []
+    everything = tasks + unseen
+    splits = {task: ds.read_image_folder_task(task, user_tasks[task]) if task in user_tasks else ds.read_split(task, data_root, "test")
+              for task in everything}
+    templates = {task: ds.user_task_templates(user_tasks[task]) if task in user_tasks else ds.task_templates(task, data_root)
+                 for task in everything}
+    size = image_size(clip)
+    images = {task: ds.preprocess_images(splits[task], size, cache_dir / "images", progress=not config.no_progress) for task in everything}
+    if config.corruption:
+        images = {task: corrupt(x, config.corruption, seed=config.seed) for task, x in images.items()}
+    timings["load_data"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    heads = load_heads(config, model_dir, everything, splits, templates, cache_dir)
+    timings["load_heads"] = time.perf_counter() - t0
+    data = {task: TaskData(task, images[task], heads[task].to(config.device), torch.as_tensor(splits[task].labels, dtype=torch.long))
+            for task in everything}
+    mean, std = normalization(clip)
+    return Problem(config.model, tasks, clip, entries, theta0, tau, [data[t] for t in tasks], Normalizer(mean, std, config.device),
+                   [data[t] for t in unseen])

@@ -193,3 +193,13 @@ def test_every_writer_reads_back(tmp_path, task):
         # same multiset of (image, label) pairs as written, whatever order the reader lists them in
         key = lambda x, y: sorted(zip([a.tobytes() for a in x], y.tolist()))  # noqa: E731
         assert key(imgs, got.labels) == key(splits[s][0], splits[s][1])
+
+
+def test_build_takes_the_extra_stand_in_tasks_and_names_an_unknown_one(tmp_path):
+    """`--tasks` wires the SVHN and DTD stand-ins to the build; a task without a stand-in is a one-line error."""
+    from adamerging.mini import build as B, tasks as T
+
+    assert {"SVHN", "DTD"} <= set(T.EVAL_TASKS) and not {"SVHN", "DTD"} & set(B.FULL["tasks"])
+    with pytest.raises(ValueError, match=r"no mini stand-in for \['Cars'\]"):
+        B.build(tmp_path / "data", tmp_path / "ckpt", quick=True, tasks=["MNIST", "Cars"])
+    assert not (tmp_path / "ckpt").exists()                                   # rejected before anything is written

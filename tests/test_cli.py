@@ -1,0 +1,51 @@
+"""The one command-line error handler: exit codes and one-line messages; and the experiments' reuse rule."""
+import dataclasses
+
+import pytest
+
+from adamerging.checkpoints import CheckpointError
+from adamerging.cli import RunStopped, run_cli
+from adamerging.config import RunConfig
+from adamerging.datasets import DatasetError
+
+
+def _raise(error: BaseException):
+    def command(argv):
+        raise error
+    return command
+
+
+@pytest.mark.parametrize("error, code, text", [
+    (FileNotFoundError("no zeroshot.pt in ckpt/"), 2, "error: no zeroshot.pt in ckpt/"),
+    (CheckpointError("a.pt: entry 'x' has shape (2,)"), 2, "error: a.pt: entry 'x' has shape (2,)"),
+    (DatasetError("dtd: no test split"), 2, "error: dtd: no test split"),
+    (KeyError("unknown task 'Foo'"), 2, "error: unknown task 'Foo'"),        # the message, not KeyError's quoted repr
+    (ValueError("two\nlines"), 2, "error: two lines"),
+    (RunStopped("non-finite loss at step 3; state saved"), 3, "error: non-finite loss at step 3; state saved"),
+    (KeyboardInterrupt("interrupted; state saved to s.pt"), 130, "interrupted; state saved to s.pt"),
+])
+def test_user_errors_print_one_line_and_exit_with_their_code(capsys, error, code, text):
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(_raise(error), [])
+    assert exit_.value.code == code
+    err = capsys.readouterr().err.strip()
+    assert err == text and "\n" not in err
+
+
+def test_a_bug_keeps_its_traceback_and_success_passes_the_arguments():
+    with pytest.raises(ZeroDivisionError):
+        run_cli(_raise(ZeroDivisionError("bug")), [])
+    seen = []
+    run_cli(seen.append, ["--model", "mini"])
+    assert seen == [["--model", "mini"]]
+
+
+def test_a_saved_run_is_reused_only_for_an_equal_config():
+    from adamerging.experiments.common import same_run
+
+    config = RunConfig(model="mini", steps=5, tasks="MNIST,SVHN")
+    saved = {"config": dataclasses.replace(config, overwrite=False, results_dir="elsewhere", no_progress=True).to_json()}
+    assert same_run(saved, config)                                            # output-only settings differ
+    assert not same_run(saved, dataclasses.replace(config, steps=6))
+    assert not same_run(saved, dataclasses.replace(config, tasks="MNIST"))
+    assert not same_run({"config": {**saved["config"], "old_flag": 1}}, config)   # a result of another layout

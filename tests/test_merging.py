@@ -1,10 +1,11 @@
 """Task Arithmetic, TIES and the merge function against obviously-correct dense references."""
 import itertools
+import json
 
 import pytest
 import torch
 
-from adamerging.merging import (CoefficientTable, constant_table, load_table, merge, published_table, task_vectors,
+from adamerging.merging import (CoefficientTable, constant_table, load_table, merge, merge_entry, published_table, task_vectors,
                                 ties_select)
 
 
@@ -52,7 +53,7 @@ def _small_problem(seed=0, tasks=3):
 def test_task_vectors_and_task_arithmetic_match_reference():
     theta0, finetuned = _small_problem()
     tau = task_vectors(theta0, finetuned)
-    merged = merge(theta0, tau, constant_table(["x", "y", "z"], 0.3).values)
+    merged = merge(theta0, tau, constant_table(["x", "y", "z"], 0.3).lambdas)
     for key in theta0:
         expected = theta0[key] + 0.3 * sum(ft[key] - theta0[key] for ft in finetuned)
         torch.testing.assert_close(merged[key], expected)
@@ -95,9 +96,9 @@ def test_ties_full_k_is_identity_when_signs_agree():
 def test_layer_wise_rows_apply_to_their_entries():
     theta0, finetuned = _small_problem()
     tau = task_vectors(theta0, finetuned)
-    keys = list(theta0)
-    values = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 0.5, 0.1, 0.9], [1.0, 1.0, 0.0, 0.0]])
-    merged = merge(theta0, tau, values, keys)
+    entries = list(theta0)
+    lambdas = torch.tensor([[0.0, 0.0, 0.0], [0.5, 0.1, 0.9], [1.0, 0.0, 0.0]])
+    merged = merge(theta0, tau, lambdas, entries)
     torch.testing.assert_close(merged["b.weight"], theta0["b.weight"])  # all-zero row: theta_0 untouched
     torch.testing.assert_close(merged["a.bias"], theta0["a.bias"] + 0.5 * tau["a.bias"][0] + 0.1 * tau["a.bias"][1] + 0.9 * tau["a.bias"][2])
     torch.testing.assert_close(merged["c"], finetuned[0]["c"])
@@ -109,7 +110,7 @@ def test_merge_rejects_wrong_shapes():
     with pytest.raises(ValueError, match="rows"):
         merge(theta0, tau, torch.ones(2, 4))
     with pytest.raises(ValueError, match="columns"):
-        merge(theta0, tau, torch.ones(1, 3))
+        merge(theta0, tau, torch.ones(1, 4))  # 3 tasks
 
 
 def test_task_vectors_name_the_mismatch():
@@ -122,16 +123,15 @@ def test_task_vectors_name_the_mismatch():
 def test_published_tables_have_the_papers_shapes():
     for method, model, rows in [("lw_adamerging", "ViT-B-32", 158), ("lw_adamergingpp", "ViT-L-14", 302), ("tw_adamerging", "ViT-B-32", 1)]:
         table = published_table(method, model)
-        assert tuple(table.values.shape) == (rows, 9)
-        assert (table.values[:, 0] == 1).all()
+        assert tuple(table.lambdas.shape) == (rows, 8)   # the pretrained column (all 1) is checked and dropped
     with pytest.raises(ValueError, match="published"):
         published_table("lw_adamerging", "mini")
 
 
 def test_table_reorders_columns_and_checks_rows(tmp_path):
-    table = CoefficientTable(torch.tensor([[1.0, 0.1, 0.2], [1.0, 0.3, 0.4]]), ["A", "B"], ["k0", "k1"])
+    table = CoefficientTable(torch.tensor([[0.1, 0.2], [0.3, 0.4]]), ["A", "B"], ["k0", "k1"])
     sub = table.for_entries(["B"], ["k0", "k1"])
-    torch.testing.assert_close(sub.values, torch.tensor([[1.0, 0.2], [1.0, 0.4]]))
+    torch.testing.assert_close(sub.lambdas, torch.tensor([[0.2], [0.4]]))
     with pytest.raises(ValueError, match="no column"):
         table.for_entries(["C"], ["k0", "k1"])
     with pytest.raises(ValueError, match="rows"):
@@ -139,9 +139,32 @@ def test_table_reorders_columns_and_checks_rows(tmp_path):
     with pytest.raises(ValueError, match="row 1"):
         table.for_entries(["A"], ["k0", "kX"])
     path = tmp_path / "t.json"
-    import json
     path.write_text(json.dumps({"coefficients": table.to_json()}))
-    assert torch.equal(load_table(path).values, table.values)
+    assert torch.equal(load_table(path).lambdas, table.lambdas)
     path.write_text(json.dumps({"values": [[1, 2]]}))
     with pytest.raises(ValueError, match="columns"):
+        load_table(path)
+
+
+def test_merge_entry_is_theta0_plus_the_lambda_weighted_task_vectors():
+    theta0_j, tau_j = torch.randn(4, 3), torch.randn(2, 4, 3)
+    lambdas_j = torch.tensor([0.3, 0.7], requires_grad=True)
+    merged = merge_entry(theta0_j, lambdas_j, tau_j)
+    torch.testing.assert_close(merged, theta0_j + 0.3 * tau_j[0] + 0.7 * tau_j[1])
+    merged.sum().backward()
+    torch.testing.assert_close(lambdas_j.grad, tau_j.sum(dim=(1, 2)))
+    # bit-identical to the published tables' form 1 * theta_0 + ...
+    assert torch.equal(merged, 1.0 * theta0_j + torch.tensordot(lambdas_j, tau_j, dims=1))
+
+
+def test_table_json_keeps_the_pretrained_column_and_rejects_one_that_is_not_1(tmp_path):
+    table = CoefficientTable(torch.tensor([[0.25, 0.5]]), ["A", "B"])
+    data = table.to_json()
+    assert data["columns"] == ["pretrained", "A", "B"] and data["values"] == [[1.0, 0.25, 0.5]] and data["granularity"] == "task-wise"
+    assert torch.equal(CoefficientTable.from_json(data).lambdas, table.lambdas)
+    legacy = {"columns": ["pretrained", "A"], "rows": ["k0", "k1"], "values": [[1.0, 0.1], [1.0, 0.2]]}  # before rows -> entries
+    assert CoefficientTable.from_json(legacy).entries == ["k0", "k1"]
+    with pytest.raises(ValueError, match=r"t\.json: the pretrained column must be 1.*row 1 has 0\.5"):
+        path = tmp_path / "t.json"
+        path.write_text(json.dumps({"columns": ["pretrained", "A"], "values": [[1.0, 0.1], [0.5, 0.2]]}))
         load_table(path)

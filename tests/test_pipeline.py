@@ -10,7 +10,8 @@ import torch
 
 from adamerging.checkpoints import load_checkpoint
 from adamerging.merging import load_table, merge
-from adamerging.pipeline import METHODS, run
+from adamerging import pipeline
+from adamerging.pipeline import METHODS, parse_config
 from fake_data import write_fake_dataset
 from model_fixtures import MINI_TASKS, mini_argv, write_mini_problem, write_random_checkpoints
 
@@ -25,6 +26,11 @@ def mini(tmp_path_factory):
 
 def _argv(root, *extra, tasks="MNIST,SVHN,EuroSAT"):
     return mini_argv(root, "--overwrite", *extra, tasks=tasks)
+
+
+def run(method, argv):
+    """A method script's flags -> RunConfig -> pipeline.run."""
+    return pipeline.run(method, parse_config(method, argv))
 
 
 @pytest.mark.parametrize("method", list(METHODS))
@@ -59,7 +65,7 @@ def test_baselines_use_their_defining_coefficients(mini):
 def test_learned_table_reloads_and_gives_the_same_accuracies(mini):
     learned = run("layer_wise_adamerging", _argv(mini, "--steps", "4", "--lr", "0.05"))
     table_file = mini / "results" / "mini" / "layer_wise_adamerging.json"
-    assert load_table(table_file).values.shape == (62, 4)
+    assert load_table(table_file).lambdas.shape == (62, 3)
     reloaded = run("layer_wise_adamerging", _argv(mini, "--coefficients", str(table_file)))
     assert reloaded["accuracy"] == pytest.approx(learned["accuracy"])
     assert reloaded["coefficients"]["values"] == learned["coefficients"]["values"]
@@ -172,8 +178,8 @@ def test_generalization_corruption_and_data_fraction_flags(mini):
     noisy = run("task_arithmetic", _argv(mini, "--corruption", "gaussian_noise"))
     assert noisy["config"]["corruption"] == "gaussian_noise"
     assert set(noisy["accuracy"]) == set(clean["accuracy"])
-    from adamerging.pipeline import build_parser, load_problem
-    problems = [load_problem(build_parser(METHODS["task_arithmetic"]).parse_args(_argv(mini, *extra)), METHODS["task_arithmetic"], {})
+    from adamerging.problem import load_problem
+    problems = [load_problem(parse_config("task_arithmetic", _argv(mini, *extra)))
                 for extra in ([], ["--corruption", "gaussian_noise"])]
     for clean_task, noisy_task in zip(problems[0].data, problems[1].data):
         assert clean_task.images.shape == noisy_task.images.shape

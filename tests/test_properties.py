@@ -48,11 +48,11 @@ def test_sign_election_invariants(x):
 
 @settings(max_examples=40, deadline=None)
 @given(st.integers(1, 4), st.integers(1, 3), st.floats(-2, 2), st.integers(0, 10_000))
-def test_merge_is_affine_in_the_coefficients(tasks, rows, alpha, seed):
+def test_merge_is_affine_in_the_lambdas(tasks, rows, alpha, seed):
     g = torch.Generator().manual_seed(seed)
     theta0 = {f"k{j}": torch.randn(3, generator=g) for j in range(rows)}
     tau = {k: torch.randn(tasks, 3, generator=g) for k in theta0}
-    c1, c2 = torch.randn(rows, tasks + 1, generator=g), torch.randn(rows, tasks + 1, generator=g)
+    c1, c2 = torch.randn(rows, tasks, generator=g), torch.randn(rows, tasks, generator=g)
     combined = merge(theta0, tau, alpha * c1 + (1 - alpha) * c2)
     m1, m2 = merge(theta0, tau, c1), merge(theta0, tau, c2)
     for k in theta0:

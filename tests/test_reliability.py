@@ -8,18 +8,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from adamerging.adaptation import AdaptConfig, AdaptationStopped, MergedEncoder, TaskData, adamerge
+from adamerging.adaptation import AdaptationStopped, adamerge
+from adamerging.config import RunConfig
 from adamerging.heads import Head
-from adamerging.pipeline import run
+from adamerging.merged_encoder import MergedEncoder
+from adamerging.problem import TaskData
 from test_adaptation import _problem
-from test_pipeline import ROOT, _argv, mini  # noqa: F401  (module fixture)
+from test_pipeline import ROOT, _argv, mini, run  # noqa: F401  (module fixture)
 
 
 def _adapt(problem, steps, **kw):
-    clip, theta0, tau, keys, data, normalize = problem
-    config = AdaptConfig(steps=steps, lr=0.02, progress=False, **{k: v for k, v in kw.items() if k in AdaptConfig.__dataclass_fields__})
-    merged = MergedEncoder(clip.visual, theta0, tau, keys, "cpu", checkpointing=kw.get("checkpointing", False))
-    return adamerge(merged, data, kw.get("normalize", normalize), config, resume=kw.get("resume"), save_state=kw.get("save_state"))
+    clip, theta0, tau, entries, data, normalize = problem
+    config = RunConfig(steps=steps, lr=0.02, no_progress=True, **{k: v for k, v in kw.items() if k in RunConfig.__dataclass_fields__})
+    merged = MergedEncoder(clip.visual, theta0, tau, entries, "cpu", checkpointing=config.checkpointing)
+    return adamerge(merged, data, kw.get("normalize", normalize), config, "layer-wise", resume=kw.get("resume"), save_state=kw.get("save_state"))
 
 
 def test_ctrl_c_saves_state_and_resume_equals_an_uninterrupted_run():
@@ -38,16 +40,16 @@ def test_ctrl_c_saves_state_and_resume_equals_an_uninterrupted_run():
         _adapt(problem, 5, normalize=interrupting, save_state=saved.append)
     assert saved[-1]["step"] == 2
     resumed = _adapt(problem, 5, resume=saved[-1])
-    assert torch.equal(resumed.table.values, full.table.values)
+    assert torch.equal(resumed.table.lambdas, full.table.lambdas)
     assert [r["loss"] for r in resumed.trajectory if "loss" in r] == [r["loss"] for r in full.trajectory if "loss" in r]
 
 
-def test_nan_loss_stops_with_step_number_and_last_good_coefficients():
-    clip, theta0, tau, keys, data, normalize = _problem()
+def test_nan_loss_stops_with_step_number_and_last_good_lambdas():
+    clip, theta0, tau, entries, data, normalize = _problem()
     bad = [TaskData(t.name, t.images, Head(torch.full_like(t.head.weight, float("nan"))), t.labels) for t in data[:1]] + data[1:]
     saved = []
     with pytest.raises(AdaptationStopped, match="step 1.*NaN"):
-        _adapt((clip, theta0, tau, keys, bad, normalize), 3, save_state=saved.append)
+        _adapt((clip, theta0, tau, entries, bad, normalize), 3, save_state=saved.append)
     assert saved[-1]["step"] == 0
     assert torch.allclose(saved[-1]["raw"], torch.tensor(0.3))
 
@@ -56,11 +58,11 @@ def test_activation_checkpointing_and_bf16_keep_the_result():
     problem = _problem()
     plain = _adapt(problem, 3)
     ckpt = _adapt(problem, 3, checkpointing=True)
-    torch.testing.assert_close(ckpt.table.values, plain.table.values, rtol=0, atol=1e-6)
+    torch.testing.assert_close(ckpt.table.lambdas, plain.table.lambdas, rtol=0, atol=1e-6)
     bf16 = _adapt(problem, 3, precision="bf16")
     # Adam moves every coefficient by about +-lr per step whatever the gradient's size, so single entries
     # with near-zero gradients may differ in sign; the table as a whole and the losses must agree.
-    assert (bf16.table.values - plain.table.values).abs().mean() < 0.01
+    assert (bf16.table.lambdas - plain.table.lambdas).abs().mean() < 0.01
     losses = lambda r: torch.tensor([x["loss"] for x in r.trajectory if "loss" in x])  # noqa: E731
     torch.testing.assert_close(losses(bf16), losses(plain), rtol=0.03, atol=0)
 

@@ -36,14 +36,14 @@ class Thresholds:
 JUSTIFICATION = {
     "spearman": (
         "Spearman(entropy, cross-entropy) >= {spearman:.2f} per task and pooled. The paper reports {paper_spearman:g} for the merged "
-        "ViT-B/32, where entropy minimisation gains {paper_gain:.0f} points over Task Arithmetic ({paper_ta:g} -> {paper_adamerging:g}). At the default 256 "
+        "ViT-B/32, where entropy minimisation gains {paper_gain:.0f} points over Task Arithmetic ({paper_ta:.1f} -> {paper_adamerging:.1f}). At the default 256 "
         "samples the standard error of a rank correlation near {paper_spearman:g} is about (1 - {paper_spearman:g}^2) / sqrt(256) = 0.015, so "
         "{spearman:.2f} is well below the paper's regime, not sampling noise. In the mini-benchmark trials where AdaMerging "
         "lost to Task Arithmetic, the pooled value was 0.37-0.76 and as few as 1 of 8 tasks reached 0.8; where it gained, "
         "the tasks had 0.73-0.97."),
     "cross_task": (
         "Adding the other tasks' vectors (theta_0 + lam tau_t -> theta_0 + lam sum_s tau_s) must move task t's entropy "
-        "opposite to its accuracy: when they cut its accuracy (interference; ViT-B/32 individual {paper_individual:g} vs TA {paper_ta:g} in the "
+        "opposite to its accuracy: when they cut its accuracy (interference; ViT-B/32 individual {paper_individual:.1f} vs TA {paper_ta:.1f} in the "
         "paper) they must RAISE its entropy, which is what lets entropy minimisation down-weight the interfering vectors; "
         "when its accuracy does not change beyond one binomial standard error they must still raise it. If they lower it, "
         "minimising entropy rewards the interference (seen on 7 of 8 tasks in the mini trials)."),

@@ -109,7 +109,7 @@ def markdown(report: dict, plots: dict[str, str]) -> str:
         md += ["", "(Expert here: theta_0 + its TIES-selected task vector, as AdaMerging++ uses them.)"]
     ta, zeroshot, individual = (paper_row("ViT-B-32", title)["Avg"] for title in ("Task Arithmetic", "Zero-shot", "Individual"))
     md += ["", f"(Paper, ViT-B/32: TA keeps about {100 * (ta - zeroshot) / (individual - zeroshot):.0f} % of the experts' gain over zero-shot: "
-           f"({ta:g} - {zeroshot:g}) / ({individual:g} - {zeroshot:g}).)", "",
+           f"({ta:.1f} - {zeroshot:.1f}) / ({individual:.1f} - {zeroshot:.1f}).)", "",
            "Pairwise cosine of the task vectors:", "", "| | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
     md += [f"| {t} | " + " | ".join(fmt(c, ".3f") for c in row) + " |" for t, row in zip(tasks, tv["cosine"])]
     md += ["", f"![task vectors]({plots['task_vectors']})", "",

@@ -28,6 +28,12 @@ def _balanced(rng, n, k):
     return rng.permutation(lab)
 
 
+def _per_label(rng, n, classes, draw):
+    """n images over `classes` balanced labels (shuffled first), each drawn by draw(rng, label) -> uint8 [S, S, 3]."""
+    labels = _balanced(rng, n, classes)
+    return _stack([draw(rng, k) for k in labels], labels)
+
+
 # ================================================================================================
 # evaluation tasks
 def gen_mnist(rng, n, split):
@@ -44,46 +50,45 @@ def gen_mnist(rng, n, split):
     return _stack(imgs, y[idx])
 
 
+def _svhn_image(rng, k):
+    img = g.background(rng, ["solid", "gradient", "photo"][rng.integers(3)])
+    d = ImageDraw.Draw(img)
+    size = int(rng.integers(36, 48))
+    fg = g._rand_color(rng)
+    cx, cy = S / 2 + rng.uniform(-3, 3), S / 2 + rng.uniform(-3, 3)
+    stroke = int(rng.integers(0, 2))
+    for side in (-1, 1):  # neighbouring digits of the house number, partly cut off
+        if rng.random() < 0.7:
+            g.render_printed(d, str(rng.integers(10)), cx + side * size * rng.uniform(0.65, 0.8), cy,
+                             size, fg, stroke)
+    g.render_printed(d, str(k), cx, cy, size, fg, stroke)
+    return g._finish(rng, img, blur=rng.uniform(0, 0.8), noise=5, bright=(0.7, 1.1))
+
+
 def gen_svhn(rng, n, split):
-    labels = _balanced(rng, n, 10)
-    imgs = []
-    for k in labels:
-        img = g.background(rng, ["solid", "gradient", "photo"][rng.integers(3)])
-        d = ImageDraw.Draw(img)
-        size = int(rng.integers(36, 48))
-        fg = g._rand_color(rng)
-        cx, cy = S / 2 + rng.uniform(-3, 3), S / 2 + rng.uniform(-3, 3)
-        stroke = int(rng.integers(0, 2))
-        for side in (-1, 1):  # neighbouring digits of the house number, partly cut off
-            if rng.random() < 0.7:
-                g.render_printed(d, str(rng.integers(10)), cx + side * size * rng.uniform(0.65, 0.8), cy,
-                                 size, fg, stroke)
-        g.render_printed(d, str(k), cx, cy, size, fg, stroke)
-        imgs.append(g._finish(rng, img, blur=rng.uniform(0, 0.8), noise=5, bright=(0.7, 1.1)))
-    return _stack(imgs, labels)
+    return _per_label(rng, n, 10, _svhn_image)
+
+
+def _gtsrb_image(rng, k):
+    img = g.photo_crop(rng)
+    r = rng.uniform(14, 26)
+    cx, cy = S / 2 + rng.uniform(-5, 5), S / 2 + rng.uniform(-5, 5)
+    g.draw_sign(img, int(k), cx, cy, r, rng)
+    return g._finish(rng, img, blur=rng.uniform(0, 1.5), noise=5, bright=(0.35, 1.15))
 
 
 def gen_gtsrb(rng, n, split):
-    labels = _balanced(rng, n, len(g.SIGNS))
-    imgs = []
-    for k in labels:
-        img = g.photo_crop(rng)
-        r = rng.uniform(14, 26)
-        cx, cy = S / 2 + rng.uniform(-5, 5), S / 2 + rng.uniform(-5, 5)
-        g.draw_sign(img, int(k), cx, cy, r, rng)
-        imgs.append(g._finish(rng, img, blur=rng.uniform(0, 1.5), noise=5, bright=(0.35, 1.15)))
-    return _stack(imgs, labels)
+    return _per_label(rng, n, len(g.SIGNS), _gtsrb_image)
+
+
+def _dtd_image(rng, k):
+    c0, c1 = g._rand_color(rng), g._rand_color(rng)
+    img = g.texture(rng, g.DTD_KINDS[k], c0, c1, period=rng.uniform(10, 22), angle=rng.uniform(0, math.pi), jitter=0.2)
+    return g._finish(rng, img, blur=rng.uniform(0, 1.0), noise=10)
 
 
 def gen_dtd(rng, n, split):
-    labels = _balanced(rng, n, len(g.DTD_KINDS))
-    imgs = []
-    for k in labels:
-        c0, c1 = g._rand_color(rng), g._rand_color(rng)
-        img = g.texture(rng, g.DTD_KINDS[k], c0, c1, period=rng.uniform(10, 22), angle=rng.uniform(0, math.pi),
-                        jitter=0.2)
-        imgs.append(g._finish(rng, img, blur=rng.uniform(0, 1.0), noise=10))
-    return _stack(imgs, labels)
+    return _per_label(rng, n, len(g.DTD_KINDS), _dtd_image)
 
 
 EUROSAT = ["annual crop land", "forest", "brushland or shrubland", "highway or road", "industrial buildings",

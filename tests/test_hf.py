@@ -27,8 +27,8 @@ TOL = 1e-5
 
 
 def to_encoder_entries(*args):
-    # What the pipeline calls on every loaded checkpoint (imported late: pipeline.py pulls in more).
-    from adamerging.pipeline import to_encoder_entries as convert
+    # What the loader calls on every loaded checkpoint (imported late: problem.py pulls in more).
+    from adamerging.problem import to_encoder_entries as convert
 
     return convert(*args)
 
@@ -317,6 +317,12 @@ def test_random_hf_checkpoints_load_into_the_encoder_layout(tmp_path: Path):
 HF_TASKS = {"SVHN": 10, "MNIST": 10}
 
 
+def run(method, argv):
+    from adamerging.pipeline import parse_config, run as run_config
+
+    return run_config(method, parse_config(method, argv))
+
+
 @pytest.fixture(scope="module")
 def hf_vit_b32(tmp_path_factory):
     from fake_data import write_fake_dataset
@@ -332,7 +338,6 @@ def hf_vit_b32(tmp_path_factory):
 @pytest.mark.parametrize("method", ["task_arithmetic", "ties_merging", "task_wise_adamerging", "task_wise_adamergingpp",
                                     "layer_wise_adamerging", "layer_wise_adamergingpp"])
 def test_all_six_scripts_run_on_hf_vit_b32(hf_vit_b32, method):
-    from adamerging.pipeline import run
 
     root = hf_vit_b32
     result = run(method, ["--model", "ViT-B-32", "--checkpoints", str(root / "checkpoints" / "hf"), "--checkpoint-format", "hf",
@@ -346,7 +351,6 @@ def test_all_six_scripts_run_on_hf_vit_b32(hf_vit_b32, method):
 def test_user_tasks_and_experts_by_path(tmp_path):
     from PIL import Image
     import numpy as np
-    from adamerging.pipeline import run
     from model_fixtures import write_random_checkpoints
 
     folder = write_random_checkpoints(tmp_path / "ckpt", "mini", {"Shapes": 2, "Colors": 3}, heads={"Shapes": False, "Colors": False})
@@ -363,3 +367,28 @@ def test_user_tasks_and_experts_by_path(tmp_path):
     assert result["tasks"] == ["Shapes", "Colors"]
     with pytest.raises(ValueError, match="NAME=VALUE"):
         run("task_arithmetic", ["--model", "mini", "--task", "Shapes"])
+
+
+def test_save_format_hf_writes_a_folder_transformers_loads_with_the_same_image_features(tmp_path):
+    from adamerging.merged_encoder import MergedEncoder
+    from adamerging.pipeline import parse_config
+    from adamerging.problem import load_problem
+    from model_fixtures import mini_argv, write_mini_problem
+    from transformers import CLIPVisionModel
+
+    root = write_mini_problem(tmp_path, n_per_class=1)
+    out = tmp_path / "merged_hf"
+    argv = mini_argv(root, "--save-merged", str(out), "--save-format", "hf")
+    result = run("task_arithmetic", argv)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    model = CLIPVisionModelWithProjection.from_pretrained(out, local_files_only=True).eval()
+    assert CLIPVisionModel.from_pretrained(out, local_files_only=True) is not None  # the tower alone loads too
+    # Our encoder at the run's lambdas, on the run's normalised test images.
+    problem = load_problem(parse_config("task_arithmetic", argv))
+    merged = MergedEncoder(problem.clip.visual, problem.theta0, problem.tau, problem.entries, "cpu")
+    lambdas = torch.tensor([row[1:] for row in result["coefficients"]["values"]])
+    x = problem.normalize(problem.data[0].images[:4])
+    with torch.no_grad():
+        ours = merged.encoder(lambdas)(x)
+        theirs = model(pixel_values=x).image_embeds
+    torch.testing.assert_close(theirs, ours, rtol=0, atol=TOL)

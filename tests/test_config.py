@@ -1,0 +1,47 @@
+"""The typed run configuration: flags build it, defaults live once, variants by dataclasses.replace."""
+import dataclasses
+
+import pytest
+
+from adamerging.config import RunConfig, build_parser, config_from_namespace
+from adamerging.pipeline import METHODS, parse_config
+
+
+def test_no_flags_give_the_dataclass_defaults_and_every_field_has_a_flag():
+    assert config_from_namespace(build_parser().parse_args([])) == RunConfig()
+    assert parse_config("layer_wise_adamerging", []) == RunConfig()
+    dests = {a.dest for a in build_parser()._actions} | {a.dest for a in build_parser(standalone_diagnostics=True)._actions}
+    assert {f.name for f in dataclasses.fields(RunConfig)} <= dests
+
+
+def test_flags_reach_their_fields_and_configs_compare_by_value():
+    config = parse_config("task_wise_adamerging", ["--steps", "20", "--task", "A=x", "--task", "B=y", "--diagnose-lambdas", "0,0.5",
+                                                   "--no-clamp", "--adapt-mode", "per-task", "--save-format", "hf"])
+    assert (config.steps, config.task, config.diagnose_lambdas, config.clamp, config.adapt_mode, config.save_format) == \
+           (20, ("A=x", "B=y"), (0.0, 0.5), False, "per-task", "hf")
+    assert dataclasses.replace(RunConfig(), steps=20) == RunConfig(steps=20) != RunConfig()
+    assert hash(RunConfig(task=["A=x"])) == hash(RunConfig(task=("A=x",)))   # lists become tuples: hashable, equal
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.steps = 3
+    standalone = config_from_namespace(build_parser(standalone_diagnostics=True).parse_args(["--samples", "7", "--vectors", "ties"]))
+    assert (standalone.diagnose_samples, standalone.vectors) == (7, "ties")
+
+
+def test_bad_values_are_one_line_errors():
+    with pytest.raises(ValueError, match=r"'objective' \(--objective\) must be one of \['entropy', 'supervised'\], got 'mse'"):
+        RunConfig(objective="mse")
+    with pytest.raises(SystemExit):
+        parse_config("task_arithmetic", ["--precision", "fp8"])
+    with pytest.raises(ValueError, match="unknown method 'nonsense'"):
+        parse_config("nonsense", [])
+
+
+def test_every_method_is_described_by_registry_facts():
+    for m in METHODS.values():
+        assert m.vectors in ("plain", "ties") and m.granularity in (None, "task-wise", "layer-wise")
+        assert m.table in ("zero", "one-hot", "average", "lam")
+        assert (m.published is not None) == (m.granularity is not None)
+    lw = METHODS["layer_wise_adamerging"]
+    assert lw.result_name(RunConfig(objective="supervised")) == "layer_wise_adamerging_supervised"
+    assert lw.result_name(RunConfig(coefficients="published")) == "layer_wise_adamerging_published"
+    assert not lw.learns(RunConfig(coefficients="published")) and lw.learns(RunConfig())

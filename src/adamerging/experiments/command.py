@@ -114,7 +114,7 @@ def parse(argv: Sequence[str]) -> Context:
         print(__doc__)
         raise SystemExit(0)
     if not argv or argv[0] not in [*EXPERIMENTS, "all"]:
-        raise SystemExit(f"usage: python -m adamerging.experiments {{{','.join([*EXPERIMENTS, 'all'])}}} [flags]  (--help for details)")
+        raise ValueError(f"usage: python -m adamerging.experiments {{{','.join([*EXPERIMENTS, 'all'])}}} [flags]  (--help for details)")
     experiment, rest = argv[0], list(argv[1:])
     options, passthrough = build_parser(experiment).parse_known_args(rest)
     base = pipeline.parse_config("task_arithmetic", passthrough)   # rejects unknown flags early

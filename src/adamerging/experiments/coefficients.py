@@ -1,4 +1,4 @@
-"""Layer-wise coefficients by depth (paper Sec. 5: shallow layers about 0.2-0.3, deep 0.6-0.8) and the
+"""Layer-wise coefficients by depth (paper Sec. 5: low in shallow layers, high in deep ones; ranges in data/paper_tables.json) and the
 task vectors' cosines -> coefficients.{json,md}, coefficients_*.png"""
 from __future__ import annotations
 
@@ -149,7 +149,7 @@ def _paper_ranges() -> tuple[list[float], list[float]]:
 
 
 def coefficients(ctx: Context) -> dict:
-    """Layer-wise coefficients by depth (paper: shallow about 0.2-0.3, deep 0.6-0.8) and task-vector cosines."""
+    """Layer-wise coefficients by depth (paper Sec. 5: low in shallow layers, high in deep ones) and task-vector cosines."""
     started = time.perf_counter()
     source = ctx.options.source or str(ctx.folder / f"{ctx.options.method}.json")
     if source == "published":

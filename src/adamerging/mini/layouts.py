@@ -131,30 +131,22 @@ def write_gtsrb(root, classnames, templates, splits):
     _write_meta(base, classnames, templates)
 
 
-def write_eurosat(root, classnames, templates, splits):
-    base = os.path.join(root, "EuroSAT_splits")
-    folders = folder_names("EuroSAT", classnames)
-    _class_folders(base, "train", folders, *splits["train"])
-    _class_folders(base, "test", folders, *splits["test"])
-    if "val" in splits:
-        _class_folders(base, "val", folders, *splits["val"])
-    _write_meta(base, classnames, templates)
+def _class_folder_writer(task: str, dirname: str, test_dir: str):
+    """Writer of a class-folder dataset under root/<dirname>/{train,<test_dir>}/ (+ val/ if given)."""
+    def write(root, classnames, templates, splits):
+        base = os.path.join(root, dirname)
+        folders = folder_names(task, classnames)
+        _class_folders(base, "train", folders, *splits["train"])
+        _class_folders(base, test_dir, folders, *splits["test"])
+        if "val" in splits and test_dir != "val":
+            _class_folders(base, "val", folders, *splits["val"])
+        _write_meta(base, classnames, templates)
+    return write
 
 
-def write_dtd(root, classnames, templates, splits):
-    base = os.path.join(root, "dtd")
-    folders = folder_names("DTD", classnames)
-    _class_folders(base, "train", folders, *splits["train"])
-    _class_folders(base, "val", folders, *splits["test"])  # task-vectors reads DTD's test split from val/
-    _write_meta(base, classnames, templates)
-
-
-def write_sun397(root, classnames, templates, splits):
-    base = os.path.join(root, "sun397")
-    folders = folder_names("SUN397", classnames)
-    _class_folders(base, "train", folders, *splits["train"])
-    _class_folders(base, "val", folders, *splits["test"])  # test split read from val/
-    _write_meta(base, classnames, templates)
+write_eurosat = _class_folder_writer("EuroSAT", "EuroSAT_splits", "test")
+write_dtd = _class_folder_writer("DTD", "dtd", "val")        # task-vectors reads DTD's test split from val/
+write_sun397 = _class_folder_writer("SUN397", "sun397", "val")  # likewise SUN397's
 
 
 WRITERS = {

@@ -76,20 +76,20 @@ def adamerging_step(run: AdaMerging) -> float:
 
     FloatingPointError (before the update) when the loss or the gradient of lambdas is not finite.
     """
-    c = run.config
-    per_task = c.batch_size_adapt * c.batches_per_step
+    config = run.config
+    per_task = config.batch_size_adapt * config.batches_per_step
     batches = [sample(t, per_task, run.generator) for t in run.tasks]      # 1. unlabeled test batches B_k
     run.optimizer.zero_grad(set_to_none=True)
     params = run.merged.params(run.lambdas())                              # 2. theta(lambdas), once per step
 
     def loss_of(task_ids: Sequence[int], leaves: dict[str, torch.Tensor]) -> torch.Tensor:
         x = run.normalize(torch.cat([run.tasks[i].images[batches[i]] for i in task_ids]))
-        with autocast(run.merged.device, c.precision):
+        with autocast(run.merged.device, config.precision):
             features = run.merged(leaves, x).split(per_task)               # 3. forward
         total = 0.0
         for i, f in zip(task_ids, features):                               # 4. entropy of each task's predictions
-            labels = run.tasks[i].labels[batches[i]].to(run.merged.device) if c.objective == "supervised" else None
-            total = total + task_loss(run.tasks[i].head(f.float()), labels, c.batches_per_step, c.objective)
+            labels = run.tasks[i].labels[batches[i]].to(run.merged.device) if config.objective == "supervised" else None
+            total = total + task_loss(run.tasks[i].head(f.float()), labels, config.batches_per_step, config.objective)
         return total
 
     loss = backward(run, params, loss_of)                                   # 5. gradient of lambdas

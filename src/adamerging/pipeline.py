@@ -67,6 +67,7 @@ def build_parser(method: Method) -> argparse.ArgumentParser:
     g.add_argument("--eval-tasks", default=None, help="comma-separated unseen tasks: evaluated with the merged model, but neither merged nor adapted on (generalization)")
     g.add_argument("--corruption", default=None, help="corrupt every test image first (robustness): " + ", ".join(CORRUPTIONS))
     g.add_argument("--checkpoint-format", default="auto", choices=["auto", "task-vectors", "hf"], help="task-vectors files (zeroshot.pt, <Task>/finetuned.pt), Hugging Face CLIP folders (zeroshot/, <Task>/finetuned/ with config.json), or detect")
+    g.add_argument("--data-format", default="auto", choices=list(ds.DATA_FORMATS), help="task-vectors folder layouts, local Hugging Face dataset copies (README.md + parquet shards, or save_to_disk) in the task folders, or detect per task")
     g.add_argument("--task", action="append", default=[], metavar="NAME=DIR", help="your own task: an ImageFolder tree DIR/test/<class>/... (optional classnames.txt, templates.txt); repeatable")
     g.add_argument("--finetuned", action="append", default=[], metavar="NAME=PATH", help="expert checkpoint of task NAME in any supported format (file or HF folder); repeatable")
     g.add_argument("--clip-weights", default=None, help="full open_clip CLIP weights to build missing zero-shot heads from the text tower (default: <checkpoints>/<model>/clip_pretrained.safetensors if present)")
@@ -272,7 +273,7 @@ def load_problem(args, method: Method, timings: dict[str, float]) -> Problem:
     t0 = time.perf_counter()
     unseen = [t for t in parse_tasks(args.eval_tasks, model_dir) if t not in tasks] if args.eval_tasks else []
     everything = tasks + unseen
-    splits = {task: ds.read_image_folder_task(task, user_tasks[task]) if task in user_tasks else ds.read_split(task, data_root, "test")
+    splits = {task: ds.read_image_folder_task(task, user_tasks[task]) if task in user_tasks else ds.read_task_split(task, data_root, "test", data_format=args.data_format)
               for task in everything}
     templates = {task: ds.user_task_templates(user_tasks[task]) if task in user_tasks else ds.task_templates(task, data_root)
                  for task in everything}

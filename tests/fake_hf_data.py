@@ -47,10 +47,12 @@ def write_hf_dataset(
     seed: int = 0,
     shards: int = 2,
     subfolder: str = "data",
+    images: Sequence[np.ndarray] | None = None,
 ) -> list[np.ndarray]:
-    """Write the dataset; returns the uint8 [size, size, 3] images in row order."""
+    """Write the dataset (random images unless `images` gives them); returns the uint8 images in row order."""
     rng = np.random.default_rng(seed)
-    images = [rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8) for _ in labels]
+    if images is None:
+        images = [rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8) for _ in labels]
     encoded = [{"bytes": _png(a), "path": f"{i:05d}.png"} for i, a in enumerate(images)]
     table = pa.table({"image": pa.array(encoded, type=_IMAGE_TYPE), "label": pa.array(list(labels), type=pa.int64())})
     folder.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ from adamerging import datasets as ds
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fake_hf_data import write_hf_dataset  # noqa: E402
+from model_fixtures import mini_argv, write_mini_problem  # noqa: E402
 
 _PROMPTS = json.loads((Path(ds.__file__).parent / "data" / "zeroshot_prompts.json").read_text(encoding="utf-8"))
 
@@ -147,3 +148,22 @@ def test_svhn_config_folder_is_found(tmp_path: Path) -> None:
     # ufldl-stanford/svhn keeps its shards under the config folder cropped_digits/.
     write_hf_dataset(ds.task_folder("SVHN", tmp_path), [str(i) for i in range(10)], [3, 0, 9], subfolder="cropped_digits", shards=1)
     assert ds.read_task_split("SVHN", tmp_path).labels.tolist() == [3, 0, 9]
+
+
+def test_pipeline_gives_the_same_accuracies_from_a_permuted_hf_copy(tmp_path: Path) -> None:
+    from adamerging.pipeline import run
+
+    root = write_mini_problem(tmp_path, n_per_class=3)
+    argv = mini_argv(root, "--overwrite", tasks="MNIST,SVHN,EuroSAT")
+    folders = run("task_arithmetic", argv)["accuracy"]
+    for task in ("MNIST", "SVHN"):  # same images, ClassLabel order reversed, folder layout gone
+        split = ds.read_split(task, root / "data", "test")
+        folder = ds.task_folder(task, root / "data")
+        folder.rename(folder.with_name(folder.name + "_folders"))
+        names = [str(d) for d in range(9, -1, -1)]
+        write_hf_dataset(folder, names, (9 - split.labels).tolist(), images=list(split.images), shards=2)
+        assert ds.read_task_split(task, root / "data").source.startswith("Hugging Face parquet")
+    hf = run("task_arithmetic", argv + ["--data-format", "auto"])["accuracy"]
+    assert hf == folders
+    with pytest.raises(ds.DatasetError):
+        run("task_arithmetic", argv + ["--data-format", "folders"])

@@ -96,6 +96,7 @@ def main_table_command(model: str, checkpoints: str | Path, data_location: str |
 
 
 def main(argv: list[str] | None = None) -> int:
+    """CLI entry: fetch what the plan lists (or print it with --dry-run); exit 1 on a failed fetch, 2 on bad flags."""
     p = argparse.ArgumentParser(prog="python -m adamerging.download", description=__doc__.splitlines()[0])
     p.add_argument("--source", required=True, choices=["hf"], help="where from: the Hugging Face hub")
     p.add_argument("--model", default="ViT-B-32", choices=list(HF_ARCH), help="CLIP architecture")

@@ -375,6 +375,7 @@ def prepare_task(task: str, downloads: str | Path, data_location: str | Path, *,
 
 
 def main(argv: list[str] | None = None) -> int:
+    """CLI entry: prepare each named task; prints one line per task, errors to stderr; exit 1 if any failed."""
     p = argparse.ArgumentParser(
         prog="python -m adamerging.prepare",
         description="Turn the official dataset downloads into the folder layouts the readers expect (standard splits).",

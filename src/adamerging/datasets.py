@@ -544,7 +544,7 @@ def head_classnames(task: str, task_dir: Path, dataset_names: list[str]) -> tupl
     if override is not None:
         return override, str(task_dir / "classnames.txt")
     if task in ("SUN397", "DTD"):
-        return sorted((" ".join(n.replace("_", " ").split()) for n in dataset_names), key=str), "sorted class names (ImageFolder order)"
+        return sorted(" ".join(n.replace("_", " ").split()) for n in dataset_names), "sorted class names (ImageFolder order)"
     if task == "EuroSAT":
         mapping: dict[str, str] = _prompts()["classnames"]["EuroSAT_folder_to_openai"]
         return [mapping[f] for f in sorted(mapping)], "EuroSAT's sorted class folders (ImageFolder order)"

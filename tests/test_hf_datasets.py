@@ -85,6 +85,10 @@ def test_sun397_and_dtd_heads_use_sorted_class_names(tmp_path: Path) -> None:
     write_hf_dataset(ds.task_folder("SUN397", tmp_path), ["waterfall block", "abbey", "bedroom"], [0, 1, 2], shards=1)
     split = ds.read_hf_split("SUN397", tmp_path)
     assert split.classnames == ["abbey", "bedroom", "waterfall block"] and split.labels.tolist() == [2, 0, 1]
+    other = tmp_path / "sun_paths"  # class names as SUN paths, as some copies give them
+    write_hf_dataset(ds.task_folder("SUN397", other), ["/w/waterfall/block", "/a/abbey", "/b/bedroom"], [0, 1, 2], shards=1)
+    split = ds.read_hf_split("SUN397", other)
+    assert split.classnames == ["abbey", "bedroom", "waterfall block"] and split.labels.tolist() == [2, 0, 1]
 
 
 def test_eurosat_folder_names_count_as_prompt_names(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import uuid
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -606,6 +607,8 @@ def read_hf_split(task: str, data_root: str | Path, split: str = "test") -> Spli
         raise DatasetError(f"{name}: {e}") from e
     if len(raw.labels) == 0:
         raise DatasetError(f"{name}: {raw.source} holds no images for the {split} split")
+    if name == "SUN397":  # some copies name classes by their SUN path: "/a/apartment_building/outdoor"
+        raw.classnames = [re.sub(r"^/[a-z]/", "", n).replace("/", " ") for n in raw.classnames]
     head_names, origin = head_classnames(name, folder, raw.classnames)
     if head_names is None:
         warnings.warn(

@@ -16,8 +16,12 @@ Repository names (`HF_DATASET_REPOS`) follow FusionBench's test-set configs
 (github.com/tanganke/fusion_bench, `config/dataset/image_classification/test/<task>.yaml`, read 2026-11):
 `tanganke/{sun397,stanford_cars,resisc45,eurosat,gtsrb,dtd}`, and the hub's own `svhn` (config
 `cropped_digits`) and `mnist`, which the hub now serves as `ufldl-stanford/svhn` and `ylecun/mnist`.
-The ClassLabel names inside those cards could not be checked from here (no hub access): the label
-mapping therefore never assumes them and refuses what it cannot match by name.
+What the hub's pages show (huggingface.co/datasets/..., read 2026-11, not downloaded): tanganke/gtsrb's
+card names its 43 classes with the CLIP prompt names of zeroshot_prompts.json, in class-id order;
+tanganke/sun397 names them like "abbey", "airplane cabin" (test: 19.9k rows, 18 shards);
+tanganke/stanford_cars starts "AM General Hummer SUV 2000", "Acura RL Sedan 2012" (cars_meta.mat's
+first two). The other cards were not checked: the label mapping (datasets.map_labels_to_head)
+never assumes names or orders and refuses what it cannot match by name.
 """
 from __future__ import annotations
 

@@ -105,11 +105,19 @@ class Inputs:
                 raise PrepareError(f"{self.task}: cannot unpack {path} ({e}); expected {DOWNLOADS[self.task]}") from e
             self._unpacked.add(path)
 
-    def file(self, name: str) -> Path:
-        """A file anywhere under the downloads (or unpacked archives); PrepareError if absent."""
-        path = self._search(name, want_dir=False)
+    def find(self, *names: str) -> Path | None:
+        """The first of `names` found as a file under the downloads (or unpacked archives), else None."""
+        for name in names:
+            path = self._search(name, want_dir=False)
+            if path is not None:
+                return path
+        return None
+
+    def file(self, *names: str) -> Path:
+        """As `find`, but a missing file is a PrepareError naming the first of `names`."""
+        path = self.find(*names)
         if path is None:
-            raise self.missing(name)
+            raise self.missing(names[0])
         return path
 
     def folder(self, name: str, *, containing: str | None = None) -> Path:
@@ -212,11 +220,8 @@ def prepare_resisc45(inp: Inputs, out: Path) -> None:
     images = inp.folder("NWPU-RESISC45", containing="airplane")
     listed: set[str] = set()
     for split in ("train", "val", "test"):
-        try:
-            path = inp.file(f"resisc45-{split}.txt")
-        except PrepareError:
-            if split == "test":
-                raise
+        path = inp.file(f"resisc45-{split}.txt") if split == "test" else inp.find(f"resisc45-{split}.txt")
+        if path is None:
             continue
         _place(path, out / path.name)
         listed.update(_list_lines(path))
@@ -264,8 +269,9 @@ def prepare_eurosat(inp: Inputs, out: Path) -> None:
 def prepare_svhn(inp: Inputs, out: Path) -> None:
     """SVHN: `{train,test}_32x32.mat` copied as is (26,032 test images). Source: Netzer et al. 2011."""
     _place(inp.file("test_32x32.mat"), out / "test_32x32.mat")
-    with contextlib.suppress(PrepareError):
-        _place(inp.file("train_32x32.mat"), out / "train_32x32.mat")
+    train = inp.find("train_32x32.mat")
+    if train is not None:
+        _place(train, out / "train_32x32.mat")
 
 
 def prepare_gtsrb(inp: Inputs, out: Path) -> None:
@@ -293,12 +299,9 @@ def prepare_mnist(inp: Inputs, out: Path) -> None:
     for prefix in ("t10k", "train"):
         for kind in ("images-idx3", "labels-idx1"):
             stem = f"{prefix}-{kind}-ubyte"
-            found = [p for p in (inp._search(stem + ".gz", False), inp._search(stem, False)) if p is not None]
-            if not found:
-                if prefix == "t10k":
-                    raise inp.missing(f"{stem}.gz")
-                continue
-            _place(found[0], out / "raw" / found[0].name)
+            found = inp.find(f"{stem}.gz", stem) if prefix == "train" else inp.file(f"{stem}.gz", stem)  # train: optional
+            if found is not None:
+                _place(found, out / "raw" / found.name)
 
 
 def prepare_dtd(inp: Inputs, out: Path) -> None:

@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .corruptions import CORRUPTIONS
+from .datasets import DATA_FORMATS
 from .models import MODEL_NAMES
 
 DEFAULT_LAM = 0.3  # Task Arithmetic / TIES scaling coefficient (the authors' fixed value)
@@ -73,6 +74,8 @@ class RunConfig:
     corruption: str | None = _opt(None, "data", "corrupt every test image first (robustness): " + ", ".join(CORRUPTIONS))
     checkpoint_format: str = _opt("auto", "data", "task-vectors files (zeroshot.pt, <Task>/finetuned.pt), Hugging Face CLIP folders (zeroshot/, <Task>/finetuned/ with config.json), or detect",
                                   choices=("auto", "task-vectors", "hf"))
+    data_format: str = _opt("auto", "data", "task-vectors folder layouts, local Hugging Face dataset copies (README.md + parquet shards, or save_to_disk) in the task folders, or detect per task",
+                            choices=DATA_FORMATS)
     task: tuple[str, ...] = _opt((), "data", "your own task: an ImageFolder tree DIR/test/<class>/... (optional classnames.txt, templates.txt); repeatable", repeat="NAME=DIR")
     finetuned: tuple[str, ...] = _opt((), "data", "expert checkpoint of task NAME in any supported format (file or HF folder); repeatable", repeat="NAME=PATH")
     clip_weights: str | None = _opt(None, "data", "full open_clip CLIP weights to build missing zero-shot heads from the text tower (default: <checkpoints>/<model>/clip_pretrained.safetensors if present)")

@@ -18,9 +18,12 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
+import io
 import json
 import os
+import re
 import uuid
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -30,6 +33,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from PIL import Image
+
+from .hf_datasets import EncodedImages, HFDatasetError, is_hf_dataset, read_hf_folder
 
 TASKS: tuple[str, ...] = ("SUN397", "Cars", "RESISC45", "EuroSAT", "SVHN", "GTSRB", "MNIST", "DTD")
 
@@ -66,8 +71,10 @@ class Split:
     split: str  # "test" or "train"
     classnames: list[str]
     labels: np.ndarray  # int64 [N]
-    images: list[str] | np.ndarray  # file paths, or uint8 [N, H, W, 3]
-    source: str  # the folder / file it was read from (for messages)
+    images: list[str] | np.ndarray | EncodedImages  # file paths, uint8 [N, H, W, 3], or encoded files
+    # What it was read from: a folder / file, or "Hugging Face parquet <folder>/test-*.parquet (...)".
+    # Recorded with results as the split's source.
+    source: str
 
     def __len__(self) -> int:
         return int(len(self.labels))
@@ -514,6 +521,122 @@ def task_templates(task: str, data_root: str | Path) -> list[str]:
     return lines
 
 
+# ----- Hugging Face datasets (FusionBench's copies) ----------------------------------------------
+
+DATA_FORMATS: tuple[str, ...] = ("auto", "folders", "hf")
+
+
+def _name_key(name: str) -> str:
+    """How class names are compared: case, `_` versus space and repeated spaces do not matter."""
+    return " ".join(str(name).replace("_", " ").split()).lower()
+
+
+def head_classnames(task: str, task_dir: Path, dataset_names: list[str]) -> tuple[list[str] | None, str]:
+    """The class order of the task's zero-shot head, and where it comes from (for messages).
+
+    The task-vectors heads (`head_<Task>.pt`) index classes in the order its folder readers give
+    (read_split): `classnames.txt` if present; the fixed lists (RESISC45, SVHN, GTSRB, MNIST);
+    EuroSAT's sorted class folders (ImageFolder) renamed as in zeroshot_prompts.json; SUN397 and DTD
+    sorted class folders, i.e. sorted class names (SUN397's `x_` prefix is the scene's first letter);
+    Cars the order of `devkit/cars_meta.mat`. Without that file Cars' order cannot be derived from
+    names: None is returned and the dataset's ClassLabel order is kept (with a warning).
+    """
+    override = _read_lines(task_dir / "classnames.txt")
+    if override is not None:
+        return override, str(task_dir / "classnames.txt")
+    if task in ("SUN397", "DTD"):
+        return sorted(" ".join(n.replace("_", " ").split()) for n in dataset_names), "sorted class names (ImageFolder order)"
+    if task == "EuroSAT":
+        mapping: dict[str, str] = _prompts()["classnames"]["EuroSAT_folder_to_openai"]
+        return [mapping[f] for f in sorted(mapping)], "EuroSAT's sorted class folders (ImageFolder order)"
+    if task == "Cars":
+        meta = task_dir / "devkit" / "cars_meta.mat"
+        if not meta.is_file():
+            return None, "the dataset's ClassLabel order"
+        names = _load_mat("Cars", meta, squeeze_me=True).get("class_names")
+        if names is None:
+            raise DatasetError(f"Cars: {meta} has no 'class_names' variable")
+        return [str(c) for c in np.atleast_1d(names).tolist()], str(meta)
+    return list(_prompts()["classnames"][task]), "the built-in class list"
+
+
+def map_labels_to_head(
+    task: str, dataset_names: list[str], labels: np.ndarray, head_names: list[str], origin: str, where: str
+) -> np.ndarray:
+    """Labels re-indexed from the dataset's class order onto the head's (`head_names`), matched by name.
+
+    Names match up to case, `_`/space and repeated spaces; EuroSAT's folder names (`AnnualCrop`) count
+    as their prompt names. Class names that are the integers 0..C-1 are class ids (GTSRB's, MNIST's).
+    Anything else that does not match one to one raises a one-line DatasetError naming the first
+    mismatching names: evaluating with silently permuted labels is never an option.
+    """
+    aliases = {_name_key(k): _name_key(v) for k, v in _prompts()["classnames"]["EuroSAT_folder_to_openai"].items()} if task == "EuroSAT" else {}
+    keys = [aliases.get(_name_key(n), _name_key(n)) for n in dataset_names]
+    head_index = {_name_key(n): i for i, n in enumerate(head_names)}
+    if len(head_index) != len(head_names) or len(set(keys)) != len(keys):
+        raise DatasetError(f"{task}: duplicate class names in {origin if len(head_index) != len(head_names) else where}")
+    if all(k in head_index for k in keys) and len(keys) == len(head_names):
+        permutation = np.asarray([head_index[k] for k in keys], dtype=np.int64)
+        return permutation[labels]
+    if all(k.isdigit() for k in keys) and sorted(int(k) for k in keys) == list(range(len(head_names))):
+        permutation = np.asarray([int(k) for k in keys], dtype=np.int64)  # names are the class ids
+        return permutation[labels]
+    only_dataset = [n for n, k in zip(dataset_names, keys) if k not in head_index][:3]
+    only_head = [n for n in head_names if _name_key(n) not in set(keys)][:3]
+    raise DatasetError(
+        f"{task}: the class names of {where} ({len(dataset_names)}) do not match the head's class order from "
+        f"{origin} ({len(head_names)}): first only in the dataset: {only_dataset}; first only in the head: {only_head}; "
+        f"list the dataset's class names in the head's order in classnames.txt of the task folder"
+    )
+
+
+def read_hf_split(task: str, data_root: str | Path, split: str = "test") -> Split:
+    """One split of a task from a local Hugging Face dataset copy in its task folder (e.g. `data/sun397/`).
+
+    Reads either form described in hf_datasets.py; the labels are re-indexed onto the head's class
+    order (head_classnames, map_labels_to_head) and the class names returned in that order.
+    `Split.source` says "Hugging Face parquet ..." / "Hugging Face save_to_disk ...".
+    """
+    name = canonical_task(task)
+    folder = task_folder(name, data_root)
+    if not is_hf_dataset(folder):
+        raise _missing(name, folder / "README.md", "a Hugging Face dataset: README.md + data/<split>-*.parquet, or a save_to_disk folder")
+    try:
+        raw = read_hf_folder(folder, split)
+    except HFDatasetError as e:
+        raise DatasetError(f"{name}: {e}") from e
+    if len(raw.labels) == 0:
+        raise DatasetError(f"{name}: {raw.source} holds no images for the {split} split")
+    if name == "SUN397":  # some copies name classes by their SUN path: "/a/apartment_building/outdoor"
+        raw.classnames = [re.sub(r"^/[a-z]/", "", n).replace("/", " ") for n in raw.classnames]
+    head_names, origin = head_classnames(name, folder, raw.classnames)
+    if head_names is None:
+        warnings.warn(
+            f"{name}: no {folder / 'devkit' / 'cars_meta.mat'} or classnames.txt to check the class order against; "
+            f"using the dataset's ClassLabel order (right for heads built from class names)",
+            stacklevel=2,
+        )
+        head_names, labels = list(raw.classnames), raw.labels
+    else:
+        labels = map_labels_to_head(name, raw.classnames, raw.labels, head_names, origin, raw.source)
+    return Split(task=name, split=split, classnames=list(head_names), labels=labels, images=raw.images, source=raw.source)
+
+
+def read_task_split(
+    task: str, data_root: str | Path, split: str = "test", *, data_format: str = "auto", test_dir: str | None = None
+) -> Split:
+    """A task's split in the given data format: "folders" (read_split), "hf" (read_hf_split) or "auto".
+
+    "auto" reads a Hugging Face copy where the task folder holds one (README.md + parquet shards, or
+    save_to_disk files), else the task-vectors folder layout.
+    """
+    if data_format not in DATA_FORMATS:
+        raise DatasetError(f"unknown data format {data_format!r}; expected one of {DATA_FORMATS}")
+    if data_format == "hf" or (data_format == "auto" and is_hf_dataset(task_folder(task, data_root))):
+        return read_hf_split(task, data_root, split)
+    return read_split(task, data_root, split, test_dir=test_dir)
+
+
 # ----- preprocessing --------------------------------------------------------------------------
 
 
@@ -521,6 +644,9 @@ def _load_image(item: str | np.ndarray) -> Image.Image:
     """Decode one image to RGB (the task-vectors loaders all `.convert("RGB")` on load)."""
     if isinstance(item, (str, os.PathLike)):
         with Image.open(item) as im:
+            return im.convert("RGB")
+    if isinstance(item, bytes):  # an encoded file from a Hugging Face dataset
+        with Image.open(io.BytesIO(item)) as im:
             return im.convert("RGB")
     return Image.fromarray(np.asarray(item, dtype=np.uint8)).convert("RGB")
 
@@ -558,6 +684,8 @@ def _fingerprint(split: Split, size: int) -> dict[str, Any]:
         arr = np.ascontiguousarray(split.images)
         fp["shape"] = list(arr.shape)
         fp["images_sha1"] = hashlib.sha1(arr.data).hexdigest()  # cheap next to decoding (80 MB for SVHN test)
+    elif isinstance(split.images, EncodedImages):
+        fp["encoded_sha1"] = split.images.sha1()  # every byte: cheap next to decoding
     else:
         files = [str(p) for p in split.images]
         fp["first"], fp["last"] = files[0], files[-1]

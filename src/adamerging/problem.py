@@ -221,7 +221,7 @@ def load_problem(config: RunConfig, vectors: str = "plain", timings: dict[str, f
     t0 = time.perf_counter()
     unseen = [t for t in parse_tasks(config.eval_tasks, model_dir) if t not in tasks] if config.eval_tasks else []
     everything = tasks + unseen
-    splits = {task: ds.read_image_folder_task(task, user_tasks[task]) if task in user_tasks else ds.read_split(task, data_root, "test")
+    splits = {task: ds.read_image_folder_task(task, user_tasks[task]) if task in user_tasks else ds.read_task_split(task, data_root, "test", data_format=config.data_format)
               for task in everything}
     templates = {task: ds.user_task_templates(user_tasks[task]) if task in user_tasks else ds.task_templates(task, data_root)
                  for task in everything}

@@ -358,7 +358,7 @@ def run_diagnostics(problem: "Problem", args: argparse.Namespace, merged: Merged
     label = "Task Arithmetic" if vectors == "plain" else "TIES-selected vectors"
     report = {
         "model": problem.model, "tasks": tasks, "vectors": vectors, "merged_model": f"{label}, theta_0 + {lam:g} sum_t tau_t",
-        "samples": n, "seed": args.seed, "lam": lam, "lambdas": list(settings.lambdas),
+        "samples": n, "seed": args.seed, "lam": lam, "lambdas": list(settings.lambdas), "test_data": problem.test_data,
         "thresholds": {**asdict(th), "why": {k: v.format(**asdict(th)) for k, v in JUSTIFICATION.items()}},
         "verdict": {"trustworthy": ok, "overall": overall, "per_task": lines},
         "checks": {t: {c.name: {"passed": c.passed, "message": c.message, **{k: _r(v) for k, v in c.values.items()}} for c in checks[t]} for t in tasks},

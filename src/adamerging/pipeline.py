@@ -11,7 +11,7 @@ import json
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -64,6 +64,7 @@ def build_parser(method: Method) -> argparse.ArgumentParser:
     g.add_argument("--results-dir", default="results", help="results go to <results-dir>/<model>/<method>.json")
     g.add_argument("--cache-dir", default=None, help="preprocessed-image and built-head cache (default: <data-location>/.cache)")
     g.add_argument("--tasks", default=None, help="comma-separated tasks, in coefficient-column order (default: the 8 paper tasks, or <checkpoints>/<model>/tasks.txt)")
+    g.add_argument("--test-split", default=None, metavar="val|test|TASK=SPLIT,...", help="where the test split is read from: val/ or test/ for SUN397 and DTD (default val/ if present: task-vectors; the AdaMerging fork reads test/), and/or TASK=SPLIT (also EuroSAT=val, RESISC45=val)")
     g.add_argument("--eval-tasks", default=None, help="comma-separated unseen tasks: evaluated with the merged model, but neither merged nor adapted on (generalization)")
     g.add_argument("--corruption", default=None, help="corrupt every test image first (robustness): " + ", ".join(CORRUPTIONS))
     g.add_argument("--checkpoint-format", default="auto", choices=["auto", "task-vectors", "hf"], help="task-vectors files (zeroshot.pt, <Task>/finetuned.pt), Hugging Face CLIP folders (zeroshot/, <Task>/finetuned/ with config.json), or detect")
@@ -175,6 +176,7 @@ class Problem:
     data: list[TaskData]            # the merged tasks (adapted on, evaluated)
     normalize: Normalizer
     eval_data: list[TaskData]       # unseen tasks: evaluated only
+    test_data: dict[str, dict] = field(default_factory=dict)  # per task: Split.record() (source, n_images, ...)
 
     @property
     def all_data(self) -> list[TaskData]:
@@ -272,8 +274,9 @@ def load_problem(args, method: Method, timings: dict[str, float]) -> Problem:
     t0 = time.perf_counter()
     unseen = [t for t in parse_tasks(args.eval_tasks, model_dir) if t not in tasks] if args.eval_tasks else []
     everything = tasks + unseen
-    splits = {task: ds.read_image_folder_task(task, user_tasks[task]) if task in user_tasks else ds.read_split(task, data_root, "test")
-              for task in everything}
+    test_splits = ds.parse_test_split(getattr(args, "test_split", None))
+    splits = {task: ds.read_image_folder_task(task, user_tasks[task]) if task in user_tasks
+              else ds.read_split(task, data_root, "test", test_dir=test_splits.get(task)) for task in everything}
     templates = {task: ds.user_task_templates(user_tasks[task]) if task in user_tasks else ds.task_templates(task, data_root)
                  for task in everything}
     size = image_size(clip)
@@ -289,7 +292,7 @@ def load_problem(args, method: Method, timings: dict[str, float]) -> Problem:
             for task in everything}
     mean, std = normalization(clip)
     return Problem(args.model, tasks, clip, keys, theta0, tau, [data[t] for t in tasks], Normalizer(mean, std, args.device),
-                   [data[t] for t in unseen])
+                   [data[t] for t in unseen], {task: splits[task].record() for task in everything})
 
 
 def adaptation_subset(data: Sequence[TaskData], fraction: float, seed: int) -> list[TaskData]:
@@ -428,7 +431,7 @@ def run(method_name: str, argv: Sequence[str] | None = None) -> dict:
         "accuracy": accs, "average": average, "eval_tasks": [t.name for t in problem.eval_data],
         "unseen_average": (sum(accs[t.name] for t in problem.eval_data) / len(problem.eval_data)
                            if problem.eval_data and all(t.name in accs for t in problem.eval_data) else None),
-        "coefficients": table.to_json() if table is not None else None,
+        "coefficients": table.to_json() if table is not None else None, "test_data": problem.test_data,
         "config": vars(args), "seed": args.seed, "versions": package_versions(), "timings_s": timings,
     }
     if diagnosis is not None:

@@ -200,7 +200,9 @@ def load_heads(args, model_dir: Path, tasks: Sequence[str], splits: dict[str, "d
                 f"no head for {missing} ({model_dir}/head_<Task>.pt) and no CLIP weights to build one from the text tower: "
                 f"put the task-vectors heads there, or pass --clip-weights (a full open_clip state dict)")
         clip = create_clip(args.model)
-        load_clip_weights(clip, hf.load_weights(weights), str(weights))
+        full = hf.load_weights(weights)
+        hf.check_text_tower(full, clip.state_dict(), weights, missing)
+        load_clip_weights(clip, full, str(weights))
         tokenizer = get_tokenizer(args.model)
         weights_file = hf.weights_file(weights) if weights.is_dir() else weights
         for task in missing:
@@ -243,7 +245,10 @@ def load_task_vectors(args, method: Method) -> TaskVectorSet:
     if base_path is None:
         raise FileNotFoundError(f"pretrained encoder not found: expected {model_dir}/zeroshot.pt (task-vectors layout), "
                                 f"zeroshot.safetensors, or a Hugging Face folder {model_dir}/zeroshot/ with config.json")
-    theta0 = to_encoder_entries(hf.load_weights(base_path), reference, base_path)
+    base = hf.load_weights(base_path)
+    if hf.is_hf_checkpoint(base_path):  # a CLIPModel whose text tower differs: its image tower only
+        base = hf.image_tower(base, clip.state_dict(), base_path, reference)
+    theta0 = to_encoder_entries(base, reference, base_path)
     experts = []
     for task in tasks:
         path = user_experts.get(task) or _find(model_dir / task, "finetuned", fmt)
@@ -252,7 +257,7 @@ def load_task_vectors(args, method: Method) -> TaskVectorSet:
                                     f"(or a Hugging Face folder {model_dir / task / 'finetuned'}/, or --finetuned {task}=PATH)")
         weights = hf.load_weights(path)
         if hf.is_hf_checkpoint(path):  # HF experts are often vision-only: text-side entries come from theta_0
-            weights = hf.fill_from(weights, theta0)
+            weights = hf.fill_from(hf.image_tower(weights, clip.state_dict(), path, theta0), theta0)
         experts.append(to_encoder_entries(weights, reference, path))
     tau = task_vectors(theta0, experts, tasks)
     del experts

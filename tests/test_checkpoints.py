@@ -264,6 +264,13 @@ def test_an_unreadable_file_says_which_format_it_looked_like(tmp_path):
         with pytest.raises(CheckpointError) as e:
             load_checkpoint(tmp_path / name)
         assert name in _one_line(e) and looks in str(e.value), str(e.value)
+    save_state_dict({"w": torch.zeros(3)}, tmp_path / "weights.safetensors")
+    (tmp_path / "weights.safetensors").rename(tmp_path / "weights.pt")
+    with pytest.raises(CheckpointError, match=r"weights\.pt: .*looks like a safetensors file \(give it the \.safetensors suffix\)"):
+        load_checkpoint(tmp_path / "weights.pt")
+    (tmp_path / "pointer.safetensors").write_bytes(cases["lfs.pt"][0])
+    with pytest.raises(CheckpointError, match=r"pointer\.safetensors: not a readable safetensors file; it looks like a Git LFS"):
+        load_checkpoint(tmp_path / "pointer.safetensors")
 
 
 # ----- wrappers open_clip's own loader removes ------------------------------------------------------

@@ -37,6 +37,7 @@ import torch
 log = logging.getLogger(__name__)
 
 _DDP_PREFIX = "module."
+_LOOKS_SAFETENSORS = "a safetensors file"
 
 
 class CheckpointError(Exception):
@@ -215,13 +216,12 @@ def sniff_format(path: str | Path) -> str:
     try:
         with open(path, "rb") as f:
             head = f.read(512)
-            f.seek(0)
-            try:
-                first = _RestrictedUnpickler(f).load() if head[:1] == b"\x80" else None
-            except Exception:  # noqa: BLE001 - a sniffer: any parse failure just means "not that"
-                first = None
     except OSError as e:
         return f"an unreadable file ({e.strerror})"
+    try:  # the magic number is a pickle of some 20 bytes: unpickle from the head only, bounded
+        first = _RestrictedUnpickler(io.BytesIO(head)).load() if head[:1] == b"\x80" else None
+    except Exception:  # noqa: BLE001 - a sniffer: any parse failure just means "not that"
+        first = None
     if not head:
         return "an empty file (an interrupted download?)"
     if head.startswith(b"PK\x03\x04"):
@@ -235,7 +235,7 @@ def sniff_format(path: str | Path) -> str:
     if head.lstrip()[:1] == b"<":
         return "an HTML/XML page, not the weights (a download that saved an error or login page)"
     if len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000:
-        return "a safetensors file (give it the .safetensors suffix)"
+        return _LOOKS_SAFETENSORS
     if head[:1] == b"\x80":
         return "a bare pickle, not written by torch.save"
     return f"no known checkpoint format (first bytes {head[:16]!r})"
@@ -263,7 +263,9 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
         try:
             sd = collections.OrderedDict(load_file(str(path)))
         except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
+            looks = sniff_format(path)
+            seems = "" if looks == _LOOKS_SAFETENSORS else f"; it looks like {looks}"
+            raise CheckpointError(f"{path}: not a readable safetensors file{seems} ({e})") from e
         sd = _strip_ddp_prefix(sd, path)
         _check_tensors(sd, path)
         return LoadedCheckpoint(sd, "state_dict")
@@ -274,8 +276,11 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     except (pickle.UnpicklingError, EOFError, RuntimeError, zipfile.BadZipFile, ValueError, KeyError, AttributeError,
             TypeError, IndexError, tarfile.TarError, struct.error) as e:
         detail = " ".join(str(e).split())[:300]  # torch's messages can span lines; keep errors one line
+        looks = sniff_format(path)
+        if looks == _LOOKS_SAFETENSORS:
+            looks += " (give it the .safetensors suffix)"
         raise CheckpointError(
-            f"{path}: not a readable PyTorch checkpoint; it looks like {sniff_format(path)} ({type(e).__name__}: {detail})"
+            f"{path}: not a readable PyTorch checkpoint; it looks like {looks} ({type(e).__name__}: {detail})"
         ) from e
     if _is_module_stand_in(obj):
         sd: collections.OrderedDict[str, torch.Tensor] = collections.OrderedDict()

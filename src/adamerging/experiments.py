@@ -86,7 +86,7 @@ class Context:
 
 # Settings that must agree for --skip-existing to reuse a run (tasks are compared resolved); the
 # second group matters only where the method learns its table.
-_SAME_SETTINGS = ("model", "corruption", "coefficients", "seed", "lam", "ties_k", "ties_combine")
+_SAME_SETTINGS = ("model", "corruption", "coefficients", "seed", "lam", "ties_k", "ties_combine", "test_split")
 _SAME_ADAPT_SETTINGS = ("objective", "adapt_fraction", "steps", "lr", "init", "eval_every", "batch_size_adapt",
                         "batches_per_step", "no_clamp")
 

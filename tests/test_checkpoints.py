@@ -208,6 +208,63 @@ def _legacy_container(obj, persistent_id=lambda obj: None) -> bytes:
     return out.getvalue()
 
 
+def _tar_container(obj, path: Path) -> None:
+    """torch's oldest container (torch <= 0.3; `torch.load` still reads it): a tar of `storages`,
+    `tensors` and `pickle`, written by hand as torch's `_legacy_load` reads it."""
+    import io
+    import pickle
+    import struct
+    import tarfile
+
+    tensors, classes = {}, set()
+
+    def persistent_id(o):
+        if isinstance(o, type) and issubclass(o, torch.nn.Module) and o not in classes:
+            classes.add(o)  # the id holds the class itself, which must then pickle as a plain global
+            return (o, "modeling.py", "class source")
+        if isinstance(o, torch.Tensor):
+            tensors[len(tensors)] = o.detach().contiguous()
+            return str(len(tensors) - 1)
+        return None
+
+    body, storages, views = io.BytesIO(), io.BytesIO(), io.BytesIO()
+    pickler = pickle.Pickler(body, protocol=2)
+    pickler.persistent_id = persistent_id
+    pickler.dump(obj)
+    pickle.dump(len(tensors), storages, protocol=2)
+    pickle.dump(len(tensors), views, protocol=2)
+    for key, t in tensors.items():
+        storage_type = {torch.float32: torch.FloatStorage, torch.int64: torch.LongStorage}[t.dtype]
+        pickle.dump((1000 + key, "cpu", storage_type), storages, protocol=2)  # storage keys apart from tensor keys
+        storages.write(struct.pack("<q", t.numel()) + t.numpy().tobytes())
+        pickle.dump((key, 1000 + key, None), views, protocol=2)
+        views.write(struct.pack("<i", t.dim()) + b"\0" * 4 + struct.pack(f"<{t.dim()}q", *t.shape)
+                    + struct.pack(f"<{t.dim()}q", *t.stride()) + struct.pack("<q", 0))
+    pickle.dump([], storages, protocol=2)
+    with tarfile.open(path, "w:", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in (("storages", storages), ("tensors", views), ("pickle", body)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data.getvalue())
+            tar.addfile(info, io.BytesIO(data.getvalue()))
+
+
+def test_oldest_tar_container_loads_like_the_zip_one(tmp_path):
+    modeling = _legacy_modeling()
+    torch.manual_seed(0)
+    encoder = modeling.ImageEncoder(create_clip("mini"))
+    head = modeling.ClassificationHead(True, torch.randn(5, 128))
+    for name, obj in (("enc", encoder), ("head", head)):
+        torch.save(obj, tmp_path / f"{name}_zip.pt")
+        _tar_container(obj, tmp_path / f"{name}_tar.pt")
+    _forget_legacy()
+    for name in ("enc", "head"):
+        zipped, tarred = load_checkpoint(tmp_path / f"{name}_zip.pt"), load_checkpoint(tmp_path / f"{name}_tar.pt")
+        assert tarred.kind == zipped.kind and tarred.attributes == zipped.attributes
+        assert list(tarred.state_dict) == list(zipped.state_dict)
+        assert all(torch.equal(tarred.state_dict[k], v) for k, v in zipped.state_dict.items()), name
+    assert "src.modeling" not in sys.modules
+
+
 class _ContainerClass:
     """Pickled by reference through the legacy container's ("module", class, file, source) id."""
 
@@ -236,6 +293,10 @@ def test_hostile_legacy_container_files_are_refused_and_run_nothing(tmp_path):
     (tmp_path / "unknown_legacy.pt").write_bytes(_legacy_container(None).replace(b"\x80\x02N.", unknown_call, 1))
     with pytest.raises(CheckpointError, match=r"unknown_legacy\.pt.*no_such_module_xyz\.boom"):
         load_checkpoint(tmp_path / "unknown_legacy.pt")
+    # 4. the tar container around a pickle that calls os.system
+    _tar_container({"weight": torch.zeros(2), "payload": _RunsACommand(marker)}, tmp_path / "evil_tar.pt")
+    with pytest.raises(CheckpointError, match=r"evil_tar\.pt.*refused to call (posix|os)\.system"):
+        load_checkpoint(tmp_path / "evil_tar.pt")
     assert not marker.exists() and "no_such_module_xyz" not in sys.modules
     # the crafted files are live: plain pickle semantics would run the command
     import warnings

@@ -155,3 +155,202 @@ def test_a_list_of_tensors_is_not_a_checkpoint(tmp_path):
     torch.save([torch.zeros(2)], tmp_path / "list.pt")
     with pytest.raises(CheckpointError, match=r"list\.pt: holds a list"):
         load_checkpoint(tmp_path / "list.pt")
+
+
+# ----- every container torch.load reads (issue 13, part 1) -----------------------------------------
+
+
+def _save_legacy_fixtures(folder: Path, protocols=(2, 3, 4, 5)) -> dict:
+    """Encoder and head pickled from the test-only `src.modeling`, in the zip container and in the
+    legacy one (what torch < 1.6 wrote), with every pickle protocol torch.save accepts."""
+    modeling = _legacy_modeling()
+    torch.manual_seed(0)
+    encoder = modeling.ImageEncoder(create_clip("mini"), val_preprocess=open_clip.image_transform(32, is_train=False))
+    head = modeling.ClassificationHead(True, torch.randn(5, 128))
+    files = {}
+    for container in ("zip", "legacy"):
+        for proto in protocols:
+            for name, obj in (("enc", encoder), ("head", head)):
+                path = folder / f"{name}_{container}_{proto}.pt"
+                torch.save(obj, path, pickle_protocol=proto, _use_new_zipfile_serialization=container == "zip")
+                files[name, container, proto] = path
+    _forget_legacy()
+    return files
+
+
+@pytest.mark.parametrize("proto", [2, 3, 4, 5])
+def test_legacy_container_loads_like_the_zip_one_without_importing_classes(tmp_path, proto):
+    files = _save_legacy_fixtures(tmp_path, protocols=(proto,))
+    for name in ("enc", "head"):
+        zipped = load_checkpoint(files[name, "zip", proto])
+        legacy = load_checkpoint(files[name, "legacy", proto])
+        assert legacy.kind == zipped.kind and legacy.attributes == zipped.attributes
+        assert list(legacy.state_dict) == list(zipped.state_dict)
+        for k, v in zipped.state_dict.items():
+            assert legacy.state_dict[k].dtype == v.dtype and torch.equal(legacy.state_dict[k], v), (name, k)
+    assert "src.modeling" not in sys.modules
+
+
+def _legacy_container(obj, persistent_id=lambda obj: None) -> bytes:
+    """Bytes of torch's legacy container (magic number, protocol version, sys info, the object's pickle,
+    storage keys) written by hand, so the pickle can hold what torch.save never writes."""
+    import io
+    import pickle
+    from torch.serialization import MAGIC_NUMBER, PROTOCOL_VERSION
+
+    out = io.BytesIO()
+    for header in (MAGIC_NUMBER, PROTOCOL_VERSION, {"protocol_version": PROTOCOL_VERSION, "little_endian": True}):
+        pickle.dump(header, out, protocol=2)
+    pickler = pickle.Pickler(out, protocol=2)
+    pickler.persistent_id = persistent_id
+    pickler.dump(obj)
+    pickle.dump([], out, protocol=2)
+    return out.getvalue()
+
+
+def _tar_container(obj, path: Path) -> None:
+    """torch's oldest container (torch <= 0.3; `torch.load` still reads it): a tar of `storages`,
+    `tensors` and `pickle`, written by hand as torch's `_legacy_load` reads it."""
+    import io
+    import pickle
+    import struct
+    import tarfile
+
+    tensors, classes = {}, set()
+
+    def persistent_id(o):
+        if isinstance(o, type) and issubclass(o, torch.nn.Module) and o not in classes:
+            classes.add(o)  # the id holds the class itself, which must then pickle as a plain global
+            return (o, "modeling.py", "class source")
+        if isinstance(o, torch.Tensor):
+            tensors[len(tensors)] = o.detach().contiguous()
+            return str(len(tensors) - 1)
+        return None
+
+    body, storages, views = io.BytesIO(), io.BytesIO(), io.BytesIO()
+    pickler = pickle.Pickler(body, protocol=2)
+    pickler.persistent_id = persistent_id
+    pickler.dump(obj)
+    pickle.dump(len(tensors), storages, protocol=2)
+    pickle.dump(len(tensors), views, protocol=2)
+    for key, t in tensors.items():
+        storage_type = {torch.float32: torch.FloatStorage, torch.int64: torch.LongStorage}[t.dtype]
+        pickle.dump((1000 + key, "cpu", storage_type), storages, protocol=2)  # storage keys apart from tensor keys
+        storages.write(struct.pack("<q", t.numel()) + t.numpy().tobytes())
+        pickle.dump((key, 1000 + key, None), views, protocol=2)
+        views.write(struct.pack("<i", t.dim()) + b"\0" * 4 + struct.pack(f"<{t.dim()}q", *t.shape)
+                    + struct.pack(f"<{t.dim()}q", *t.stride()) + struct.pack("<q", 0))
+    pickle.dump([], storages, protocol=2)
+    with tarfile.open(path, "w:", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in (("storages", storages), ("tensors", views), ("pickle", body)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data.getvalue())
+            tar.addfile(info, io.BytesIO(data.getvalue()))
+
+
+def test_oldest_tar_container_loads_like_the_zip_one(tmp_path):
+    modeling = _legacy_modeling()
+    torch.manual_seed(0)
+    encoder = modeling.ImageEncoder(create_clip("mini"))
+    head = modeling.ClassificationHead(True, torch.randn(5, 128))
+    for name, obj in (("enc", encoder), ("head", head)):
+        torch.save(obj, tmp_path / f"{name}_zip.pt")
+        _tar_container(obj, tmp_path / f"{name}_tar.pt")
+    _forget_legacy()
+    for name in ("enc", "head"):
+        zipped, tarred = load_checkpoint(tmp_path / f"{name}_zip.pt"), load_checkpoint(tmp_path / f"{name}_tar.pt")
+        assert tarred.kind == zipped.kind and tarred.attributes == zipped.attributes
+        assert list(tarred.state_dict) == list(zipped.state_dict)
+        assert all(torch.equal(tarred.state_dict[k], v) for k, v in zipped.state_dict.items()), name
+    assert "src.modeling" not in sys.modules
+
+
+class _ContainerClass:
+    """Pickled by reference through the legacy container's ("module", class, file, source) id."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (_ContainerClass, (self.marker,))
+
+
+def test_hostile_legacy_container_files_are_refused_and_run_nothing(tmp_path):
+    marker = tmp_path / "pwned"
+    # 1. torch.save's own legacy container around a pickle that calls os.system
+    torch.save({"weight": torch.zeros(2), "payload": _RunsACommand(marker)}, tmp_path / "evil_legacy.pt",
+               _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointError, match=r"evil_legacy\.pt.*refused to call (posix|os)\.system"):
+        load_checkpoint(tmp_path / "evil_legacy.pt")
+    # 2. the container's module id naming os.system as the "class", which the pickle then calls
+    module_id = lambda obj: ("module", os.system, "x.py", "source") if obj is _ContainerClass else None  # noqa: E731
+    (tmp_path / "evil_module_id.pt").write_bytes(_legacy_container(_ContainerClass(f"touch {marker}"), module_id))
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(tmp_path / "evil_module_id.pt")
+    assert "evil_module_id.pt" in _one_line(e) and "refused to call" in str(e.value)
+    # 3. a call to a module that does not exist, inside the legacy container
+    unknown_call = b"\x80\x02cno_such_module_xyz\nboom\nq\x00)R."
+    (tmp_path / "unknown_legacy.pt").write_bytes(_legacy_container(None).replace(b"\x80\x02N.", unknown_call, 1))
+    with pytest.raises(CheckpointError, match=r"unknown_legacy\.pt.*no_such_module_xyz\.boom"):
+        load_checkpoint(tmp_path / "unknown_legacy.pt")
+    # 4. the tar container around a pickle that calls os.system
+    _tar_container({"weight": torch.zeros(2), "payload": _RunsACommand(marker)}, tmp_path / "evil_tar.pt")
+    with pytest.raises(CheckpointError, match=r"evil_tar\.pt.*refused to call (posix|os)\.system"):
+        load_checkpoint(tmp_path / "evil_tar.pt")
+    assert not marker.exists() and "no_such_module_xyz" not in sys.modules
+    # the crafted files are live: plain pickle semantics would run the command
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.load(tmp_path / "evil_module_id.pt", weights_only=False)
+    assert marker.exists()
+
+
+def test_an_unreadable_file_says_which_format_it_looked_like(tmp_path):
+    files = _save_legacy_fixtures(tmp_path, protocols=(2,))
+    for container, looks in (("zip", "zip container"), ("legacy", "legacy container")):
+        data = files["head", container, 2].read_bytes()
+        cut = tmp_path / f"cut_{container}.pt"
+        cut.write_bytes(data[: len(data) * 2 // 3])
+        with pytest.raises(CheckpointError) as e:
+            load_checkpoint(cut)
+        assert f"cut_{container}.pt" in _one_line(e) and looks in str(e.value), str(e.value)
+    cases = {
+        "lfs.pt": (b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 123\n", "Git LFS pointer"),
+        "page.pt": (b"<!DOCTYPE html><html><body>Sign in</body></html>", "HTML"),
+        "empty.pt": (b"", "empty file"),
+    }
+    for name, (data, looks) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(CheckpointError) as e:
+            load_checkpoint(tmp_path / name)
+        assert name in _one_line(e) and looks in str(e.value), str(e.value)
+    save_state_dict({"w": torch.zeros(3)}, tmp_path / "weights.safetensors")
+    (tmp_path / "weights.safetensors").rename(tmp_path / "weights.pt")
+    with pytest.raises(CheckpointError, match=r"weights\.pt: .*looks like a safetensors file \(give it the \.safetensors suffix\)"):
+        load_checkpoint(tmp_path / "weights.pt")
+    (tmp_path / "pointer.safetensors").write_bytes(cases["lfs.pt"][0])
+    with pytest.raises(CheckpointError, match=r"pointer\.safetensors: not a readable safetensors file; it looks like a Git LFS"):
+        load_checkpoint(tmp_path / "pointer.safetensors")
+
+
+# ----- wrappers open_clip's own loader removes ------------------------------------------------------
+
+
+def test_ddp_prefix_and_open_clip_training_checkpoint_are_unwrapped_with_a_log_line(tmp_path, caplog):
+    clip = create_clip("mini")
+    sd = {k: v.detach().clone() for k, v in clip.state_dict().items()}
+    ddp = {"module." + k: v for k, v in sd.items()}
+    torch.save(ddp, tmp_path / "ddp.pt")
+    torch.save({"epoch": 10, "name": "run", "state_dict": ddp, "optimizer": {"state": {}, "param_groups": []}},
+               tmp_path / "epoch_10.pt")
+    for name, notes in (("ddp.pt", ["DistributedDataParallel"]), ("epoch_10.pt", ["training checkpoint", "DistributedDataParallel"])):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="adamerging.checkpoints"):
+            got = load_checkpoint(tmp_path / name).state_dict
+        assert list(got) == list(sd) and all(torch.equal(got[k], sd[k]) for k in sd)
+        for note in notes:
+            assert any(name in r.getMessage() and note in r.getMessage() for r in caplog.records), (name, note)
+    # a file where only some entries carry the prefix is left as it is (and then fails the key check)
+    torch.save({"module.a": torch.zeros(1), "b": torch.zeros(1)}, tmp_path / "mixed.pt")
+    assert list(load_checkpoint(tmp_path / "mixed.pt").state_dict) == ["module.a", "b"]

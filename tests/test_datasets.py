@@ -115,6 +115,95 @@ def test_test_dir_choice_when_both_layouts_exist(tmp_path: Path) -> None:
     assert picked.source.endswith("test") and len(picked) == 6
 
 
+@pytest.mark.parametrize("task", ["SUN397", "DTD"])
+def test_ambiguous_test_split_warns_names_the_folder_and_is_recorded(tmp_path: Path, task: str, caplog) -> None:
+    write_fake_dataset(task, tmp_path, n_per_class=1, num_classes=3, layout="task_vectors")
+    write_fake_dataset(task, tmp_path, n_per_class=2, num_classes=3, layout="fork")
+    base = ds.task_folder(task, tmp_path)
+    with caplog.at_level("WARNING", logger="adamerging.datasets"):
+        default = ds.read_split(task, tmp_path)
+    assert default.source == str(base / "val") and len(default) == 3  # the current default is kept
+    notes = [r.getMessage() for r in caplog.records if "test split candidate" in r.getMessage()]
+    assert len(notes) == 1 and f"using {base / 'val'}" in notes[0] and str(base / "test") in notes[0]
+    assert f"--test-split {task}=" in notes[0]
+    assert default.record() == {"split": "test", "source": str(base / "val"), "n_images": 3, "test_split": "val",
+                                "chosen_by": "default", "paper_n_images": list(ds.PAPER_TEST_SIZES[task])
+                                if task == "SUN397" else ds.PAPER_TEST_SIZES[task][0]}
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="adamerging.datasets"):
+        chosen = ds.read_split(task, tmp_path, test_dir=ds.parse_test_split("test")[task])
+    assert chosen.source == str(base / "test") and len(chosen) == 6
+    assert chosen.record()["chosen_by"] == "--test-split" and chosen.record()["test_split"] == "test"
+    assert not [r for r in caplog.records if "test split candidate" in r.getMessage()]
+    # one folder only: no ambiguity, no warning about it
+    import shutil
+    shutil.rmtree(base / "val")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="adamerging.datasets"):
+        assert ds.read_split(task, tmp_path).source == str(base / "test")
+    assert not [r for r in caplog.records if "test split candidate" in r.getMessage()]
+
+
+def test_test_split_flag_values() -> None:
+    assert ds.parse_test_split(None) == {}
+    assert ds.parse_test_split("test") == {"SUN397": "test", "DTD": "test"}
+    assert ds.parse_test_split("val, eurosat=val,RESISC45=test") == {"SUN397": "val", "DTD": "val", "EuroSAT": "val", "RESISC45": "test"}
+    with pytest.raises(ds.DatasetError, match="MNIST: has a single test split"):
+        ds.parse_test_split("MNIST=val")
+    with pytest.raises(ds.DatasetError, match=r"DTD: --test-split 'train' .*expected one of val, test"):
+        ds.parse_test_split("DTD=train")
+    with pytest.raises(ds.DatasetError, match="unknown task"):
+        ds.parse_test_split("Flowers=val")
+
+
+def test_validation_split_of_eurosat_and_resisc45_only_when_chosen(tmp_path: Path) -> None:
+    for task in ("EuroSAT", "RESISC45"):
+        write_fake_dataset(task, tmp_path, n_per_class=1)
+    base = ds.task_folder("EuroSAT", tmp_path)
+    (base / "test").rename(base / "val")
+    with pytest.raises(ds.DatasetError, match=r"EuroSAT_splits/test"):
+        ds.read_split("EuroSAT", tmp_path)  # never guessed
+    assert ds.read_split("EuroSAT", tmp_path, test_dir="val").record()["source"] == str(base / "val")
+    lists = ds.task_folder("RESISC45", tmp_path)
+    (lists / "resisc45-test.txt").rename(lists / "resisc45-val.txt")
+    assert ds.read_split("RESISC45", tmp_path, test_dir="val").source == str(lists / "resisc45-val.txt")
+
+
+def test_test_set_size_differing_from_the_paper_warns(tmp_path: Path, caplog) -> None:
+    write_fake_dataset("MNIST", tmp_path, n_per_class=3)
+    with caplog.at_level("WARNING", logger="adamerging.datasets"):
+        split = ds.read_split("MNIST", tmp_path)
+    notes = [r.getMessage() for r in caplog.records if "the paper's test set" in r.getMessage()]
+    assert len(notes) == 1 and "MNIST: read 30 test images" in notes[0] and "10000" in notes[0] and split.source in notes[0]
+    assert split.record()["n_images"] == 30 and split.record()["paper_n_images"] == 10000
+    write_fake_dataset("MNIST", tmp_path / "full", n_per_class=1000, image_size=2)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="adamerging.datasets"):
+        assert len(ds.read_split("MNIST", tmp_path / "full")) == 10000
+    assert not caplog.records
+    # a miniature benchmark (classnames.txt) is small by design: no warning
+    (ds.task_folder("MNIST", tmp_path) / "classnames.txt").write_text("".join(f"{i}\n" for i in range(10)))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="adamerging.datasets"):
+        ds.read_split("MNIST", tmp_path)
+    assert not caplog.records
+
+
+def test_two_different_cars_annotation_copies_warn(tmp_path: Path, caplog) -> None:
+    base = write_fake_dataset("Cars", tmp_path, n_per_class=1, num_classes=4)
+    (base / "classnames.txt").write_text("a\nb\nc\nd\n")
+    (base / "devkit" / "cars_test_annos_withlabels.mat").write_bytes((base / "cars_test_annos_withlabels.mat").read_bytes())
+    with caplog.at_level("WARNING", logger="adamerging.datasets"):
+        ds.read_split("Cars", tmp_path)
+    assert not caplog.records  # identical copies: nothing to choose
+    (base / "devkit" / "cars_test_annos_withlabels.mat").write_bytes(b"other")
+    with caplog.at_level("WARNING", logger="adamerging.datasets"):
+        split = ds.read_split("Cars", tmp_path)
+    assert split.source == str(base / "cars_test_annos_withlabels.mat")
+    assert any("two different labelled test annotation files" in r.getMessage() and split.source in r.getMessage()
+               for r in caplog.records)
+
+
 # ----- overrides ----------------------------------------------------------------------------------
 
 

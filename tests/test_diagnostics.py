@@ -210,6 +210,7 @@ def test_diagnose_script_writes_report_and_plots(mini):
     folder = mini / "results" / "mini"
     report = json.loads((folder / "diagnostics.json").read_text())
     assert report["tasks"] == ["MNIST", "SVHN", "EuroSAT"] and report["samples"] == {"MNIST": 12, "SVHN": 12, "EuroSAT": 12}
+    assert set(report["test_data"]) == {"MNIST", "SVHN", "EuroSAT"} and all(r["n_images"] > 12 for r in report["test_data"].values())
     assert report["lambda_sweep"]["lambdas"] == [0.0, 0.3, 0.6, 1.0] and len(report["lambda_sweep"]["accuracy"]["SVHN"]) == 4
     assert set(report["checks"]["MNIST"]) == {"spearman", "cross_task", "lambda"} and "why" in report["thresholds"]
     assert len(report["task_vectors"]["cosine"]) == 3 and len(report["per_sample"]["EuroSAT"]["entropy"]) == 12

@@ -146,12 +146,15 @@ def test_main_table_then_the_analyses_on_its_results(mini, capsys):
     stamp = (folder / "task_arithmetic.json").stat().st_mtime_ns
     run(["main-table", *_argv(mini, "--skip-existing", "--methods", "task_arithmetic,zeroshot")])
     assert (folder / "task_arithmetic.json").stat().st_mtime_ns == stamp and "reusing" in capsys.readouterr().out
+    run(["main-table", *_argv(mini, "--skip-existing", "--methods", "task_arithmetic", "--test-split", "EuroSAT=test")])
+    assert (folder / "task_arithmetic.json").stat().st_mtime_ns != stamp   # another test-split choice: rerun
     run(["main-table", *_argv(mini, "--skip-existing", "--methods", "task_wise_adamerging", "--steps", "3")])   # other settings: rerun
     assert json.loads((folder / "task_wise_adamerging.json").read_text())["config"]["steps"] == 3
 
     report = run(["entropy-loss", *_argv(mini, "--samples", "20")])
     saved = json.loads((folder / "entropy_vs_loss.json").read_text())
     assert saved["samples"] == {"MNIST": 20, "SVHN": 20, "EuroSAT": 20} and len(saved["per_sample"]["SVHN"]["loss"]) == 20
+    assert {t: r["n_images"] for t, r in saved["test_data"].items()} == {"MNIST": 30, "SVHN": 30, "EuroSAT": 30}
     assert saved["spearman"]["pooled"] == pytest.approx(report["spearman"]["pooled"]) and _png(folder / "entropy_vs_loss.png")
 
     coeffs = run(["coefficients", *_argv(mini)])

@@ -392,3 +392,39 @@ def test_save_format_hf_writes_a_folder_transformers_loads_with_the_same_image_f
         ours = merged.encoder(lambdas)(x)
         theirs = model(pixel_values=x).image_embeds
     torch.testing.assert_close(theirs, ours, rtol=0, atol=TOL)
+
+
+def _clip_with_other_text_tower(clip: torch.nn.Module) -> torch.nn.Module:
+    """A CLIP with `clip`'s image tower (mini) and a narrower, shallower text tower."""
+    import open_clip
+    other = open_clip.CLIP(embed_dim=128, vision_cfg=dict(image_size=32, layers=4, width=128, patch_size=8),
+                           text_cfg=dict(context_length=16, vocab_size=49408, width=64, heads=2, layers=1), quick_gelu=True)
+    other.visual.load_state_dict(clip.visual.state_dict())
+    return other
+
+
+def test_hf_clipmodel_with_another_text_tower_merges_when_heads_are_given(tmp_path, caplog):
+    from fake_data import write_fake_dataset
+    from adamerging.checkpoints import save_classification_head
+
+    tasks = {"MNIST": 10, "SVHN": 10}
+    folder, clip, _ = F.write_random_hf_checkpoints(tmp_path / "ckpt", "mini", list(tasks))
+    for task, n in tasks.items():
+        write_fake_dataset(task, tmp_path / "data", n_per_class=1, image_size=8)
+        save_classification_head(torch.nn.functional.normalize(torch.randn(n, 128), dim=1) * 100, folder / f"head_{task}.pt")
+    argv = ["--model", "mini", "--checkpoints", str(tmp_path / "ckpt"), "--checkpoint-format", "hf", "--data-location",
+            str(tmp_path / "data"), "--tasks", "MNIST,SVHN", "--no-progress", "--overwrite"]
+    same = run("task_arithmetic", [*argv, "--results-dir", str(tmp_path / "same")])
+    hf.save_hf_checkpoint(folder / "zeroshot", _clip_with_other_text_tower(clip).state_dict(),
+                          hf.hf_config_from_open_clip(_clip_with_other_text_tower(clip)))
+    with caplog.at_level("WARNING", logger="adamerging.hf"):
+        other = run("task_arithmetic", [*argv, "--results-dir", str(tmp_path / "other")])
+    assert other["accuracy"] == same["accuracy"]  # the image tower is all that is merged
+    notes = [r.getMessage() for r in caplog.records if "text tower" in r.getMessage()]
+    assert notes and "width 64, 1 layers" in notes[0] and "width 128, 2 layers" in notes[0] and "zeroshot" in notes[0]
+    # without the heads, it says up front what is needed instead of a shape error
+    (folder / "head_SVHN.pt").unlink()
+    with pytest.raises(CheckpointError) as e:
+        run("task_arithmetic", [*argv, "--results-dir", str(tmp_path / "other")])
+    message = str(e.value)
+    assert "\n" not in message and "text tower" in message and "['SVHN']" in message and "head_<Task>.pt" in message

@@ -190,3 +190,35 @@ def test_generalization_corruption_and_data_fraction_flags(mini):
         run("task_wise_adamerging", _argv(mini, "--steps", "1", "--adapt-fraction", "0"))
     with pytest.raises(ValueError, match="unknown corruption"):
         run("task_arithmetic", _argv(mini, "--corruption", "fog"))
+
+
+def test_results_record_each_tasks_test_data_and_the_test_split_flag_reaches_the_reader(mini, tmp_path):
+    import shutil
+    from adamerging.datasets import DatasetError
+    result = run("task_arithmetic", _argv(mini, "--eval-tasks", "EuroSAT", tasks="MNIST,SVHN"))
+    saved = json.loads((mini / "results" / "mini" / "task_arithmetic.json").read_text())
+    assert saved["test_data"] == result["test_data"] and set(saved["test_data"]) == {"MNIST", "SVHN", "EuroSAT"}
+    for task, record in saved["test_data"].items():
+        assert record["split"] == "test" and record["n_images"] == 40 and Path(record["source"]).exists(), (task, record)
+    assert saved["test_data"]["EuroSAT"]["test_split"] == "test" and saved["test_data"]["EuroSAT"]["chosen_by"] == "default"
+    # EuroSAT's validation copy, chosen by flag (one image fewer, so the count shows which was read)
+    euro = mini / "data" / "EuroSAT_splits"
+    shutil.copytree(euro / "test", euro / "val")
+    try:
+        next(p for p in sorted((euro / "val").rglob("*")) if p.is_file()).unlink()
+        chosen = run("task_arithmetic", _argv(mini, "--test-split", "EuroSAT=val", tasks="EuroSAT"))
+        assert chosen["test_data"]["EuroSAT"]["source"] == str(euro / "val")
+        assert chosen["test_data"]["EuroSAT"]["n_images"] == 39 and chosen["test_data"]["EuroSAT"]["chosen_by"] == "--test-split"
+    finally:
+        shutil.rmtree(euro / "val")
+    with pytest.raises(DatasetError, match="MNIST: has a single test split"):
+        run("task_arithmetic", _argv(mini, "--test-split", "MNIST=val"))
+
+
+def test_ddp_and_open_clip_training_checkpoint_experts_merge_like_plain_ones(mini, tmp_path):
+    from adamerging.problem import load_task_vectors
+    plain = load_checkpoint(mini / "checkpoints/mini/MNIST/finetuned.pt").state_dict
+    torch.save({"epoch": 2, "name": "ft", "state_dict": {"module." + k: v for k, v in plain.items()}}, tmp_path / "epoch_2.pt")
+    configs = [parse_config("task_arithmetic", _argv(mini, *extra)) for extra in ([], ["--finetuned", f"MNIST={tmp_path / 'epoch_2.pt'}"])]
+    reference, wrapped = (load_task_vectors(c) for c in configs)
+    assert all(torch.equal(reference.tau[k], wrapped.tau[k]) for k in reference.tau)

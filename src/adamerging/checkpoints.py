@@ -18,9 +18,12 @@ import contextlib
 import copy
 import copyreg
 import io
+import logging
 import os
 import pickle
+import struct
 import sys
+import tarfile
 import tempfile
 import types
 import zipfile
@@ -29,6 +32,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+
+
+log = logging.getLogger(__name__)
+
+_DDP_PREFIX = "module."
+_LOOKS_SAFETENSORS = "a safetensors file"
 
 
 class CheckpointError(Exception):
@@ -108,6 +117,16 @@ def _reconstructor(cls: Any, base: Any, state: Any) -> Any:
     return cls.__new__(cls)
 
 
+# torch.serialization.MAGIC_NUMBER: the first pickle of a legacy-container file.
+_LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
+# The C unpickler's own slot, which torch's loaders assign and the unpickler calls.
+_C_UNPICKLER_PERSISTENT_LOAD = pickle.Unpickler.__dict__["persistent_load"]
+# Storage classes the legacy tar container names in its storage list (torch maps them to dtypes).
+_STORAGE_TYPES = frozenset(
+    f"{kind}Storage" for kind in ("Double", "Float", "Half", "BFloat16", "Long", "Int", "Short", "Char", "Byte", "Bool")
+)
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         # Protocol-2 pickles name Python 2 modules (`__builtin__.set`); map them as pickle itself does.
@@ -120,7 +139,30 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return _reconstructor
         if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
             return getattr(torch, name)
+        if module == "torch" and name in _STORAGE_TYPES:  # the legacy tar container's storage list
+            return torch.serialization.StorageType(name)
         return _stand_in(module, name)
+
+    # torch's legacy loaders (`_use_new_zipfile_serialization=False`, and the older tar container) hand
+    # each pickled module class, with the source text saved beside it, to `_check_container_source`,
+    # which runs `inspect` on the class and fails on a stand-in (AttributeError 'dump_patches'). The
+    # zip loader skips that check; skipping it here too makes every container load the same way.
+    @property
+    def persistent_load(self) -> Any:
+        return _C_UNPICKLER_PERSISTENT_LOAD.__get__(self)
+
+    @persistent_load.setter
+    def persistent_load(self, torch_persistent_load: Any) -> None:
+        def without_source_check(saved_id: Any) -> Any:
+            if isinstance(saved_id, tuple) and saved_id:
+                kind = saved_id[0].decode("ascii") if isinstance(saved_id[0], bytes) else saved_id[0]
+                if kind == "module" and len(saved_id) == 4:  # ("module", class, source file, source)
+                    return saved_id[1]
+                if isinstance(kind, type) and len(saved_id) == 3:  # tar container: (class, file, source)
+                    return saved_id[0]
+            return torch_persistent_load(saved_id)
+
+        _C_UNPICKLER_PERSISTENT_LOAD.__set__(self, without_source_check)
 
 
 # torch.load accepts a "pickle module": anything with Unpickler and load.
@@ -164,8 +206,53 @@ def _check_tensors(sd: dict[str, Any], path: Path) -> None:
             raise CheckpointError(f"{path}: entry {key!r} contains NaN or inf values")
 
 
+def sniff_format(path: str | Path) -> str:
+    """What a file looks like from its first bytes, for error messages (never raises, runs no code).
+
+    Tells apart torch.save's zip container (torch >= 1.6), its legacy container (magic number
+    0x1950a86a20f9469cfc6c first; torch < 1.6 or `_use_new_zipfile_serialization=False`), the older
+    tar container, safetensors, and the usual failed downloads: Git LFS pointers, HTML pages, empty files.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError as e:
+        return f"an unreadable file ({e.strerror})"
+    try:  # the magic number is a pickle of some 20 bytes: unpickle from the head only, bounded
+        first = _RestrictedUnpickler(io.BytesIO(head)).load() if head[:1] == b"\x80" else None
+    except Exception:  # noqa: BLE001 - a sniffer: any parse failure just means "not that"
+        first = None
+    if not head:
+        return "an empty file (an interrupted download?)"
+    if head.startswith(b"PK\x03\x04"):
+        return "torch.save's zip container (torch >= 1.6), damaged or cut short"
+    if first == _LEGACY_MAGIC_NUMBER:
+        return "torch.save's legacy container (torch < 1.6), damaged or cut short"
+    if head[257:262] == b"ustar":
+        return "a tar archive (torch's oldest legacy container, or an archive to unpack first)"
+    if head.startswith(b"version https://git-lfs"):
+        return "a Git LFS pointer, not the weights (fetch them with `git lfs pull`)"
+    if head.lstrip()[:1] == b"<":
+        return "an HTML/XML page, not the weights (a download that saved an error or login page)"
+    if len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000:
+        return _LOOKS_SAFETENSORS
+    if head[:1] == b"\x80":
+        return "a bare pickle, not written by torch.save"
+    return f"no known checkpoint format (first bytes {head[:16]!r})"
+
+
 def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
-    """Read a task-vectors pickled module, a weights-only `.pt` state dict, or a `.safetensors` file."""
+    """Read a task-vectors pickled module, a weights-only `.pt` state dict, or a `.safetensors` file.
+
+    Every container `torch.load` reads loads the same way, with no code from the file run: the zip
+    container (torch >= 1.6) and the legacy one (torch < 1.6 or `_use_new_zipfile_serialization=False`),
+    pickle protocols 2 to 5. An open_clip training checkpoint (`{"epoch", "state_dict", ...}`) is
+    unwrapped and a DistributedDataParallel `module.` prefix removed (both logged as warnings).
+
+    Returns the entries in the file's order (a pickled module: `nn.Module.state_dict` order).
+    Raises CheckpointError (one line, naming the file) for a missing, unreadable (with the format it
+    looked like), hostile (tries to call code), non-tensor or non-finite checkpoint.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
@@ -176,16 +263,25 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
         try:
             sd = collections.OrderedDict(load_file(str(path)))
         except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
+            looks = sniff_format(path)
+            seems = "" if looks == _LOOKS_SAFETENSORS else f"; it looks like {looks}"
+            raise CheckpointError(f"{path}: not a readable safetensors file{seems} ({e})") from e
+        sd = _strip_ddp_prefix(sd, path)
         _check_tensors(sd, path)
         return LoadedCheckpoint(sd, "state_dict")
     try:
         obj = torch.load(path, map_location="cpu", pickle_module=_restricted_pickle, weights_only=False)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
-    except (pickle.UnpicklingError, EOFError, RuntimeError, zipfile.BadZipFile, ValueError, KeyError, AttributeError, TypeError, IndexError) as e:
+    except (pickle.UnpicklingError, EOFError, RuntimeError, zipfile.BadZipFile, ValueError, KeyError, AttributeError,
+            TypeError, IndexError, tarfile.TarError, struct.error) as e:
         detail = " ".join(str(e).split())[:300]  # torch's messages can span lines; keep errors one line
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {detail})") from e
+        looks = sniff_format(path)
+        if looks == _LOOKS_SAFETENSORS:
+            looks += " (give it the .safetensors suffix)"
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint; it looks like {looks} ({type(e).__name__}: {detail})"
+        ) from e
     if _is_module_stand_in(obj):
         sd: collections.OrderedDict[str, torch.Tensor] = collections.OrderedDict()
         _module_state_dict(obj, "", sd)
@@ -193,6 +289,9 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
         kind = f"module:{type(obj)._pickled_module}.{type(obj)._pickled_name}"
     elif isinstance(obj, dict):
         if "state_dict" in obj and isinstance(obj["state_dict"], dict):
+            # open_clip's training checkpoint {"epoch", "name", "state_dict", "optimizer", ...}
+            others = sorted(str(k) for k in obj if k != "state_dict")
+            log.warning("%s: a training checkpoint (also holds %s): using its 'state_dict'", path, ", ".join(others[:6]))
             obj = obj["state_dict"]
         sd = collections.OrderedDict(obj)
         attributes, kind = {}, "state_dict"
@@ -200,8 +299,18 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
         raise CheckpointError(f"{path}: holds a {type(obj).__name__}, expected a module or a state dict")
     if not sd:
         raise CheckpointError(f"{path}: holds no tensors")
+    sd = _strip_ddp_prefix(sd, path)
     _check_tensors(sd, path)
     return LoadedCheckpoint(sd, kind, attributes)
+
+
+def _strip_ddp_prefix(sd: "collections.OrderedDict[str, Any]", path: Path) -> "collections.OrderedDict[str, Any]":
+    """Entries saved from a DistributedDataParallel wrapper are named `module.<name>`: drop the prefix,
+    as open_clip's `load_state_dict` does (it checks the first key; here every key must carry it)."""
+    if not all(isinstance(k, str) and k.startswith(_DDP_PREFIX) for k in sd):
+        return sd
+    log.warning("%s: entries are prefixed %r (saved from DistributedDataParallel): prefix removed", path, _DDP_PREFIX)
+    return collections.OrderedDict((k[len(_DDP_PREFIX):], v) for k, v in sd.items())
 
 
 # --------------------------------------------------------------------------------------------------

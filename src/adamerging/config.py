@@ -70,6 +70,7 @@ class RunConfig:
     results_dir: str = _opt("results", "data", "results go to <results-dir>/<model>/<method>.json")
     cache_dir: str | None = _opt(None, "data", "preprocessed-image and built-head cache (default: <data-location>/.cache)")
     tasks: str | None = _opt(None, "data", "comma-separated tasks, in coefficient-column order (default: the 8 paper tasks, or <checkpoints>/<model>/tasks.txt)")
+    test_split: str | None = _opt(None, "data", "where the test split is read from: val/ or test/ for SUN397 and DTD (default val/ if present: task-vectors; the AdaMerging fork reads test/), and/or TASK=SPLIT (also EuroSAT=val, RESISC45=val)")
     eval_tasks: str | None = _opt(None, "data", "comma-separated unseen tasks: evaluated with the merged model, but neither merged nor adapted on (generalization)")
     corruption: str | None = _opt(None, "data", "corrupt every test image first (robustness): " + ", ".join(CORRUPTIONS))
     checkpoint_format: str = _opt("auto", "data", "task-vectors files (zeroshot.pt, <Task>/finetuned.pt), Hugging Face CLIP folders (zeroshot/, <Task>/finetuned/ with config.json), or detect",

@@ -20,6 +20,7 @@ import gzip
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import uuid
@@ -55,6 +56,33 @@ IMG_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pg
 
 SPLITS: tuple[str, ...] = ("test", "train")
 
+# Where a reader can take the test split from, default first: a folder under the task's folder, or
+# for RESISC45 a list file `resisc45-<name>.txt`. SUN397 and DTD are ambiguous: task-vectors reads
+# val/, the AdaMerging fork test/ (SPEC.md, Data). EuroSAT and RESISC45 ship a validation split beside
+# the test one: it can be chosen by name but is never guessed. The other tasks have one test source.
+TEST_SPLIT_CHOICES: dict[str, tuple[str, ...]] = {
+    "SUN397": ("val", "test"),
+    "DTD": ("val", "test"),
+    "EuroSAT": ("test", "val"),
+    "RESISC45": ("test", "val"),
+}
+AMBIGUOUS_TEST_SPLIT: tuple[str, ...] = ("SUN397", "DTD")
+
+# Test-set sizes of the paper's setting (SPEC.md, Data; SUN397 "about 19.9k": 1 % either way), as
+# (fewest, most) images read without a warning.
+PAPER_TEST_SIZES: dict[str, tuple[int, int]] = {
+    "SUN397": (19_700, 20_100),
+    "Cars": (8041, 8041),
+    "RESISC45": (6300, 6300),
+    "EuroSAT": (2700, 2700),
+    "SVHN": (26032, 26032),
+    "GTSRB": (12630, 12630),
+    "MNIST": (10000, 10000),
+    "DTD": (1880, 1880),
+}
+
+log = logging.getLogger(__name__)
+
 # Bump when the preprocessing changes, so old caches are rebuilt rather than silently reused.
 _CACHE_VERSION = "clip-val-uint8-v1"
 
@@ -75,9 +103,21 @@ class Split:
     # What it was read from: a folder / file, or "Hugging Face parquet <folder>/test-*.parquet (...)".
     # Recorded with results as the split's source.
     source: str
+    test_split: str | None = None  # SUN397, DTD, EuroSAT, RESISC45: which candidate ("val", "test") was read
+    chosen_by: str | None = None  # "--test-split" or "default"
 
     def __len__(self) -> int:
         return int(len(self.labels))
+
+    def record(self) -> dict[str, Any]:
+        """What a results JSON keeps about the data a task was scored on: source, choice, image count."""
+        out: dict[str, Any] = {"split": self.split, "source": str(self.source), "n_images": len(self)}
+        if self.test_split is not None:
+            out.update(test_split=self.test_split, chosen_by=self.chosen_by)
+        if self.split == "test" and self.task in PAPER_TEST_SIZES:
+            low, high = PAPER_TEST_SIZES[self.task]
+            out["paper_n_images"] = low if low == high else [low, high]
+        return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -292,6 +332,9 @@ def _read_cars(root: Path, split: str, test_dir: str | None) -> _Raw:
         if not found:
             raise _missing("Cars", candidates, "labelled test annotations: task-vectors layout / AdaMerging fork layout")
         annos_path = found[0]
+        if len(found) > 1 and found[0].read_bytes() != found[1].read_bytes():
+            log.warning("Cars: two different labelled test annotation files, %s and %s: using the first "
+                        "(task-vectors layout); remove the one you do not want", found[0], found[1])
         images_dir = base / "cars_test"
     _require_dir("Cars", images_dir, layout)
 
@@ -320,7 +363,8 @@ def _read_cars(root: Path, split: str, test_dir: str | None) -> _Raw:
 def _read_resisc45(root: Path, split: str, test_dir: str | None) -> _Raw:
     base = root / "resisc45"
     layout = "resisc45/NWPU-RESISC45/<class>/<class>_NNN.jpg + resisc45/resisc45-<split>.txt"
-    list_path = _require_file("RESISC45", base / f"resisc45-{split}.txt", layout)
+    list_name = (test_dir or "test") if split == "test" else split
+    list_path = _require_file("RESISC45", base / f"resisc45-{list_name}.txt", layout)
     images_dir = base / "NWPU-RESISC45"
     classes = _class_folders("RESISC45", images_dir, layout)
     class_to_idx = {c: i for i, c in enumerate(classes)}
@@ -477,15 +521,20 @@ def _default_classnames(task: str, raw: list[str] | None, task_dir: Path) -> lis
 def read_split(task: str, data_root: str | Path, split: str = "test", *, test_dir: str | None = None) -> Split:
     """Read one split of a task from `data_root` in the task-vectors (or AdaMerging fork) layout.
 
-    `test_dir` picks the folder of the test split for the folder datasets (SUN397, DTD: "val" or
-    "test"; default: `val/` if present, else `test/`; EuroSAT: default "test").
+    `test_dir` picks where the test split is read from, for the tasks of TEST_SPLIT_CHOICES ("val" or
+    "test"). Default: SUN397 and DTD `val/` if present, else `test/`, with a warning naming the folder
+    used when both exist; EuroSAT and RESISC45 "test". A test split whose image count differs from the
+    paper's (PAPER_TEST_SIZES) gets a warning too, unless the folder carries a classnames.txt (a
+    miniature benchmark by design). The returned Split records the choice (`Split.record()`).
+    Raises DatasetError for a missing layout, an unknown task/split, or a choice the task does not have.
     """
     name = canonical_task(task)
     if split not in SPLITS:
         raise DatasetError(f"{name}: unknown split {split!r}; expected one of {SPLITS}")
     root = Path(data_root).expanduser()
     task_dir = root / TASK_DIRS[name]
-    raw, labels, images, source = _READERS[name](root, split, test_dir)
+    test_split, chosen_by = _choose_test_split(name, task_dir, test_dir) if split == "test" else (None, None)
+    raw, labels, images, source = _READERS[name](root, split, test_split)
     if len(labels) == 0:
         raise DatasetError(f"{name}: {source} holds no images for the {split} split")
 
@@ -505,7 +554,62 @@ def read_split(task: str, data_root: str | Path, split: str = "test", *, test_di
             f"{name}: labels in {source} range over [{labels.min()}, {labels.max()}] but {origin} has "
             f"{len(classnames)} names{hint}"
         )
-    return Split(task=name, split=split, classnames=classnames, labels=labels, images=images, source=source)
+    out = Split(task=name, split=split, classnames=classnames, labels=labels, images=images, source=source,
+                test_split=test_split, chosen_by=chosen_by if test_split is not None else None)
+    if split == "test" and override is None and name in PAPER_TEST_SIZES:
+        low, high = PAPER_TEST_SIZES[name]
+        if not low <= len(out) <= high:
+            expected = str(low) if low == high else f"{low}-{high}"
+            log.warning("%s: read %d test images from %s; the paper's test set has %s: another copy or split of "
+                        "the dataset? Accuracies are not comparable to the paper's", name, len(out), source, expected)
+    return out
+
+
+def _test_split_path(task: str, task_dir: Path, name: str) -> Path:
+    return task_dir / f"resisc45-{name}.txt" if task == "RESISC45" else task_dir / name
+
+
+def _choose_test_split(task: str, task_dir: Path, wanted: str | None) -> tuple[str | None, str | None]:
+    """(candidate to read the test split from, "--test-split" or "default"); (None, None) for one-source tasks."""
+    choices = TEST_SPLIT_CHOICES.get(task)
+    if choices is None:
+        if wanted is not None:
+            raise DatasetError(f"{task}: has a single test split; --test-split applies to {', '.join(TEST_SPLIT_CHOICES)}")
+        return None, None
+    if wanted is not None:
+        if wanted not in choices:
+            raise DatasetError(f"{task}: --test-split {wanted!r} is not a split of this task; expected one of {', '.join(choices)}")
+        return wanted, "--test-split"
+    if task not in AMBIGUOUS_TEST_SPLIT:
+        return choices[0], "default"
+    present = [c for c in choices if _test_split_path(task, task_dir, c).is_dir()]
+    if len(present) > 1:
+        others = ", ".join(f"{c}/" for c in present[1:])
+        log.warning("%s: both %s hold a test split candidate; using %s (the task-vectors choice; the AdaMerging "
+                    "fork reads test/): pass --test-split %s=<%s> to choose", task,
+                    " and ".join(str(_test_split_path(task, task_dir, c)) for c in present),
+                    _test_split_path(task, task_dir, present[0]), task, "|".join(choices))
+    # Neither there: None lets the reader name every candidate in its error.
+    return (present[0] if present else None), "default"
+
+
+def parse_test_split(text: str | None) -> dict[str, str]:
+    """The `--test-split` flag: "val" or "test" (for SUN397 and DTD, where the two codebases differ),
+    and/or TASK=SPLIT items, comma-separated ("test,EuroSAT=val"). Returns {task: split}.
+    Raises DatasetError for an unknown task, a task with a single test split, or an unknown split."""
+    out: dict[str, str] = {}
+    for item in (text or "").split(","):
+        task, sep, value = (part.strip() for part in item.partition("="))
+        if not item.strip():
+            continue
+        if not sep:
+            for name in AMBIGUOUS_TEST_SPLIT:
+                out[name] = task
+            continue
+        out[canonical_task(task)] = value
+    for task, value in out.items():
+        _choose_test_split(task, Path(), value)  # validates, reads nothing
+    return out
 
 
 def task_templates(task: str, data_root: str | Path) -> list[str]:

@@ -59,6 +59,7 @@ wrong one.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections import OrderedDict
 from pathlib import Path
@@ -69,6 +70,8 @@ import torch
 from .checkpoints import CheckpointError, atomic_write, load_checkpoint
 
 CONFIG_FILE = "config.json"
+
+log = logging.getLogger(__name__)
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 # transformers' defaults (CLIPVisionConfig / CLIPTextConfig): configs may omit fields equal to them.
@@ -361,6 +364,59 @@ def fill_from(partial: Mapping[str, torch.Tensor], reference: Mapping[str, torch
     if unexpected:
         raise CheckpointError(f"entries not in the reference model: {unexpected[:4]} ({len(unexpected)})")
     return OrderedDict((k, partial.get(k, v)) for k, v in reference.items())
+
+
+def _text_tower(sd: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    # Everything outside the image tower; attn_mask / logit_bias are buffers open_clip may or may not keep.
+    return {k: tuple(v.shape) for k, v in sd.items() if not k.startswith("visual.") and k not in ("attn_mask", "logit_bias")}
+
+
+def _describe_text_tower(shapes: Mapping[str, tuple[int, ...]]) -> str:
+    token = shapes.get("token_embedding.weight", (0, 0))
+    layers = _num_layers(shapes, "transformer.resblocks.")
+    return f"width {token[-1]}, {layers} layers, context {shapes.get('positional_embedding', (0,))[0]}, vocabulary {token[0]}"
+
+
+def text_tower_difference(sd: Mapping[str, torch.Tensor], architecture: Mapping[str, torch.Tensor]) -> str | None:
+    """How the text tower of a whole open_clip-keyed CLIP `sd` differs from `architecture`'s (a CLIP
+    state dict): "width 64, 2 layers, ... (the architecture: width 128, ...)", or None when they
+    match or `sd` has no text tower (a vision-only checkpoint)."""
+    got, want = _text_tower(sd), _text_tower(architecture)
+    if not any(k.startswith("transformer.") for k in got) or got == want:
+        return None
+    return f"{_describe_text_tower(got)} (the architecture: {_describe_text_tower(want)})"
+
+
+def image_tower(sd: Mapping[str, torch.Tensor], architecture: Mapping[str, torch.Tensor], source: str | Path,
+                text_side_from: Mapping[str, torch.Tensor]) -> "OrderedDict[str, torch.Tensor]":
+    """The weights to merge from a Hugging Face CLIPModel (open_clip keys, `hf_to_open_clip`).
+
+    Unchanged when its text tower matches `architecture`'s (a CLIP state dict) or it has none. Else,
+    logged: its `visual.*` entries, with the text-side leftovers of the encoder layout taken from
+    `text_side_from` (theta_0 for an expert, the architecture's for theta_0; see `fill_from`): only
+    the image tower is merged (SPEC.md, Models), so the text tower is never used, but it cannot build
+    zero-shot heads either: those then need head_<Task>.pt files or --clip-weights (`check_text_tower`).
+    """
+    difference = text_tower_difference(sd, architecture)
+    if difference is None:
+        return OrderedDict(sd)
+    log.warning("%s: its text tower (%s) differs; only the image tower is merged, so it is not used "
+                "(zero-shot heads must then come from head_<Task>.pt files or --clip-weights)", source, difference)
+    filled = fill_from(OrderedDict((k, v) for k, v in sd.items() if k.startswith("visual.")), text_side_from)
+    return OrderedDict((k, v.detach()) for k, v in filled.items())  # the reference may hold live parameters
+
+
+def check_text_tower(sd: Mapping[str, torch.Tensor], architecture: Mapping[str, torch.Tensor], source: str | Path,
+                     tasks: list[str]) -> None:
+    """CheckpointError (one line, saying what is needed) when `sd` is to build the zero-shot heads of
+    `tasks` but its text tower differs from the architecture's or is absent."""
+    if not any(k.startswith("transformer.") for k in sd):
+        raise CheckpointError(f"{source}: has no text tower to build the zero-shot heads of {tasks} from: give head_<Task>.pt "
+                              "files for them, or --clip-weights with a whole CLIP of this architecture")
+    difference = text_tower_difference(sd, architecture)
+    if difference is not None:
+        raise CheckpointError(f"{source}: its text tower ({difference}) cannot build the zero-shot heads of {tasks}: give "
+                              "head_<Task>.pt files for them, or --clip-weights with a whole CLIP of this architecture")
 
 
 # ---------------------------------------------------------------------------------------------- files

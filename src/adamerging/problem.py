@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -59,6 +59,7 @@ class Problem:
     data: list[TaskData]            # the merged tasks (adapted on, evaluated)
     normalize: Normalizer
     eval_data: list[TaskData]       # unseen tasks: evaluated only
+    test_data: dict[str, dict] = field(default_factory=dict)  # per task: Split.record() (source, n_images, ...)
 
     @property
     def all_data(self) -> list[TaskData]:
@@ -146,7 +147,9 @@ def load_heads(config: RunConfig, model_dir: Path, tasks: Sequence[str], splits:
                 f"no head for {missing} ({model_dir}/head_<Task>.pt) and no CLIP weights to build one from the text tower: "
                 f"put the task-vectors heads there, or pass --clip-weights (a full open_clip state dict)")
         clip = create_clip(config.model)
-        load_clip_weights(clip, hf.load_weights(weights), str(weights))
+        full = hf.load_weights(weights)
+        hf.check_text_tower(full, clip.state_dict(), weights, missing)
+        load_clip_weights(clip, full, str(weights))
         tokenizer = get_tokenizer(config.model)
         weights_file = hf.weights_file(weights) if weights.is_dir() else weights
         for task in missing:
@@ -184,7 +187,10 @@ def load_task_vectors(config: RunConfig, vectors: str = "plain") -> TaskVectorSe
     if base_path is None:
         raise FileNotFoundError(f"pretrained encoder not found: expected {model_dir}/zeroshot.pt (task-vectors layout), "
                                 f"zeroshot.safetensors, or a Hugging Face folder {model_dir}/zeroshot/ with config.json")
-    theta0 = to_encoder_entries(hf.load_weights(base_path), reference, base_path)
+    base = hf.load_weights(base_path)
+    if hf.is_hf_checkpoint(base_path):  # a CLIPModel whose text tower differs: its image tower only
+        base = hf.image_tower(base, clip.state_dict(), base_path, reference)
+    theta0 = to_encoder_entries(base, reference, base_path)
     experts = []
     for task in tasks:
         path = user_experts.get(task) or _find(model_dir / task, "finetuned", fmt)
@@ -193,7 +199,7 @@ def load_task_vectors(config: RunConfig, vectors: str = "plain") -> TaskVectorSe
                                     f"(or a Hugging Face folder {model_dir / task / 'finetuned'}/, or --finetuned {task}=PATH)")
         weights = hf.load_weights(path)
         if hf.is_hf_checkpoint(path):  # HF experts are often vision-only: text-side entries come from theta_0
-            weights = hf.fill_from(weights, theta0)
+            weights = hf.fill_from(hf.image_tower(weights, clip.state_dict(), path, theta0), theta0)
         experts.append(to_encoder_entries(weights, reference, path))
     tau = task_vectors(theta0, experts, tasks)
     del experts
@@ -221,7 +227,9 @@ def load_problem(config: RunConfig, vectors: str = "plain", timings: dict[str, f
     t0 = time.perf_counter()
     unseen = [t for t in parse_tasks(config.eval_tasks, model_dir) if t not in tasks] if config.eval_tasks else []
     everything = tasks + unseen
-    splits = {task: ds.read_image_folder_task(task, user_tasks[task]) if task in user_tasks else ds.read_task_split(task, data_root, "test", data_format=config.data_format)
+    test_splits = ds.parse_test_split(config.test_split)
+    splits = {task: ds.read_image_folder_task(task, user_tasks[task]) if task in user_tasks
+              else ds.read_task_split(task, data_root, "test", data_format=config.data_format, test_dir=test_splits.get(task))
               for task in everything}
     templates = {task: ds.user_task_templates(user_tasks[task]) if task in user_tasks else ds.task_templates(task, data_root)
                  for task in everything}
@@ -238,4 +246,4 @@ def load_problem(config: RunConfig, vectors: str = "plain", timings: dict[str, f
             for task in everything}
     mean, std = normalization(clip)
     return Problem(config.model, tasks, clip, entries, theta0, tau, [data[t] for t in tasks], Normalizer(mean, std, config.device),
-                   [data[t] for t in unseen])
+                   [data[t] for t in unseen], {task: splits[task].record() for task in everything})

@@ -67,7 +67,7 @@ def entropy_loss(ctx: Context) -> dict:
                            [*values, "pooled"], digits=2, average=False, label="")
     out = {**meta(ctx, started), "merged_model": f"Task Arithmetic, lambda {lam:g}", "tasks": list(values),
            "samples": {t: len(h) for t, (h, _) in values.items()}, "spearman": {"per_task": report["per_task"], "pooled": report["pooled"]},
-           "paper_spearman": paper_findings()["entropy_loss_spearman"], "accuracy": accs, "binned": report["binned"],
+           "paper_spearman": paper_findings()["entropy_loss_spearman"], "accuracy": accs, "binned": report["binned"], "test_data": problem.test_data,
            "per_sample": {t: {"entropy": np.round(h, 5).tolist(), "loss": np.round(l, 5).tolist()} for t, (h, l) in values.items()}}
     write_json(out, folder / "entropy_vs_loss.json")
     print(table)

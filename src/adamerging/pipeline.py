@@ -28,7 +28,8 @@ from .heads import Head, load_head, zeroshot_weights
 from .corruptions import CORRUPTIONS, corrupt
 from .diagnostics import add_diagnostic_arguments, run_diagnostics
 from .merging import CoefficientTable, constant_table, load_table, merge, published_table, task_vectors, ties_select
-from .models import MODEL_NAMES, create_clip, encoder_state_dict, get_tokenizer, image_size, load_clip_weights, normalization
+from .models import (MODEL_NAMES, create_clip, encoder_state_dict, get_tokenizer, image_size, load_clip_weights, load_encoder_weights,
+                     normalization)
 from .reporting import markdown_table, package_versions, results_path, write_json
 
 
@@ -234,7 +235,7 @@ def load_task_vectors(args, method: Method) -> TaskVectorSet:
     user_tasks = _named(args.task, "--task")
     user_experts = {name: Path(path) for name, path in _named(args.finetuned, "--finetuned").items()}
     tasks = parse_tasks(args.tasks, model_dir) if args.tasks or not user_tasks else list(user_tasks)
-    clip = create_clip(args.model)
+    clip = create_clip(args.model, device="meta")  # shapes only: the weights are theta_0's (assigned below)
     reference = encoder_state_dict(clip)
     fmt = args.checkpoint_format
     base_path = _find(model_dir, "zeroshot", fmt)
@@ -242,20 +243,22 @@ def load_task_vectors(args, method: Method) -> TaskVectorSet:
         raise FileNotFoundError(f"pretrained encoder not found: expected {model_dir}/zeroshot.pt (task-vectors layout), "
                                 f"zeroshot.safetensors, or a Hugging Face folder {model_dir}/zeroshot/ with config.json")
     theta0 = to_encoder_entries(hf.load_weights(base_path), reference, base_path)
-    experts = []
-    for task in tasks:
-        path = user_experts.get(task) or _find(model_dir / task, "finetuned", fmt)
-        if path is None or not path.exists():
-            raise FileNotFoundError(f"{task}: fine-tuned encoder not found: expected {path or model_dir / task / 'finetuned.pt'} "
-                                    f"(or a Hugging Face folder {model_dir / task / 'finetuned'}/, or --finetuned {task}=PATH)")
-        weights = hf.load_weights(path)
-        if hf.is_hf_checkpoint(path):  # HF experts are often vision-only: text-side entries come from theta_0
-            weights = hf.fill_from(weights, theta0)
-        experts.append(to_encoder_entries(weights, reference, path))
-    tau = task_vectors(theta0, experts, tasks)
-    del experts
+    load_encoder_weights(clip, theta0, str(base_path), assign=True)
+
+    def experts():  # one at a time: task_vectors subtracts each and drops it before the next loads
+        for task in tasks:
+            path = user_experts.get(task) or _find(model_dir / task, "finetuned", fmt)
+            if path is None or not path.exists():
+                raise FileNotFoundError(f"{task}: fine-tuned encoder not found: expected {path or model_dir / task / 'finetuned.pt'} "
+                                        f"(or a Hugging Face folder {model_dir / task / 'finetuned'}/, or --finetuned {task}=PATH)")
+            weights = hf.load_weights(path)
+            if hf.is_hf_checkpoint(path):  # HF experts are often vision-only: text-side entries come from theta_0
+                weights = hf.fill_from(weights, theta0)
+            yield to_encoder_entries(weights, reference, path)
+            del weights  # not held while the next expert loads
+    tau = task_vectors(theta0, experts(), tasks)
     if method.vectors == "ties":
-        tau = ties_select(tau, args.ties_k, args.ties_combine)
+        tau = ties_select(tau, args.ties_k, args.ties_combine, inplace=True)
     return TaskVectorSet(tasks, clip, list(reference), theta0, tau)
 
 

@@ -10,14 +10,15 @@ What it does:
   tower only, so the text-side leftovers' task vectors are exactly zero as in the real files,
   `head_<Task>.pt`), and a tiny synthetic test set per task in its real folder layout (2 classes,
   1 image each, named by a classnames.txt). Written in a child process under the same guard.
-- then one `python -m adamerging METHOD` process per method, 8 tasks, on the CPU with
+- then one `python -m adamerging METHOD` process per method, 8 tasks (--num-tasks), on the CPU with
   OMP_NUM_THREADS=--threads, evaluation batch 16; the AdaMerging methods run --steps optimizer steps
   of 1 batch of --adapt-batch images per task (default 2 steps x 1 image: memory is what is measured,
   and the coefficients' state is tiny, so more steps change the peak only through activations).
 - peak RSS is the child's ru_maxrss from wait4 (exact, kernel-kept); wall and CPU time from the same.
 - the guard: the child's resident memory (/proc/<pid>/status VmRSS) is polled every 0.1 s and the
-  child is killed above --limit-gb; the row then reads "over N GB, stopped". Lower the limit when
-  other jobs share the machine, so that none of them is ever killed by the kernel.
+  child is killed above --limit-gb (the row then reads "over N GB, stopped"), or as soon as the
+  machine's MemAvailable falls below --min-available-gb, so that other jobs sharing the machine are
+  never killed by the kernel. A stopped row's peak is a lower bound.
 
 Random weights: the numbers are memory and time, not accuracy. Not part of the test suite.
 """
@@ -51,24 +52,36 @@ def _rss_bytes(pid: int) -> int:
     return 0
 
 
-def run_guarded(cmd: list[str], env: dict[str, str], limit_gb: float, log: Path) -> dict:
-    """Run `cmd`; kill it if its RSS passes `limit_gb`. Returns peak RSS (GB), wall and CPU seconds, status."""
+def _available_bytes() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 1 << 62
+
+
+def run_guarded(cmd: list[str], env: dict[str, str], limit_gb: float, log: Path, min_available_gb: float = 1.5) -> dict:
+    """Run `cmd`; kill it if its RSS passes `limit_gb`, or if the machine's available memory falls below
+    `min_available_gb` (other jobs come first). Returns peak RSS (GB), wall and CPU seconds, status."""
     t0 = time.perf_counter()
+    stopped = ""
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-        stopped = False
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
-            if _rss_bytes(proc.pid) > limit_gb * GB and not stopped:
+            rss = _rss_bytes(proc.pid)
+            if not stopped and (rss > limit_gb * GB or _available_bytes() < min_available_gb * GB):
                 os.kill(proc.pid, signal.SIGKILL)
-                stopped = True
+                stopped = (f"over {limit_gb:g} GB, stopped" if rss > limit_gb * GB else
+                           f"stopped at {rss / GB:.1f} GB: machine below {min_available_gb:g} GB available")
             time.sleep(0.1)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    returncode = os.waitstatus_to_exitcode(status)
+    proc.returncode = returncode  # reaped here (wait4), so Popen must not wait again
     return {"peak_gb": usage.ru_maxrss * 1024 / GB, "wall_s": time.perf_counter() - t0,
-            "cpu_s": usage.ru_utime + usage.ru_stime, "returncode": proc.returncode,
-            "status": f"over {limit_gb:g} GB, stopped" if stopped else ("ok" if proc.returncode == 0 else f"failed (exit {proc.returncode}, see {log})")}
+            "cpu_s": usage.ru_utime + usage.ru_stime, "returncode": returncode,
+            "status": stopped or ("ok" if returncode == 0 else f"failed (exit {returncode}, see {log})")}
 
 
 def prepare(model: str, workdir: Path, seed: int = 0) -> None:
@@ -103,7 +116,7 @@ def prepare(model: str, workdir: Path, seed: int = 0) -> None:
 
 def method_command(method: str, model: str, workdir: Path, args) -> list[str]:
     cmd = [sys.executable, "-m", "adamerging", method, "--model", model, "--checkpoints", str(workdir / "checkpoints"),
-           "--data-location", str(workdir / "data"), "--results-dir", str(workdir / "results"), "--tasks", ",".join(TASKS),
+           "--data-location", str(workdir / "data"), "--results-dir", str(workdir / "results"), "--tasks", ",".join(TASKS[:args.num_tasks]),
            "--device", "cpu", "--batch-size", "16", "--no-progress", "--overwrite"]
     if method in ADAPTIVE:
         cmd += ["--steps", str(args.steps), "--batch-size-adapt", str(args.adapt_batch), "--batches-per-step", "1",
@@ -118,6 +131,8 @@ def main() -> None:
     p.add_argument("--src", default=str(ROOT / "src"), help="source tree whose `adamerging` package runs (e.g. an untouched copy, for 'before')")
     p.add_argument("--workdir", default="/tmp/bench_memory", help="checkpoints, data and results (checkpoints: ~4 GB for ViT-B/32, ~14 GB for ViT-L/14)")
     p.add_argument("--limit-gb", type=float, default=20.0, help="kill a run whose resident memory passes this (the row says so)")
+    p.add_argument("--min-available-gb", type=float, default=1.5, help="also stop a run when the machine's available memory falls below this")
+    p.add_argument("--num-tasks", type=int, default=8, help="merge the first N of the 8 tasks (a smaller N and the per-task slope project 8 where memory is short)")
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of each run")
     p.add_argument("--steps", type=int, default=2, help="AdaMerging steps per run")
     p.add_argument("--adapt-batch", type=int, default=1, help="images per task per AdaMerging step")
@@ -136,19 +151,19 @@ def main() -> None:
     if not (workdir / "checkpoints" / args.model / "ready").is_file():
         print(f"writing random-weight {args.model} checkpoints and test sets to {workdir} ...", flush=True)
         r = run_guarded([sys.executable, __file__, "--prepare-only", "--model", args.model, "--workdir", str(workdir)],
-                        {**env, "PYTHONPATH": str(ROOT / "src")}, args.limit_gb, logs / f"prepare_{args.model}.log")
+                        {**env, "PYTHONPATH": str(ROOT / "src")}, args.limit_gb, logs / f"prepare_{args.model}.log", args.min_available_gb)
         if r["status"] != "ok":
             sys.exit(f"preparing failed: {r['status']}")
     out = Path(args.out) if args.out else workdir / "results.jsonl"
-    print(f"| {args.model} {args.label} | peak RSS | wall | CPU | status |\n|---|---|---|---|---|", flush=True)
+    print(f"| {args.model} x {args.num_tasks} {args.label} | peak RSS | wall | CPU | status |\n|---|---|---|---|---|", flush=True)
     for method in args.methods.split(","):
         r = run_guarded(method_command(method, args.model, workdir, args), env, args.limit_gb,
-                        logs / f"{args.model}_{method}_{args.label or 'run'}.log")
-        row = {"model": args.model, "method": method, "label": args.label, "src": args.src, "tasks": len(TASKS),
+                        logs / f"{args.model}_{args.num_tasks}_{method}_{args.label or 'run'}.log", args.min_available_gb)
+        row = {"model": args.model, "method": method, "label": args.label, "src": args.src, "tasks": args.num_tasks,
                "steps": args.steps if method in ADAPTIVE else 0, "threads": args.threads, **r}
         with open(out, "a") as f:
             f.write(json.dumps(row) + "\n")
-        peak = f"> {args.limit_gb:g} GB" if r["status"].startswith("over") else f"{r['peak_gb']:.2f} GB"
+        peak = f"{r['peak_gb']:.2f} GB" if r["status"] == "ok" else f"> {r['peak_gb']:.1f} GB"
         print(f"| {method} | {peak} | {r['wall_s']:.0f} s | {r['cpu_s']:.0f} s | {r['status']} |", flush=True)
 
 

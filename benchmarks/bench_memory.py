@@ -84,7 +84,12 @@ def run_guarded(cmd: list[str], env: dict[str, str], limit_gb: float, log: Path,
             "status": stopped or ("ok" if returncode == 0 else f"failed (exit {returncode}, see {log})")}
 
 
-def prepare(model: str, workdir: Path, seed: int = 0) -> None:
+def prepared_tasks(model: str, workdir: Path) -> int:
+    marker = workdir / "checkpoints" / model / "ready"
+    return int(marker.read_text()) if marker.is_file() else 0
+
+
+def prepare(model: str, workdir: Path, num_tasks: int, seed: int = 0) -> None:
     """Write the checkpoints and test sets (in this process; the runner calls it in a guarded child)."""
     sys.path.insert(0, str(ROOT / "src"))
     sys.path.insert(0, str(ROOT / "tests"))
@@ -100,7 +105,7 @@ def prepare(model: str, workdir: Path, seed: int = 0) -> None:
     del clip.transformer  # the public encoders have no text transformer; nothing here needs it
     save_image_encoder(clip, folder / "zeroshot.pt")
     theta0_visual = {k: v.clone() for k, v in clip.visual.state_dict().items()}
-    for i, task in enumerate(TASKS):
+    for i, task in enumerate(TASKS[:num_tasks]):
         g = torch.Generator().manual_seed(seed + 1 + i)
         with torch.no_grad():
             for p in clip.visual.parameters():
@@ -111,7 +116,7 @@ def prepare(model: str, workdir: Path, seed: int = 0) -> None:
         save_classification_head(weight, folder / f"head_{task}.pt")
         write_fake_dataset(task, workdir / "data", n_per_class=1, num_classes=2, image_size=8)
         (workdir / "data" / TASK_DIRS[task] / "classnames.txt").write_text("first class\nsecond class\n")
-    (folder / "ready").write_text("ok\n")
+    (folder / "ready").write_text(f"{num_tasks}\n")
 
 
 def method_command(method: str, model: str, workdir: Path, args) -> list[str]:
@@ -142,15 +147,16 @@ def main() -> None:
     args = p.parse_args()
     workdir = Path(args.workdir)
     if args.prepare_only:
-        prepare(args.model, workdir)
+        prepare(args.model, workdir, args.num_tasks)
         return
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
            "PYTHONPATH": args.src, "PYTHONUNBUFFERED": "1"}
     logs = workdir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    if not (workdir / "checkpoints" / args.model / "ready").is_file():
+    if prepared_tasks(args.model, workdir) < args.num_tasks:
         print(f"writing random-weight {args.model} checkpoints and test sets to {workdir} ...", flush=True)
-        r = run_guarded([sys.executable, __file__, "--prepare-only", "--model", args.model, "--workdir", str(workdir)],
+        r = run_guarded([sys.executable, __file__, "--prepare-only", "--model", args.model, "--workdir", str(workdir),
+                         "--num-tasks", str(args.num_tasks)],
                         {**env, "PYTHONPATH": str(ROOT / "src")}, args.limit_gb, logs / f"prepare_{args.model}.log", args.min_available_gb)
         if r["status"] != "ok":
             sys.exit(f"preparing failed: {r['status']}")

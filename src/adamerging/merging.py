@@ -170,7 +170,12 @@ def ties_select(tau: TaskVectors, k: float = 0.2, combine: str = "sum", inplace:
     num_tasks = next(iter(tau.values())).shape[0]
     out: TaskVectors = tau if inplace else {}
     for key, t in tau.items():  # contiguous, so the reshaped views below write into out[key]
-        out[key] = t if is_zero_view(t) or (inplace and t.is_contiguous()) else t.contiguous() if inplace else t.clone(memory_format=torch.contiguous_format)
+        if is_zero_view(t):
+            out[key] = t
+        elif not inplace:
+            out[key] = t.clone(memory_format=torch.contiguous_format)
+        elif not t.is_contiguous():
+            out[key] = t.contiguous()
     stored = [key for key in keys if not is_zero_view(out[key])]
     d = sum(out[key][0].numel() for key in keys)
     kth = max(d - int(d * k), 1)  # k = 1 keeps everything (the authors' code would fail there)

@@ -125,7 +125,7 @@ def method_command(method: str, model: str, workdir: Path, args) -> list[str]:
            "--device", "cpu", "--batch-size", "16", "--no-progress", "--overwrite"]
     if method in ADAPTIVE:
         cmd += ["--steps", str(args.steps), "--batch-size-adapt", str(args.adapt_batch), "--batches-per-step", "1",
-                "--save-every", "0"]
+                "--save-every", "0", *args.adapt_args.split()]
     return cmd
 
 
@@ -141,6 +141,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of each run")
     p.add_argument("--steps", type=int, default=2, help="AdaMerging steps per run")
     p.add_argument("--adapt-batch", type=int, default=1, help="images per task per AdaMerging step")
+    p.add_argument("--adapt-args", default="", help="extra flags for the AdaMerging runs, e.g. '--adapt-mode per-task' or '--checkpointing'")
     p.add_argument("--label", default="", help="tag written with each result (e.g. before / after)")
     p.add_argument("--out", default=None, help="append one JSON line per run here (default: <workdir>/results.jsonl)")
     p.add_argument("--prepare-only", action="store_true", help=argparse.SUPPRESS)
@@ -166,7 +167,7 @@ def main() -> None:
         r = run_guarded(method_command(method, args.model, workdir, args), env, args.limit_gb,
                         logs / f"{args.model}_{args.num_tasks}_{method}_{args.label or 'run'}.log", args.min_available_gb)
         row = {"model": args.model, "method": method, "label": args.label, "src": args.src, "tasks": args.num_tasks,
-               "steps": args.steps if method in ADAPTIVE else 0, "threads": args.threads, **r}
+               "steps": args.steps if method in ADAPTIVE else 0, "adapt_args": args.adapt_args if method in ADAPTIVE else "", "threads": args.threads, **r}
         with open(out, "a") as f:
             f.write(json.dumps(row) + "\n")
         peak = f"{r['peak_gb']:.2f} GB" if r["status"] == "ok" else f"> {r['peak_gb']:.1f} GB"

@@ -33,27 +33,6 @@ def write_random_checkpoints(root: Path, model: str, classes: Mapping[str, int],
     return folder
 
 
-def load_encoder_weights(clip_model: torch.nn.Module, encoder_sd: dict[str, torch.Tensor], source: str = "") -> None:
-    """Copy an encoder state dict (`model.*`) into `clip_model` in place (the in-place reference the
-    functional merged encoder is checked against); missing or unexpected keys are named in the error."""
-    expected = encoder_state_dict(clip_model)
-    missing = [k for k in expected if k not in encoder_sd]
-    unexpected = [k for k in encoder_sd if k not in expected]
-    where = f" in {source}" if source else ""
-    if missing or unexpected:
-        raise KeyError(
-            f"encoder weights{where} do not match the architecture: "
-            f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''} ({len(missing)}), "
-            f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''} ({len(unexpected)})"
-        )
-    with torch.no_grad():
-        for k, target in expected.items():
-            value = encoder_sd[k]
-            if tuple(value.shape) != tuple(target.shape):
-                raise ValueError(f"entry {k}{where}: shape {tuple(value.shape)}, architecture expects {tuple(target.shape)}")
-            target.copy_(value)
-
-
 MINI_TASKS = {"MNIST": 10, "SVHN": 10, "EuroSAT": 10}
 
 

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from adamerging.merging import (CoefficientTable, constant_table, load_table, merge, merge_entry, published_table, task_vectors,
-                                ties_select)
+from adamerging.merging import (CoefficientTable, constant_table, elect_and_select, is_zero_view, load_table, merge, merge_entry,
+                                published_table, task_vectors, ties_select, trim_top_k, zero_task_vectors)
 
 
 def _reference_ties(tvs: list[dict], k: float, combine: str) -> list[dict]:
@@ -168,3 +168,81 @@ def test_table_json_keeps_the_pretrained_column_and_rejects_one_that_is_not_1(tm
         path = tmp_path / "t.json"
         path.write_text(json.dumps({"columns": ["pretrained", "A"], "values": [[1.0, 0.1], [0.5, 0.2]]}))
         load_table(path)
+
+
+def _dense_ties(tau: dict, k: float, combine: str) -> dict:
+    """The previous dense implementation: one flattened [T, D] copy, `trim_top_k` + `elect_and_select`."""
+    keys = sorted(tau)
+    num_tasks = next(iter(tau.values())).shape[0]
+    flat = torch.cat([tau[key].reshape(num_tasks, -1) for key in keys], dim=1)
+    _, selected = elect_and_select(trim_top_k(flat, k))
+    if combine == "mean":
+        selected = selected / (selected != 0).sum(dim=0).clamp(min=1)
+    out, offset = {}, 0
+    for key in keys:
+        n = tau[key][0].numel()
+        out[key] = selected[:, offset:offset + n].reshape(tau[key].shape)
+        offset += n
+    return out
+
+
+def _tied_problem(seed: int, tasks: int = 4):
+    """Small integer-valued task vectors: many ties at the cut-off, many exactly-zero sign sums, exact zeros
+    inside entries, and two text-side leftovers that no expert changed (stored as zero views)."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = {"model.visual.conv1.weight": (5, 3, 2, 2), "model.visual.ln_pre.bias": (7,), "model.visual.proj": (6, 4),
+              "model.token_embedding.weight": (9, 4), "model.ln_final.bias": (4,)}
+    theta0 = {key: torch.randn(shape, generator=g) for key, shape in shapes.items()}
+    theta0["model.visual.count"] = torch.tensor([3])  # integer buffer: no task vector
+    finetuned = []
+    for _ in range(tasks):
+        sd = {}
+        for key, base in theta0.items():
+            if key.startswith("model.visual.") and base.is_floating_point():
+                sd[key] = base + torch.randint(-3, 4, base.shape, generator=g).float()
+            else:
+                sd[key] = base.clone()
+        finetuned.append(sd)
+    return theta0, finetuned
+
+
+@pytest.mark.parametrize("combine", ["sum", "mean"])
+@pytest.mark.parametrize("k", [0.2, 0.5, 0.9, 1.0])
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_low_memory_ties_equals_dense_exactly(seed, k, combine):
+    theta0, finetuned = _tied_problem(seed)
+    tau = task_vectors(theta0, iter(finetuned), tasks=["a", "b", "c", "d"])  # one expert at a time
+    assert is_zero_view(tau["model.token_embedding.weight"]) and is_zero_view(tau["model.ln_final.bias"])
+    assert "model.visual.count" not in tau
+    dense_input = {key: t.contiguous() for key, t in tau.items()}  # the zero leftovers materialised
+    expected = _dense_ties(dense_input, k, combine)
+    for inplace in (False, True):
+        source = {key: t if is_zero_view(t) else t.clone() for key, t in tau.items()}
+        ours = ties_select(source, k, combine, inplace=inplace)
+        assert list(ours) == list(tau)
+        for key in tau:
+            assert torch.equal(ours[key], expected[key]), (key, inplace)
+        assert is_zero_view(ours["model.token_embedding.weight"])
+        assert (ours["model.visual.proj"] is source["model.visual.proj"]) == inplace  # written in place or not
+    assert any(bool((t == 0).all()) is False for t in expected.values())  # the selection kept something
+
+
+def test_low_memory_ties_majority_sign_and_cutoff_inside_the_zero_leftovers():
+    # D = 12 (4 stored + 8 implicit zeros); k = 0.5 -> kth = 6 falls among the zeros: cut-off 0, all kept.
+    # Entry 0 sums to 0; the majority of the elected signs (2 negative, 1 positive) is negative.
+    tau = {"w": torch.tensor([[1.0, -2.0, -1.0, 0.5], [-1.0, 1.0, -1.0, 0.0]]), "z": zero_task_vectors(2, (8,))}
+    dense = _dense_ties({key: t.contiguous() for key, t in tau.items()}, 0.5, "sum")
+    ours = ties_select(tau, 0.5, "sum")
+    assert torch.equal(ours["w"], dense["w"]) and torch.equal(ours["z"], dense["z"])
+    assert ours["w"][:, 0].tolist() == [0.0, -1.0]
+
+
+def test_task_vectors_store_untouched_entries_as_zero_views_and_merge_them():
+    theta0, finetuned = _tied_problem(0)
+    tau = task_vectors(theta0, finetuned)
+    leftover = tau["model.token_embedding.weight"]
+    assert leftover.shape == (4, 9, 4) and leftover.untyped_storage().nbytes() == 4
+    merged = merge(theta0, tau, constant_table(["a", "b", "c", "d"], 0.3).lambdas)
+    assert torch.equal(merged["model.token_embedding.weight"], theta0["model.token_embedding.weight"])
+    with pytest.raises(ValueError, match="expected 4 fine-tuned models, got 3"):
+        task_vectors(theta0, iter(finetuned[:3]), tasks=["a", "b", "c", "d"])

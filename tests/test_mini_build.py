@@ -145,7 +145,7 @@ def test_reported_zeroshot_accuracy_reproduces_from_files(quick_build):
     from adamerging import datasets as D
     from adamerging import heads as H
     from adamerging import models as M
-    from model_fixtures import load_encoder_weights
+    from adamerging.models import load_encoder_weights
 
     report = json.loads((ckpt / "build_report.json").read_text())
     clip = M.create_clip("mini")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from adamerging.models import create_clip, encoder_state_dict
-from model_fixtures import load_encoder_weights
+from adamerging.models import load_encoder_weights
 from adamerging._torchvision_compat import ensure_torchvision_importable
 import open_clip
 

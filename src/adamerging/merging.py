@@ -12,34 +12,69 @@ import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Mapping, Sequence, Sized
 
 import torch
 
 TaskVectors = dict[str, torch.Tensor]  # entry key -> [T, *shape], tasks stacked on dim 0
 
 
-def task_vectors(theta0: dict[str, torch.Tensor], finetuned: Sequence[dict[str, torch.Tensor]], tasks: Sequence[str] = ()) -> TaskVectors:
-    """tau_t = theta_t - theta_0 for every floating-point entry, stacked over tasks."""
-    out: TaskVectors = {}
-    for key, base in theta0.items():
-        if not base.is_floating_point():
-            continue
-        rows = []
-        for i, sd in enumerate(finetuned):
-            name = tasks[i] if i < len(tasks) else f"#{i}"
+def zero_task_vectors(num_tasks: int, shape: Sequence[int]) -> torch.Tensor:
+    """[T, *shape] fp32 zeros that occupy one element: a broadcast view of a single 0.
+
+    Used for entries no expert changed (the checkpoints' text-side leftovers): they keep their rows in
+    every table and their entries in TIES's D, without 4 bytes per entry and task. Read-only.
+    """
+    return torch.zeros((), dtype=torch.float32).expand(num_tasks, *shape)
+
+
+def is_zero_view(t: torch.Tensor) -> bool:
+    """True for a `zero_task_vectors` tensor (every stride 0, value 0): no storage to read or write."""
+    return t.numel() > 1 and all(s == 0 for s in t.stride()) and float(t[(0,) * t.dim()]) == 0.0
+
+
+def task_vectors(theta0: Mapping[str, torch.Tensor], finetuned: Iterable[Mapping[str, torch.Tensor]],
+                 tasks: Sequence[str] = ()) -> TaskVectors:
+    """tau_t = theta_t - theta_0 (fp32) for every floating-point entry, stacked over tasks: [T, *shape].
+
+    `finetuned` may be a list or any iterable (e.g. a generator loading one expert at a time): each
+    expert is subtracted as it arrives and released before the next is read, so peak memory is the
+    task vectors plus theta_0 plus one expert. With a one-shot iterable, `tasks` gives T. Entries whose
+    task vectors are exactly zero for every task are `zero_task_vectors` views (no memory).
+    Raises KeyError / ValueError naming the expert and entry on a missing key, an extra key or a shape
+    mismatch. Source: Ilharco et al., "Editing models with task arithmetic" (2023), eq. 1.
+    """
+    num_tasks = len(finetuned) if isinstance(finetuned, Sized) else len(tasks)
+    if num_tasks == 0:
+        raise ValueError("task_vectors needs at least one fine-tuned model (pass `tasks` with a generator)")
+    floating = [key for key, base in theta0.items() if base.is_floating_point()]
+    stacks: dict[str, torch.Tensor | None] = dict.fromkeys(floating)  # None: zero for every task so far
+    seen = 0
+    for i, sd in enumerate(finetuned):
+        name = tasks[i] if i < len(tasks) else f"#{i}"
+        if i >= num_tasks:
+            raise ValueError(f"more fine-tuned models than tasks ({num_tasks}): {name}")
+        extra = [k for k in sd if k not in theta0]
+        if extra:
+            raise KeyError(f"fine-tuned model {name} has entries theta_0 lacks: {extra[:5]}")
+        for key in floating:
+            base = theta0[key]
             if key not in sd:
                 raise KeyError(f"fine-tuned model {name} has no entry {key!r} (theta_0 has it)")
             if sd[key].shape != base.shape:
                 raise ValueError(f"fine-tuned model {name}: entry {key!r} has shape {tuple(sd[key].shape)}, theta_0 has {tuple(base.shape)}")
-            rows.append(sd[key].float() - base.float())
-        out[key] = torch.stack(rows)
-    for i, sd in enumerate(finetuned):
-        extra = [k for k in sd if k not in theta0]
-        if extra:
-            name = tasks[i] if i < len(tasks) else f"#{i}"
-            raise KeyError(f"fine-tuned model {name} has entries theta_0 lacks: {extra[:5]}")
-    return out
+            diff = sd[key].float() - base.float()
+            if stacks[key] is None:
+                if not bool(diff.any()):
+                    continue
+                stacks[key] = torch.zeros((num_tasks, *base.shape), dtype=torch.float32)
+            stacks[key][i] = diff
+        seen += 1
+        del sd  # release this expert before the next one is loaded
+    if seen != num_tasks:
+        raise ValueError(f"expected {num_tasks} fine-tuned models, got {seen}")
+    return {key: stack if stack is not None else zero_task_vectors(num_tasks, theta0[key].shape)
+            for key, stack in stacks.items()}
 
 
 def merge_entry(theta0_j: torch.Tensor, lambdas_j: torch.Tensor, tau_j: torch.Tensor) -> torch.Tensor:
@@ -98,30 +133,78 @@ def elect_and_select(trimmed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return sign, trimmed * keep
 
 
-def ties_select(tau: TaskVectors, k: float = 0.2, combine: str = "sum") -> TaskVectors:
-    """TIES-Merging's trim and sign election, returning per-task selected vectors.
+def _ties_cutoff(tau: TaskVectors, keys: Sequence[str], task: int, kth: int) -> float:
+    """The kth smallest |x| of task `task`'s vector over `keys` (1-based), as `trim_top_k` finds it.
 
-    As the authors' code: all entries flattened (keys sorted) into one vector per task; keep the top
-    `k` fraction by magnitude (k-th smallest |x| with k = D - int(k D) as the cut-off, ties kept);
-    elected sign = sign of the sum of trimmed vectors, with the majority sign where that sum is 0;
-    zero every entry that disagrees. Summing the result gives "dis-sum"; `combine="mean"` divides each
-    entry by the number of tasks that kept it, so the sum gives TIES's "dis-mean".
+    Zero views are counted, not materialised: their zeros are the smallest magnitudes, so the answer
+    is 0 when kth falls among them, else the (kth - zeros)-th smallest of the stored magnitudes.
+    Memory: one fp32 buffer of the stored entries of this task, partitioned in place (numpy).
     """
+    implicit = sum(tau[key][task].numel() for key in keys if is_zero_view(tau[key]))
+    if kth <= implicit:
+        return 0.0
+    stored = [key for key in keys if not is_zero_view(tau[key])]
+    magnitude = torch.empty(sum(tau[key][task].numel() for key in stored), dtype=torch.float32)
+    offset = 0
+    for key in stored:
+        row = tau[key][task].reshape(-1)
+        torch.abs(row, out=magnitude[offset:offset + row.numel()])
+        offset += row.numel()
+    values = magnitude.numpy()
+    values.partition(kth - implicit - 1)  # in place: torch.kthvalue would copy the whole buffer
+    return float(values[kth - implicit - 1])
+
+
+def ties_select(tau: TaskVectors, k: float = 0.2, combine: str = "sum", inplace: bool = False) -> TaskVectors:
+    """TIES-Merging's trim and sign election, returning per-task selected vectors ([T, *shape] per entry).
+
+    As the authors' code (TIES-Merging, Yadav et al. 2023, Alg. 1, and the AdaMerging repo): all
+    entries flattened (keys sorted) into one vector per task of D entries; keep the top `k` fraction
+    by magnitude (the (D - int(k D))-th smallest |x| is the cut-off, ties at it kept); elected sign =
+    sign of the sum over tasks of the trimmed vectors, with the majority sign (sign of the sum of all
+    elected signs) where that sum is 0; zero every entry that disagrees. Summing the result gives
+    "dis-sum"; `combine="mean"` divides each entry by the number of tasks that kept it ("dis-mean").
+
+    Low memory, exactly equal to the dense `trim_top_k` + `elect_and_select` on the flattened [T, D]
+    matrix: one task's magnitudes at a time for the cut-off, then entry by entry across tasks. With
+    `inplace=True` the selected vectors overwrite `tau` (no second copy); zero views stay zero views
+    and count as zeros in D. The majority count is an exact integer (the dense float32 sum of signs
+    could round above 2^24 entries; it decides only entries whose trimmed sum is exactly 0).
+    Raises ValueError for k outside (0, 1] or an unknown `combine`.
+    """
+    if not 0 < k <= 1:
+        raise ValueError(f"TIES top-k fraction must be in (0, 1], got {k}")
     if combine not in ("sum", "mean"):
         raise ValueError(f"TIES combine must be 'sum' or 'mean', got {combine!r}")
     keys = sorted(tau)
     num_tasks = next(iter(tau.values())).shape[0]
-    flat = torch.cat([tau[key].reshape(num_tasks, -1) for key in keys], dim=1)
-    _, selected = elect_and_select(trim_top_k(flat, k))
-    del flat
-    if combine == "mean":
-        selected = selected / (selected != 0).sum(dim=0).clamp(min=1)
-    out: TaskVectors = {}
-    offset = 0
-    for key in keys:
-        n = tau[key][0].numel()
-        out[key] = selected[:, offset:offset + n].reshape(tau[key].shape)
-        offset += n
+    out: TaskVectors = tau if inplace else {}
+    for key, t in tau.items():  # contiguous, so the reshaped views below write into out[key]
+        if is_zero_view(t):
+            out[key] = t
+        elif not inplace:
+            out[key] = t.clone(memory_format=torch.contiguous_format)
+        elif not t.is_contiguous():
+            out[key] = t.contiguous()
+    stored = [key for key in keys if not is_zero_view(out[key])]
+    d = sum(out[key][0].numel() for key in keys)
+    kth = max(d - int(d * k), 1)  # k = 1 keeps everything (the authors' code would fail there)
+    for task in range(num_tasks):  # trim: each task's cut-off is computed before its rows change
+        cutoff = _ties_cutoff(out, keys, task, kth)
+        for key in stored:
+            row = out[key][task]
+            row.masked_fill_(row.abs() < cutoff, 0.0)
+    votes = 0  # elected signs summed over all D entries (zero views and zero sums add nothing)
+    for key in stored:
+        votes += int(torch.sign(out[key].reshape(num_tasks, -1).sum(dim=0)).sum(dtype=torch.int64))
+    majority = float((votes > 0) - (votes < 0))
+    for key in stored:
+        trimmed = out[key].reshape(num_tasks, -1)  # a view: the writes below land in out[key]
+        sign = torch.sign(trimmed.sum(dim=0))
+        sign[sign == 0] = majority
+        trimmed.mul_(torch.where(sign > 0, trimmed > 0, trimmed < 0))
+        if combine == "mean":
+            trimmed.div_((trimmed != 0).sum(dim=0).clamp(min=1))
     return {key: out[key] for key in tau}  # caller's order
 
 

@@ -87,6 +87,34 @@ def encoder_state_dict(clip_model: torch.nn.Module) -> "OrderedDict[str, torch.T
     return out
 
 
+def load_encoder_weights(clip_model: torch.nn.Module, encoder_sd: dict[str, torch.Tensor], source: str = "",
+                         assign: bool = False) -> None:
+    """Copy an encoder state dict into `clip_model`; missing or unexpected keys are named in the error.
+
+    `assign=True` makes the module's parameters *be* the given tensors (no copy, dtype and device
+    follow them): for a model built with `create_clip(..., device="meta")`, whose own random weights
+    never existed. Its text transformer stays on the meta device (shapes only)."""
+    expected = encoder_state_dict(clip_model)
+    missing = [k for k in expected if k not in encoder_sd]
+    unexpected = [k for k in encoder_sd if k not in expected]
+    where = f" in {source}" if source else ""
+    if missing or unexpected:
+        raise KeyError(
+            f"encoder weights{where} do not match the architecture: "
+            f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''} ({len(missing)}), "
+            f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''} ({len(unexpected)})"
+        )
+    for k, target in expected.items():
+        if tuple(encoder_sd[k].shape) != tuple(target.shape):
+            raise ValueError(f"entry {k}{where}: shape {tuple(encoder_sd[k].shape)}, architecture expects {tuple(target.shape)}")
+    if assign:
+        clip_model.load_state_dict({k[len(ENCODER_PREFIX):]: encoder_sd[k] for k in expected}, strict=False, assign=True)
+        return
+    with torch.no_grad():
+        for k, target in expected.items():
+            target.copy_(encoder_sd[k])
+
+
 def load_clip_weights(clip_model: torch.nn.Module, full_sd: dict[str, torch.Tensor], source: str = "") -> None:
     """Load a full open_clip CLIP state dict (text tower included), naming missing/unexpected keys."""
     result = clip_model.load_state_dict(full_sd, strict=False)

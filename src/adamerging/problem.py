@@ -22,7 +22,8 @@ from .corruptions import corrupt
 from .evaluation import Normalizer
 from .heads import Head, load_head, zeroshot_weights
 from .merging import TaskVectors, task_vectors, ties_select
-from .models import create_clip, encoder_state_dict, get_tokenizer, image_size, load_clip_weights, normalization
+from .models import (VISUAL_PREFIX, create_clip, encoder_state_dict, get_tokenizer, image_size, load_clip_weights, load_encoder_weights,
+                     normalization)
 
 
 @dataclass
@@ -180,7 +181,7 @@ def load_task_vectors(config: RunConfig, vectors: str = "plain") -> TaskVectorSe
     user_tasks = _named(config.task, "--task")
     user_experts = {name: Path(path) for name, path in _named(config.finetuned, "--finetuned").items()}
     tasks = parse_tasks(config.tasks, model_dir) if config.tasks or not user_tasks else list(user_tasks)
-    clip = create_clip(config.model)
+    clip = create_clip(config.model, device="meta")  # shapes only: the weights are theta_0's (assigned below)
     reference = encoder_state_dict(clip)
     fmt = config.checkpoint_format
     base_path = _find(model_dir, "zeroshot", fmt)
@@ -189,22 +190,27 @@ def load_task_vectors(config: RunConfig, vectors: str = "plain") -> TaskVectorSe
                                 f"zeroshot.safetensors, or a Hugging Face folder {model_dir}/zeroshot/ with config.json")
     base = hf.load_weights(base_path)
     if hf.is_hf_checkpoint(base_path):  # a CLIPModel whose text tower differs: its image tower only
-        base = hf.image_tower(base, clip.state_dict(), base_path, reference)
+        # its text-side leftovers belong to another text tower: zeros of this architecture's shapes
+        # stand in (never read by the image encoder; the architecture itself is shapes only)
+        text_side = {k: v if k.startswith(VISUAL_PREFIX) else torch.zeros(v.shape) for k, v in reference.items()}
+        base = hf.image_tower(base, clip.state_dict(), base_path, text_side)
     theta0 = to_encoder_entries(base, reference, base_path)
-    experts = []
-    for task in tasks:
-        path = user_experts.get(task) or _find(model_dir / task, "finetuned", fmt)
-        if path is None or not path.exists():
-            raise FileNotFoundError(f"{task}: fine-tuned encoder not found: expected {path or model_dir / task / 'finetuned.pt'} "
-                                    f"(or a Hugging Face folder {model_dir / task / 'finetuned'}/, or --finetuned {task}=PATH)")
-        weights = hf.load_weights(path)
-        if hf.is_hf_checkpoint(path):  # HF experts are often vision-only: text-side entries come from theta_0
-            weights = hf.fill_from(hf.image_tower(weights, clip.state_dict(), path, theta0), theta0)
-        experts.append(to_encoder_entries(weights, reference, path))
-    tau = task_vectors(theta0, experts, tasks)
-    del experts
+    load_encoder_weights(clip, theta0, str(base_path), assign=True)
+
+    def experts():  # one at a time: task_vectors subtracts each and drops it before the next loads
+        for task in tasks:
+            path = user_experts.get(task) or _find(model_dir / task, "finetuned", fmt)
+            if path is None or not path.exists():
+                raise FileNotFoundError(f"{task}: fine-tuned encoder not found: expected {path or model_dir / task / 'finetuned.pt'} "
+                                        f"(or a Hugging Face folder {model_dir / task / 'finetuned'}/, or --finetuned {task}=PATH)")
+            weights = hf.load_weights(path)
+            if hf.is_hf_checkpoint(path):  # HF experts are often vision-only: text-side entries come from theta_0
+                weights = hf.fill_from(hf.image_tower(weights, clip.state_dict(), path, theta0), theta0)
+            yield to_encoder_entries(weights, reference, path)
+            del weights  # not held while the next expert loads
+    tau = task_vectors(theta0, experts(), tasks)
     if vectors == "ties":
-        tau = ties_select(tau, config.ties_k, config.ties_combine)
+        tau = ties_select(tau, config.ties_k, config.ties_combine, inplace=True)
     return TaskVectorSet(tasks, clip, list(reference), theta0, tau)
 
 

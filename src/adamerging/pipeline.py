@@ -121,8 +121,8 @@ def seed_everything(seed: int) -> None:
 
 
 def _state_io(config: RunConfig, name: str, ranks: Ranks) -> tuple[Path, dict | None, Callable[[dict], None]]:
-    """Load (for --resume) and save the adaptation state: <results-dir>/<model>/<name>.state.pt."""
-    path = Path(config.results_dir) / config.model / f"{name}.state.pt"
+    """Load (for --resume) and save the adaptation state: <output dir>/<name>.state.pt, beside the result."""
+    path = config.output_dir / f"{name}.state.pt"
     resume = None
     if config.resume:
         if not path.is_file():
@@ -223,7 +223,7 @@ def run(method_name: str, config: RunConfig) -> dict:
         result["adaptation"] = {"step_seconds_median": adaptation.step_seconds, "adapt_seconds": adaptation.total_seconds,
                                 "trajectory": adaptation.trajectory}
     result["result_name"] = name
-    path = results_path(Path(config.results_dir), config.model, name, config.overwrite)
+    path = results_path(config.output_dir, name, config.overwrite)
     write_json(result, path)
     print(f"wrote {path}")
     return result

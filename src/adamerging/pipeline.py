@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from . import hf
+from .hf_export import hf_config_from_open_clip, save_hf_checkpoint
 from .adaptation import AdaptationStopped, AdaptResult, adamerge, adaptation_subset
 from .checkpoints import atomic_write, save_state_dict
 from .cli import run_cli
@@ -162,7 +162,7 @@ def save_merged(problem: Problem, table: CoefficientTable, config: RunConfig) ->
     """
     state = merge(problem.theta0, problem.tau, table.lambdas, problem.entries)
     if config.save_format == "hf":
-        hf.save_hf_checkpoint(config.save_merged, state, hf.hf_config_from_open_clip(problem.clip))
+        save_hf_checkpoint(config.save_merged, state, hf_config_from_open_clip(problem.clip))
     else:
         save_state_dict(state, config.save_merged)
 

@@ -405,7 +405,7 @@ def _clip_with_other_text_tower(clip: torch.nn.Module) -> torch.nn.Module:
 
 def test_hf_clipmodel_with_another_text_tower_merges_when_heads_are_given(tmp_path, caplog):
     from fake_data import write_fake_dataset
-    from adamerging.checkpoints import save_classification_head
+    from adamerging.task_vectors_format import save_classification_head
 
     tasks = {"MNIST": 10, "SVHN": 10}
     folder, clip, _ = F.write_random_hf_checkpoints(tmp_path / "ckpt", "mini", list(tasks))

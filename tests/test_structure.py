@@ -79,7 +79,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 # The floors of README "How it works", bottom up: a module imports its own floor and those below only.
 FLOORS = (
     # one-job building blocks: files, formats, the merge, models, data, evaluation, reports
-    {"_torchvision_compat", "checkpoints", "merging", "merged_encoder", "models", "heads", "evaluation", "corruptions",
+    {"_torchvision_compat", "checkpoints", "task_vectors_format", "merging", "merged_encoder", "models", "heads", "evaluation", "corruptions",
      "distributed", "datasets", "hf_datasets", "hf", "hf_export", "reporting", "plotting", "cli"},
     {"config", "problem", "prepare", "download", "mini"},              # what a run is made of, and the data it needs
     {"adaptation", "diagnostics"},                                     # AdaMerging and its entropy checks

@@ -4,9 +4,10 @@ Most CLIP checkpoints people merge today are Hugging Face folders: `openai/clip-
 (a `CLIPModel`) and FusionBench's fine-tuned `tanganke/clip-vit-base-patch32_<task>` (a
 `CLIPVisionModel`: the vision tower only, no projection). A folder holds `config.json` and
 `model.safetensors` (or `pytorch_model.bin`). This module renames their tensors into the open_clip
-CLIP layout the rest of the package uses, so every method runs on them unchanged (the way back, `--save-format hf`, is `hf_export`). It needs neither
-`transformers` nor the network: plain functions over state dicts (`transformers` is a test-only
-dependency, used to check the conversion against the real models).
+CLIP layout the rest of the package uses, so every method runs on them unchanged (the way back, for
+`--save-format hf`, is `hf_export`). It needs neither `transformers` nor the network: plain
+functions over state dicts (`transformers` is a test-only dependency, used to check the conversion
+against the real models).
 
 Key mapping (`<i>`: block index; the same block renames apply to both towers)
 
@@ -180,6 +181,7 @@ def hf_model_name(config: Mapping[str, Any]) -> str:
 
 
 def read_hf_config(path: str | Path) -> dict[str, Any]:
+    """The config.json of a Hugging Face folder, as a dict."""
     with open(Path(path) / CONFIG_FILE, encoding="utf-8") as f:
         return json.load(f)
 

@@ -15,10 +15,12 @@ from typing import Any, Mapping
 import torch
 
 from .checkpoints import CheckpointError, atomic_write
+# The key tables live in `hf` only (one place for the mapping); the export reads them backwards.
 from .hf import (_BLOCK, _QKV, _TEXT_DEFAULTS, _TOP, _TOWERS, _TRANSPOSED, _VISION_DEFAULTS, CONFIG_FILE, _check_activation,
                  _sub_config)
 
 _BLOCK_INVERSE = {oc: hf for hf, oc in _BLOCK.items()}
+
 
 def hf_config_from_open_clip(clip_model: torch.nn.Module) -> dict[str, Any]:
     """A `CLIPModel` config.json dict describing an open_clip CLIP (QuickGELU; e.g. for exporting

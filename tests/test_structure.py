@@ -120,3 +120,13 @@ def test_the_checker_finds_a_cycle_direct_lazy_or_through_others(tmp_path, b_sou
     assert find_cycle(import_graph(pkg)) is not None
     (pkg / "b.py").write_text("y = 2\n")
     assert find_cycle(import_graph(pkg)) is None
+
+
+def test_every_module_has_a_docstring_and_a_row_in_the_readme():
+    readme = (PACKAGE.parents[1] / "README.md").read_text()
+    table = readme[readme.index("## How it works"):]
+    for name, path in module_names(PACKAGE).items():
+        assert ast.get_docstring(ast.parse(path.read_text())), f"{path}: no module docstring"
+        inside = path.relative_to(PACKAGE).parts
+        row = f"`adamerging/{inside[0]}/`" if len(inside) > 1 else f"`adamerging/{inside[0]}`"   # a subpackage: one row
+        assert row in table, f"README 'How it works' has no row {row} for {path}"

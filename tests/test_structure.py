@@ -1,5 +1,5 @@
 """The package's import structure: no module imports one that imports it (directly or through others),
-and no module imports one of a higher floor.
+no module imports one of a higher floor, and every module has a docstring and a README row.
 
 Checked on the source by an AST walk, so it also sees imports inside functions (run only later, but
 still a dependency a reader has to follow) and runs without importing anything.

@@ -95,7 +95,7 @@ def prepare(model: str, workdir: Path, num_tasks: int, seed: int = 0) -> None:
     sys.path.insert(0, str(ROOT / "tests"))
     import torch
     from fake_data import write_fake_dataset
-    from adamerging.checkpoints import save_classification_head, save_image_encoder
+    from adamerging.task_vectors_format import save_classification_head, save_image_encoder
     from adamerging.datasets import TASK_DIRS
     from adamerging.models import create_clip
 

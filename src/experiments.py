@@ -1,4 +1,4 @@
-"""The paper's experiments, one command each (see adamerging/experiments.py):
+"""The paper's experiments, one command each (see the adamerging/experiments/ package):
 
     python src/experiments.py {main-table,published,entropy-loss,coefficients,generalization,robustness,ablations,all} --model mini
 """

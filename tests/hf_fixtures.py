@@ -120,14 +120,14 @@ def write_random_hf_checkpoints(root, model: str, tasks, scale: float = 0.05, se
     """
     from pathlib import Path
 
-    from adamerging import hf
+    from adamerging import hf_export
     from adamerging.models import create_clip
 
     torch.manual_seed(seed)
     folder = Path(root) / model
     clip = create_clip(model)
-    config = hf.hf_config_from_open_clip(clip)
-    hf.save_hf_checkpoint(folder / "zeroshot", clip.state_dict(), config)
+    config = hf_export.hf_config_from_open_clip(clip)
+    hf_export.save_hf_checkpoint(folder / "zeroshot", clip.state_dict(), config)
     experts = {}
     for task in tasks:
         expert = create_clip(model)
@@ -137,6 +137,6 @@ def write_random_hf_checkpoints(root, model: str, tasks, scale: float = 0.05, se
                 if name != "proj":
                     p.add_(scale * p.abs().mean() * torch.randn_like(p))
         visual = {k: v for k, v in expert.state_dict().items() if k.startswith("visual.")}
-        hf.save_hf_checkpoint(folder / task / "finetuned", visual, config, vision_projection=False)
+        hf_export.save_hf_checkpoint(folder / task / "finetuned", visual, config, vision_projection=False)
         experts[task] = expert
     return folder, clip, experts

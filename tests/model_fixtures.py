@@ -6,7 +6,8 @@ from typing import Mapping
 
 import torch
 
-from adamerging.checkpoints import save_classification_head, save_image_encoder, save_state_dict
+from adamerging.checkpoints import save_state_dict
+from adamerging.task_vectors_format import save_classification_head, save_image_encoder
 from adamerging.heads import zeroshot_weights
 from adamerging.models import create_clip, encoder_state_dict, get_tokenizer
 

@@ -8,9 +8,9 @@ import torch
 
 import adamerging  # noqa: F401  (torchvision shim)
 import open_clip
-from adamerging.checkpoints import (CheckpointError, load_checkpoint, save_classification_head, save_image_encoder,
-                                    save_state_dict)
+from adamerging.checkpoints import CheckpointError, load_checkpoint, save_state_dict
 from adamerging.models import create_clip, encoder_state_dict
+from adamerging.task_vectors_format import save_classification_head, save_image_encoder
 
 LEGACY = Path(__file__).parent / "legacy"
 

@@ -22,6 +22,7 @@ def _raise(error: BaseException):
     (KeyError("unknown task 'Foo'"), 2, "error: unknown task 'Foo'"),        # the message, not KeyError's quoted repr
     (ValueError("two\nlines"), 2, "error: two lines"),
     (RunStopped("non-finite loss at step 3; state saved"), 3, "error: non-finite loss at step 3; state saved"),
+    (type("StoppedOnBadValue", (RunStopped, ValueError), {})("stopped"), 3, "error: stopped"),   # a stop wins over a user error
     (KeyboardInterrupt("interrupted; state saved to s.pt"), 130, "interrupted; state saved to s.pt"),
 ])
 def test_user_errors_print_one_line_and_exit_with_their_code(capsys, error, code, text):

@@ -1,5 +1,6 @@
 """The typed run configuration: flags build it, defaults live once, variants by dataclasses.replace."""
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -45,3 +46,19 @@ def test_every_method_is_described_by_registry_facts():
     assert lw.result_name(RunConfig(objective="supervised")) == "layer_wise_adamerging_supervised"
     assert lw.result_name(RunConfig(coefficients="published")) == "layer_wise_adamerging_published"
     assert not lw.learns(RunConfig(coefficients="published")) and lw.learns(RunConfig())
+
+
+def test_lambdas_sweep_is_sorted_and_deduplicated(capsys):
+    # as the diagnostics parser did before the typed config: the sweep is an ordered set of coefficients
+    for parser, flag in ((build_parser(), "--diagnose-lambdas"), (build_parser(standalone_diagnostics=True), "--lambdas")):
+        assert config_from_namespace(parser.parse_args([flag, "1,0.3,0,0.30,1.0"])).diagnose_lambdas == (0.0, 0.3, 1.0)
+        for bad in ("0.5,0.5", "0,x"):
+            with pytest.raises(SystemExit):
+                parser.parse_args([flag, bad])
+            assert "--lambdas:" in capsys.readouterr().err
+
+
+def test_a_run_writes_to_its_run_dir_else_to_results_dir_model():
+    assert RunConfig(results_dir="r", model="mini").output_dir == Path("r/mini")
+    assert RunConfig(results_dir="r", model="mini", run_dir="r/mini/runs/robustness/fog").output_dir == Path("r/mini/runs/robustness/fog")
+    assert config_from_namespace(build_parser().parse_args(["--run-dir", "x"])).output_dir == Path("x")

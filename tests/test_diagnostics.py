@@ -203,7 +203,7 @@ def _argv(root):
 
 def test_diagnose_script_writes_report_and_plots(mini):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, str(ROOT / "src" / "diagnose.py"), *_argv(mini), "--samples", "12", "--lambdas", "0,0.3,0.6,1"],
+    out = subprocess.run([sys.executable, str(ROOT / "src" / "diagnose.py"), *_argv(mini), "--samples", "12", "--lambdas", "1,0.3,0,0.6,0.30"],
                          capture_output=True, text=True, env=env, cwd=mini)
     assert out.returncode == 0, out.stderr
     assert "Overall: entropy is" in out.stdout and "MNIST: entropy is" in out.stdout

@@ -172,20 +172,23 @@ def test_generalization_robustness_and_ablations_keep_their_runs_apart(mini):
     gen = run(["generalization", *_argv(mini, "--eval-tasks", "EuroSAT", "--methods", "task_arithmetic,layer_wise_adamerging")])
     assert gen["custom"]["seen"] == ["MNIST", "SVHN"] and gen["custom"]["unseen"] == ["EuroSAT"]
     assert "| method | MNIST | SVHN | Seen avg | EuroSAT | Unseen avg |" in (folder / "generalization.md").read_text()
-    run_file = json.loads((folder / "runs/generalization/custom/mini/layer_wise_adamerging.json").read_text())
-    assert run_file["eval_tasks"] == ["EuroSAT"] and run_file["config"]["results_dir"] == str(folder / "runs/generalization/custom")
+    # a variant's run: results/<model>/runs/<experiment>/<variant>/<method>.json, its .state.pt beside it
+    run_file = json.loads((folder / "runs/generalization/custom/layer_wise_adamerging.json").read_text())
+    assert run_file["eval_tasks"] == ["EuroSAT"] and run_file["config"]["run_dir"] == str(folder / "runs/generalization/custom")
+    assert (folder / "runs/generalization/custom/layer_wise_adamerging.state.pt").is_file()
+    assert not (folder / "runs/generalization/custom/mini").exists()
 
     rob = run(["robustness", *_argv(mini, "--corruptions", "contrast", "--methods", "task_arithmetic,layer_wise_adamerging")])
     assert set(rob["summary"]["Task Arithmetic"]) == {"clean", "contrast"}
     assert rob["minus_ta"]["Layer-wise AdaMerging - TA"]["contrast"] == pytest.approx(
         rob["summary"]["Layer-wise AdaMerging"]["contrast"] - rob["summary"]["Task Arithmetic"]["contrast"])
-    assert json.loads((folder / "runs/robustness/contrast/mini/task_arithmetic.json").read_text())["config"]["corruption"] == "contrast"
+    assert json.loads((folder / "runs/robustness/contrast/task_arithmetic.json").read_text())["config"]["corruption"] == "contrast"
     assert "## contrast" in (folder / "robustness.md").read_text()
 
     abl = run(["ablations", *_argv(mini, "--fractions", "0.1,1")])
     assert set(abl["objective"]) == {"entropy", "supervised"} and set(abl["fractions"]) == {"0.1", "1"}
     assert [s for s, _ in abl["trajectory"]["entropy"]] == [0, 1, 2]                  # --steps 2: evaluated every step
-    assert json.loads((folder / "runs/ablations/fraction_0.1/mini/layer_wise_adamerging.json").read_text())["config"]["adapt_fraction"] == 0.1
+    assert json.loads((folder / "runs/ablations/fraction_0.1/layer_wise_adamerging.json").read_text())["config"]["adapt_fraction"] == 0.1
     assert _png(folder / "trajectory.png") and "## Fraction" in (folder / "ablations.md").read_text()
     assert not (folder / "layer_wise_adamerging_supervised.json").exists()            # variants never land beside the main results
 

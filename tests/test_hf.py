@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import adamerging  # noqa: F401  (before torchvision/open_clip/transformers: compat shim)
-from adamerging import hf
+from adamerging import hf, hf_export
 from adamerging.checkpoints import CheckpointError
 from adamerging.models import create_clip, encoder_state_dict
 
@@ -70,7 +70,7 @@ def test_converted_hf_clip_gives_the_same_features_in_open_clip(hf_model):
 
 def test_open_clip_to_hf_to_open_clip_is_the_identity():
     oc_sd = F.open_clip_model(seed=2).state_dict()
-    hf_sd = hf.open_clip_to_hf(oc_sd)
+    hf_sd = hf_export.open_clip_to_hf(oc_sd)
     model = CLIPModel(F.clip_config())
     model.load_state_dict(hf_sd, strict=True)  # every HF name is right and nothing is left over
     assert _same(hf.hf_to_open_clip(model.state_dict()), oc_sd)
@@ -78,7 +78,7 @@ def test_open_clip_to_hf_to_open_clip_is_the_identity():
 
 def test_hf_to_open_clip_to_hf_is_the_identity(hf_model):
     hf_sd = hf_model.state_dict()
-    back = hf.open_clip_to_hf(hf.hf_to_open_clip(hf_sd))
+    back = hf_export.open_clip_to_hf(hf.hf_to_open_clip(hf_sd))
     assert sorted(back) == sorted(hf_sd)
     assert all(torch.equal(back[k], hf_sd[k]) for k in hf_sd)
 
@@ -217,13 +217,13 @@ def test_exported_merged_encoder_loads_in_transformers(tmp_path: Path, hf_model)
     oc = F.open_clip_model(seed=6)
     config = hf_model.config.to_dict()
     # A merged image encoder as --save-merged writes it (model.*, no text transformer).
-    folder = hf.save_hf_checkpoint(tmp_path / "merged", encoder_state_dict(oc), config)
+    folder = hf_export.save_hf_checkpoint(tmp_path / "merged", encoder_state_dict(oc), config)
     assert json.loads((folder / "config.json").read_text())["architectures"] == ["CLIPVisionModelWithProjection"]
     vision = CLIPVisionModelWithProjection.from_pretrained(folder).eval()
     with torch.no_grad():
         torch.testing.assert_close(vision(pixel_values=F.images()).image_embeds, oc.encode_image(F.images()), rtol=0, atol=TOL)
     # A whole CLIP exports as a CLIPModel and reads back unchanged.
-    folder = hf.save_hf_checkpoint(tmp_path / "full", oc.state_dict(), config)
+    folder = hf_export.save_hf_checkpoint(tmp_path / "full", oc.state_dict(), config)
     full = CLIPModel.from_pretrained(folder).eval()
     with torch.no_grad():
         torch.testing.assert_close(F.features(full.get_text_features(input_ids=F.tokens())), oc.encode_text(F.tokens()), rtol=0, atol=TOL)
@@ -266,7 +266,7 @@ def test_full_size_keys_and_shapes_map_onto_open_clip(name: str):
     oc_sd = hf.hf_to_open_clip(hf_sd, model.config.to_dict())
     shapes = lambda sd: [(k, tuple(v.shape)) for k, v in sd.items()]  # noqa: E731
     assert shapes(oc_sd) == shapes(create_clip(name, device="meta").state_dict())
-    assert sorted(shapes(hf.open_clip_to_hf(oc_sd))) == sorted(shapes(hf_sd))
+    assert sorted(shapes(hf_export.open_clip_to_hf(oc_sd))) == sorted(shapes(hf_sd))
 
 
 # ---------------------------------------------------------------------------------------------- configs from open_clip, fixtures
@@ -274,9 +274,9 @@ def test_full_size_keys_and_shapes_map_onto_open_clip(name: str):
 
 def test_config_from_open_clip_builds_the_same_model_in_transformers():
     oc = F.open_clip_model(seed=7)
-    config = hf.hf_config_from_open_clip(oc)
+    config = hf_export.hf_config_from_open_clip(oc)
     model = CLIPModel(CLIPConfig(**config)).eval()
-    model.load_state_dict(hf.open_clip_to_hf(oc.state_dict()), strict=True)
+    model.load_state_dict(hf_export.open_clip_to_hf(oc.state_dict()), strict=True)
     with torch.no_grad():
         torch.testing.assert_close(F.features(model.get_image_features(pixel_values=F.images())), oc.encode_image(F.images()), rtol=0, atol=TOL)
         torch.testing.assert_close(F.features(model.get_text_features(input_ids=F.tokens())), oc.encode_text(F.tokens()), rtol=0, atol=TOL)
@@ -284,7 +284,7 @@ def test_config_from_open_clip_builds_the_same_model_in_transformers():
 
 @pytest.mark.parametrize("name", ["ViT-B-32", "ViT-B-16", "ViT-L-14"])
 def test_config_from_open_clip_matches_the_real_configs(name: str):
-    config = hf.hf_config_from_open_clip(create_clip(name, device="meta"))
+    config = hf_export.hf_config_from_open_clip(create_clip(name, device="meta"))
     assert hf.hf_model_name(config) == name
     real = CLIPConfig(**F.REAL_CONFIGS[name]).to_dict()
     for tower in ("vision_config", "text_config"):
@@ -405,7 +405,7 @@ def _clip_with_other_text_tower(clip: torch.nn.Module) -> torch.nn.Module:
 
 def test_hf_clipmodel_with_another_text_tower_merges_when_heads_are_given(tmp_path, caplog):
     from fake_data import write_fake_dataset
-    from adamerging.checkpoints import save_classification_head
+    from adamerging.task_vectors_format import save_classification_head
 
     tasks = {"MNIST": 10, "SVHN": 10}
     folder, clip, _ = F.write_random_hf_checkpoints(tmp_path / "ckpt", "mini", list(tasks))
@@ -415,8 +415,8 @@ def test_hf_clipmodel_with_another_text_tower_merges_when_heads_are_given(tmp_pa
     argv = ["--model", "mini", "--checkpoints", str(tmp_path / "ckpt"), "--checkpoint-format", "hf", "--data-location",
             str(tmp_path / "data"), "--tasks", "MNIST,SVHN", "--no-progress", "--overwrite"]
     same = run("task_arithmetic", [*argv, "--results-dir", str(tmp_path / "same")])
-    hf.save_hf_checkpoint(folder / "zeroshot", _clip_with_other_text_tower(clip).state_dict(),
-                          hf.hf_config_from_open_clip(_clip_with_other_text_tower(clip)))
+    hf_export.save_hf_checkpoint(folder / "zeroshot", _clip_with_other_text_tower(clip).state_dict(),
+                          hf_export.hf_config_from_open_clip(_clip_with_other_text_tower(clip)))
     with caplog.at_level("WARNING", logger="adamerging.hf"):
         other = run("task_arithmetic", [*argv, "--results-dir", str(tmp_path / "other")])
     assert other["accuracy"] == same["accuracy"]  # the image tower is all that is merged

@@ -7,22 +7,20 @@ other class becomes an inert stand-in (an object that just keeps its pickled att
 that tries to *call* something outside a short allow-list is refused. Parameters and buffers are
 then collected from the stand-ins into a state dict, in the module's own order.
 
-Plain state dicts (weights-only `.pt`, `.safetensors`) load too, and the writers here produce both the
-task-vectors format (for the mini benchmark and test fixtures) and plain state dicts.
+Plain state dicts (weights-only `.pt`, `.safetensors`) load too; the writers here produce plain state
+dicts and write every file atomically (the task-vectors pickles are written by `task_vectors_format`).
 """
 from __future__ import annotations
 
 import _compat_pickle
 import collections
 import contextlib
-import copy
 import copyreg
 import io
 import logging
 import os
 import pickle
 import struct
-import sys
 import tarfile
 import tempfile
 import types
@@ -314,65 +312,7 @@ def _strip_ddp_prefix(sd: "collections.OrderedDict[str, Any]", path: Path) -> "c
 
 
 # --------------------------------------------------------------------------------------------------
-# Writing. The task-vectors format needs the classes `src.modeling.ImageEncoder` and
-# `ClassificationHead`; these mirror the originals and are registered under that module name only
-# while saving, so files written here look exactly like the public checkpoints.
-
-
-class ImageEncoder(torch.nn.Module):
-    """Mirror of task-vectors' `src.modeling.ImageEncoder` (text transformer deleted)."""
-
-    def __init__(self, clip_model: torch.nn.Module, keep_lang: bool = False):
-        super().__init__()
-        self.model = clip_model
-        self.train_preprocess = None
-        self.val_preprocess = None
-        self.cache_dir = None
-        if not keep_lang and hasattr(self.model, "transformer"):
-            delattr(self.model, "transformer")
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_image(images)
-
-
-class ClassificationHead(torch.nn.Linear):
-    """Mirror of task-vectors' `src.modeling.ClassificationHead`."""
-
-    def __init__(self, normalize: bool, weights: torch.Tensor, biases: torch.Tensor | None = None):
-        output_size, input_size = weights.shape
-        super().__init__(input_size, output_size)
-        self.normalize = normalize
-        self.weight = torch.nn.Parameter(weights.clone())
-        self.bias = torch.nn.Parameter(biases.clone() if biases is not None else torch.zeros_like(self.bias))
-
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        if self.normalize:
-            inputs = inputs / inputs.norm(dim=-1, keepdim=True)
-        return super().forward(inputs)
-
-
-@contextlib.contextmanager
-def _as_src_modeling() -> Iterator[None]:
-    saved = {name: sys.modules.get(name) for name in ("src", "src.modeling")}
-    package = types.ModuleType("src")
-    package.__path__ = []
-    modeling = types.ModuleType("src.modeling")
-    modeling.ImageEncoder, modeling.ClassificationHead = ImageEncoder, ClassificationHead
-    package.modeling = modeling
-    originals = {cls: (cls.__module__, cls.__qualname__) for cls in (ImageEncoder, ClassificationHead)}
-    sys.modules["src"], sys.modules["src.modeling"] = package, modeling
-    for cls in originals:
-        cls.__module__ = "src.modeling"
-    try:
-        yield
-    finally:
-        for cls, (module, _) in originals.items():
-            cls.__module__ = module
-        for name, module in saved.items():
-            if module is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = module
+# Writing (the task-vectors pickles: task_vectors_format).
 
 
 @contextlib.contextmanager
@@ -391,20 +331,6 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[Any]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-
-
-def save_image_encoder(clip_model: torch.nn.Module, path: str | Path) -> None:
-    """Write a CLIP's image encoder as a task-vectors `ImageEncoder` pickle (text transformer deleted)."""
-    encoder = ImageEncoder(copy.deepcopy(clip_model).cpu())
-    with _as_src_modeling(), atomic_write(path) as f:
-        torch.save(encoder, f)
-
-
-def save_classification_head(weight: torch.Tensor, path: str | Path) -> None:
-    """Write a zero-shot head ([C, d] weights, zero bias, normalize=True) as a task-vectors pickle."""
-    head = ClassificationHead(True, weight.detach().cpu().float())
-    with _as_src_modeling(), atomic_write(path) as f:
-        torch.save(head, f)
 
 
 def save_state_dict(state_dict: dict[str, torch.Tensor], path: str | Path) -> None:

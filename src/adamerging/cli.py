@@ -46,9 +46,6 @@ def run_cli(command: Callable[[list[str]], object], argv: Sequence[str] | None =
     except KeyboardInterrupt as e:
         print(f"\n{e or 'interrupted'}", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
-    except RunStopped as e:
+    except (RunStopped, *USER_ERRORS) as e:
         print(f"error: {error_message(e)}", file=sys.stderr)
-        sys.exit(EXIT_STOPPED)
-    except USER_ERRORS as e:
-        print(f"error: {error_message(e)}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
+        sys.exit(EXIT_STOPPED if isinstance(e, RunStopped) else EXIT_USER_ERROR)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -29,13 +30,17 @@ GROUPS = {
 
 
 def _lambdas(text: str) -> tuple[float, ...]:
-    """'0,0.5,1' -> (0.0, 0.5, 1.0); a one-line argparse error otherwise."""
+    """'1,0,0.5,0.5' -> (0.0, 0.5, 1.0): the sweep's coefficients sorted, duplicates (to 6 decimals) dropped.
+
+    The sweep needs two distinct values at least (its argmin and Spearman are over them); otherwise a
+    one-line argparse error.
+    """
     try:
-        values = tuple(float(x) for x in text.split(",") if x.strip())
+        values = tuple(sorted({round(float(x), 6) for x in text.split(",") if x.strip()}))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one number")
+        raise argparse.ArgumentTypeError(f"--lambdas: comma-separated numbers expected, got {text!r}") from None
+    if len(values) < 2:
+        raise argparse.ArgumentTypeError(f"--lambdas: at least 2 distinct values expected, got {text!r}")
     return values
 
 
@@ -68,6 +73,7 @@ class RunConfig:
     checkpoints: str = _opt("checkpoints", "data", "root holding <model>/zeroshot.pt, <model>/<Task>/finetuned.pt, <model>/head_<Task>.pt")
     data_location: str | None = _opt(None, "data", "root of the datasets (default: data/, or data/mini for --model mini)")
     results_dir: str = _opt("results", "data", "results go to <results-dir>/<model>/<method>.json")
+    run_dir: str | None = _opt(None, "data", "write this run's <method>.json and <method>.state.pt here instead of <results-dir>/<model>/ (the experiments' variant runs)")
     cache_dir: str | None = _opt(None, "data", "preprocessed-image and built-head cache (default: <data-location>/.cache)")
     tasks: str | None = _opt(None, "data", "comma-separated tasks, in coefficient-column order (default: the 8 paper tasks, or <checkpoints>/<model>/tasks.txt)")
     test_split: str | None = _opt(None, "data", "where the test split is read from: val/ or test/ for SUN397 and DTD (default val/ if present: task-vectors; the AdaMerging fork reads test/), and/or TASK=SPLIT (also EuroSAT=val, RESISC45=val)")
@@ -106,7 +112,7 @@ class RunConfig:
                           choices=("entropy", "supervised"))
     adapt_mode: str = _opt("fused", "adamerging", "one forward over all tasks' batches, or backward per task (less memory)", choices=("fused", "per-task"))
     save_every: int = _opt(50, "adamerging", "save lambdas + optimizer state every N steps (also on Ctrl-C and on a NaN), for --resume")
-    resume: bool = _opt(False, "adamerging", "continue from <results-dir>/<model>/<method>.state.pt")
+    resume: bool = _opt(False, "adamerging", "continue from <method>.state.pt beside the run's result (<results-dir>/<model>/, or --run-dir)")
     # diagnostics
     diagnose: bool = _opt(False, "diagnostics", "before adapting, check on a labeled test sample whether entropy tracks the loss on these models (as src/diagnose.py) and print the verdict")
     diagnose_samples: int = _opt(256, "diagnostics", "labeled test samples per task (seeded subset)", standalone="--samples")
@@ -141,6 +147,11 @@ class RunConfig:
     def clamp(self) -> bool:
         """Whether lambdas are clamped to [0, 1] inside the forward (the authors' code)."""
         return not self.no_clamp
+
+    @property
+    def output_dir(self) -> Path:
+        """The folder of this run's <method>.json and .state.pt: --run-dir, else <results-dir>/<model>."""
+        return Path(self.run_dir) if self.run_dir else Path(self.results_dir) / self.model
 
     def to_json(self) -> dict[str, Any]:
         """The fields as a JSON-ready dict (tuples become lists)."""

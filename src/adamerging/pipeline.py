@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from . import hf
+from .hf_export import hf_config_from_open_clip, save_hf_checkpoint
 from .adaptation import AdaptationStopped, AdaptResult, adamerge, adaptation_subset
 from .checkpoints import atomic_write, save_state_dict
 from .cli import run_cli
@@ -121,8 +121,8 @@ def seed_everything(seed: int) -> None:
 
 
 def _state_io(config: RunConfig, name: str, ranks: Ranks) -> tuple[Path, dict | None, Callable[[dict], None]]:
-    """Load (for --resume) and save the adaptation state: <results-dir>/<model>/<name>.state.pt."""
-    path = Path(config.results_dir) / config.model / f"{name}.state.pt"
+    """Load (for --resume) and save the adaptation state: <output dir>/<name>.state.pt, beside the result."""
+    path = config.output_dir / f"{name}.state.pt"
     resume = None
     if config.resume:
         if not path.is_file():
@@ -162,7 +162,7 @@ def save_merged(problem: Problem, table: CoefficientTable, config: RunConfig) ->
     """
     state = merge(problem.theta0, problem.tau, table.lambdas, problem.entries)
     if config.save_format == "hf":
-        hf.save_hf_checkpoint(config.save_merged, state, hf.hf_config_from_open_clip(problem.clip))
+        save_hf_checkpoint(config.save_merged, state, hf_config_from_open_clip(problem.clip))
     else:
         save_state_dict(state, config.save_merged)
 
@@ -223,7 +223,7 @@ def run(method_name: str, config: RunConfig) -> dict:
         result["adaptation"] = {"step_seconds_median": adaptation.step_seconds, "adapt_seconds": adaptation.total_seconds,
                                 "trajectory": adaptation.trajectory}
     result["result_name"] = name
-    path = results_path(Path(config.results_dir), config.model, name, config.overwrite)
+    path = results_path(config.output_dir, name, config.overwrite)
     write_json(result, path)
     print(f"wrote {path}")
     return result

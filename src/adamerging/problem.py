@@ -16,7 +16,7 @@ import torch
 
 from . import datasets as ds
 from . import hf
-from .checkpoints import CheckpointError, save_classification_head
+from .checkpoints import CheckpointError
 from .config import RunConfig
 from .corruptions import corrupt
 from .evaluation import Normalizer
@@ -24,6 +24,7 @@ from .heads import Head, load_head, zeroshot_weights
 from .merging import TaskVectors, task_vectors, ties_select
 from .models import (VISUAL_PREFIX, create_clip, encoder_state_dict, get_tokenizer, image_size, load_clip_weights, load_encoder_weights,
                      normalization)
+from .task_vectors_format import save_classification_head
 
 
 @dataclass

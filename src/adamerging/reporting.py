@@ -139,9 +139,9 @@ def write_json(data: dict, path: str | Path) -> None:
         f.write("\n")
 
 
-def results_path(results_dir: Path, model: str, method: str, overwrite: bool) -> Path:
-    """results/<model>/<method>.json; an existing result is kept and the new one written beside it."""
-    path = Path(results_dir) / model / f"{method}.json"
+def results_path(folder: Path, method: str, overwrite: bool) -> Path:
+    """<folder>/<method>.json; an existing result is kept and the new one written beside it unless `overwrite`."""
+    path = Path(folder) / f"{method}.json"
     if path.exists() and not overwrite:
         path = path.with_name(f"{method}-{time.strftime('%Y%m%d-%H%M%S')}.json")
     return path

@@ -118,10 +118,13 @@ def markdown(report: dict, plots: dict[str, str]) -> str:
 
 
 
-def write_report(report: dict, results_dir: Path, overwrite: bool = False) -> list[Path]:
-    """results/<model>/diagnostics.json, .md and <stem>_*.png (beside, time-stamped, if one exists and not overwrite)."""
+def write_report(report: dict, folder: Path, overwrite: bool = False) -> list[Path]:
+    """<folder>/diagnostics.json, .md and <stem>_*.png (beside, time-stamped, if one exists and not overwrite).
+
+    `folder`: the run's output folder (`RunConfig.output_dir`: results/<model>, or --run-dir).
+    """
     name = "diagnostics" if report["vectors"] == "plain" else f"diagnostics_{report['vectors']}"
-    path = results_path(Path(results_dir), report["model"], name, overwrite)
+    path = results_path(Path(folder), name, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     plots = plot_report(report, path.parent, path.stem)
     report["plots"] = plots

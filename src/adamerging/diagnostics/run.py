@@ -3,7 +3,6 @@ labeled seeded sample, then the checks, the verdict and the report (printed; wri
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -85,6 +84,6 @@ def run_diagnostics(problem: Problem, config: RunConfig, merged: MergedEncoder |
     report["test_data"] = problem.test_data  # which split folder and how many images each task was read from
     print(summary(report))
     if write:
-        files = write_report(report, Path(config.results_dir), config.overwrite)
+        files = write_report(report, config.output_dir, config.overwrite)
         print("wrote " + ", ".join(str(f) for f in files))
     return report

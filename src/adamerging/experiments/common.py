@@ -24,7 +24,7 @@ ADAPTIVE = ("layer_wise_adamerging", "layer_wise_adamergingpp")
 COMPARED = ("task_arithmetic", "ties_merging", *ADAPTIVE)                  # generalization and robustness rows
 
 # Settings that never change a run's numbers: a saved run made with other values of these is reused.
-NOT_RESULTS = ("overwrite", "no_progress", "cache_dir", "resume", "save_every", "results_dir")
+NOT_RESULTS = ("overwrite", "no_progress", "cache_dir", "resume", "save_every", "results_dir", "run_dir")
 
 
 @dataclass
@@ -50,7 +50,7 @@ class Context:
         return parse_tasks(self.base.tasks, Path(self.base.checkpoints) / self.base.model)
 
     def runs(self, *parts: str) -> str:
-        """results/<model>/runs/<experiment>/<parts>: the results dir of a variant's method runs."""
+        """results/<model>/runs/<experiment>/<parts>: the folder (run_dir) of a variant's method runs."""
         return str(self.folder.joinpath("runs", self.experiment, *parts))
 
 
@@ -64,16 +64,16 @@ def same_run(saved: Mapping[str, Any], config: RunConfig) -> bool:
     return dataclasses.replace(made, **ignore) == config
 
 
-def run_method(ctx: Context, method: str, results_dir: str | None = None, **changes: Any) -> dict:
+def run_method(ctx: Context, method: str, run_dir: str | None = None, **changes: Any) -> dict:
     """One pipeline run on the context's config with `changes` (RunConfig fields); returns its results dict.
 
-    The run writes <results_dir>/<model>/<name>.json (default results dir: the main one, replacing the
-    method's main result); variants pass their own `results_dir` (`ctx.runs(...)`) so they never replace
+    The run writes <run_dir>/<name>.json and <name>.state.pt (default: <results-dir>/<model>/, replacing
+    the method's main result); variants pass their own folder (`ctx.runs(...)`) so they never replace
     each other. With --skip-existing a saved result made with the same config is read instead. The
     returned dict carries the result file as "path".
     """
-    config = dataclasses.replace(ctx.base, overwrite=True, **changes, **({"results_dir": results_dir} if results_dir else {}))
-    target = Path(config.results_dir) / config.model / f"{METHODS[method].result_name(config)}.json"
+    config = dataclasses.replace(ctx.base, overwrite=True, **changes, **({"run_dir": run_dir} if run_dir else {}))
+    target = config.output_dir / f"{METHODS[method].result_name(config)}.json"
     if ctx.options.skip_existing and target.is_file():
         saved = json.loads(target.read_text())
         if same_run(saved, config):

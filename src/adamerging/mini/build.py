@@ -104,6 +104,7 @@ def build(data_root: str | Path, ckpt_dir: str | Path, quick: bool = False, seed
     from adamerging import checkpoints as C
     from adamerging import heads as H
     from adamerging import models as M
+    from adamerging import task_vectors_format as TV
 
     cfg = dict(QUICK if quick else FULL)
     if tasks:
@@ -168,7 +169,7 @@ def build(data_root: str | Path, ckpt_dir: str | Path, quick: bool = False, seed
     clip.eval()
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     C.save_state_dict(clip.state_dict(), ckpt_dir / "clip_pretrained.safetensors")
-    C.save_image_encoder(clip, ckpt_dir / "zeroshot.pt")
+    TV.save_image_encoder(clip, ckpt_dir / "zeroshot.pt")
     P.stage("pretrain")
 
     # ---------------------------------------------------------------- 3. zero-shot heads (text tower)
@@ -184,7 +185,7 @@ def build(data_root: str | Path, ckpt_dir: str | Path, quick: bool = False, seed
         else:  # documented fallback: frozen probe head, unit-norm class rows times exp(logit_scale)
             w = F.normalize(torch.tensor(clf.coef_, dtype=torch.float32), dim=-1) * clip.logit_scale.exp().detach()
         heads[t] = w
-        C.save_classification_head(w, ckpt_dir / f"head_{t}.pt")
+        TV.save_classification_head(w, ckpt_dir / f"head_{t}.pt")
         zs = _acc(clip.visual, w, *te)
         report_tasks[t] = dict(zeroshot=zs, text_zeroshot=text_acc, linear_probe=probe, classes=len(data[t]["classnames"]))
         P.log(f"  {t}: head ({cfg['heads']}) {zs * 100:.1f}, text zero-shot {text_acc * 100:.1f}, "
@@ -202,7 +203,7 @@ def build(data_root: str | Path, ckpt_dir: str | Path, quick: bool = False, seed
         TR.finetune_visual(ft.visual, heads[t], tr[0], tr[1], cfg["expert_steps"], batch=cfg["expert_batch"],
                            lr=cfg["expert_lr"], wd=cfg["expert_wd"], seed=seed * 1000 + T.CANONICAL.index(t))
         ft.eval()
-        C.save_image_encoder(ft, ckpt_dir / t / "finetuned.pt")
+        TV.save_image_encoder(ft, ckpt_dir / t / "finetuned.pt")
         acc = _acc(ft.visual, heads[t], *te)
         tau = math.sqrt(sum(float((ft.visual.state_dict()[k] - theta0[k]).float().pow(2).sum()) for k in theta0))
         report_tasks[t].update(expert=acc, tau_over_theta0=tau / n0)

@@ -53,7 +53,7 @@ def test_nan_loss_at_the_start_stops_with_step_number_and_saves_nothing():
     clip, theta0, tau, entries, data, normalize = _problem()
     bad = [TaskData(t.name, t.images, Head(torch.full_like(t.head.weight, float("nan"))), t.labels) for t in data[:1]] + data[1:]
     saved = []
-    with pytest.raises(AdaptationStopped, match="step 1.*NaN.*started from.*nothing saved"):
+    with pytest.raises(AdaptationStopped, match="step 1.*NaN.*initial lambdas.*nothing saved: check the inputs"):
         _adapt((clip, theta0, tau, entries, bad, normalize), 3, save_state=saved.append)
     assert saved == []  # the initial lambdas never gave a finite loss: no state is "good"
 

@@ -290,14 +290,15 @@ def adamerge(merged: MergedEncoder, tasks: Sequence[TaskData], normalize: Normal
                disable=not config.progress or not ranks.is_main, initial=first - 1, total=config.steps)
     try:
         for step in bar:
-            t0 = time.perf_counter()
             before = state()
+            t0 = time.perf_counter()
             try:
                 value = adamerging_step(run)
             except FloatingPointError as e:
-                if good is None:
-                    raise AdaptationStopped(f"AdaMerging step {step}: {e} at the lambdas this run started from; stopped, "
-                                            "nothing saved (check the inputs, or resume from an earlier state)", None) from None
+                if good is None:  # not even the lambdas this run started from were finite
+                    advice = ("at the resumed lambdas; stopped, nothing saved: rerun without --resume, with a lower --lr"
+                              if resume is not None else "at the initial lambdas; stopped, nothing saved: check the inputs (models, heads, images)")
+                    raise AdaptationStopped(f"AdaMerging step {step}: {e} {advice}", None) from None
                 raise AdaptationStopped(f"AdaMerging step {step}: {e}; stopped, keeping the state of step {good['step']}, "
                                         "the last whose loss and gradient were finite", good) from None
             good = before

@@ -106,7 +106,7 @@ class RunConfig:
                           choices=("entropy", "supervised"))
     adapt_mode: str = _opt("fused", "adamerging", "one forward over all tasks' batches, or backward per task (less memory)", choices=("fused", "per-task"))
     save_every: int = _opt(50, "adamerging", "save lambdas + optimizer state every N steps (also on Ctrl-C and on a NaN), for --resume")
-    resume: bool = _opt(False, "adamerging", "continue from <results-dir>/<model>/<method>.state.pt")
+    resume: bool = _opt(False, "adamerging", "continue from <results-dir>/<model>/<method>.state.pt (--lr, --steps, cadence, output and speed flags may change; the others must match)")
     # diagnostics
     diagnose: bool = _opt(False, "diagnostics", "before adapting, check on a labeled test sample whether entropy tracks the loss on these models (as src/diagnose.py) and print the verdict")
     diagnose_samples: int = _opt(256, "diagnostics", "labeled test samples per task (seeded subset)", standalone="--samples")

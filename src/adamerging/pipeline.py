@@ -130,7 +130,7 @@ def _state_io(config: RunConfig, name: str, ranks: Ranks) -> tuple[Path, dict | 
     if config.resume:
         if not path.is_file():
             raise FileNotFoundError(f"--resume: no saved state at {path}")
-        resume = torch.load(path, weights_only=True)
+        resume = torch.load(path, map_location="cpu", weights_only=True)  # Adam's load_state_dict moves it to the device
 
     def save(state: dict) -> None:
         if ranks.is_main:

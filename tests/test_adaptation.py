@@ -10,7 +10,7 @@ from adamerging.merged_encoder import MergedEncoder
 from adamerging.merging import merge, published_table
 from adamerging.models import VISUAL_PREFIX, create_clip, encoder_state_dict, normalization
 from adamerging.problem import TaskData
-from model_fixtures import load_encoder_weights
+from adamerging.models import load_encoder_weights
 
 
 def _problem(model="mini", tasks=2, classes=4, images=32, scale=0.02, seed=0):

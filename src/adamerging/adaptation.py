@@ -8,6 +8,7 @@ the non-finite guard, ranks, progress, evaluation cadence, saving.
 """
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .cli import RunStopped
-from .config import RunConfig
+from .config import RunConfig, resume_conflicts
 from .distributed import Ranks
 from .evaluation import Normalizer
 from .merged_encoder import MergedEncoder, autocast
@@ -168,22 +169,57 @@ def adaptation_subset(data: Sequence[TaskData], fraction: float, seed: int) -> l
 # ---------------------------------------------------------------------------------------------- the loop
 
 
+# The resumable settings that shape the learned lambdas: recorded per step range ("segments")
+SEGMENT_FIELDS = ("lr", "precision", "device")
+
+
 @dataclass
 class AdaptResult:
-    """The learned table, the trajectory ({"step", "loss"}, and "accuracy" where evaluated), timings (s)."""
+    """The learned table, the trajectory ({"step", "loss"}, and "accuracy" where evaluated), timings (s),
+    and the settings used per step range: [{"steps": [first, last], "lr": ..., "precision": ..., "device": ...}]."""
 
     table: CoefficientTable
     trajectory: list[dict] = field(default_factory=list)
     step_seconds: float = 0.0      # median wall time of one optimizer step
     total_seconds: float = 0.0
+    segments: list[dict] = field(default_factory=list)
 
 
 class AdaptationStopped(RunStopped):
-    """Adaptation stopped early (non-finite loss); `state` holds the last good lambdas."""
+    """Adaptation stopped early (non-finite loss); `state` holds the last good lambdas (None: there were none)."""
 
-    def __init__(self, message: str, state: dict):
+    def __init__(self, message: str, state: dict | None):
         super().__init__(message)
         self.state = state
+
+
+class ResumeError(ValueError):
+    """A saved state cannot continue this run (other settings, tasks, table shape, or past --steps)."""
+
+
+def _check_resume(resume: dict, config: RunConfig, names: list[str], shape: tuple[int, ...]) -> None:
+    if "config" not in resume:  # refused: its settings (and a NaN-stopped state's lambdas) cannot be trusted
+        raise ResumeError("cannot resume: the saved state holds no run settings (written by an older version), "
+                          "so they cannot be checked; rerun without --resume")
+    conflicts = resume_conflicts(resume["config"], config)
+    if conflicts:
+        raise ResumeError(conflicts)
+    if tuple(resume["raw"].shape) != shape or resume["tasks"] != names:
+        raise ResumeError(f"cannot resume: saved state is for tasks {resume['tasks']} with a "
+                          f"{tuple(resume['raw'].shape)} table; this run has {names}, {shape}")
+    if config.steps < resume["step"]:
+        raise ResumeError(f"cannot resume: the saved state is at step {resume['step']}, past --steps {config.steps}; "
+                          f"pass --steps {resume['step']} or more")
+
+
+def _segments(previous: list[dict], first: int, last: int, config: RunConfig) -> list[dict]:
+    """`previous` plus steps [first, last] run with `config`; merged into the last range when the settings match."""
+    if last < first:
+        return list(previous)
+    now = {k: getattr(config, k) for k in SEGMENT_FIELDS}
+    if previous and previous[-1]["steps"][1] == first - 1 and all(previous[-1][k] == v for k, v in now.items()):
+        return previous[:-1] + [{**previous[-1], "steps": [previous[-1]["steps"][0], last]}]
+    return list(previous) + [{"steps": [first, last], **now}]
 
 
 def _check(config: RunConfig, granularity: str, tasks: Sequence[TaskData]) -> None:
@@ -199,9 +235,13 @@ def adamerge(merged: MergedEncoder, tasks: Sequence[TaskData], normalize: Normal
     """Run `config.steps` AdaMerging steps and return the learned lambdas table and the trajectory.
 
     `granularity`: "task-wise" (lambdas [1, T]) or "layer-wise" ([entries, T]). `resume` is a state
-    from `save_state` (lambdas, Adam, sampler, trajectory): the run continues as if it had never
-    stopped. `save_state` gets the state every `config.save_every` steps, at the end, on Ctrl-C and
-    on a non-finite step (then the last good one). Under torchrun, `ranks` splits the tasks.
+    from `save_state` (lambdas, Adam, sampler, trajectory, config, segments): the run continues as if it
+    had never stopped, with this config's RESUMABLE settings (config.py; a new --lr replaces the one the
+    Adam state brings back, more --steps continue); ResumeError if another setting differs.
+    `save_state` gets the state every `config.save_every` steps, at the end, on Ctrl-C, and on a
+    non-finite loss or gradient at step k: then the last good state, the one from before step k-1's
+    update (the lambdas step k-1 evaluated finitely; step k's lambdas are step k-1's result), or
+    nothing if no step of this run was finite. Under torchrun, `ranks` splits the tasks.
     """
     _check(config, granularity, tasks)
     rows = 1 if granularity == TASK_WISE else len(merged.entries)
@@ -211,46 +251,57 @@ def adamerge(merged: MergedEncoder, tasks: Sequence[TaskData], normalize: Normal
     names = [t.name for t in tasks]
     entries = list(merged.entries) if rows > 1 else None
     trajectory: list[dict] = []
+    segments: list[dict] = []
     first = 1
     if resume is not None:
-        if tuple(resume["raw"].shape) != tuple(lambdas.raw.shape) or resume["tasks"] != names:
-            raise ValueError(f"cannot resume: saved state is for tasks {resume['tasks']} with a "
-                             f"{tuple(resume['raw'].shape)} table; this run has {names}, {tuple(lambdas.raw.shape)}")
+        _check_resume(resume, config, names, tuple(lambdas.raw.shape))
         with torch.no_grad():
             lambdas.raw.copy_(resume["raw"])
         run.optimizer.load_state_dict(resume["optimizer"])
+        for group in run.optimizer.param_groups:  # the loaded Adam state brings the saved lr back
+            group["lr"] = config.lr
         run.generator.set_state(resume["generator"])
-        trajectory = list(resume["trajectory"])
+        trajectory, segments = list(resume["trajectory"]), list(resume["segments"])
         first = resume["step"] + 1
 
     completed = first - 1                      # last step whose update is applied
     sampler_state = run.generator.get_state()  # the sampler as it was right after that step
 
     def table() -> CoefficientTable:
-        return CoefficientTable(lambdas().detach().cpu(), names, entries)
+        return CoefficientTable(lambdas().detach().cpu().clone(), names, entries)
 
     def state() -> dict:
+        """A snapshot: nothing in it changes when the run goes on."""
         return {"step": completed, "tasks": names, "raw": lambdas.raw.detach().cpu().clone(), "table": table(),
-                "optimizer": run.optimizer.state_dict(), "generator": sampler_state.clone(), "trajectory": list(trajectory)}
+                "optimizer": copy.deepcopy(run.optimizer.state_dict()), "generator": sampler_state.clone(),
+                "trajectory": list(trajectory), "config": config.to_json(), "segments": _segments(segments, first, completed, config)}
 
     def record_eval(step: int) -> None:
         if evaluate is not None:
             accs = evaluate(merged.encoder(lambdas().detach(), config.precision))
             trajectory.append({"step": step, "accuracy": accs, "avg_accuracy": sum(accs.values()) / len(accs)})
 
-    if first == 1:
+    if resume is None:
         record_eval(0)
+    good = None  # the last state whose lambdas gave a finite loss and gradient
     times = []
     start = time.perf_counter()
     bar = tqdm(range(first, config.steps + 1), desc=f"{granularity} AdaMerging", dynamic_ncols=True,
                disable=not config.progress or not ranks.is_main, initial=first - 1, total=config.steps)
     try:
         for step in bar:
+            before = state()
             t0 = time.perf_counter()
             try:
                 value = adamerging_step(run)
             except FloatingPointError as e:
-                raise AdaptationStopped(f"AdaMerging step {step}: {e}; stopped, lambdas of step {completed} kept", state()) from None
+                if good is None:  # not even the lambdas this run started from were finite
+                    advice = ("at the resumed lambdas; stopped, nothing saved: rerun without --resume, with a lower --lr"
+                              if resume is not None else "at the initial lambdas; stopped, nothing saved: check the inputs (models, heads, images)")
+                    raise AdaptationStopped(f"AdaMerging step {step}: {e} {advice}", None) from None
+                raise AdaptationStopped(f"AdaMerging step {step}: {e}; stopped, keeping the state of step {good['step']}, "
+                                        "the last whose loss and gradient were finite", good) from None
+            good = before
             times.append(time.perf_counter() - t0)
             trajectory.append({"step": step, "loss": value})
             completed, sampler_state = step, run.generator.get_state()
@@ -264,11 +315,12 @@ def adamerge(merged: MergedEncoder, tasks: Sequence[TaskData], normalize: Normal
             save_state(state())
         raise
     except AdaptationStopped as stop:
-        if save_state is not None:
+        if save_state is not None and stop.state is not None:
             save_state(stop.state)
         raise
     if config.steps >= first:
         record_eval(config.steps)
     if save_state is not None:
         save_state(state())
-    return AdaptResult(table(), trajectory, statistics.median(times) if times else 0.0, time.perf_counter() - start)
+    return AdaptResult(table(), trajectory, statistics.median(times) if times else 0.0, time.perf_counter() - start,
+                       _segments(segments, first, completed, config))

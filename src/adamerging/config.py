@@ -112,7 +112,7 @@ class RunConfig:
                           choices=("entropy", "supervised"))
     adapt_mode: str = _opt("fused", "adamerging", "one forward over all tasks' batches, or backward per task (less memory)", choices=("fused", "per-task"))
     save_every: int = _opt(50, "adamerging", "save lambdas + optimizer state every N steps (also on Ctrl-C and on a NaN), for --resume")
-    resume: bool = _opt(False, "adamerging", "continue from <method>.state.pt beside the run's result (<results-dir>/<model>/, or --run-dir)")
+    resume: bool = _opt(False, "adamerging", "continue from <method>.state.pt beside the run's result (<results-dir>/<model>/, or --run-dir); --lr, --steps, cadence, output and speed flags may change, the others must match")
     # diagnostics
     diagnose: bool = _opt(False, "diagnostics", "before adapting, check on a labeled test sample whether entropy tracks the loss on these models (as src/diagnose.py) and print the verdict")
     diagnose_samples: int = _opt(256, "diagnostics", "labeled test samples per task (seeded subset)", standalone="--samples")
@@ -201,3 +201,38 @@ def config_from_namespace(args: argparse.Namespace) -> RunConfig:
     """The RunConfig of parsed flags (extra attributes of `args` are ignored)."""
     names = {f.name for f in dataclasses.fields(RunConfig)}
     return RunConfig(**{k: v for k, v in vars(args).items() if k in names})
+
+
+# Settings a `--resume`d run may change: the step budget, the learning rate, evaluation and save cadence,
+# outputs, file locations and the speed/memory options. Every other field (a new field too, by default)
+# defines the problem or the optimisation and must equal the saved run's.
+RESUMABLE = frozenset({
+    "steps", "lr", "eval_every", "save_every", "resume", "no_progress", "overwrite", "results_dir", "run_dir", "save_merged",
+    "save_format", "checkpoints", "data_location", "cache_dir", "batch_size", "device", "precision", "checkpointing",
+    "compile", "adapt_mode", "diagnose", "diagnose_samples", "diagnose_lambdas", "diagnose_spearman", "diagnose_lambda_slack",
+})
+
+
+def _shown(f: dataclasses.Field, value: Any) -> str:
+    """A setting as the user typed it: '--seed 0', '--no-clamp', 'no --corruption', '--task A=x --task B=y'."""
+    flag = _flag(f)
+    if value is None or value is False or value == []:
+        return f"no {flag}"
+    if value is True:
+        return flag
+    if isinstance(value, list):
+        return " ".join(f"{flag} {v}" for v in value) if f.metadata["repeat"] else f"{flag} {','.join(map(str, value))}"
+    return f"{flag} {value}"
+
+
+def resume_conflicts(saved: dict[str, Any], config: RunConfig) -> str | None:
+    """One line listing the non-RESUMABLE settings where `config` differs from the saved run's (`saved`:
+    RunConfig.to_json() of that run; a field it lacks counts as its default), or None when it may resume."""
+    now = config.to_json()
+    fields = [f for f in dataclasses.fields(RunConfig) if f.name not in RESUMABLE]
+    was = {f.name: saved.get(f.name, list(f.default) if isinstance(f.default, tuple) else f.default) for f in fields}
+    changed = [f for f in fields if was[f.name] != now[f.name]]
+    if not changed:
+        return None
+    return (f"cannot resume: the saved run used {', '.join(_shown(f, was[f.name]) for f in changed)}, this one "
+            f"{', '.join(_shown(f, now[f.name]) for f in changed)}; rerun without --resume or with the same settings")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .hf_export import hf_config_from_open_clip, save_hf_checkpoint
-from .adaptation import AdaptationStopped, AdaptResult, adamerge, adaptation_subset
+from .adaptation import SEGMENT_FIELDS, AdaptationStopped, AdaptResult, ResumeError, adamerge, adaptation_subset
 from .checkpoints import atomic_write, save_state_dict
 from .cli import run_cli
 from .config import DEFAULT_LAM, RunConfig, build_parser, config_from_namespace
@@ -25,7 +25,7 @@ from .evaluation import accuracy, predict
 from .merged_encoder import MergedEncoder
 from .merging import LAYER_WISE, TASK_WISE, CoefficientTable, constant_table, load_table, merge, one_hot_table, published_table
 from .problem import Problem, TaskData, load_problem
-from .reporting import markdown_table, package_versions, results_path, write_json
+from .reporting import markdown_table, package_versions, require_finite, results_path, write_json
 
 
 @dataclass(frozen=True)
@@ -121,17 +121,21 @@ def seed_everything(seed: int) -> None:
 
 
 def _state_io(config: RunConfig, name: str, ranks: Ranks) -> tuple[Path, dict | None, Callable[[dict], None]]:
-    """Load (for --resume) and save the adaptation state: <output dir>/<name>.state.pt, beside the result."""
+    """Load (for --resume) and save the adaptation state: <output dir>/<name>.state.pt, beside the result.
+
+    Saving refuses (ValueError) a state holding a NaN/inf value rather than write it.
+    """
     path = config.output_dir / f"{name}.state.pt"
     resume = None
     if config.resume:
         if not path.is_file():
             raise FileNotFoundError(f"--resume: no saved state at {path}")
-        resume = torch.load(path, weights_only=True)
+        resume = torch.load(path, map_location="cpu", weights_only=True)  # Adam's load_state_dict moves it to the device
 
     def save(state: dict) -> None:
         if ranks.is_main:
             state = {**state, "table": state["table"].to_json()}
+            require_finite(state, f"the AdaMerging state {path}")
             with atomic_write(path) as f:
                 torch.save(state, f)
     return path, resume, save
@@ -150,8 +154,12 @@ def learn_table(m: Method, config: RunConfig, problem: Problem, merged: MergedEn
                         m.granularity, evaluate=evaluate, resume=resume, save_state=save_state, ranks=ranks), diagnosis
     except KeyboardInterrupt:
         raise KeyboardInterrupt(f"interrupted; lambdas and optimizer state saved to {state_path}: rerun with --resume") from None
+    except ResumeError as e:
+        raise ResumeError(f"{state_path}: {e}") from None
     except AdaptationStopped as stop:
-        raise AdaptationStopped(f"{stop}; state saved to {state_path} (its 'table' is the last good one)", stop.state) from None
+        if stop.state is None:
+            raise
+        raise AdaptationStopped(f"{stop}; saved to {state_path}: rerun with a lower --lr and --resume", stop.state) from None
 
 
 def save_merged(problem: Problem, table: CoefficientTable, config: RunConfig) -> None:
@@ -165,6 +173,16 @@ def save_merged(problem: Problem, table: CoefficientTable, config: RunConfig) ->
         save_hf_checkpoint(config.save_merged, state, hf_config_from_open_clip(problem.clip))
     else:
         save_state_dict(state, config.save_merged)
+
+
+def recorded_config(config: RunConfig, adaptation: AdaptResult | None) -> dict:
+    """config.to_json() for the results JSON; a setting that changed between resumed step ranges is null
+    there (the values used are in "adaptation" -> "segments"), so the config never claims an unused value."""
+    out = config.to_json()
+    for k in SEGMENT_FIELDS:
+        if adaptation is not None and len({s[k] for s in adaptation.segments}) > 1:
+            out[k] = None
+    return out
 
 
 def run(method_name: str, config: RunConfig) -> dict:
@@ -215,15 +233,17 @@ def run(method_name: str, config: RunConfig) -> dict:
         "unseen_average": (sum(accs[t.name] for t in problem.eval_data) / len(problem.eval_data)
                            if problem.eval_data and all(t.name in accs for t in problem.eval_data) else None),
         "coefficients": table.to_json() if table is not None else None, "test_data": problem.test_data,
-        "config": config.to_json(), "seed": config.seed, "versions": package_versions(), "timings_s": timings,
+        "config": recorded_config(config, adaptation), "seed": config.seed, "versions": package_versions(), "timings_s": timings,
     }
     if diagnosis is not None:
         result["diagnostics"] = {k: diagnosis[k] for k in ("verdict", "checks", "spearman", "thresholds")}
     if adaptation is not None:
         result["adaptation"] = {"step_seconds_median": adaptation.step_seconds, "adapt_seconds": adaptation.total_seconds,
-                                "trajectory": adaptation.trajectory}
+                                "segments": adaptation.segments, "trajectory": adaptation.trajectory}
     result["result_name"] = name
     path = results_path(config.output_dir, name, config.overwrite)
+    # "diagnostics" may hold an undefined (NaN) correlation; every number of the result itself must be finite
+    require_finite({k: v for k, v in result.items() if k != "diagnostics"}, f"the results {path}")
     write_json(result, path)
     print(f"wrote {path}")
     return result

@@ -4,11 +4,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import platform
 import time
 from importlib import resources
 from pathlib import Path
-from typing import Collection, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
+
+import torch
 
 from .checkpoints import atomic_write
 
@@ -131,6 +134,22 @@ def with_paper(ours: Mapping[str, Mapping[str, float]], paper: Mapping[str, Mapp
         rows[f"{title} (ours - paper)"] = diff
         signed.add(f"{title} (ours - paper)")
     return rows, signed
+
+
+def require_finite(data: Any, what: str) -> None:
+    """ValueError naming the first NaN/inf number in `data` (nested dicts, lists, tuples, floats, tensors):
+    results and states are never written with non-finite values."""
+    def walk(x: Any, where: str) -> None:
+        if isinstance(x, Mapping):
+            for k, v in x.items():
+                walk(v, f"{where}.{k}" if where else str(k))
+        elif isinstance(x, (list, tuple)):
+            for i, v in enumerate(x):
+                walk(v, f"{where}[{i}]")
+        elif (isinstance(x, float) and not math.isfinite(x)) or (
+                isinstance(x, torch.Tensor) and x.is_floating_point() and not bool(torch.isfinite(x).all())):
+            raise ValueError(f"refusing to write {what}: {where} is NaN/inf")
+    walk(data, "")
 
 
 def write_json(data: dict, path: str | Path) -> None:

@@ -26,14 +26,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+import adamerging  # noqa: E402,F401  (first: its THP_MEM_ALLOC_ENABLE default must precede torch, as in the scripts)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from adamerging.adaptation import (AdaptConfig, CoefficientModel, MergedEncoder, TaskData, adamerge,  # noqa: E402
-                                   softmax_entropy)
+from adamerging.adaptation import Lambdas, adamerge, softmax_entropy  # noqa: E402
+from adamerging.config import RunConfig  # noqa: E402
 from adamerging.evaluation import Normalizer  # noqa: E402
 from adamerging.heads import Head  # noqa: E402
-from adamerging.models import create_clip, encoder_state_dict, image_size, normalization  # noqa: E402
+from adamerging.merged_encoder import MergedEncoder, autocast  # noqa: E402
+from adamerging.merging import zero_task_vectors  # noqa: E402
+from adamerging.models import VISUAL_PREFIX, create_clip, encoder_state_dict, image_size, normalization  # noqa: E402
+from adamerging.problem import TaskData  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -52,7 +56,9 @@ def build(args, device):
     clip = create_clip(args.model)
     theta0 = {k: v.detach().clone() for k, v in encoder_state_dict(clip).items()}
     keys = list(theta0)
-    tau = {k: 0.01 * torch.randn((args.tasks, *v.shape)) for k, v in theta0.items()}
+    # as loading builds them: random task vectors on the visual tower, zero views on the text side
+    tau = {k: 0.01 * torch.randn((args.tasks, *v.shape)) if k.startswith(VISUAL_PREFIX) else zero_task_vectors(args.tasks, v.shape)
+           for k, v in theta0.items()}
     size = image_size(clip)
     dim = clip.visual.output_dim
     pool = max(64, 2 * args.images)  # test images per task kept in memory
@@ -62,25 +68,28 @@ def build(args, device):
     return clip, theta0, tau, keys, data, Normalizer(mean, std, device)
 
 
+def run_config(args, device, steps: int) -> RunConfig:
+    """The engine's settings for `steps` steps of args.images images per task (2 batches of images/2)."""
+    return RunConfig(steps=steps, batch_size_adapt=args.images // 2, batches_per_step=2, adapt_mode=args.adapt_mode,
+                     precision=args.precision, device=str(device), no_progress=True, save_every=0)
+
+
 def time_ours(args, device, clip, theta0, tau, keys, data, normalize) -> dict:
     merged = MergedEncoder(clip.visual, theta0, tau, keys, device, checkpointing=args.checkpointing, compile=args.compile)
-    def config(steps: int) -> AdaptConfig:
-        return AdaptConfig(steps=steps, batch_size=args.images // 2, batches_per_step=2, mode=args.adapt_mode,
-                           precision=args.precision, progress=False)
-    adamerge(merged, data, normalize, config(args.warmup))  # warm-up (allocator, compile, caches)
+    config = lambda steps: run_config(args, device, steps)  # noqa: E731
+    adamerge(merged, data, normalize, config(args.warmup), "layer-wise")  # warm-up (allocator, compile, caches)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    result = adamerge(merged, data, normalize, config(args.steps))
+    result = adamerge(merged, data, normalize, config(args.steps), "layer-wise")
     out = {"full_step_s": result.step_seconds, "peak_mb": peak_memory_mb(device)}
 
-    coefficients = CoefficientModel(len(keys), args.tasks, 0.3, True).to(device)
-    optimizer = torch.optim.Adam(coefficients.parameters(), lr=1e-3)
+    lambdas = Lambdas(len(keys), args.tasks, 0.3).to(device)
+    optimizer = torch.optim.Adam(lambdas.parameters(), lr=1e-3)
     x = normalize(torch.cat([t.images[: args.images] for t in data]))
     parts = {"merge": [], "forward": [], "backward": [], "optimizer": []}
-    from adamerging.adaptation import autocast
     for i in range(args.warmup + args.steps):
         sync(device); t0 = time.perf_counter()
-        params = merged.params(coefficients())
+        params = merged.params(lambdas())
         sync(device); t1 = time.perf_counter()
         with merged.bound(params):
             with autocast(device, args.precision):
@@ -108,7 +117,6 @@ def _floor_model(args, device, clip):
 
 def _floor_step(args, device, visual, x, data) -> None:
     """A bare forward + entropy + backward through the plain model: the floor of any implementation."""
-    from adamerging.adaptation import autocast
     with autocast(device, args.precision):
         features = visual(x).split(args.images)
     loss = sum(softmax_entropy(t.head(f.float())).mean() for t, f in zip(data, features))
@@ -136,13 +144,12 @@ def time_interleaved(args, device, clip, theta0, tau, keys, data, normalize) -> 
     CPU time (which other jobs on the machine disturb far less). The engine step is a 1-step
     `adamerge` call (its set-up of a few microseconds per call included, so slightly pessimistic)."""
     merged = MergedEncoder(clip.visual, theta0, tau, keys, device, checkpointing=args.checkpointing, compile=args.compile)
-    config = AdaptConfig(steps=1, batch_size=args.images // 2, batches_per_step=2, mode=args.adapt_mode,
-                         precision=args.precision, progress=False)
+    config = run_config(args, device, 1)
     visual = _floor_model(args, device, clip)  # the module's own weights: unused by the engine's functional call
     x = normalize(torch.cat([t.images[: args.images] for t in data]))
     rows = {"engine_wall": [], "engine_cpu": [], "floor_wall": [], "floor_cpu": []}
     for i in range(args.warmup + args.interleave):
-        for name, step in (("engine", lambda: adamerge(merged, data, normalize, config)),
+        for name, step in (("engine", lambda: adamerge(merged, data, normalize, config, "layer-wise")),
                            ("floor", lambda: _floor_step(args, device, visual, x, data))):
             sync(device); w0, c0 = time.perf_counter(), time.process_time()
             step()

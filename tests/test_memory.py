@@ -1,4 +1,6 @@
-"""Loading holds no random architecture weights, no zero task vectors, and gives the dense TIES result."""
+"""Loading holds no random architecture weights, no zero task vectors, and gives the dense TIES result; large CPU tensors on huge pages."""
+import os
+
 import torch
 
 from adamerging import hf
@@ -27,3 +29,15 @@ def test_loading_assigns_theta0_streams_experts_and_selects_ties_exactly(tmp_pat
     assert sorted(vectors.tau) == sorted(dense)
     for key in dense:
         assert torch.equal(vectors.tau[key], dense[key]), key
+
+
+def test_importing_the_package_defaults_large_cpu_tensors_to_huge_pages_unless_the_user_chose(monkeypatch):
+    import importlib
+
+    import adamerging
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
+    importlib.reload(adamerging)
+    assert os.environ["THP_MEM_ALLOC_ENABLE"] == "1"
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "0")
+    importlib.reload(adamerging)
+    assert os.environ["THP_MEM_ALLOC_ENABLE"] == "0"

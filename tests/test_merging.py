@@ -157,6 +157,21 @@ def test_merge_entry_is_theta0_plus_the_lambda_weighted_task_vectors():
     assert torch.equal(merged, 1.0 * theta0_j + torch.tensordot(lambdas_j, tau_j, dims=1))
 
 
+
+@pytest.mark.parametrize("shape", [(), (7,), (33, 5), (4, 3, 2, 2)])
+def test_merge_entry_in_place_add_is_bit_identical_to_the_tensordot_form_in_value_and_gradient(shape):
+    g = torch.Generator().manual_seed(1)
+    theta0_j, tau_j, upstream = torch.randn(shape, generator=g), torch.randn((3, *shape), generator=g), torch.randn(shape, generator=g)
+    raw = torch.rand(3, generator=g).requires_grad_(True)
+    before = theta0_j.clone()
+    merged = merge_entry(theta0_j, raw.clamp(0, 1), tau_j)
+    merged.backward(upstream)
+    reference_raw = raw.detach().clone().requires_grad_(True)
+    reference = theta0_j + torch.tensordot(reference_raw.clamp(0, 1), tau_j, dims=1)
+    reference.backward(upstream)
+    assert merged.shape == theta0_j.shape and torch.equal(merged, reference) and torch.equal(raw.grad, reference_raw.grad)
+    assert torch.equal(theta0_j, before)  # theta_0 is read, never written
+
 def test_table_json_keeps_the_pretrained_column_and_rejects_one_that_is_not_1(tmp_path):
     table = CoefficientTable(torch.tensor([[0.25, 0.5]]), ["A", "B"])
     data = table.to_json()

@@ -1,0 +1,63 @@
+"""Smoke test of the benchmark scripts on the `mini` model at the tiniest sizes, so they follow the API.
+
+The benchmarks are not part of the measured results; this only runs them end to end (bench_adamerging,
+bench_merge_cost) or their parts that touch the package (bench_memory: writing the checkpoints and the
+flags it passes to each method), a few seconds in all.
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def _keep_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)  # bench_merge_cost pins one thread
+
+
+def test_bench_adamerging_runs_engine_floor_interleaved_and_original_on_mini(tmp_path):
+    numbers = _load("bench_adamerging").main(["--model", "mini", "--device", "cpu", "--tasks", "2", "--images", "2",
+                                               "--steps", "1", "--warmup", "0", "--interleave", "1",
+                                               "--original-steps", "1", "--original-warmup", "0", "--json", str(tmp_path / "b.json")])
+    for key in ("full_step_s", "merge_s", "forward_s", "backward_s", "floor_s", "original_s",
+                "interleaved_engine_cpu_s", "interleaved_floor_cpu_s", "interleaved_pair_ratio_wall"):
+        assert numbers[key] > 0, key
+    assert (tmp_path / "b.json").is_file()
+
+
+def test_bench_merge_cost_variants_equal_the_engine_bit_for_bit_on_mini():
+    rows = _load("bench_merge_cost").main(["--model", "mini", "--tasks", "2", "--repeats", "1"])
+    assert len(rows) == 3
+    assert all(r["same_params"] and r["same_grad"] and r["forward_ms"] >= 0 for r in rows)
+
+
+def test_bench_memory_prepares_checkpoints_the_methods_load_and_passes_valid_flags(tmp_path):
+    bench = _load("bench_memory")
+    bench.prepare("mini", tmp_path, num_tasks=1)
+    assert bench.prepared_tasks("mini", tmp_path) == 1
+    sys.path.insert(0, str(bench.ROOT / "src"))
+    from adamerging.pipeline import parse_config
+    from adamerging.problem import load_problem
+
+    args = bench.argparse.Namespace(num_tasks=1, steps=1, adapt_batch=1, adapt_args="--adapt-mode per-task")
+    for method in bench.METHODS:
+        cmd = bench.method_command(method, "mini", tmp_path, args)
+        assert cmd[1:4] == ["-m", "adamerging", method]
+        config = parse_config(method, cmd[4:])  # every flag the runner passes still exists
+    problem = load_problem(config, "ties", {})  # the checkpoints it writes load (the last method: ++, TIES vectors)
+    assert problem.tasks == bench.TASKS[:1]

@@ -106,7 +106,7 @@ def merge(theta0: dict[str, torch.Tensor], tau: TaskVectors, lambdas: torch.Tens
         raise ValueError(f"lambdas table has {rows} rows; expected 1 (task-wise) or {len(entries)} (one per entry)")
     out = {}
     for j, key in enumerate(entries):
-        if key not in tau:  # integer buffers have no task vector
+        if key not in tau or is_zero_view(tau[key]):  # integer buffers; entries no expert changed (theta_0 + 0)
             out[key] = theta0[key]
             continue
         lambdas_j = lambdas[0 if rows == 1 else j]

@@ -172,6 +172,9 @@ _restricted_pickle.__dict__["__name__"] = "adamerging_restricted_pickle"
 
 @dataclass
 class LoadedCheckpoint:
+    """What `load_checkpoint` read: the tensors in the file's order, the container kind, and the plain
+    top-level attributes of a pickled module (e.g. the `normalize` flag of task-vectors' heads)."""
+
     state_dict: "collections.OrderedDict[str, torch.Tensor]"
     kind: str  # "module:<module>.<Class>" for pickled modules, "state_dict" otherwise
     attributes: dict[str, Any] = field(default_factory=dict)  # plain top-level attributes (e.g. normalize)
@@ -349,4 +352,6 @@ def save_state_dict(state_dict: dict[str, torch.Tensor], path: str | Path) -> No
 
 
 def load_state_dict(path: str | Path) -> "collections.OrderedDict[str, torch.Tensor]":
+    """The tensors of any checkpoint `load_checkpoint` reads, in the file's order (attributes dropped).
+    Raises CheckpointError as `load_checkpoint` does."""
     return load_checkpoint(path).state_dict

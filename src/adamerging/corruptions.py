@@ -28,10 +28,14 @@ def _uint8(x: np.ndarray) -> np.ndarray:
 
 
 def gaussian_noise(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Additive Gaussian noise, std 0.18 on the [0, 1] scale (ImageNet-C severity 3), independent per
+    value; uint8 [N, 3, S, S] -> uint8 [N, 3, S, S], clipped."""
     return _uint8(_float(x) + rng.normal(0.0, 0.18, size=x.shape).astype(np.float32))
 
 
 def impulse_noise(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Salt-and-pepper noise: 4.5 % of the values set to 0 and 4.5 % to 255, independently per channel
+    (ImageNet-C severity 3, amount 0.09); uint8 [N, 3, S, S] -> uint8 [N, 3, S, S]."""
     # salt and pepper on 9 % of the values (ImageNet-C severity 3)
     out = x.copy()
     u = rng.random(x.shape)
@@ -41,6 +45,8 @@ def impulse_noise(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def contrast(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Contrast reduced to 0.2 about each image's mean over all pixels and channels (ImageNet-C
+    severity 3); deterministic (`rng` unused); uint8 [N, 3, S, S] -> uint8 [N, 3, S, S]."""
     f = _float(x)
     mean = f.mean(axis=(1, 2, 3), keepdims=True)
     return _uint8((f - mean) * 0.2 + mean)
@@ -51,6 +57,9 @@ def _per_image(x: np.ndarray, fn) -> np.ndarray:
 
 
 def pixelate(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Box-downsampled to half the side (at least 1 pixel) and upsampled back with nearest neighbour
+    (factor 0.5, ImageNet-C's severity 2 value); deterministic (`rng` unused); uint8 [N, 3, S, S] (square
+    images) -> uint8 [N, 3, S, S]."""
     size = x.shape[-1]
     small = max(1, int(size * 0.5))
 
@@ -61,6 +70,8 @@ def pixelate(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def jpeg_compression(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Each image round-tripped through PIL's JPEG encoder at quality 15 (ImageNet-C severity 3);
+    deterministic (`rng` unused); uint8 [N, 3, S, S] -> uint8 [N, 3, S, S]."""
     def one(img):
         buffer = io.BytesIO()
         Image.fromarray(img.transpose(1, 2, 0)).save(buffer, format="JPEG", quality=15)
@@ -69,6 +80,9 @@ def jpeg_compression(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def motion_blur(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Linear motion blur: a line kernel of odd length about 7 % of the side (at least 3 pixels, 15 at
+    224), rotated by a per-image angle uniform in [-45, 45] degrees, convolved with each channel
+    (edges replicated); uint8 [N, 3, S, S] -> uint8 [N, 3, S, S]."""
     size = x.shape[-1]
     length = max(3, int(round(size * 0.07)) | 1)  # odd kernel, ~15 px at 224
 
@@ -83,6 +97,9 @@ def motion_blur(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def spatter(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Simplified ImageNet-C spatter (see the module docstring): a per-image Gaussian-filtered noise
+    mask (sigma max(1, S / 56) pixels, covering about 10-20 % of the image) blends in muddy brown;
+    uint8 [N, 3, S, S] -> uint8 [N, 3, S, S]."""
     size = x.shape[-1]
     mud = np.array([63, 42, 20], np.float32).reshape(3, 1, 1) / 255.0
 

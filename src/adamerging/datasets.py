@@ -95,6 +95,10 @@ class DatasetError(Exception):
 
 @dataclass
 class Split:
+    """One split of one task as read from disk: class names, int64 labels [N] and the images (file
+    paths, decoded uint8 [N, H, W, 3], or still-encoded files), with where they were read from and,
+    for the datasets with several candidate test folders, which one was used and why."""
+
     task: str
     split: str  # "test" or "train"
     classnames: list[str]

@@ -17,6 +17,9 @@ import torch.distributed as dist
 
 @dataclass(frozen=True)
 class Ranks:
+    """This process's rank and the world size (0 and 1 without torchrun); `active` when more than one
+    process takes part, `is_main` on rank 0 (the one that logs and writes results)."""
+
     rank: int = 0
     world: int = 1
 

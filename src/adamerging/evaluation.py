@@ -34,4 +34,5 @@ def predict(encoder: Encoder, head: Head, images: torch.Tensor, normalize: Norma
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy in % of logits [N, C] against labels [N] (NaN when N = 0)."""
     return float((logits.argmax(dim=1) == torch.as_tensor(labels)).float().mean()) * 100.0

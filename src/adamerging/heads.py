@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,10 @@ class Head:
 
 
 def load_head(path: str | Path) -> Head:
+    """A `head_<Task>.pt` (task-vectors' pickled ClassificationHead, or any state dict `load_checkpoint`
+    reads) as a float32 Head: weight [C, d], bias [C] if present, `normalize` from the pickled attribute
+    (default True).
+    Raises CheckpointError when the file does not load or has no 2-D `weight`."""
     ckpt = load_checkpoint(path)
     sd = ckpt.state_dict
     if "weight" not in sd or sd["weight"].dim() != 2:
@@ -43,7 +47,8 @@ def load_head(path: str | Path) -> Head:
 
 
 @torch.no_grad()
-def zeroshot_weights(clip_model: torch.nn.Module, tokenizer, classnames: Sequence[str], templates: Sequence[str], device: str | torch.device = "cpu") -> torch.Tensor:
+def zeroshot_weights(clip_model: torch.nn.Module, tokenizer: Callable[[list[str]], torch.Tensor], classnames: Sequence[str],
+                     templates: Sequence[str], device: str | torch.device = "cpu") -> torch.Tensor:
     """Per class: encode every template, L2-normalise each, average, L2-normalise; stack; times
     exp(logit_scale). Exactly task-vectors' head construction. Returns [C, d]."""
     clip_model = clip_model.to(device).eval()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -55,12 +56,15 @@ def create_clip(model_name: str, device: str | torch.device = "cpu") -> torch.nn
     return model
 
 
-def get_tokenizer(model_name: str):
+def get_tokenizer(model_name: str) -> Callable[..., torch.Tensor]:
+    """open_clip's tokenizer for `model_name` (texts -> int64 token ids [B, context_length]), after
+    registering the bundled model configs."""
     _register_configs()
     return open_clip.get_tokenizer(model_name)
 
 
 def image_size(clip_model: torch.nn.Module) -> int:
+    """Side of the image tower's square input, in pixels (e.g. 224)."""
     size = clip_model.visual.image_size
     return int(size[0] if isinstance(size, (tuple, list)) else size)
 

@@ -17,6 +17,7 @@ from .checkpoints import atomic_write
 
 
 def package_versions() -> dict[str, str]:
+    """Versions of python, torch, open_clip and numpy, recorded with every result."""
     import numpy
     import open_clip
     import torch
@@ -153,6 +154,7 @@ def require_finite(data: Any, what: str) -> None:
 
 
 def write_json(data: dict, path: str | Path) -> None:
+    """`data` as JSON (indent 1, trailing newline), written atomically (temporary file, then rename)."""
     with atomic_write(path, "w") as f:
         json.dump(data, f, indent=1)
         f.write("\n")
@@ -190,6 +192,8 @@ def collect_results(results_dir: str | Path, model: str) -> tuple[dict[str, dict
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m adamerging.reporting`: print the markdown table of results/<model>/<method>.json and
+    write it to results/<model>/table.md. Exits with a message when no result is found."""
     import argparse
 
     p = argparse.ArgumentParser(description="Collect results/<model>/<method>.json into one table (markdown).")

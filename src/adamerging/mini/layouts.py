@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import os
 import struct
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -25,7 +26,7 @@ EUROSAT_FOLDERS = ["AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "I
                    "PermanentCrop", "Residential", "River", "SeaLake"]
 
 
-def folder_names(task, classnames):
+def folder_names(task: str, classnames: Sequence[str]) -> list[str] | None:
     """Class-folder names of the folder datasets (None for the others)."""
     if task == "SUN397":
         return [f"{c[0]}_{c.replace(' ', '_')}" for c in classnames]  # e.g. b_beach, n_night_sky
@@ -36,7 +37,8 @@ def folder_names(task, classnames):
     return None
 
 
-def on_disk_order(task, classnames, splits):
+def on_disk_order(task: str, classnames: Sequence[str], splits: dict[str, tuple[np.ndarray, np.ndarray]]
+                  ) -> tuple[list[str], dict[str, tuple[np.ndarray, np.ndarray]]]:
     """Reorder classes as the readers number them: ImageFolder labels follow the SORTED class-folder
     names, so classnames.txt, the heads and the experts must use that order too.
     Returns (classnames, splits) relabelled; identity for the non-folder datasets."""
@@ -71,7 +73,11 @@ def _class_folders(root, split_dir, folder_names, images, labels, stem="img"):
         counters[y] += 1
 
 
-def write_mnist(root, classnames, templates, splits):
+def write_mnist(root: str, classnames: Sequence[str], templates: Sequence[str],
+                splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    """MNIST as torchvision's raw layout: <root>/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte
+    (idx format, the first channel of RGB images, size in the header).
+    Needs splits "train" and "test" (KeyError otherwise)."""
     raw = os.path.join(root, "MNIST", "raw")
     os.makedirs(raw, exist_ok=True)
     for split, prefix in [("train", "train"), ("test", "t10k")]:
@@ -87,7 +93,10 @@ def write_mnist(root, classnames, templates, splits):
     _write_meta(os.path.join(root, "MNIST"), classnames, templates)
 
 
-def write_svhn(root, classnames, templates, splits):
+def write_svhn(root: str, classnames: Sequence[str], templates: Sequence[str],
+               splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    """SVHN as the official format 2 files: <root>/svhn/{train,test}_32x32.mat with X uint8 [32, 32, 3, N]
+    and y uint8 [N, 1], digit 0 stored as label 10. Needs splits "train" and "test"."""
     from scipy.io import savemat
 
     folder = os.path.join(root, "svhn")
@@ -100,7 +109,11 @@ def write_svhn(root, classnames, templates, splits):
     _write_meta(folder, classnames, templates)
 
 
-def write_gtsrb(root, classnames, templates, splits):
+def write_gtsrb(root: str, classnames: Sequence[str], templates: Sequence[str],
+                splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    """GTSRB as the official archives: <root>/gtsrb/GTSRB/Training/<class:05d>/00000_<i:05d>.ppm with a
+    GT-<class:05d>.csv in every class folder, and GTSRB/Final_Test/Images/<i:05d>.ppm labelled by
+    <root>/gtsrb/GT-final_test.csv (";"-separated). Needs splits "train" and "test"."""
     base = os.path.join(root, "gtsrb")
     images, labels = splits["train"]
     counters = {}

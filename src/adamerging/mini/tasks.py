@@ -36,7 +36,11 @@ def _per_label(rng, n, classes, draw):
 
 # ================================================================================================
 # evaluation tasks
-def gen_mnist(rng, n, split):
+def gen_mnist(rng: np.random.Generator, n: int, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """MNIST stand-in: real digits from the held-out half of mnist_halves() (never in pretraining), from
+    fixed disjoint subsets (40 % for split "test", the rest for any other split), drawn without
+    replacement, resized bilinearly to 32x32 and repeated to RGB. Returns (uint8 [m, 32, 32, 3],
+    int64 [m]) with m = min(n, subset size); labels not balanced."""
     _, (X, y) = g.mnist_halves()  # held-out half: never seen in pretraining
     # fixed disjoint train / test subsets of the held-out half
     order = np.random.default_rng(77).permutation(len(X))
@@ -65,7 +69,10 @@ def _svhn_image(rng, k):
     return g._finish(rng, img, blur=rng.uniform(0, 0.8), noise=5, bright=(0.7, 1.1))
 
 
-def gen_svhn(rng, n, split):
+def gen_svhn(rng: np.random.Generator, n: int, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """SVHN stand-in: a printed digit (the label) between partly cut-off neighbours, on a solid, gradient
+    or photo background, blurred, noised, brightness 0.7-1.1. Returns (uint8 [n, 32, 32, 3], int64 [n]), 10
+    balanced labels; `split` is unused (the rng makes the splits differ)."""
     return _per_label(rng, n, 10, _svhn_image)
 
 
@@ -77,7 +84,9 @@ def _gtsrb_image(rng, k):
     return g._finish(rng, img, blur=rng.uniform(0, 1.5), noise=5, bright=(0.35, 1.15))
 
 
-def gen_gtsrb(rng, n, split):
+def gen_gtsrb(rng: np.random.Generator, n: int, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """GTSRB stand-in: one of the 10 generators.SIGNS on a photo crop, blurred, noised, brightness 0.35-1.15.
+    Returns (uint8 [n, 32, 32, 3], int64 [n]), balanced labels; `split` is unused."""
     return _per_label(rng, n, len(g.SIGNS), _gtsrb_image)
 
 
@@ -87,7 +96,10 @@ def _dtd_image(rng, k):
     return g._finish(rng, img, blur=rng.uniform(0, 1.0), noise=10)
 
 
-def gen_dtd(rng, n, split):
+def gen_dtd(rng: np.random.Generator, n: int, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """DTD stand-in: one of the 10 generators.DTD_KINDS textures in two random colours (period 10-22
+    pixels, random angle, jittered mask). Returns (uint8 [n, 32, 32, 3], int64 [n]), balanced labels;
+    `split` is unused."""
     return _per_label(rng, n, len(g.DTD_KINDS), _dtd_image)
 
 
@@ -170,7 +182,9 @@ def _aerial(rng, k):
     return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
 
 
-def gen_eurosat(rng, n, split):
+def gen_eurosat(rng: np.random.Generator, n: int, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """EuroSAT stand-in: top-down land-cover views of the 10 EUROSAT classes (fields, forest, roads,
+    roofs, water...). Returns (uint8 [n, 32, 32, 3], int64 [n]), balanced labels; `split` is unused."""
     labels = _balanced(rng, n, 10)
     imgs = [g._finish(rng, _aerial(rng, int(k)), blur=rng.uniform(0, 0.8), noise=6, bright=(0.8, 1.1))
             for k in labels]
@@ -255,7 +269,9 @@ def _scene(rng, k, flat=False):
     return im
 
 
-def gen_sun397(rng, n, split):
+def gen_sun397(rng: np.random.Generator, n: int, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """SUN397 stand-in: side-view landscapes of the 10 SCENES (sky, horizon, ground and objects).
+    Returns (uint8 [n, 32, 32, 3], int64 [n]), balanced labels; `split` is unused."""
     labels = _balanced(rng, n, len(SCENES))
     imgs = [g._finish(rng, _scene(rng, int(k)), blur=rng.uniform(0, 0.8), noise=6, bright=(0.7, 1.15))
             for k in labels]
@@ -282,7 +298,9 @@ POOL_TEMPLATES = ["a photo of {c}.", "a picture of {c}.", "an image of {c}.", "{
 POOL_COLORS = ["red", "green", "blue", "yellow", "orange", "purple", "white", "black"]
 
 
-def pool_shapes(rng, n):
+def pool_shapes(rng: np.random.Generator, n: int) -> tuple[tuple[np.ndarray, np.ndarray], list[str]]:
+    """Pool group: coloured shapes (8 POOL_COLORS x 10 generators.SHAPES, e.g. "red circle") on random
+    backgrounds. Returns ((uint8 [n, 32, 32, 3], int64 [n]), the 80 caption phrases); balanced."""
     k = len(POOL_COLORS) * len(g.SHAPES)
     labels = _balanced(rng, n, k)
     imgs = []
@@ -299,7 +317,10 @@ def pool_shapes(rng, n):
     return _stack(imgs, labels), names
 
 
-def pool_handwritten(rng, n):
+def pool_handwritten(rng: np.random.Generator, n: int) -> tuple[tuple[np.ndarray, np.ndarray], list[str]]:
+    """Pool group: MNIST digits from the pretraining half of mnist_halves() (drawn with replacement),
+    recoloured, scaled, shifted and rotated over random backgrounds. Returns ((uint8 [n, 32, 32, 3],
+    int64 [n]), ["a handwritten zero", ...]); labels as drawn, not balanced."""
     (X, y), _ = g.mnist_halves()
     idx = rng.integers(0, len(X), n)
     imgs = []
@@ -315,7 +336,9 @@ def pool_handwritten(rng, n):
 PRINTED = [str(i) for i in range(10)] + [str(10 * i) for i in range(1, 10)]
 
 
-def pool_printed(rng, n):
+def pool_printed(rng: np.random.Generator, n: int) -> tuple[tuple[np.ndarray, np.ndarray], list[str]]:
+    """Pool group: printed numbers (PRINTED: 0-9 and 10-90) on plain backgrounds. Returns
+    ((uint8 [n, 32, 32, 3], int64 [n]), ['the number: "0"', ...]); balanced."""
     labels = _balanced(rng, n, len(PRINTED))
     imgs = []
     for lab in labels:
@@ -331,7 +354,9 @@ def pool_printed(rng, n):
     return _stack(imgs, labels), [f'the number: "{p}"' for p in PRINTED]
 
 
-def pool_arrows(rng, n):
+def pool_arrows(rng: np.random.Generator, n: int) -> tuple[tuple[np.ndarray, np.ndarray], list[str]]:
+    """Pool group: arrows pointing left, right, up or down on random backgrounds. Returns
+    ((uint8 [n, 32, 32, 3], int64 [n]), ["an arrow pointing left", ...]); balanced."""
     dirs = ["left", "right", "up", "down"]
     labels = _balanced(rng, n, 4)
     imgs = []
@@ -347,7 +372,9 @@ def pool_arrows(rng, n):
 POOL_PATTERNS = list(g.DTD_KINDS)
 
 
-def pool_patterns(rng, n):
+def pool_patterns(rng: np.random.Generator, n: int) -> tuple[tuple[np.ndarray, np.ndarray], list[str]]:
+    """Pool group: the DTD pattern kinds in named colours, without mask jitter or blur. Returns
+    ((uint8 [n, 32, 32, 3], int64 [n]), ["a banded pattern", ...]); balanced."""
     labels = _balanced(rng, n, len(POOL_PATTERNS))
     imgs = []
     for lab in labels:
@@ -361,7 +388,9 @@ def pool_patterns(rng, n):
 POOL_TERRAIN = ["water", "grass", "forest", "sand", "snow", "rock", "soil", "sky"]
 
 
-def pool_terrain(rng, n):
+def pool_terrain(rng: np.random.Generator, n: int) -> tuple[tuple[np.ndarray, np.ndarray], list[str]]:
+    """Pool group: close-up land-cover textures (POOL_TERRAIN). Returns ((uint8 [n, 32, 32, 3],
+    int64 [n]), ["close up water", ...]); balanced."""
     labels = _balanced(rng, n, len(POOL_TERRAIN))
     imgs = [g._finish(rng, Image.fromarray(np.clip(g.terrain(rng, POOL_TERRAIN[lab], jit=30), 0, 255)
                                             .astype(np.uint8)), noise=5, bright=(0.8, 1.1)) for lab in labels]
@@ -371,14 +400,18 @@ def pool_terrain(rng, n):
 POOL_SCENES = ["beach", "desert", "ocean", "snowfield", "night sky", "field"]
 
 
-def pool_scenes(rng, n):
+def pool_scenes(rng: np.random.Generator, n: int) -> tuple[tuple[np.ndarray, np.ndarray], list[str]]:
+    """Pool group: 6 of the SCENES in the flat style (colour bands, no objects). Returns
+    ((uint8 [n, 32, 32, 3], int64 [n]), ["a drawing of a beach", ...]); balanced."""
     ks = [SCENES.index(s) for s in POOL_SCENES]
     labels = _balanced(rng, n, len(ks))
     imgs = [g._finish(rng, _scene(rng, ks[lab], flat=True), noise=3) for lab in labels]
     return _stack(imgs, labels), [f"a drawing of a {s}" for s in POOL_SCENES]
 
 
-def pool_photos(rng, n):
+def pool_photos(rng: np.random.Generator, n: int) -> tuple[tuple[np.ndarray, np.ndarray], list[str]]:
+    """Pool group: random crops of the generators.photos(), one label per photo. Returns
+    ((uint8 [n, 32, 32, 3], int64 [n]), ["a cat", ...]); balanced."""
     names = list(g.photos())
     labels = _balanced(rng, n, len(names))
     imgs = [g._finish(rng, g.photo_crop(rng, names[lab]), noise=3) for lab in labels]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -22,23 +23,31 @@ def to_tensor(images_uint8: np.ndarray) -> torch.Tensor:
     return (x - MEAN) / STD
 
 
-def cosine_lr(step, total, base, warmup):
+def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
+    """Learning rate at `step`: linear warmup to `base` over the first `warmup` steps, then half a cosine
+    down to 0 at `total` steps."""
     if step < warmup:
         return base * (step + 1) / warmup
     p = (step - warmup) / max(1, total - warmup)
     return base * 0.5 * (1 + math.cos(math.pi * p))
 
 
-def encode_text_norm(model, tokens):
+def encode_text_norm(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """L2-normalised text features [B, d] of token ids [B, context_length]."""
     return F.normalize(model.encode_text(tokens), dim=-1)
 
 
-def pretrain(model, tokenizer, pool, steps, batch=128, lr=1e-3, wd=0.1, warmup=100, seed=0, log=print,
-             max_scale=100.0, fixed_scale=None):
+def pretrain(model: torch.nn.Module, tokenizer: Callable[[list[str]], torch.Tensor], pool: list[dict[str, Any]],
+             steps: int, batch: int = 128, lr: float = 1e-3, wd: float = 0.1, warmup: int = 100, seed: int = 0,
+             log: Callable[[str], Any] = print, max_scale: float = 100.0,
+             fixed_scale: float | None = None) -> list[float]:
     """Image-text pretraining with label-set negatives (UniCL-style): each image's caption competes with
     all captions of its group, every caption drawn with a random template each step.
 
     pool: list of dicts {images uint8, labels, names (caption phrases), templates}.
+    AdamW with cosine_lr; the logit scale is clamped to at most `max_scale`, or fixed to `fixed_scale`
+    (then not trained). Trains `model` in place and leaves it in eval mode. Returns the loss of every
+    step (cross-entropy per image, nats).
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -90,8 +99,14 @@ def pretrain(model, tokenizer, pool, steps, batch=128, lr=1e-3, wd=0.1, warmup=1
     return hist
 
 
-def finetune_visual(visual, head_w, images, labels, steps, batch=64, lr=5e-4, wd=0.01, warmup=None, seed=0):
-    """Task-vectors recipe: fine-tune the image tower with the zero-shot head frozen (CE, AdamW, cosine)."""
+def finetune_visual(visual: torch.nn.Module, head_w: torch.Tensor, images: np.ndarray, labels: np.ndarray, steps: int,
+                    batch: int = 64, lr: float = 5e-4, wd: float = 0.01, warmup: int | None = None,
+                    seed: int = 0) -> torch.nn.Module:
+    """Task-vectors recipe: fine-tune the image tower with the zero-shot head frozen (CE, AdamW, cosine).
+
+    head_w: [C, d] (logits = normalised features @ head_w.T); images uint8 [N, 32, 32, 3], labels
+    int64 [N]; warmup defaults to steps / 10. Trains `visual` in place and returns it, in eval mode.
+    """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     warmup = warmup if warmup is not None else max(1, steps // 10)

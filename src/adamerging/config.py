@@ -175,7 +175,8 @@ def build_parser(description: str = "", standalone_diagnostics: bool = False) ->
     `standalone_diagnostics`: src/diagnose.py's flags (`--samples`, `--vectors`, ...; no `--diagnose`);
     otherwise the scripts' (`--diagnose-samples`, ...; no `--vectors`).
     """
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                     allow_abbrev=False)  # `--step 5` must not silently mean --steps
     groups = {key: parser.add_argument_group(title) for key, title in GROUPS.items()}
     for f in dataclasses.fields(RunConfig):
         meta = f.metadata

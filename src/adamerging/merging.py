@@ -309,8 +309,9 @@ def published_table(method: str, model: str) -> CoefficientTable:
     data = json.loads(resources.files("adamerging.data").joinpath("published_merging_coefficients.json").read_text())
     key = f"{method}/{model}"
     if key not in data["data"]:
-        available = ", ".join(sorted(data["data"]))
-        raise ValueError(f"no published coefficients for {key}; the authors published: {available}")
+        models = sorted({k.split("/")[1] for k in data["data"] if k.startswith(method + "/")})
+        raise ValueError(f"no published coefficients for {method} on {model}: the authors published this method's table "
+                         f"for {', '.join(models) or 'no model'} only")
     entries = None
     values = torch.tensor(data["data"][key], dtype=torch.float32)
     if values.shape[0] > 1:

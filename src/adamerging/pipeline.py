@@ -185,6 +185,16 @@ def recorded_config(config: RunConfig, adaptation: AdaptResult | None) -> dict:
     return out
 
 
+def check_device(device: str) -> None:
+    """ValueError (one line) for a --device torch cannot parse, or CUDA where this torch has no GPU."""
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise ValueError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: this torch ({torch.__version__}) sees no CUDA device; use --device cpu")
+
+
 def run(method_name: str, config: RunConfig) -> dict:
     """Run one method end to end with `config`, print its table, write and return its results JSON (dict).
 
@@ -192,6 +202,7 @@ def run(method_name: str, config: RunConfig) -> dict:
     with a one-line message; a non-finite AdaMerging step raises AdaptationStopped (state saved).
     """
     m = method(method_name)
+    check_device(config.device)
     ranks, device = init_from_env(config.device)
     if device != config.device:  # torchrun: this rank's GPU
         config = replace(config, device=device)
@@ -224,6 +235,7 @@ def run(method_name: str, config: RunConfig) -> dict:
         return {"accuracy": accs, "average": average}
     if config.save_merged and table is not None:
         save_merged(problem, table, config)
+        print(f"wrote the merged image encoder to {config.save_merged} ({config.save_format})")
     name = m.result_name(config)
     print(markdown_table({m.result_title(config): accs}, problem.tasks + [t.name for t in problem.eval_data]))
     timings["total"] = time.perf_counter() - started

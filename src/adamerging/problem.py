@@ -124,7 +124,11 @@ def parse_tasks(text: str | None, model_dir: Path) -> list[str]:
     if not text:
         return default_tasks(model_dir)
     canonical = {t.lower(): t for t in ds.TASKS}
-    return [canonical.get(t.strip().lower(), t.strip()) for t in text.split(",") if t.strip()]
+    tasks = [canonical.get(t.strip().lower(), t.strip()) for t in text.split(",") if t.strip()]
+    repeated = sorted({t for t in tasks if tasks.count(t) > 1})
+    if repeated:  # a repeated task would merge its task vector twice
+        raise ValueError(f"--tasks lists {', '.join(repeated)} more than once; each task may appear once")
+    return tasks
 
 
 def load_heads(config: RunConfig, model_dir: Path, tasks: Sequence[str], splits: dict[str, "ds.Split"], templates: dict[str, list[str]],
@@ -201,6 +205,9 @@ def load_task_vectors(config: RunConfig, vectors: str = "plain") -> TaskVectorSe
     def experts():  # one at a time: task_vectors subtracts each and drops it before the next loads
         for task in tasks:
             path = user_experts.get(task) or _find(model_dir / task, "finetuned", fmt)
+            if task not in ds.TASKS and task not in user_experts and task not in user_tasks and path is None:
+                raise ValueError(f"{task!r} is not one of the paper's tasks ({', '.join(ds.TASKS)}): check its spelling, or "
+                                 f"give your own task with --task {task}=DIR and --finetuned {task}=PATH")
             if path is None or not path.exists():
                 raise FileNotFoundError(f"{task}: fine-tuned encoder not found: expected {path or model_dir / task / 'finetuned.pt'} "
                                         f"(or a Hugging Face folder {model_dir / task / 'finetuned'}/, or --finetuned {task}=PATH)")

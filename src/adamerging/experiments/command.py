@@ -16,7 +16,7 @@ EXPERIMENT is one of
 Every flag the experiment does not define goes to each method run unchanged (`--checkpoints`,
 `--data-location`, `--steps`, `--device`, ...: see `python -m adamerging task_arithmetic --help`).
 The main-table and published runs write the pipeline's usual results/<model>/<method>.json; the other
-experiments keep their method runs apart, under results/<model>/runs/<experiment>/<variant>/<model>/<method>.json,
+experiments keep their method runs apart, under results/<model>/runs/<experiment>/<variant>/<method>.json,
 so they never replace the main results. `--skip-existing` reuses a run's JSON when it was made with
 an equal run configuration (up to output-only settings such as --overwrite).
 

@@ -55,3 +55,9 @@ def test_written_files_get_the_mode_open_would_give(tmp_path):
     finally:
         os.umask(umask)
     assert stat.S_IMODE((tmp_path / "r.json").stat().st_mode) == 0o644
+
+
+def test_a_hugging_face_export_to_a_file_name_is_refused_before_the_run(root, tmp_path):
+    with pytest.raises(ValueError, match=r"--save-format hf writes a folder .* names a file"):
+        _run(mini_argv(root, "--save-merged", str(tmp_path / "m.safetensors"), "--save-format", "hf"))
+    assert not (tmp_path / "m.safetensors").exists()

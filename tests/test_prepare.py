@@ -19,7 +19,7 @@ from fake_downloads import write_fake_downloads  # noqa: E402
 def _prepared(task: str, tmp_path: Path, **kw) -> tuple[dict, Path, int]:
     info = write_fake_downloads(task, tmp_path / "downloads", tmp_path / "scratch", **kw)
     data = tmp_path / "data"
-    with pytest.warns(UserWarning, match=rf"^{task}: \d+ test images, the paper used {prepare.PAPER_TEST_COUNTS[task]}"):
+    with pytest.warns(UserWarning, match=rf"^{task}: \d+ test images, the paper used {ds.paper_size_text(task)}"):
         n = prepare.prepare_task(task, tmp_path / "downloads", data)
     return info, data, n
 

@@ -83,6 +83,20 @@ PAPER_TEST_SIZES: dict[str, tuple[int, int]] = {
 
 log = logging.getLogger(__name__)
 
+
+def paper_size_text(task: str) -> str:
+    """The paper's test-set size of `task` as text: "8041", or a range "19700-20100" (KeyError if unknown)."""
+    low, high = PAPER_TEST_SIZES[task]
+    return str(low) if low == high else f"{low}-{high}"
+
+
+def paper_size_mismatch(task: str, n: int) -> str | None:
+    """`paper_size_text(task)` when `n` test images differ from the paper's count; None when they agree or it is unknown."""
+    if task not in PAPER_TEST_SIZES:
+        return None
+    low, high = PAPER_TEST_SIZES[task]
+    return None if low <= n <= high else paper_size_text(task)
+
 # Bump when the preprocessing changes, so old caches are rebuilt rather than silently reused.
 _CACHE_VERSION = "clip-val-uint8-v1"
 
@@ -560,12 +574,10 @@ def read_split(task: str, data_root: str | Path, split: str = "test", *, test_di
         )
     out = Split(task=name, split=split, classnames=classnames, labels=labels, images=images, source=source,
                 test_split=test_split, chosen_by=chosen_by if test_split is not None else None)
-    if split == "test" and override is None and name in PAPER_TEST_SIZES:
-        low, high = PAPER_TEST_SIZES[name]
-        if not low <= len(out) <= high:
-            expected = str(low) if low == high else f"{low}-{high}"
-            log.warning("%s: read %d test images from %s; the paper's test set has %s: another copy or split of "
-                        "the dataset? Accuracies are not comparable to the paper's", name, len(out), source, expected)
+    expected = paper_size_mismatch(name, len(out)) if split == "test" and override is None else None
+    if expected is not None:
+        log.warning("%s: read %d test images from %s; the paper's test set has %s: another copy or split of "
+                    "the dataset? Accuracies are not comparable to the paper's", name, len(out), source, expected)
     return out
 
 

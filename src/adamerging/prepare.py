@@ -45,11 +45,6 @@ from typing import Callable, Iterator
 
 from . import datasets as ds
 
-# The paper's test-set sizes (SPEC.md "Data"); SUN397 "about 19.9k" is partition 1's 50 x 397.
-PAPER_TEST_COUNTS: dict[str, int] = {
-    "SUN397": 19850, "Cars": 8041, "RESISC45": 6300, "EuroSAT": 2700,
-    "SVHN": 26032, "GTSRB": 12630, "MNIST": 10000, "DTD": 1880,
-}
 
 # What to download for each task (printed when something is missing).
 DOWNLOADS: dict[str, str] = {
@@ -347,7 +342,8 @@ def prepare_task(task: str, downloads: str | Path, data_location: str | Path, *,
 
     The folder is assembled in a temp folder, read back with datasets.read_split (so the methods will
     read it) and only then renamed into place. An existing task folder is kept unless `overwrite`.
-    A count other than the paper's (PAPER_TEST_COUNTS) gives a warning naming the task.
+    A count other than the paper's (datasets.PAPER_TEST_SIZES; SUN397's partition 1 has 50 x 397 = 19850)
+    gives a warning naming the task.
     Raises PrepareError (missing / malformed downloads) or datasets.DatasetError (layout does not read back).
     """
     name = ds.canonical_task(task)
@@ -371,8 +367,8 @@ def prepare_task(task: str, downloads: str | Path, data_location: str | Path, *,
                 raise
         else:
             os.replace(built, final)
-    expected = PAPER_TEST_COUNTS[name]
-    if n != expected:
+    expected = ds.paper_size_mismatch(name, n)
+    if expected is not None:
         warnings.warn(f"{name}: {n} test images, the paper used {expected}; check the downloads", stacklevel=2)
     return n
 
@@ -397,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
                 n = prepare_task(task, args.downloads, args.data_location, overwrite=args.overwrite)
             name = ds.canonical_task(task)
             note = "".join(f"  WARNING: {w.message}" for w in caught)
-            print(f"{name:9s} {n:6d} test images (paper: {PAPER_TEST_COUNTS[name]}) -> {ds.task_folder(name, args.data_location)}{note}")
+            print(f"{name:9s} {n:6d} test images (paper: {ds.paper_size_text(name)}) -> {ds.task_folder(name, args.data_location)}{note}")
         except (PrepareError, ds.DatasetError) as e:
             failed += 1
             print(f"error: {e}", file=sys.stderr)

@@ -50,7 +50,11 @@ class Lambdas(torch.nn.Module):
 
     def forward(self) -> torch.Tensor:
         """lambdas [R, T]."""
-        return self.raw.clamp(0.0, 1.0) if self.clamp else self.raw
+        return self.of(self.raw)
+
+    def of(self, raw: torch.Tensor) -> torch.Tensor:
+        """The lambdas [R, T] that raw values [R, T] stand for (clamped unless clamp=False)."""
+        return raw.clamp(0.0, 1.0) if self.clamp else raw
 
 
 @dataclass
@@ -270,11 +274,16 @@ def adamerge(merged: MergedEncoder, tasks: Sequence[TaskData], normalize: Normal
     def table() -> CoefficientTable:
         return CoefficientTable(lambdas().detach().cpu().clone(), names, entries)
 
-    def state() -> dict:
-        """A snapshot: nothing in it changes when the run goes on."""
-        return {"step": completed, "tasks": names, "raw": lambdas.raw.detach().cpu().clone(), "table": table(),
-                "optimizer": copy.deepcopy(run.optimizer.state_dict()), "generator": sampler_state.clone(),
-                "trajectory": list(trajectory), "config": config.to_json(), "segments": _segments(segments, first, completed, config)}
+    def snapshot() -> tuple:
+        """What a saved state needs that the run goes on changing (taken every step; the rest is derived in `state`)."""
+        return completed, lambdas.raw.detach().cpu().clone(), copy.deepcopy(run.optimizer.state_dict()), sampler_state.clone(), len(trajectory)
+
+    def state(snap: tuple | None = None) -> dict:
+        """The saved state as of `snap` (default: now); nothing in it changes when the run goes on."""
+        step, raw, adam, sampler, recorded = snap or snapshot()
+        return {"step": step, "tasks": names, "raw": raw, "table": CoefficientTable(lambdas.of(raw).clone(), names, entries),
+                "optimizer": adam, "generator": sampler, "trajectory": trajectory[:recorded], "config": config.to_json(),
+                "segments": _segments(segments, first, step, config)}
 
     def record_eval(step: int) -> None:
         if evaluate is not None:
@@ -290,7 +299,7 @@ def adamerge(merged: MergedEncoder, tasks: Sequence[TaskData], normalize: Normal
                disable=not config.progress or not ranks.is_main, initial=first - 1, total=config.steps)
     try:
         for step in bar:
-            before = state()
+            before = snapshot()
             t0 = time.perf_counter()
             try:
                 value = adamerging_step(run)
@@ -299,8 +308,8 @@ def adamerge(merged: MergedEncoder, tasks: Sequence[TaskData], normalize: Normal
                     advice = ("at the resumed lambdas; stopped, nothing saved: rerun without --resume, with a lower --lr"
                               if resume is not None else "at the initial lambdas; stopped, nothing saved: check the inputs (models, heads, images)")
                     raise AdaptationStopped(f"AdaMerging step {step}: {e} {advice}", None) from None
-                raise AdaptationStopped(f"AdaMerging step {step}: {e}; stopped, keeping the state of step {good['step']}, "
-                                        "the last whose loss and gradient were finite", good) from None
+                raise AdaptationStopped(f"AdaMerging step {step}: {e}; stopped, keeping the state of step {good[0]}, "
+                                        "the last whose loss and gradient were finite", state(good)) from None
             good = before
             times.append(time.perf_counter() - t0)
             trajectory.append({"step": step, "loss": value})

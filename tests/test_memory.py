@@ -41,3 +41,57 @@ def test_importing_the_package_defaults_large_cpu_tensors_to_huge_pages_unless_t
     monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "0")
     importlib.reload(adamerging)
     assert os.environ["THP_MEM_ALLOC_ENABLE"] == "0"
+
+
+def test_fused_step_contracts_each_merged_gradient_as_it_arrives_with_the_same_lambdas_gradient(monkeypatch):
+    # Backpropagating through the merge, autograd runs the merge's nodes last, holding every merged
+    # parameter's gradient at once; streamed, each is contracted into its lambdas gradient and freed as
+    # it arrives (backward order: the last layers first), giving the same numbers bit for bit.
+    from adamerging import merged_encoder
+    from adamerging.adaptation import Lambdas, softmax_entropy
+    from adamerging.merged_encoder import MergedEncoder
+    from test_adaptation import _problem, _run
+
+    clip, theta0, tau, entries, data, normalize = _problem(tasks=3, images=8)
+    name_of = {}
+    contracted: list[tuple[str, int]] = []  # (entry, merged-parameter gradients alive at that moment)
+    leaves: dict[str, torch.Tensor] = {}
+    plain = merged_encoder.merge_entry_lambdas_grad
+
+    def counting(grad_j, row_j, tau_j):
+        contracted.append((name_of[tau_j.data_ptr()], sum(p.grad is not None for p in leaves.values())))
+        return plain(grad_j, row_j, tau_j)
+    monkeypatch.setattr(merged_encoder, "merge_entry_lambdas_grad", counting)
+
+    def loss(merged, params):
+        return sum(softmax_entropy(t.head(merged(params, normalize(t.images[:4])))).mean() for t in data)
+
+    for checkpointing in (False, True):
+        merged = MergedEncoder(clip.visual, theta0, tau, entries, "cpu", checkpointing=checkpointing)
+        name_of.update({v.data_ptr(): k for k, v in merged.tau.items()})
+        for rows in (1, len(entries)):  # task-wise: every entry's gradient sums into one row, in autograd's order
+            init = torch.rand(rows, 3, generator=torch.Generator().manual_seed(rows)) * 1.2 - 0.1  # some clamped
+            reference, streamed = Lambdas(rows, 3, init), Lambdas(rows, 3, init)
+            params = merged.params(reference())
+            with merged.bound(params):
+                loss(merged, params).backward()
+            contracted.clear()
+            params, finish = merged.streamed_params(streamed())
+            leaves.clear()
+            leaves.update(params)
+            with merged.bound(params):
+                loss(merged, params).backward()
+            finish()
+            assert torch.equal(streamed.raw.grad, reference.raw.grad), (checkpointing, rows)
+            assert sorted(name for name, _ in contracted) == sorted(merged.tau)  # each visual entry once
+            assert all(alive == 1 for _, alive in contracted)                    # only its own gradient
+            assert contracted[0][0] in ("proj", "ln_post.weight", "ln_post.bias")  # during backward, not after
+            assert all(p.grad is None for p in params.values())
+
+    # the adaptation loop's default (fused) step goes this way; per-task mode does not
+    contracted.clear()
+    _run(data, clip, theta0, tau, entries, normalize, steps=1, batch_size_adapt=2)
+    assert len(contracted) == len(merged.tau)
+    contracted.clear()
+    _run(data, clip, theta0, tau, entries, normalize, steps=1, batch_size_adapt=2, adapt_mode="per-task")
+    assert not contracted

@@ -85,7 +85,7 @@ def adamerging_step(run: AdaMerging) -> float:
     per_task = config.batch_size_adapt * config.batches_per_step
     batches = [sample(t, per_task, run.generator) for t in run.tasks]      # 1. unlabeled test batches B_k
     run.optimizer.zero_grad(set_to_none=True)
-    params = run.merged.params(run.lambdas())                              # 2. theta(lambdas), once per step
+    lambdas = run.lambdas()                                                 # 2. theta(lambdas), once per step (in `backward`)
 
     def loss_of(task_ids: Sequence[int], leaves: dict[str, torch.Tensor]) -> torch.Tensor:
         x = run.normalize(torch.cat([run.tasks[i].images[batches[i]] for i in task_ids]))
@@ -97,7 +97,7 @@ def adamerging_step(run: AdaMerging) -> float:
             total = total + task_loss(run.tasks[i].head(f.float()), labels, config.batches_per_step, config.objective)
         return total
 
-    loss = backward(run, params, loss_of)                                   # 5. gradient of lambdas
+    loss = backward(run, lambdas, loss_of)                                  # 5. gradient of lambdas
     grad = run.lambdas.raw.grad if run.lambdas.raw.grad is not None else torch.zeros_like(run.lambdas.raw)
     run.ranks.all_reduce_(grad)
     run.ranks.all_reduce_(loss)
@@ -108,21 +108,26 @@ def adamerging_step(run: AdaMerging) -> float:
     return float(loss)
 
 
-def backward(run: AdaMerging, params: dict[str, torch.Tensor],
+def backward(run: AdaMerging, lambdas: torch.Tensor,
              loss_of: Callable[[Sequence[int], dict[str, torch.Tensor]], torch.Tensor]) -> torch.Tensor:
-    """Backpropagate this rank's loss into the lambdas; returns the loss (detached, scalar).
+    """Merge at `lambdas` [R, T], backpropagate this rank's loss into them; returns the loss (detached, scalar).
 
-    adapt_mode "fused": one forward over all tasks' batches. "per-task": backward one task at a time
-    into detached copies of the merged parameters, then once from those into the lambdas: peak
-    activation memory of one task, same gradient.
+    adapt_mode "fused": one forward over all tasks' batches; each merged parameter's gradient is
+    contracted into the lambdas gradient as soon as it exists (`MergedEncoder.streamed_params`), so
+    they are never all held at once. "per-task": backward one task at a time into detached copies of
+    the merged parameters, then once from those into the lambdas: peak activation memory of one
+    task, same gradient up to float summation order.
     """
     mine = run.mine
     total = torch.zeros((), device=run.merged.device)
     if run.config.adapt_mode == "fused":
+        params, finish = run.merged.streamed_params(lambdas)
         with run.merged.bound(params):
             loss = loss_of(mine, params) if mine else params[next(iter(params))].sum() * 0
             loss.backward()
+        finish()
         return total + loss.detach()
+    params = run.merged.params(lambdas)
     leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
     with run.merged.bound(leaves):
         for i in mine:

@@ -13,7 +13,7 @@ from typing import Callable, ContextManager, Sequence
 import torch
 from torch.func import functional_call
 
-from .merging import TaskVectors, merge_entry
+from .merging import TaskVectors, coefficient_row, merge_entry, merge_entry_lambdas_grad
 from .models import VISUAL_PREFIX
 
 
@@ -52,13 +52,47 @@ class MergedEncoder:
         self.num_tasks = next(iter(self.tau.values())).shape[0]
         self._forward = torch.compile(self._call) if compile else self._call
 
-    def params(self, lambdas: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Merged visual parameters for a lambdas table [R, T] (R = 1: task-wise, R = len(entries): layer-wise)."""
+    def _rows(self, lambdas: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each visual entry's lambdas [T] (row j of a layer-wise table, row 0 of a task-wise one)."""
         lambdas = lambdas.to(self.device)
         if lambdas.dim() != 2 or lambdas.shape[0] not in (1, len(self.entries)) or lambdas.shape[1] != self.num_tasks:
             raise ValueError(f"lambdas must be [1 or {len(self.entries)}, {self.num_tasks}] (rows: entries, columns: tasks), got {tuple(lambdas.shape)}")
         task_wise = lambdas.shape[0] == 1
-        return {name: merge_entry(self.theta0[name], lambdas[0 if task_wise else j], self.tau[name]) for j, name in self.visual_entries}
+        return {name: lambdas[0 if task_wise else j] for j, name in self.visual_entries}
+
+    def params(self, lambdas: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Merged visual parameters for a lambdas table [R, T] (R = 1: task-wise, R = len(entries): layer-wise)."""
+        return {name: merge_entry(self.theta0[name], row, self.tau[name]) for name, row in self._rows(lambdas).items()}
+
+    def streamed_params(self, lambdas: torch.Tensor) -> tuple[dict[str, torch.Tensor], Callable[[], None]]:
+        """Merged visual parameters whose gradients are turned into lambdas gradients as they arrive.
+
+        Returns (params, finish): `params` as from `params(lambdas)` but as leaves of their own; during
+        a backward through them, each entry's dL/dtheta_j is contracted with its task vectors into
+        dL/d lambdas_j ([1, T], `merging.merge_entry_lambdas_grad`) the moment autograd has it, and
+        freed. `finish()` (after the backward) sends those into `lambdas`' graph. Same lambdas gradient,
+        bit for bit, as backpropagating through `params(lambdas)`, whose merge nodes autograd runs
+        last, after every entry's gradient (1.2 GB on ViT-L/14) has been held at once.
+        """
+        rows = {name: coefficient_row(row, self.tau[name]) for name, row in self._rows(lambdas).items()}
+        grads: dict[str, torch.Tensor] = {}
+        params = {}
+        for name, row in rows.items():
+            with torch.no_grad():
+                leaf = merge_entry(self.theta0[name], row, self.tau[name]).requires_grad_(True)
+
+            def contract(leaf: torch.Tensor, name: str = name) -> None:
+                grads[name] = merge_entry_lambdas_grad(leaf.grad, rows[name], self.tau[name])
+                leaf.grad = None
+            leaf.register_post_accumulate_grad_hook(contract)
+            params[name] = leaf
+
+        def finish() -> None:
+            # in entry order, as autograd would (the order of a task-wise table's per-entry sums)
+            got = [name for name in rows if name in grads]
+            if got:
+                torch.autograd.backward([rows[name] for name in got], [grads.pop(name) for name in got])
+        return params, finish
 
     def _call(self, params: dict[str, torch.Tensor], images: torch.Tensor) -> torch.Tensor:
         return functional_call(self.visual, params, (images,))

@@ -85,13 +85,34 @@ def merge_entry(theta0_j: torch.Tensor, lambdas_j: torch.Tensor, tau_j: torch.Te
     Sec. 3 (task-wise Eq. and layer-wise Eq.); the authors' tables' pretrained column is always 1, and
     theta_0 + ... is bit-identical to 1 * theta_0 + ... while saving a multiply per entry.
     """
-    num_tasks, n = tau_j.shape[0], theta0_j.numel()
+    n = theta0_j.numel()
     # One [1, T] x [T, n] product, theta_0 added into its output in place: bit-identical to
     # theta_0 + tensordot(...), one full-size temporary fewer (on the CPU mostly page faults of fresh
     # memory, a third of the merge's cost). Legal for autograd: mm's backward does not read its output.
     # The add_ is on the product itself, not on a view of it, so backward needs no CopySlices.
-    mixed = lambdas_j.to(tau_j.dtype).reshape(1, num_tasks) @ tau_j.reshape(num_tasks, n)
+    mixed = coefficient_row(lambdas_j, tau_j) @ tau_j.reshape(tau_j.shape[0], n)
     return mixed.add_(theta0_j.reshape(1, n)).view(theta0_j.shape)
+
+
+def coefficient_row(lambdas_j: torch.Tensor, tau_j: torch.Tensor) -> torch.Tensor:
+    """The left factor of `merge_entry`'s product: entry j's lambdas [T] as a [1, T] row in tau's dtype."""
+    return lambdas_j.to(tau_j.dtype).reshape(1, tau_j.shape[0])
+
+
+def merge_entry_lambdas_grad(grad_j: torch.Tensor, row_j: torch.Tensor, tau_j: torch.Tensor) -> torch.Tensor:
+    """dL/d row_j [1, T] from dL/d theta_j [*shape]: the lambdas gradient of one entry, sum(grad_j * tau_t,j) per task.
+
+    `row_j` is `coefficient_row(lambdas_j, tau_j)` (its layout picks the product, as in autograd), `tau_j`
+    [T, *shape]. Computed exactly as autograd's backward of `merge_entry`'s mm (torch's
+    `mm_mat1_backward`, FunctionsManual.cpp), so the numbers are bit-identical to backpropagating
+    through `merge_entry`; lets a caller contract each entry's gradient as soon as it exists instead of
+    holding every entry's gradient until autograd reaches the merge (it runs the merge's nodes last).
+    """
+    num_tasks, n = tau_j.shape[0], grad_j.numel()
+    grad, mat2 = grad_j.reshape(1, n), tau_j.reshape(num_tasks, n)
+    if row_j.stride(0) == 1 and row_j.stride(1) == row_j.shape[0]:  # mm's branch for a column-major input
+        return mat2.mm(grad.t()).t()
+    return grad.mm(mat2.t())
 
 
 def merge(theta0: dict[str, torch.Tensor], tau: TaskVectors, lambdas: torch.Tensor, entries: Sequence[str] | None = None) -> dict[str, torch.Tensor]:

@@ -95,3 +95,42 @@ def test_fused_step_contracts_each_merged_gradient_as_it_arrives_with_the_same_l
     contracted.clear()
     _run(data, clip, theta0, tau, entries, normalize, steps=1, batch_size_adapt=2, adapt_mode="per-task")
     assert not contracted
+
+
+def test_quick_gelu_keeps_only_its_input_for_backward_with_bit_identical_values_and_gradients():
+    # open_clip's x * sigmoid(1.702 x) keeps x and the sigmoid's output for backward; the models built
+    # here keep x only (the sigmoid is recomputed), the same numbers: one hidden-layer tensor less per block.
+    import copy
+
+    import open_clip
+    from adamerging.models import QuickGELU, create_clip
+
+    torch.manual_seed(0)
+    lean = create_clip("mini").visual
+    gelus = [m for m in lean.modules() if isinstance(m, open_clip.transformer.QuickGELU)]
+    assert gelus and all(type(m) is QuickGELU for m in gelus)
+    composite = copy.deepcopy(lean)
+    for block in composite.transformer.resblocks:
+        block.mlp.gelu = open_clip.transformer.QuickGELU()
+    x = torch.randn(3, 3, *lean.image_size)
+    for precision in (torch.float32, torch.bfloat16):
+        saved, outputs = [], []
+        for model in (lean, composite):
+            model.zero_grad(set_to_none=True)
+            kept: dict[int, int] = {}  # storage -> bytes: a tensor saved by two nodes is held once
+
+            def pack(t, kept=kept):
+                kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+                return t
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+                    torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == torch.bfloat16):
+                y = model(x)
+            (y.float() ** 2).sum().backward()
+            saved.append(sum(kept.values()))
+            outputs.append((y, [p.grad for p in model.parameters()]))
+        assert torch.equal(outputs[0][0], outputs[1][0])
+        assert all(torch.equal(a, b) for a, b in zip(outputs[0][1], outputs[1][1]))
+        hidden = lean.transformer.resblocks[0].mlp.c_fc.out_features
+        tokens = (lean.image_size[0] // lean.conv1.kernel_size[0]) ** 2 + 1
+        element = 2 if precision == torch.bfloat16 else 4
+        assert saved[1] - saved[0] == len(gelus) * 3 * tokens * hidden * element, precision

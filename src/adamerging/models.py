@@ -39,7 +39,7 @@ def create_clip(model_name: str, device: str | torch.device = "cpu") -> torch.nn
 
     QuickGELU is forced: the OpenAI weights were trained with it, and a current open_clip builds plain
     GELU for `pretrained=None`, which loads the real checkpoints without error but silently lowers
-    every accuracy.
+    every accuracy. Its modules are this file's `QuickGELU` (same numbers, less memory in backward).
     """
     if model_name not in MODEL_NAMES:
         raise ValueError(f"unknown model {model_name!r}; expected one of {', '.join(MODEL_NAMES)}")
@@ -52,8 +52,48 @@ def create_clip(model_name: str, device: str | torch.device = "cpu") -> torch.nn
         model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=True, device=device)
     finally:
         logger.setLevel(level)
+    _use_lean_quick_gelu(model)
     model.eval()
     return model
+
+
+class _QuickGELUFunction(torch.autograd.Function):
+    """x * sigmoid(1.702 x) that saves only x for backward and recomputes the sigmoid there.
+
+    The forward runs open_clip's own operations; the backward runs the operations autograd runs for
+    them (mul's `grad * other`, `aten::sigmoid_backward`, `grad * 1.702`, the two paths into x summed),
+    so values and gradients are bit-identical. What it saves: the sigmoid's output, one tensor the
+    size of the MLP's hidden layer per block, kept for backward by the composite version (on
+    ViT-L/14: 257 x 4096 fp32 = 4.2 MB per image and block, 0.1 GB per image over 24 blocks).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return x * torch.sigmoid(1.702 * x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        s = torch.sigmoid(1.702 * x)
+        return grad * s + torch.ops.aten.sigmoid_backward(grad * x, s) * 1.702
+
+
+class QuickGELU(open_clip.transformer.QuickGELU):  # same name: the model still reads as QuickGELU
+    """open_clip's QuickGELU, x * sigmoid(1.702 x) on [*] tensors, with less activation memory in training.
+
+    Bit-identical values and gradients (`_QuickGELUFunction`); source: OpenAI CLIP's QuickGELU.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _QuickGELUFunction.apply(x)
+
+
+def _use_lean_quick_gelu(model: torch.nn.Module) -> None:
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if type(child) is open_clip.transformer.QuickGELU:
+                setattr(module, name, QuickGELU())
 
 
 def get_tokenizer(model_name: str) -> Callable[..., torch.Tensor]:

@@ -134,3 +134,30 @@ def test_quick_gelu_keeps_only_its_input_for_backward_with_bit_identical_values_
         tokens = (lean.image_size[0] // lean.conv1.kernel_size[0]) ** 2 + 1
         element = 2 if precision == torch.bfloat16 else 4
         assert saved[1] - saved[0] == len(gelus) * 3 * tokens * hidden * element, precision
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+
+def test_freed_heap_pages_go_back_to_the_system_after_loading(tmp_path, monkeypatch):
+    # Released experts leave their small-tensor pages on the C heap unless trimmed.
+    import pytest
+
+    from adamerging import problem as problem_module
+    from adamerging.checkpoints import return_freed_memory
+
+    blocks = [torch.ones(16 * 1024) for _ in range(3000)]  # 64 KB each (heap, not mmap), 190 MB touched
+    keep = torch.ones(16 * 1024)                            # above them: the heap's top is not free
+    del blocks
+    before = _rss_bytes()
+    if not return_freed_memory():
+        pytest.skip("no malloc_trim in this C library")
+    assert before - _rss_bytes() > 100 * 2 ** 20
+    del keep
+
+    calls = []
+    monkeypatch.setattr(problem_module, "return_freed_memory", lambda: calls.append(1))
+    load_task_vectors(parse_config("task_arithmetic", mini_argv(write_mini_problem(tmp_path))), "plain")
+    assert calls == [1]

@@ -61,3 +61,15 @@ def test_bench_memory_prepares_checkpoints_the_methods_load_and_passes_valid_fla
         config = parse_config(method, cmd[4:])  # every flag the runner passes still exists
     problem = load_problem(config, "ties", {})  # the checkpoints it writes load (the last method: ++, TIES vectors)
     assert problem.tasks == bench.TASKS[:1]
+
+
+def test_bench_fusionbench_runs_our_side_on_bench_memory_checkpoints(tmp_path):
+    bench = _load("bench_fusionbench")
+    with pytest.raises(SystemExit, match="bench_memory.py"):
+        bench.main(["--model", "mini", "--workdir", str(tmp_path), "--num-tasks", "1", "--sides", "ours"])
+    bench.bench_memory.prepare("mini", tmp_path, num_tasks=1)
+    rows = bench.main(["--model", "mini", "--workdir", str(tmp_path), "--num-tasks", "1", "--steps", "1", "--sides", "ours",
+                       "--limit-gb", "4", "--min-available-gb", "0.2"])
+    assert [r["side"] for r in rows] == ["ours"] and rows[0]["status"] == "ok" and rows[0]["peak_gb"] > 0
+    with pytest.raises(SystemExit, match="--fusion-python"):
+        bench.main(["--model", "mini", "--workdir", str(tmp_path), "--num-tasks", "1", "--sides", "fusionbench"])

@@ -161,3 +161,32 @@ def test_freed_heap_pages_go_back_to_the_system_after_loading(tmp_path, monkeypa
     monkeypatch.setattr(problem_module, "return_freed_memory", lambda: calls.append(1))
     load_task_vectors(parse_config("task_arithmetic", mini_argv(write_mini_problem(tmp_path))), "plain")
     assert calls == [1]
+
+
+def _file_mapped_ranges(marker: str) -> list[tuple[int, int]]:
+    with open("/proc/self/maps") as f:
+        return [tuple(int(a, 16) for a in line.split()[0].split("-")) for line in f if marker in line]
+
+
+def test_theta0_text_side_entries_are_file_backed_until_written(tmp_path):
+    # Nothing but --save-merged reads theta_0's text-side leftovers: they stay mapped from an unlinked
+    # temporary file (out of memory), with the same values, and the saved merged model has them.
+    from adamerging.checkpoints import load_checkpoint
+    from adamerging.pipeline import run
+
+    root = write_mini_problem(tmp_path)
+    vectors = load_task_vectors(parse_config("task_arithmetic", mini_argv(root)), "plain")
+    ranges = _file_mapped_ranges("adamerging-")
+    original = hf.load_weights(root / "checkpoints" / "mini" / "zeroshot.pt")
+    text_side = [k for k in vectors.entries if not k.startswith("model.visual.")]
+    params = dict(vectors.clip.named_parameters())
+    for key in vectors.entries:
+        ptr = vectors.theta0[key].data_ptr()
+        assert any(lo <= ptr < hi for lo, hi in ranges) == (key in text_side), key
+        assert torch.equal(vectors.theta0[key], original[key].float()), key
+        if key[len("model."):] in params:
+            assert params[key[len("model."):]].data_ptr() == ptr, key
+    out = tmp_path / "merged.pt"
+    run("task_arithmetic", parse_config("task_arithmetic", mini_argv(root) + ["--save-merged", str(out)]))
+    saved = load_checkpoint(out).state_dict
+    assert all(torch.equal(saved[k], original[k].float()) for k in text_side)

@@ -263,6 +263,32 @@ def return_freed_memory() -> bool:
     return True
 
 
+def file_backed(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The same tensors (values, dtypes, shapes) memory-mapped from an unlinked temporary file.
+
+    For tensors kept only to be written out later (theta_0's text-side leftovers, read by
+    `--save-merged` only): their pages leave the process's memory and come back from the file when
+    read. Written with `torch.save`, mapped with `torch.load(mmap=True)`, the file unlinked at once
+    (the mapping keeps it until the tensors are freed). Where no temporary file can be written, the
+    tensors are returned as they are.
+    """
+    if not tensors:
+        return tensors
+    path = None
+    try:
+        with tempfile.NamedTemporaryFile(prefix="adamerging-", suffix=".pt", delete=False) as f:
+            path = f.name
+        torch.save(tensors, path)
+        return torch.load(path, mmap=True, weights_only=True)
+    except OSError as e:
+        log.warning("keeping %d tensors in memory: no temporary file (%s)", len(tensors), e)
+        return tensors
+    finally:
+        if path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
 def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     """Read a task-vectors pickled module, a weights-only `.pt` state dict, or a `.safetensors` file.
 

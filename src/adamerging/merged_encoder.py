@@ -88,7 +88,8 @@ class MergedEncoder:
             params[name] = leaf
 
         def finish() -> None:
-            # in entry order, as autograd would (the order of a task-wise table's per-entry sums)
+            # autograd sums a task-wise row's per-entry gradients in the order the rows' nodes were made
+            # (latest first), as through `params`: the same float sums whatever this list's order
             got = [name for name in rows if name in grads]
             if got:
                 torch.autograd.backward([rows[name] for name in got], [grads.pop(name) for name in got])

@@ -23,7 +23,7 @@ def quick_build(tmp_path_factory):
     env = dict(__import__("os").environ, PYTHONPATH=str(ROOT / "src"))
     proc = subprocess.run(
         [sys.executable, "-m", "adamerging.mini.build", "--quick", "--data-root", str(data), "--checkpoints", str(ckpt),
-         "--threads", "1"],
+         "--threads", "1", "--rebuild", "--artefacts", str(base / "artefacts")],
         cwd=base, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -203,3 +203,71 @@ def test_build_takes_the_extra_stand_in_tasks_and_names_an_unknown_one(tmp_path)
     with pytest.raises(ValueError, match=r"no mini stand-in for \['Cars'\]"):
         B.build(tmp_path / "data", tmp_path / "ckpt", quick=True, tasks=["MNIST", "Cars"])
     assert not (tmp_path / "ckpt").exists()                                   # rejected before anything is written
+
+
+def test_build_from_artefacts_equals_the_rebuild_byte_for_byte(quick_build, tmp_path):
+    """The default build loads the base and task vectors that `--rebuild` wrote, skips pretraining and
+    fine-tuning, and writes the very same checkpoint files."""
+    from adamerging.mini import artefacts as A
+
+    data, ckpt, _ = quick_build
+    art = ckpt.parent / "artefacts"
+    assert A.verify(art) == []
+    env = dict(__import__("os").environ, PYTHONPATH=str(ROOT / "src"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "adamerging.mini.build", "--quick", "--data-root", str(tmp_path / "data"),
+         "--checkpoints", str(tmp_path / "ckpt"), "--threads", "1", "--artefacts", str(art)],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "committed artefacts" in proc.stdout and "pool done" not in proc.stdout
+    files = sorted(p.relative_to(ckpt) for p in ckpt.rglob("*") if p.is_file() and p.name != "build_report.json")
+    assert len(files) >= 10
+    for rel in files:
+        assert (tmp_path / "ckpt" / rel).read_bytes() == (ckpt / rel).read_bytes(), rel
+    old = json.loads((ckpt / "build_report.json").read_text())
+    new = json.loads((tmp_path / "ckpt" / "build_report.json").read_text())
+    assert new["data_sha256"] == old["data_sha256"] and new["per_task"] == {
+        t: dict(r, expert_source="committed task vector") for t, r in old["per_task"].items()}
+    # an altered artefact is caught by its hash
+    victim = A.tau_path(old["tasks"][0], art)
+    victim.write_bytes(victim.read_bytes()[:-4] + b"\0\0\0\0")
+    assert any("sha256 differs" in p for p in A.verify(art))
+
+
+def test_committed_artefacts_match_their_hashes_and_size_limits():
+    from adamerging.mini import artefacts as A
+
+    assert A.verify() == []
+    manifest = A.read_manifest()
+    assert set(manifest["expert_keys"]) == set(manifest["tasks"])
+    assert {f"tau_{t}.safetensors" for t in manifest["tasks"]} | {"base_visual.safetensors", "base_text.safetensors"} \
+        == set(manifest["files"])
+
+
+def test_committed_base_and_experts_are_trained():
+    """Not random weights: the committed base's text-tower heads beat chance on fresh test images of every
+    committed task, and each expert (theta_0 + its task vector) beats the zero-shot head on its task."""
+    import torch.nn.functional as F
+
+    from adamerging import heads as H
+    from adamerging import models as M
+    from adamerging.mini import artefacts as A, layouts, tasks as T, train as TR
+
+    clip = A.load_base(M.create_clip("mini"))
+    tok = M.get_tokenizer("mini")
+    theta0 = {k: v.clone() for k, v in clip.visual.state_dict().items()}
+    for t in A.read_manifest()["tasks"]:
+        gen, classnames, templates = T.EVAL_TASKS[t]
+        x, y = gen(np.random.default_rng([12345, T.CANONICAL.index(t)]), 200, "test")
+        classnames, splits = layouts.on_disk_order(t, classnames, {"test": (x, y)})
+        x, y = splits["test"]
+        head = H.zeroshot_weights(clip, tok, classnames, templates)
+        tau = A.load_task_vector(t)
+        with torch.no_grad():
+            zs = (F.normalize(clip.visual(TR.to_tensor(x)), dim=-1) @ head.t()).argmax(1).numpy()
+            clip.visual.load_state_dict({k: theta0[k] + tau[k] for k in theta0})
+            ex = (F.normalize(clip.visual(TR.to_tensor(x)), dim=-1) @ head.t()).argmax(1).numpy()
+            clip.visual.load_state_dict(theta0)
+        zs, ex = float((zs == y).mean()), float((ex == y).mean())
+        assert zs > 1.5 / len(classnames), (t, zs)
+        assert ex > zs + 0.1, (t, zs, ex)

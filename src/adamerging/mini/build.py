@@ -2,9 +2,14 @@
 and fine-tuned experts in the real checkpoint formats.
 
     python -m adamerging.mini.build [--quick] [--data-root data/mini] [--checkpoints checkpoints/mini]
-                                    [--seed 0] [--threads 2] [--force]
+                                    [--seed 0] [--threads 2] [--force] [--rebuild] [--artefacts DIR]
 
-See DESIGN.md beside this file for what each task stands in for and what was measured.
+By default the pretrained base and the experts' task vectors come from the committed artefacts
+(`artefacts/` beside this file, see artefacts.py): the build draws the data, computes the zero-shot heads
+with the text tower and writes every checkpoint in the real formats, in about a minute. `--rebuild`
+pretrains the base and fine-tunes the experts from scratch (about 15 minutes on one core) and writes
+them to `--artefacts`. See DESIGN.md beside this file for what each task stands in for and what was
+measured.
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import layouts, tasks as T, train as TR
+from . import artefacts as A, layouts, tasks as T, train as TR
 
 BUILD_VERSION = 2
 
@@ -76,6 +81,39 @@ def _config_hash(cfg: dict, seed: int) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
+def _base_key(cfg: dict, seed: int) -> str:
+    """Hash of everything the pretrained base depends on (the artefacts are used only when it matches)."""
+    model_cfg = (Path(__file__).parents[1] / "model_configs" / "mini.json").read_text()
+    pool = {name: share for name, (_, share) in T.POOL_GROUPS.items()}
+    keys = ["pool_n", "pretrain_steps", "pretrain_batch", "pretrain_lr", "pretrain_wd", "logit_scale"]
+    blob = json.dumps(dict(v=BUILD_VERSION, seed=seed, model=model_cfg, pool=pool, **{k: cfg[k] for k in keys}),
+                      sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def _expert_key(cfg: dict, seed: int, task: str) -> str:
+    """Hash of everything an expert depends on: the base, its task's train split, the fine-tuning recipe."""
+    keys = ["n_train", "expert_steps", "expert_batch", "expert_lr", "expert_wd", "heads"]
+    blob = json.dumps(dict(base=_base_key(cfg, seed), task=task, **{k: cfg[k] for k in keys}), sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def _data_digest(splits: dict) -> str:
+    """sha256 over a task's generated splits (images and labels, in split order): equal digests, equal data."""
+    h = hashlib.sha256()
+    for name in sorted(splits):
+        for a in splits[name]:
+            h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _all_texts(pool: list[dict]) -> list[str]:
+    """Every caption the pretraining can form and every prompt of every evaluation task (the token rows kept)."""
+    texts = [tpl.replace("{c}", n) for p in pool for tpl in p["templates"] for n in p["names"]]
+    texts += [tpl.replace("{c}", c) for _, names, tpls in T.EVAL_TASKS.values() for tpl in tpls for c in names]
+    return texts
+
+
 @torch.no_grad()
 def _features(visual, images, bs=500):
     return torch.cat([F.normalize(visual(TR.to_tensor(images[i:i + bs])), dim=-1) for i in range(0, len(images), bs)])
@@ -95,7 +133,8 @@ def _linear_probe(visual, tr, te):
 
 
 def build(data_root: str | Path, ckpt_dir: str | Path, quick: bool = False, seed: int = 0, threads: int | None = None,
-          force: bool = False, tasks: Sequence[str] | None = None) -> dict:
+          force: bool = False, tasks: Sequence[str] | None = None, rebuild: bool = False,
+          artefacts: str | Path = A.ARTEFACT_DIR) -> dict:
     """Build (or reuse, when cached with the same settings) the mini benchmark; returns its build report.
 
     `tasks`: the evaluation tasks, any of `tasks.EVAL_TASKS` (default: the final design's four). SVHN and
@@ -115,9 +154,11 @@ def build(data_root: str | Path, ckpt_dir: str | Path, quick: bool = False, seed
             raise ValueError(f"--tasks: no mini stand-in for {unknown}; choose from {', '.join(T.EVAL_TASKS)}")
         cfg["tasks"] = list(tasks)
     data_root, ckpt_dir = Path(data_root), Path(ckpt_dir)
-    key = _config_hash(cfg, seed)
+    artefacts = Path(artefacts)
+    # a build from the committed artefacts is keyed by their hashes too, so changed artefacts rebuild
+    key = _config_hash(dict(cfg, artefacts=A.read_manifest(artefacts).get("files"), rebuild=rebuild), seed)
     report_path = ckpt_dir / "build_report.json"
-    if not force and report_path.exists():
+    if not (force or rebuild) and report_path.exists():
         try:
             old = json.loads(report_path.read_text())
         except json.JSONDecodeError:
@@ -154,21 +195,36 @@ def build(data_root: str | Path, ckpt_dir: str | Path, quick: bool = False, seed
               f"{data_root / layouts.DATASET_DIR[t]}")
     P.stage("data")
 
-    # ---------------------------------------------------------------- 2. pretraining pool + tiny CLIP
-    shares = {k: v[1] for k, v in T.POOL_GROUPS.items()}
-    pool = []
-    for gi, (name, (gen, share)) in enumerate(T.POOL_GROUPS.items()):
-        (x, y), names = gen(np.random.default_rng([seed, 100 + gi]), int(cfg["pool_n"] * share / sum(shares.values())))
-        pool.append(dict(name=name, images=x, labels=y, names=names, templates=T.POOL_TEMPLATES))
-    P.log(f"  pretraining pool: {sum(len(p['labels']) for p in pool)} images in {len(pool)} caption groups")
-    P.stage("pool")
-
-    torch.manual_seed(seed)
-    clip = M.create_clip("mini")
+    # ---------------------------------------------------------------- 2. the pretrained tiny CLIP
     tok = M.get_tokenizer("mini")
-    TR.pretrain(clip, tok, pool, cfg["pretrain_steps"], batch=cfg["pretrain_batch"], lr=cfg["pretrain_lr"],
-                wd=cfg["pretrain_wd"], seed=seed, log=P.log, fixed_scale=cfg["logit_scale"])
-    clip.eval()
+    manifest = A.read_manifest(artefacts)
+    bkey = _base_key(cfg, seed)
+    from_artefacts = not rebuild and manifest.get("base_key") == bkey
+    clip = M.create_clip("mini")
+    if from_artefacts:
+        A.load_base(clip, artefacts)
+        P.log(f"  pretrained base: committed artefacts in {artefacts} (`--rebuild` pretrains from scratch)")
+    else:
+        if rebuild:  # the folder will hold exactly what this build makes
+            for old in list(artefacts.glob("*.safetensors")) + [artefacts / A.MANIFEST]:
+                old.unlink(missing_ok=True)
+        shares = {k: v[1] for k, v in T.POOL_GROUPS.items()}
+        pool = []
+        for gi, (name, (gen, share)) in enumerate(T.POOL_GROUPS.items()):
+            (x, y), names = gen(np.random.default_rng([seed, 100 + gi]), int(cfg["pool_n"] * share / sum(shares.values())))
+            pool.append(dict(name=name, images=x, labels=y, names=names, templates=T.POOL_TEMPLATES))
+        P.log(f"  pretraining pool: {sum(len(p['labels']) for p in pool)} images in {len(pool)} caption groups")
+        P.stage("pool")
+        torch.manual_seed(seed)
+        clip = M.create_clip("mini")
+        TR.pretrain(clip, tok, pool, cfg["pretrain_steps"], batch=cfg["pretrain_batch"], lr=cfg["pretrain_lr"],
+                    wd=cfg["pretrain_wd"], seed=seed, log=P.log, fixed_scale=cfg["logit_scale"])
+        clip.eval()
+        clip.requires_grad_(True)  # as a loaded base has it (the fixed logit scale was frozen for training only)
+        # rows of tokens no caption or prompt uses got no gradient, only weight decay: zero them (see artefacts.py)
+        A.prune_token_embedding(clip, A.used_token_ids(tok, _all_texts(pool)))
+        if rebuild:
+            A.save_base(clip, A.used_token_ids(tok, _all_texts(pool)), artefacts)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     C.save_state_dict(clip.state_dict(), ckpt_dir / "clip_pretrained.safetensors")
     TV.save_image_encoder(clip, ckpt_dir / "zeroshot.pt")
@@ -199,18 +255,30 @@ def build(data_root: str | Path, ckpt_dir: str | Path, quick: bool = False, seed
     n0 = math.sqrt(sum(float(v.float().pow(2).sum()) for v in theta0.values()))
     from tqdm import tqdm
 
+    expert_keys = {}
     for i, t in enumerate(tqdm(tasks, desc="experts", leave=False)):
         tr, te = data[t]["splits"]["train"], data[t]["splits"]["test"]
         ft = copy.deepcopy(clip)
-        TR.finetune_visual(ft.visual, heads[t], tr[0], tr[1], cfg["expert_steps"], batch=cfg["expert_batch"],
-                           lr=cfg["expert_lr"], wd=cfg["expert_wd"], seed=seed * 1000 + T.CANONICAL.index(t))
+        expert_keys[t] = _expert_key(cfg, seed, t)
+        if from_artefacts and manifest.get("expert_keys", {}).get(t) == expert_keys[t]:
+            tau = A.load_task_vector(t, artefacts)
+            source = "committed task vector"
+        else:
+            TR.finetune_visual(ft.visual, heads[t], tr[0], tr[1], cfg["expert_steps"], batch=cfg["expert_batch"],
+                               lr=cfg["expert_lr"], wd=cfg["expert_wd"], seed=seed * 1000 + T.CANONICAL.index(t))
+            tau = A.round_task_vector({k: v - theta0[k] for k, v in ft.visual.state_dict().items()})
+            source = "fine-tuned"
+            if rebuild:
+                A.save_task_vector(tau, t, artefacts)
+        # the expert is theta_0 + its float16-rounded task vector, however it was obtained
+        ft.visual.load_state_dict({k: theta0[k] + tau[k] for k in theta0})
         ft.eval()
         TV.save_image_encoder(ft, ckpt_dir / t / "finetuned.pt")
         acc = _acc(ft.visual, heads[t], *te)
-        tau = math.sqrt(sum(float((ft.visual.state_dict()[k] - theta0[k]).float().pow(2).sum()) for k in theta0))
-        report_tasks[t].update(expert=acc, tau_over_theta0=tau / n0)
-        P.log(f"  {t}: expert {acc * 100:.1f} (zero-shot {report_tasks[t]['zeroshot'] * 100:.1f}), "
-              f"|tau|/|theta_0| {tau / n0:.3f}")
+        norm = math.sqrt(sum(float(v.pow(2).sum()) for v in tau.values()))
+        report_tasks[t].update(expert=acc, tau_over_theta0=norm / n0, expert_source=source)
+        P.log(f"  {t}: expert {acc * 100:.1f} ({source}; zero-shot {report_tasks[t]['zeroshot'] * 100:.1f}), "
+              f"|tau|/|theta_0| {norm / n0:.3f}")
         del ft
     P.stage("experts")
 
@@ -219,6 +287,9 @@ def build(data_root: str | Path, ckpt_dir: str | Path, quick: bool = False, seed
     report = dict(
         config_hash=key, build_version=BUILD_VERSION, quick=quick, seed=seed, threads=threads, config=cfg,
         tasks=tasks, per_task=report_tasks,
+        base=(f"committed artefacts ({artefacts.name}/, manifest base_key {bkey})" if from_artefacts
+              else f"pretrained by this build ({cfg['pretrain_steps']} steps)"),
+        data_sha256={t: _data_digest(data[t]["splits"]) for t in tasks},
         average=dict(zeroshot=avg("zeroshot"), expert=avg("expert"), linear_probe=avg("linear_probe")),
         heads=HEADS_NOTE[cfg["heads"]],
         timings_s=dict(P.timings, total=round(time.time() - P.t0, 2)),
@@ -226,6 +297,13 @@ def build(data_root: str | Path, ckpt_dir: str | Path, quick: bool = False, seed
     )
     with C.atomic_write(report_path, "w") as f:
         json.dump(report, f, indent=1)
+    if rebuild:
+        A.write_manifest(artefacts, dict(
+            base_key=bkey, expert_keys=expert_keys, seed=seed, threads=threads, tasks=tasks,
+            config={k: v for k, v in cfg.items() if k != "tasks"}, timings_s=report["timings_s"],
+            per_task={t: {k: report_tasks[t][k] for k in ("zeroshot", "expert")} for t in tasks},
+            command=f"python -m adamerging.mini.build --rebuild --threads {threads} --tasks {','.join(tasks)}"))
+        P.log(f"artefacts written to {artefacts} (manifest.json records their sha256)")
     P.log(f"average: zero-shot {report['average']['zeroshot'] * 100:.1f}, experts {report['average']['expert'] * 100:.1f}, "
           f"linear probe {report['average']['linear_probe'] * 100:.1f}; total {report['timings_s']['total']:.0f}s")
     return report
@@ -240,11 +318,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default min(2, cores))")
     ap.add_argument("--force", action="store_true", help="rebuild even if a matching build is cached")
+    ap.add_argument("--rebuild", action="store_true",
+                    help="pretrain the base and fine-tune the experts from scratch and write them to --artefacts "
+                         "(default: use the committed ones)")
+    ap.add_argument("--artefacts", default=str(A.ARTEFACT_DIR),
+                    help="folder of the pretrained base and task vectors (default: the committed ones)")
     ap.add_argument("--tasks", default=None, help=f"comma-separated evaluation tasks among {', '.join(T.EVAL_TASKS)} "
                                                   f"(default {','.join(FULL['tasks'])}; SVHN and DTD add the generalization exp2 split)")
     a = ap.parse_args(argv)
     tasks = [t.strip() for t in a.tasks.split(",") if t.strip()] if a.tasks else None
-    build(a.data_root, a.checkpoints, quick=a.quick, seed=a.seed, threads=a.threads, force=a.force, tasks=tasks)
+    build(a.data_root, a.checkpoints, quick=a.quick, seed=a.seed, threads=a.threads, force=a.force, tasks=tasks,
+          rebuild=a.rebuild, artefacts=a.artefacts)
     return 0
 
 

@@ -319,16 +319,23 @@ def pool_shapes(rng: np.random.Generator, n: int) -> tuple[tuple[np.ndarray, np.
 
 def pool_handwritten(rng: np.random.Generator, n: int) -> tuple[tuple[np.ndarray, np.ndarray], list[str]]:
     """Pool group: MNIST digits from the pretraining half of mnist_halves() (drawn with replacement),
-    recoloured, scaled, shifted and rotated over random backgrounds. Returns ((uint8 [n, 32, 32, 3],
+    half in MNIST's own style (light strokes on a dark ground, centred), half recoloured, scaled, shifted
+    and rotated over random backgrounds. Returns ((uint8 [n, 32, 32, 3],
     int64 [n]), ["a handwritten zero", ...]); labels as drawn, not balanced."""
     (X, y), _ = g.mnist_halves()
     idx = rng.integers(0, len(X), n)
     imgs = []
     for i in idx:
-        bg = g.background(rng, "solid" if rng.random() < 0.5 else None)
-        fg = g._rand_color(rng)
-        img = g.render_handwritten(rng, X[i], fg, bg, rng.uniform(0.6, 1.0), rng.uniform(-6, 6),
-                                   rng.uniform(-6, 6), rng.uniform(-20, 20))
+        if rng.random() < 0.5:  # the scanned style MNIST itself has: light strokes on a dark ground, centred
+            grey = int(rng.integers(0, 40))
+            bg, fg = g.Image.new("RGB", (S, S), (grey, grey, grey)), g._jitter_color(rng, (245, 245, 245), 10)
+            img = g.render_handwritten(rng, X[i], fg, bg, rng.uniform(0.8, 1.0), rng.uniform(-2, 2),
+                                       rng.uniform(-2, 2), rng.uniform(-10, 10))
+        else:
+            bg = g.background(rng, "solid" if rng.random() < 0.5 else None)
+            fg = g._rand_color(rng)
+            img = g.render_handwritten(rng, X[i], fg, bg, rng.uniform(0.6, 1.0), rng.uniform(-6, 6),
+                                       rng.uniform(-6, 6), rng.uniform(-20, 20))
         imgs.append(g._finish(rng, img, blur=rng.uniform(0, 0.8), noise=5))
     return _stack(imgs, y[idx]), [f"a handwritten {w}" for w in DIGIT_WORDS]
 
@@ -420,6 +427,28 @@ def pool_photos(rng: np.random.Generator, n: int) -> tuple[tuple[np.ndarray, np.
     return _stack(imgs, labels), [f"a {nice.get(k, k)}" for k in names]
 
 
+def pool_numerals(rng: np.random.Generator, n: int) -> tuple[tuple[np.ndarray, np.ndarray], list[str]]:
+    """Pool group: the pretraining half's handwritten digits (as pool_handwritten) captioned with the numeral,
+    ['the number: "0"', ...], the phrase the MNIST / SVHN prompts use. Returns ((uint8 [n, 32, 32, 3],
+    int64 [n]), the 10 caption phrases)."""
+    data, _ = pool_handwritten(rng, n)
+    return data, [f'the number: "{i}"' for i in range(10)]
+
+
+POOL_AERIAL = ["annual crop land", "highway or road", "industrial buildings", "river", "lake or sea"]
+
+
+def pool_aerial(rng: np.random.Generator, n: int) -> tuple[tuple[np.ndarray, np.ndarray], list[str]]:
+    """Pool group: 5 of the 10 EUROSAT classes (POOL_AERIAL) seen from above in a coarse style (drawn like the
+    EuroSAT stand-in, then pixelated to 16x16 blocks). Returns ((uint8 [n, 32, 32, 3], int64 [n]),
+    ["satellite view of annual crop land", ...]); balanced."""
+    ks = [EUROSAT.index(c) for c in POOL_AERIAL]
+    labels = _balanced(rng, n, len(ks))
+    imgs = [g._finish(rng, _aerial(rng, ks[lab]).resize((16, 16), Image.BOX).resize((S, S), Image.NEAREST), noise=4)
+            for lab in labels]
+    return _stack(imgs, labels), [f"satellite view of {c}" for c in POOL_AERIAL]
+
+
 POOL_GROUPS = {
     "shapes": (pool_shapes, 8),
     "handwritten": (pool_handwritten, 3),
@@ -429,4 +458,6 @@ POOL_GROUPS = {
     "terrain": (pool_terrain, 2),
     "scenes": (pool_scenes, 2),
     "photos": (pool_photos, 2),
+    "numerals": (pool_numerals, 2),
+    "aerial": (pool_aerial, 2),
 }  # name -> (generator, relative share of the pool)

@@ -5,6 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")"
 bash scripts/setup_venv.sh
 export PYTHONPATH=src
+# One thread unless told otherwise: it reproduces the committed results/mini numbers exactly, and on a
+# shared 2-core machine two threads per process ran 25x slower per step (README, mini benchmark).
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 PY=.venv/bin/python
 COMMON=(--model mini --overwrite "$@")
 

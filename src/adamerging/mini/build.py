@@ -6,7 +6,7 @@ and fine-tuned experts in the real checkpoint formats.
 
 By default the pretrained base and the experts' task vectors come from the committed artefacts
 (`artefacts/` beside this file, see artefacts.py): the build draws the data, computes the zero-shot heads
-with the text tower and writes every checkpoint in the real formats, in about a minute. `--rebuild`
+with the text tower and writes every checkpoint in the real formats, in 20-30 seconds. `--rebuild`
 pretrains the base and fine-tunes the experts from scratch (about 15 minutes on one core) and writes
 them to `--artefacts`. See DESIGN.md beside this file for what each task stands in for and what was
 measured.
@@ -200,9 +200,8 @@ def build(data_root: str | Path, ckpt_dir: str | Path, quick: bool = False, seed
     manifest = A.read_manifest(artefacts)
     bkey = _base_key(cfg, seed)
     from_artefacts = not rebuild and manifest.get("base_key") == bkey
-    clip = M.create_clip("mini")
     if from_artefacts:
-        A.load_base(clip, artefacts)
+        clip = A.load_base(M.create_clip("mini"), artefacts)
         P.log(f"  pretrained base: committed artefacts in {artefacts} (`--rebuild` pretrains from scratch)")
     else:
         if rebuild:  # the folder will hold exactly what this build makes
@@ -222,9 +221,10 @@ def build(data_root: str | Path, ckpt_dir: str | Path, quick: bool = False, seed
         clip.eval()
         clip.requires_grad_(True)  # as a loaded base has it (the fixed logit scale was frozen for training only)
         # rows of tokens no caption or prompt uses got no gradient, only weight decay: zero them (see artefacts.py)
-        A.prune_token_embedding(clip, A.used_token_ids(tok, _all_texts(pool)))
+        token_ids = A.used_token_ids(tok, _all_texts(pool))
+        A.prune_token_embedding(clip, token_ids)
         if rebuild:
-            A.save_base(clip, A.used_token_ids(tok, _all_texts(pool)), artefacts)
+            A.save_base(clip, token_ids, artefacts)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     C.save_state_dict(clip.state_dict(), ckpt_dir / "clip_pretrained.safetensors")
     TV.save_image_encoder(clip, ckpt_dir / "zeroshot.pt")

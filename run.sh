@@ -12,7 +12,7 @@ PY=.venv/bin/python
 COMMON=(--model mini --overwrite "$@")
 
 echo "== building the mini benchmark (skipped when cached)"
-$PY -m adamerging.mini.build
+$PY -m adamerging.mini.build --threads "$OMP_NUM_THREADS"
 
 for method in zeroshot individual; do
   echo "== $method"

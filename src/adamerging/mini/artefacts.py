@@ -29,6 +29,8 @@ from typing import Iterable
 
 import torch
 
+from ..checkpoints import atomic_write, save_state_dict
+
 ARTEFACT_DIR = Path(__file__).with_name("artefacts")
 MANIFEST = "manifest.json"
 MAX_FILE_BYTES = 5 * 1024 * 1024
@@ -58,12 +60,6 @@ def prune_token_embedding(clip: torch.nn.Module, token_ids: torch.Tensor) -> Non
         clip.token_embedding.weight[~keep] = 0.0
 
 
-def _save(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    from adamerging.checkpoints import save_state_dict
-
-    save_state_dict(tensors, path)
-
-
 def save_base(clip: torch.nn.Module, token_ids: torch.Tensor, folder: Path = ARTEFACT_DIR) -> list[Path]:
     """Write the pretrained `clip` (token rows outside `token_ids` must already be zero) as
     base_visual / base_text safetensors in `folder`; returns the paths."""
@@ -74,8 +70,8 @@ def save_base(clip: torch.nn.Module, token_ids: torch.Tensor, folder: Path = ART
     text["token_ids"] = token_ids.to(torch.int64)
     text["token_rows"] = sd["token_embedding.weight"][token_ids]
     paths = [folder / "base_visual.safetensors", folder / "base_text.safetensors"]
-    _save(visual, paths[0])
-    _save(text, paths[1])
+    save_state_dict(visual, paths[0])
+    save_state_dict(text, paths[1])
     return paths
 
 
@@ -112,7 +108,7 @@ def tau_path(task: str, folder: Path = ARTEFACT_DIR) -> Path:
 def save_task_vector(tau: dict[str, torch.Tensor], task: str, folder: Path = ARTEFACT_DIR) -> Path:
     """Write a visual task vector {entry: float tensor} as float16 safetensors; returns the path."""
     path = tau_path(task, folder)
-    _save({k: v.to(torch.float16) for k, v in tau.items()}, path)
+    save_state_dict({k: v.to(torch.float16) for k, v in tau.items()}, path)
     return path
 
 
@@ -139,8 +135,6 @@ def read_manifest(folder: Path = ARTEFACT_DIR) -> dict:
 
 def write_manifest(folder: Path, info: dict) -> dict:
     """Write manifest.json: `info` plus sha256 and size of every *.safetensors file in `folder`."""
-    from adamerging.checkpoints import atomic_write
-
     files = {p.name: dict(sha256=sha256(p), bytes=p.stat().st_size) for p in sorted(folder.glob("*.safetensors"))}
     manifest = dict(info, files=files, made_with=dict(torch=torch.__version__, machine=platform.machine(),
                                                        processor=_cpu_name()))

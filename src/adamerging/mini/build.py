@@ -155,8 +155,9 @@ def build(data_root: str | Path, ckpt_dir: str | Path, quick: bool = False, seed
         cfg["tasks"] = list(tasks)
     data_root, ckpt_dir = Path(data_root), Path(ckpt_dir)
     artefacts = Path(artefacts)
+    manifest = A.read_manifest(artefacts)
     # a build from the committed artefacts is keyed by their hashes too, so changed artefacts rebuild
-    key = _config_hash(dict(cfg, artefacts=A.read_manifest(artefacts).get("files"), rebuild=rebuild), seed)
+    key = _config_hash(dict(cfg, artefacts=manifest.get("files"), rebuild=rebuild), seed)
     report_path = ckpt_dir / "build_report.json"
     if not (force or rebuild) and report_path.exists():
         try:
@@ -197,7 +198,6 @@ def build(data_root: str | Path, ckpt_dir: str | Path, quick: bool = False, seed
 
     # ---------------------------------------------------------------- 2. the pretrained tiny CLIP
     tok = M.get_tokenizer("mini")
-    manifest = A.read_manifest(artefacts)
     bkey = _base_key(cfg, seed)
     from_artefacts = not rebuild and manifest.get("base_key") == bkey
     if from_artefacts:

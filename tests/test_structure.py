@@ -1,5 +1,5 @@
 """The package's import structure: no module imports one that imports it (directly or through others),
-no module imports one of a higher floor, and every module has a docstring and a README row.
+no module imports one of a higher floor, and every module has a docstring and a row in docs/how-it-works.md.
 
 Checked on the source by an AST walk, so it also sees imports inside functions (run only later, but
 still a dependency a reader has to follow) and runs without importing anything.
@@ -76,7 +76,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-# The floors of README "How it works", bottom up: a module imports its own floor and those below only.
+# The floors of docs/how-it-works.md, bottom up: a module imports its own floor and those below only.
 FLOORS = (
     # one-job building blocks: files, formats, the merge, models, data, evaluation, reports
     {"_torchvision_compat", "checkpoints", "task_vectors_format", "merging", "merged_encoder", "models", "heads", "evaluation", "corruptions",
@@ -122,11 +122,10 @@ def test_the_checker_finds_a_cycle_direct_lazy_or_through_others(tmp_path, b_sou
     assert find_cycle(import_graph(pkg)) is None
 
 
-def test_every_module_has_a_docstring_and_a_row_in_the_readme():
-    readme = (PACKAGE.parents[1] / "README.md").read_text()
-    table = readme[readme.index("## How it works"):]
+def test_every_module_has_a_docstring_and_a_row_in_the_docs():
+    table = (PACKAGE.parents[1] / "docs" / "how-it-works.md").read_text()
     for name, path in module_names(PACKAGE).items():
         assert ast.get_docstring(ast.parse(path.read_text())), f"{path}: no module docstring"
         inside = path.relative_to(PACKAGE).parts
         row = f"`adamerging/{inside[0]}/`" if len(inside) > 1 else f"`adamerging/{inside[0]}`"   # a subpackage: one row
-        assert row in table, f"README 'How it works' has no row {row} for {path}"
+        assert row in table, f"docs/how-it-works.md has no row {row} for {path}"

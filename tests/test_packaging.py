@@ -129,3 +129,13 @@ except ModuleNotFoundError:
 """)
     assert check.returncode == 0, check.stdout + check.stderr
     assert sorted(re.findall(r"^help (\S+)$", check.stdout, re.M)) == sorted(COMMANDS) and "data ok" in check.stdout
+
+
+def test_every_command_the_readmes_name_exists():
+    text = "\n".join((ROOT / p).read_text() for p in ("README.md", "checkpoints/README.md", "data/README.md"))
+    named = set(re.findall(r"\b(adamerging-[a-z]+(?:-[a-z]+)*)\b", text))
+    assert named and named <= set(COMMANDS), f"not installed commands: {named - set(COMMANDS)}"
+    for module in set(re.findall(r"python -m (adamerging[\w.]*)", text)):
+        path = ROOT / "src" / Path(*module.split("."))
+        runnable = (path / "__main__.py").is_file() or ('if __name__ == "__main__"' in path.with_suffix(".py").read_text())
+        assert runnable, f"`python -m {module}` runs nothing"

@@ -55,6 +55,10 @@ def test_layer_wise_curves_equal_the_results_trajectory_and_coefficients(mini):
             assert got[f"lambdas_{task}/block_01/{stat}"][-1][1] == pytest.approx(fn(values[blocks, i]), abs=2e-6)
         assert {t.split("/")[1] for t in got if t.startswith(f"lambdas_{task}/")} == {"input", "block_00", "block_01", "block_02", "block_03", "output"}
     assert any(got[f"lambdas/{t}/max"][-1][1] != got[f"lambdas/{t}/min"][-1][1] for t in MINI_TASKS)   # the lambdas did move apart
+    # logging changes no number
+    plain = pipeline.run("layer_wise_adamerging", pipeline.parse_config("layer_wise_adamerging", mini_argv(
+        mini, "--overwrite", "--steps", "4", "--eval-every", "3", "--results-dir", str(mini / "plain"))))
+    assert plain["coefficients"] == table and plain["adaptation"]["trajectory"] == trajectory
 
 
 def test_task_wise_and_fixed_tables_and_reruns_never_mix_two_runs(mini):

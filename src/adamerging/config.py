@@ -95,7 +95,7 @@ class RunConfig:
     overwrite: bool = _opt(False, "data", "replace an existing results file instead of writing beside it")
     no_progress: bool = _opt(False, "data", "no progress bars")
     tensorboard: str | None = _opt(None, "data", "also write TensorBoard curves (loss per step, accuracies per evaluation, lambdas' mean/min/max per task and block) "
-                                                 "to DIR/<model>/<method>/; needs the tensorboard package", flag="--tensorboard")
+                                                 "to <this folder>/<model>/<method>/; needs the tensorboard package", flag="--tensorboard")
     # merging
     lam: float | None = _opt(None, "merging", f"scaling coefficient for Task Arithmetic / TIES (default {DEFAULT_LAM}; weight averaging: 1/T)")
     ties_k: float = _opt(0.2, "merging", "TIES: fraction of each task vector kept (top-k by magnitude)")

@@ -25,6 +25,7 @@ from .evaluation import Normalizer
 from .merged_encoder import MergedEncoder, autocast
 from .merging import LAYER_WISE, TASK_WISE, CoefficientTable
 from .problem import TaskData
+from .run_log import TensorBoardLog
 
 Evaluate = Callable[[Callable[[torch.Tensor], torch.Tensor]], dict[str, float]]  # encoder -> accuracy (%) per task
 
@@ -240,7 +241,7 @@ def _check(config: RunConfig, granularity: str, tasks: Sequence[TaskData]) -> No
 
 def adamerge(merged: MergedEncoder, tasks: Sequence[TaskData], normalize: Normalizer, config: RunConfig, granularity: str,
              evaluate: Evaluate | None = None, resume: dict | None = None, save_state: Callable[[dict], None] | None = None,
-             ranks: Ranks = Ranks()) -> AdaptResult:
+             ranks: Ranks = Ranks(), log: TensorBoardLog | None = None) -> AdaptResult:
     """Run `config.steps` AdaMerging steps and return the learned lambdas table and the trajectory.
 
     `granularity`: "task-wise" (lambdas [1, T]) or "layer-wise" ([entries, T]). `resume` is a state
@@ -250,7 +251,8 @@ def adamerge(merged: MergedEncoder, tasks: Sequence[TaskData], normalize: Normal
     `save_state` gets the state every `config.save_every` steps, at the end, on Ctrl-C, and on a
     non-finite loss or gradient at step k: then the last good state, the one from before step k-1's
     update (the lambdas step k-1 evaluated finitely; step k's lambdas are step k-1's result), or
-    nothing if no step of this run was finite. Under torchrun, `ranks` splits the tasks.
+    nothing if no step of this run was finite. Under torchrun, `ranks` splits the tasks. `log` gets each
+    trajectory entry as it is made, with the lambdas as of its step (run_log: --tensorboard).
     """
     _check(config, granularity, tasks)
     rows = 1 if granularity == TASK_WISE else len(merged.entries)
@@ -294,6 +296,8 @@ def adamerge(merged: MergedEncoder, tasks: Sequence[TaskData], normalize: Normal
         if evaluate is not None:
             accs = evaluate(merged.encoder(lambdas().detach(), config.precision))
             trajectory.append({"step": step, "accuracy": accs, "avg_accuracy": sum(accs.values()) / len(accs)})
+            if log is not None:
+                log.record(trajectory[-1], table())
 
     if resume is None:
         record_eval(0)
@@ -318,6 +322,8 @@ def adamerge(merged: MergedEncoder, tasks: Sequence[TaskData], normalize: Normal
             good = before
             times.append(time.perf_counter() - t0)
             trajectory.append({"step": step, "loss": value})
+            if log is not None:
+                log.record(trajectory[-1], table())
             completed, sampler_state = step, run.generator.get_state()
             bar.set_postfix(loss=f"{value:.4f}")
             if config.eval_every and step % config.eval_every == 0 and step != config.steps:

@@ -94,6 +94,8 @@ class RunConfig:
                             choices=("state-dict", "hf"))
     overwrite: bool = _opt(False, "data", "replace an existing results file instead of writing beside it")
     no_progress: bool = _opt(False, "data", "no progress bars")
+    tensorboard: str | None = _opt(None, "data", "also write TensorBoard curves (loss per step, accuracies per evaluation, lambdas' mean/min/max per task and block) "
+                                                 "to <this folder>/<model>/<method>/; needs the tensorboard package", flag="--tensorboard")
     # merging
     lam: float | None = _opt(None, "merging", f"scaling coefficient for Task Arithmetic / TIES (default {DEFAULT_LAM}; weight averaging: 1/T)")
     ties_k: float = _opt(0.2, "merging", "TIES: fraction of each task vector kept (top-k by magnitude)")
@@ -211,6 +213,7 @@ RESUMABLE = frozenset({
     "steps", "lr", "eval_every", "save_every", "resume", "no_progress", "overwrite", "results_dir", "run_dir", "save_merged",
     "save_format", "checkpoints", "data_location", "cache_dir", "batch_size", "device", "precision", "checkpointing",
     "compile", "adapt_mode", "diagnose", "diagnose_samples", "diagnose_lambdas", "diagnose_spearman", "diagnose_lambda_slack",
+    "tensorboard",
 })
 
 

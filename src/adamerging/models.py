@@ -131,6 +131,18 @@ def encoder_state_dict(clip_model: torch.nn.Module) -> "OrderedDict[str, torch.T
     return out
 
 
+def depth_group(key: str) -> tuple[int, str]:
+    """(order, label) of a visual entry (`model.visual.*`; the prefix may be left out): the input stem
+    (0, "input"), transformer block i (i + 1, "block i"), or the output head ln_post, proj (10000, "output")."""
+    name = key[len(VISUAL_PREFIX):] if key.startswith(VISUAL_PREFIX) else key
+    parts = name.split(".")
+    if parts[0] == "transformer" and len(parts) > 2 and parts[2].isdigit():
+        return int(parts[2]) + 1, f"block {parts[2]}"
+    if parts[0] in ("ln_post", "proj"):
+        return 10_000, "output"
+    return 0, "input"
+
+
 def load_encoder_weights(clip_model: torch.nn.Module, encoder_sd: dict[str, torch.Tensor], source: str = "",
                          assign: bool = False) -> None:
     """Copy an encoder state dict into `clip_model`; missing or unexpected keys are named in the error.

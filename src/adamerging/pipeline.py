@@ -26,6 +26,7 @@ from .merged_encoder import MergedEncoder
 from .merging import LAYER_WISE, TASK_WISE, CoefficientTable, constant_table, load_table, merge, one_hot_table, published_table
 from .problem import Problem, TaskData, load_problem
 from .reporting import markdown_table, package_versions, require_finite, results_path, write_json
+from .run_log import TensorBoardLog, require_tensorboard, run_folder
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ def _state_io(config: RunConfig, name: str, ranks: Ranks) -> tuple[Path, dict | 
 
 
 def learn_table(m: Method, config: RunConfig, problem: Problem, merged: MergedEncoder, ranks: Ranks,
-                evaluate: Callable, timings: dict[str, float]) -> tuple[AdaptResult, dict | None]:
+                evaluate: Callable, timings: dict[str, float], log: TensorBoardLog | None = None) -> tuple[AdaptResult, dict | None]:
     """AdaMerging on the problem's test images (optionally after the diagnostics); (result, diagnosis)."""
     diagnosis = None
     if config.diagnose:
@@ -151,7 +152,7 @@ def learn_table(m: Method, config: RunConfig, problem: Problem, merged: MergedEn
     state_path, resume, save_state = _state_io(config, m.result_name(config), ranks)
     try:
         return adamerge(merged, adaptation_subset(problem.data, config.adapt_fraction, config.seed), problem.normalize, config,
-                        m.granularity, evaluate=evaluate, resume=resume, save_state=save_state, ranks=ranks), diagnosis
+                        m.granularity, evaluate=evaluate, resume=resume, save_state=save_state, ranks=ranks, log=log), diagnosis
     except KeyboardInterrupt:
         raise KeyboardInterrupt(f"interrupted; lambdas and optimizer state saved to {state_path}: rerun with --resume") from None
     except ResumeError as e:
@@ -206,6 +207,8 @@ def run(method_name: str, config: RunConfig) -> dict:
     if config.save_merged and config.save_format == "hf" and Path(config.save_merged).suffix in (".safetensors", ".pt", ".bin"):
         raise ValueError(f"--save-format hf writes a folder (config.json + model.safetensors); --save-merged "
                          f"{config.save_merged} names a file: give a folder, or drop --save-format hf for a state-dict file")
+    if config.tensorboard:
+        require_tensorboard()   # before anything loads
     ranks, device = init_from_env(config.device)
     if device != config.device:  # torchrun: this rank's GPU
         config = replace(config, device=device)
@@ -217,10 +220,12 @@ def run(method_name: str, config: RunConfig) -> dict:
                            checkpointing=config.checkpointing, compile=config.compile)
     evaluate = lambda encoder: evaluate_tasks(encoder, problem, config.batch_size, ranks=ranks)  # noqa: E731
     adaptation = diagnosis = None
+    log = TensorBoardLog(run_folder(config.tensorboard, config.output_dir, config.results_dir, m.result_name(config), config.resume)) \
+        if config.tensorboard and ranks.is_main else None
 
     t0 = time.perf_counter()
     if m.learns(config):
-        adaptation, diagnosis = learn_table(m, config, problem, merged, ranks, evaluate, timings)
+        adaptation, diagnosis = learn_table(m, config, problem, merged, ranks, evaluate, timings, log)
         table = adaptation.table
         last = adaptation.trajectory[-1] if adaptation.trajectory else {}
         accs = last["accuracy"] if "accuracy" in last else evaluate(merged.encoder(table.lambdas, config.precision))
@@ -232,6 +237,10 @@ def run(method_name: str, config: RunConfig) -> dict:
         table = fixed_table(m, config, problem)
         accs = evaluate(merged.encoder(table.lambdas, config.precision))
     timings["merge_adapt_evaluate"] = time.perf_counter() - t0
+    if log is not None:   # a learned table's curves are written as it learns; a fixed one's accuracies at step 0
+        if not m.learns(config):
+            log.record({"step": 0, "accuracy": accs, "avg_accuracy": sum(accs.values()) / len(accs)}, table)
+        log.close()
 
     average = sum(accs[t] for t in problem.tasks) / len(problem.tasks)  # over the merged tasks
     if not ranks.is_main:

@@ -13,23 +13,12 @@ import numpy as np
 from ..checkpoints import CheckpointError
 from ..diagnostics.measure import task_vector_stats
 from ..merging import CoefficientTable, load_table, published_table
-from ..models import VISUAL_PREFIX
+from ..models import VISUAL_PREFIX, depth_group
 from ..plotting import figure, save
 from ..problem import load_task_vectors
 from ..reporting import fmt, markdown_table, paper_findings, write_json
 from .common import METHODS, Context, meta, write_text
 from .common import mean as average
-
-
-def depth_group(key: str) -> tuple[int, str]:
-    """(order, label) of a visual entry: the input stem, transformer block i, or the output head (ln_post, proj)."""
-    name = key[len(VISUAL_PREFIX):] if key.startswith(VISUAL_PREFIX) else key
-    parts = name.split(".")
-    if parts[0] == "transformer" and len(parts) > 2 and parts[2].isdigit():
-        return int(parts[2]) + 1, f"block {parts[2]}"
-    if parts[0] in ("ln_post", "proj"):
-        return 10_000, "output"
-    return 0, "input"
 
 
 # The four weight matrices of a transformer block: most of its parameters.

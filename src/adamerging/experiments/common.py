@@ -24,7 +24,7 @@ ADAPTIVE = ("layer_wise_adamerging", "layer_wise_adamergingpp")
 COMPARED = ("task_arithmetic", "ties_merging", *ADAPTIVE)                  # generalization and robustness rows
 
 # Settings that never change a run's numbers: a saved run made with other values of these is reused.
-NOT_RESULTS = ("overwrite", "no_progress", "cache_dir", "resume", "save_every", "results_dir", "run_dir")
+NOT_RESULTS = ("overwrite", "no_progress", "cache_dir", "resume", "save_every", "results_dir", "run_dir", "tensorboard")
 
 
 @dataclass

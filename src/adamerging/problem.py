@@ -243,9 +243,8 @@ def load_task_vectors(config: RunConfig, vectors: str = "plain") -> TaskVectorSe
     if base_path is None:
         raise FileNotFoundError(f"pretrained encoder not found: expected {model_dir}/zeroshot.pt (task-vectors layout), "
                                 f"zeroshot.safetensors, or a Hugging Face folder {model_dir}/zeroshot/ with config.json")
-    hashes = FileHashes(cache_file(cache_dir(config)))
-    zeroshot = hashes.record(base_path, _content(base_path))
-    base, zeroshot["format"] = _read(base_path)
+    expert_paths = {task: user_experts.get(task) or _find(model_dir / task, "finetuned", fmt) for task in tasks}
+    base, base_format = _read(base_path)
     if hf.is_hf_checkpoint(base_path):  # a CLIPModel whose text tower differs: its image tower only
         # its text-side leftovers belong to another text tower: zeros of this architecture's shapes
         # stand in (never read by the image encoder; the architecture itself is shapes only)
@@ -259,7 +258,7 @@ def load_task_vectors(config: RunConfig, vectors: str = "plain") -> TaskVectorSe
 
     def experts():  # one at a time: task_vectors subtracts each and drops it before the next loads
         for task in tasks:
-            path = user_experts.get(task) or _find(model_dir / task, "finetuned", fmt)
+            path = expert_paths[task]
             if task not in ds.TASKS and task not in user_experts and task not in user_tasks and path is None:
                 raise ValueError(f"{task!r} is not one of the paper's tasks ({', '.join(ds.TASKS)}): check its spelling, or "
                                  f"give your own task with --task {task}=DIR and --finetuned {task}=PATH")
@@ -274,14 +273,22 @@ def load_task_vectors(config: RunConfig, vectors: str = "plain") -> TaskVectorSe
                 weights = hf.fill_from(hf.image_tower(weights, clip.state_dict(), path, theta0), theta0)
             yield to_encoder_entries(weights, reference, path)
             del weights  # not held while the next expert loads
-    tau = task_vectors(theta0, experts(), tasks)
+    hashes = FileHashes(cache_file(cache_dir(config)))
+    # hashed in a background thread while the experts load: the experts in order (each is checked
+    # before it is read), theta_0's last
+    hashes.prefetch(_content(p) for p in [*expert_paths.values(), base_path] if p is not None and (p.is_file() or hf.is_hf_checkpoint(p)))
+    try:
+        tau = task_vectors(theta0, experts(), tasks)
+    finally:
+        hashes.cancel()  # a refused expert stops the hashing of the files after it
+    zeroshot = {**hashes.record(base_path, _content(base_path)), "format": base_format}
     hashes.save()
     started = time.perf_counter()
     stats = task_vector_stats(theta0, tau, list(reference), tasks)
     accepted += check_experts(stats, tasks, files, str(base_path), config.allow_duplicate_experts, config.allow_foreign_experts)
     provenance = {"hash": HASH_NOTE, "files": {"zeroshot": zeroshot, "finetuned": files}, "task_vectors": task_vector_record(stats, tasks),
                   "accepted_warnings": accepted,
-                  "seconds": {"hashing": round(hashes.seconds, 3), "norms_and_cosines": round(time.perf_counter() - started, 3)}}
+                  "seconds": {"hashing_in_background": round(hashes.seconds, 3), "norms_and_cosines": round(time.perf_counter() - started, 3)}}
     if vectors == "ties":
         tau = ties_select(tau, config.ties_k, config.ties_combine, inplace=True)
     # theta_0's text-side leftovers: no method reads them (the image encoder never does); only

@@ -266,7 +266,7 @@ def load_task_vectors(config: RunConfig, vectors: str = "plain") -> TaskVectorSe
                 raise FileNotFoundError(f"{task}: fine-tuned encoder not found: expected {path or model_dir / task / 'finetuned.pt'} "
                                         f"(or a Hugging Face folder {model_dir / task / 'finetuned'}/, or --finetuned {task}=PATH)")
             record = hashes.record(path, _content(path))
-            check_same_file(task, record, files, config.allow_duplicate_experts, accepted)  # a copy is refused before it is read
+            check_same_file(task, record, files, config.allow_duplicate_experts, accepted)  # a copy is refused before it is unpickled
             files[task] = record
             weights, record["format"] = _read(path)
             if hf.is_hf_checkpoint(path):  # HF experts are often vision-only: text-side entries come from theta_0

@@ -73,3 +73,9 @@ def test_bench_fusionbench_runs_our_side_on_bench_memory_checkpoints(tmp_path):
     assert [r["side"] for r in rows] == ["ours"] and rows[0]["status"] == "ok" and rows[0]["peak_gb"] > 0
     with pytest.raises(SystemExit, match="--fusion-python"):
         bench.main(["--model", "mini", "--workdir", str(tmp_path), "--num-tasks", "1", "--sides", "fusionbench"])
+
+
+def test_bench_checks_times_loading_hashing_and_the_norms_on_mini(tmp_path):
+    numbers = _load("bench_checks").main(["--model", "mini", "--num-tasks", "2", "--repeats", "1", "--workdir", str(tmp_path)])
+    assert numbers["tasks"] == 2 and numbers["files_gb"] > 0
+    assert all(numbers[k] > 0 for k in ("load_task_vectors_s", "norms_and_cosines_s", "hash_files_s", "hash_gb_per_s"))

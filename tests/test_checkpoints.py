@@ -354,3 +354,86 @@ def test_ddp_prefix_and_open_clip_training_checkpoint_are_unwrapped_with_a_log_l
     # a file where only some entries carry the prefix is left as it is (and then fails the key check)
     torch.save({"module.a": torch.zeros(1), "b": torch.zeros(1)}, tmp_path / "mixed.pt")
     assert list(load_checkpoint(tmp_path / "mixed.pt").state_dict) == ["module.a", "b"]
+
+
+# ----- the files this repo writes load where the public ones load ------------------------------------
+
+_PLAIN_LOAD = r'''
+import importlib.abc, importlib.util, json, sys
+
+class _NoAdamerging(importlib.abc.MetaPathFinder):   # as on a machine where this package is not installed
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "adamerging":
+            raise ImportError(f"No module named {name!r} (blocked: the file must load without this package)")
+
+sys.meta_path.insert(0, _NoAdamerging())
+legacy, shim, expected_file, *paths = sys.argv[1:]
+sys.path.insert(0, legacy)  # the task-vectors `src.modeling` (tests/legacy stands in for it)
+# this machine only: a CUDA torchvision on CPU torch needs the op schemas before open_clip imports it
+spec = importlib.util.spec_from_file_location("torchvision_shim", shim)
+spec.loader.exec_module(importlib.util.module_from_spec(spec))
+import torch, open_clip
+
+expected = torch.load(expected_file, weights_only=True)
+out = {}
+for path in paths:
+    obj = torch.load(path, map_location="cpu", weights_only=False)   # plain unpickling: every class is imported
+    classes = sorted({f"{type(m).__module__}.{type(m).__name__}" for m in obj.modules()})
+    if hasattr(obj, "model"):   # an ImageEncoder: its forward is model.encode_image, with open_clip's modules
+        with torch.no_grad():
+            same = bool(torch.equal(obj(expected["images"]), expected["features"][path])) if path in expected["features"] else None
+    else:
+        same = None
+    out[path] = {"classes": classes, "same_features": same}
+assert not [m for m in sys.modules if m.split(".")[0] == "adamerging"]
+print(json.dumps(out))
+'''
+
+
+def load_without_this_package(paths, features=None, images=None) -> dict:
+    """Unpickle `paths` with a plain `torch.load(weights_only=False)` in a fresh interpreter that has only
+    open_clip and tests/legacy's `src.modeling` (importing `adamerging` fails there). Returns per path the
+    classes of its modules and, for encoders in `features` ({path: [N, d]} of `images`), whether its
+    forward gives exactly those features."""
+    import json
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        expected = Path(tmp) / "expected.pt"
+        torch.save({"images": images if images is not None else torch.zeros(1), "features": {str(k): v for k, v in (features or {}).items()}},
+                   expected)
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        shim = Path(adamerging.__file__).with_name("_torchvision_compat.py")
+        proc = subprocess.run([sys.executable, "-c", _PLAIN_LOAD, str(LEGACY), str(shim), str(expected), *map(str, paths)],
+                              capture_output=True, text=True, env=env, cwd=tmp, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_written_pickles_load_with_plain_torch_load_and_open_clip_only(tmp_path):
+    from adamerging.pipeline import parse_config, run
+    from model_fixtures import mini_argv, write_mini_problem
+
+    clip = create_clip("mini")
+    assert any(type(m).__module__ == "adamerging.models" for m in clip.modules())   # the lean activation is in use here
+    save_image_encoder(clip, tmp_path / "zeroshot.pt")
+    save_classification_head(torch.randn(3, 128), tmp_path / "head.pt")
+    assert any(type(m).__module__ == "adamerging.models" for m in clip.modules())   # the caller's model is left as it was
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        features = clip.encode_image(images)
+    # the built-head cache, as a run writes it (the fixture has no head file for EuroSAT)
+    root = write_mini_problem(tmp_path / "run", n_per_class=1)
+    run("task_arithmetic", parse_config("task_arithmetic", mini_argv(root, tasks="EuroSAT")))
+    built = list((root / "data" / ".cache" / "heads").rglob("*.pt"))
+    assert len(built) == 1
+    got = load_without_this_package([tmp_path / "zeroshot.pt", tmp_path / "head.pt", *built], {tmp_path / "zeroshot.pt": features}, images)
+    encoder = got[str(tmp_path / "zeroshot.pt")]
+    assert encoder["same_features"] is True and "open_clip.transformer.QuickGELU" in encoder["classes"]
+    assert "src.modeling.ImageEncoder" in encoder["classes"]
+    assert all(c.split(".")[0] in ("src", "open_clip", "torch") for c in encoder["classes"]), encoder["classes"]
+    for head in [tmp_path / "head.pt", *built]:
+        assert got[str(head)]["classes"] == ["src.modeling.ClassificationHead"]
+    # and this repo's restricted reader still reads them, without importing any of those classes
+    assert list(load_checkpoint(tmp_path / "zeroshot.pt").state_dict) == list(encoder_state_dict(clip))

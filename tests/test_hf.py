@@ -428,3 +428,54 @@ def test_hf_clipmodel_with_another_text_tower_merges_when_heads_are_given(tmp_pa
         run("task_arithmetic", [*argv, "--results-dir", str(tmp_path / "other")])
     message = str(e.value)
     assert "\n" not in message and "text tower" in message and "['SVHN']" in message and "head_<Task>.pt" in message
+
+
+def _hf_argv(root, checkpoints, *extra):
+    return ["--model", "ViT-B-32", "--checkpoints", str(checkpoints), "--checkpoint-format", "hf", "--data-location", str(root / "data"),
+            "--results-dir", str(root / "refused"), "--tasks", "SVHN,MNIST", "--no-progress", *extra]
+
+
+def _refused_from_the_command_line(argv, capsys) -> str:
+    import re
+
+    from adamerging.pipeline import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main("task_arithmetic", argv)
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and re.fullmatch(r"error: [^\n]+", err), err
+    return err
+
+
+def test_hf_folders_that_do_not_belong_to_the_run_are_refused_with_one_line(hf_vit_b32, tmp_path, capsys):
+    root = hf_vit_b32
+    folder = root / "checkpoints" / "hf"
+    # the same Hugging Face folder for two tasks
+    err = _refused_from_the_command_line(_hf_argv(root, folder, "--finetuned", f"MNIST={folder / 'ViT-B-32' / 'SVHN' / 'finetuned'}"), capsys)
+    assert "SVHN and MNIST load the same expert" in err and "--allow-duplicate-experts" in err
+    # a CLIPVisionModel of another initialisation (not fine-tuned from this zeroshot/)
+    torch.manual_seed(7)
+    other = create_clip("ViT-B-32")
+    config = hf_export.hf_config_from_open_clip(other)
+    visual = {k: v for k, v in other.state_dict().items() if k.startswith("visual.")}
+    hf_export.save_hf_checkpoint(tmp_path / "foreign", visual, config, vision_projection=False)
+    err = _refused_from_the_command_line(_hf_argv(root, folder, "--finetuned", f"MNIST={tmp_path / 'foreign'}"), capsys)
+    assert err.startswith("error: MNIST: ||tau|| / ||theta_0|| = 1.") and "foreign was not fine-tuned from" in err
+    assert not (root / "refused").exists()
+    # a task-vectors head of another architecture's width beside the Hugging Face folders (ViT-L/14's 768 vs 512)
+    from adamerging.task_vectors_format import save_classification_head
+
+    mixed = tmp_path / "mixed" / "ViT-B-32"
+    for name in ("zeroshot", "SVHN", "MNIST"):
+        mixed.mkdir(parents=True, exist_ok=True)
+        (mixed / name).symlink_to(folder / "ViT-B-32" / name)
+    save_classification_head(torch.randn(10, 768), mixed / "head_SVHN.pt")
+    err = _refused_from_the_command_line(_hf_argv(root, tmp_path / "mixed"), capsys)
+    assert err == (f"error: {mixed / 'head_SVHN.pt'}: the head is 768 wide, the ViT-B-32 image encoder's features are 512: a head of "
+                   "another architecture; rebuild the heads from the text tower with --rebuild-heads (full CLIP weights: --clip-weights)")
+    # the same folders with --rebuild-heads: the head file is ignored, every head comes from zeroshot/'s text tower
+    result = run("task_arithmetic", _hf_argv(root, tmp_path / "mixed", "--rebuild-heads"))
+    assert set(result["accuracy"]) == {"SVHN", "MNIST"}
+    heads = result["provenance"]["files"]["heads"]
+    assert all(h["built_from_text_tower"]["format"] == "Hugging Face folder" for h in heads.values())
+    assert result["provenance"]["files"]["finetuned"]["SVHN"]["format"] == "Hugging Face folder"

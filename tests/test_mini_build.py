@@ -271,3 +271,25 @@ def test_committed_base_and_experts_are_trained():
         zs, ex = float((zs == y).mean()), float((ex == y).mean())
         assert zs > 1.5 / len(classnames), (t, zs)
         assert ex > zs + 0.1, (t, zs, ex)
+
+
+def test_every_pickle_of_the_build_loads_with_plain_torch_load_and_open_clip_only(quick_build):
+    """The task-vectors code and the authors' code read the mini checkpoints as they read the public ones."""
+    from adamerging import checkpoints as C
+    from adamerging import models as M
+    from test_checkpoints import load_without_this_package
+
+    data, ckpt, _ = quick_build
+    encoders = [ckpt / "zeroshot.pt", *(ckpt / t / "finetuned.pt" for t in _tasks(ckpt))]
+    images = torch.randn(2, 3, 32, 32)
+    features = {}
+    for path in encoders:
+        clip = M.create_clip("mini")
+        M.load_encoder_weights(clip, C.load_state_dict(path))
+        with torch.no_grad():
+            features[path] = clip.encode_image(images)
+    heads = sorted(ckpt.glob("head_*.pt"))
+    got = load_without_this_package(encoders + heads, features, images)
+    for path in encoders:
+        assert got[str(path)]["same_features"] is True and "open_clip.transformer.QuickGELU" in got[str(path)]["classes"], path
+    assert all(got[str(h)]["classes"] == ["src.modeling.ClassificationHead"] for h in heads) and len(heads) == len(_tasks(ckpt))

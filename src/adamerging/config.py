@@ -17,6 +17,7 @@ import torch
 from .corruptions import CORRUPTIONS
 from .datasets import DATA_FORMATS
 from .models import MODEL_NAMES
+from .provenance import MAX_NORM_RATIO
 
 DEFAULT_LAM = 0.3  # Task Arithmetic / TIES scaling coefficient (the authors' fixed value)
 
@@ -86,6 +87,9 @@ class RunConfig:
     task: tuple[str, ...] = _opt((), "data", "your own task: an ImageFolder tree DIR/test/<class>/... (optional classnames.txt, templates.txt); repeatable", repeat="NAME=DIR")
     finetuned: tuple[str, ...] = _opt((), "data", "expert checkpoint of task NAME in any supported format (file or HF folder); repeatable", repeat="NAME=PATH")
     clip_weights: str | None = _opt(None, "data", "full open_clip CLIP weights to build missing zero-shot heads from the text tower (default: <checkpoints>/<model>/clip_pretrained.safetensors if present)")
+    rebuild_heads: bool = _opt(False, "data", "ignore the head_<Task>.pt files: build every zero-shot head from the text tower (--clip-weights), e.g. when a head file belongs to another architecture or dataset")
+    allow_duplicate_experts: bool = _opt(False, "data", "merge two tasks whose experts are the same file or have near-identical task vectors (a warning instead of an error)")
+    allow_foreign_experts: bool = _opt(False, "data", f"merge experts whose task vector is implausible for a fine-tuning of this zeroshot model (zero, or ||tau|| / ||theta_0|| > {MAX_NORM_RATIO:g}; a warning instead of an error)")
     device: str = _opt(default_device(), "data", "compute device")
     batch_size: int = _opt(128, "data", "evaluation batch size")
     seed: int = _opt(0, "data", "seed for sampling and initialisation")
@@ -213,7 +217,7 @@ RESUMABLE = frozenset({
     "steps", "lr", "eval_every", "save_every", "resume", "no_progress", "overwrite", "results_dir", "run_dir", "save_merged",
     "save_format", "checkpoints", "data_location", "cache_dir", "batch_size", "device", "precision", "checkpointing",
     "compile", "adapt_mode", "diagnose", "diagnose_samples", "diagnose_lambdas", "diagnose_spearman", "diagnose_lambda_slack",
-    "tensorboard",
+    "tensorboard", "allow_duplicate_experts", "allow_foreign_experts",
 })
 
 

@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .checkpoints import CheckpointError, load_checkpoint
+from .checkpoints import CheckpointError, LoadedCheckpoint, load_checkpoint
 
 
 @dataclass
@@ -39,7 +39,11 @@ def load_head(path: str | Path) -> Head:
     reads) as a float32 Head: weight [C, d], bias [C] if present, `normalize` from the pickled attribute
     (default True).
     Raises CheckpointError when the file does not load or has no 2-D `weight`."""
-    ckpt = load_checkpoint(path)
+    return head_from_checkpoint(load_checkpoint(path), path)
+
+
+def head_from_checkpoint(ckpt: LoadedCheckpoint, path: str | Path) -> Head:
+    """`load_head` of an already read checkpoint (`path` names it in the error)."""
     sd = ckpt.state_dict
     if "weight" not in sd or sd["weight"].dim() != 2:
         raise CheckpointError(f"{path}: a head needs a 2-D 'weight' entry [classes, dim]; found {list(sd)[:5]}")

@@ -89,11 +89,21 @@ class QuickGELU(open_clip.transformer.QuickGELU):  # same name: the model still 
         return _QuickGELUFunction.apply(x)
 
 
-def _use_lean_quick_gelu(model: torch.nn.Module) -> None:
+def _swap_quick_gelu(model: torch.nn.Module, old: type, new: type) -> None:
     for module in list(model.modules()):
         for name, child in module.named_children():
-            if type(child) is open_clip.transformer.QuickGELU:
-                setattr(module, name, QuickGELU())
+            if type(child) is old:
+                setattr(module, name, new())
+
+
+def _use_lean_quick_gelu(model: torch.nn.Module) -> None:
+    _swap_quick_gelu(model, open_clip.transformer.QuickGELU, QuickGELU)
+
+
+def use_open_clip_quick_gelu(model: torch.nn.Module) -> None:
+    """Put open_clip's own QuickGELU back in place of this file's (in place; neither holds state), so a
+    pickled copy of `model` names open_clip's classes only and unpickles wherever open_clip is installed."""
+    _swap_quick_gelu(model, QuickGELU, open_clip.transformer.QuickGELU)
 
 
 def get_tokenizer(model_name: str) -> Callable[..., torch.Tensor]:

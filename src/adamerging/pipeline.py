@@ -256,7 +256,7 @@ def run(method_name: str, config: RunConfig) -> dict:
         "accuracy": accs, "average": average, "eval_tasks": [t.name for t in problem.eval_data],
         "unseen_average": (sum(accs[t.name] for t in problem.eval_data) / len(problem.eval_data)
                            if problem.eval_data and all(t.name in accs for t in problem.eval_data) else None),
-        "coefficients": table.to_json() if table is not None else None, "test_data": problem.test_data,
+        "coefficients": table.to_json() if table is not None else None, "test_data": problem.test_data, "provenance": problem.provenance,
         "config": recorded_config(config, adaptation), "seed": config.seed, "versions": package_versions(), "timings_s": timings,
     }
     if diagnosis is not None:

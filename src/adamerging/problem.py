@@ -16,14 +16,16 @@ import torch
 
 from . import datasets as ds
 from . import hf
-from .checkpoints import CheckpointError, file_backed, return_freed_memory
+from .checkpoints import CheckpointError, file_backed, load_checkpoint, return_freed_memory
 from .config import RunConfig
 from .corruptions import corrupt
 from .evaluation import Normalizer
-from .heads import Head, load_head, zeroshot_weights
+from .heads import Head, head_from_checkpoint, load_head, zeroshot_weights
 from .merging import TaskVectors, task_vectors, ties_select
 from .models import (VISUAL_PREFIX, create_clip, encoder_state_dict, get_tokenizer, image_size, load_clip_weights, load_encoder_weights,
                      normalization)
+from .provenance import (HASH_NOTE, FileHashes, cache_file, check_experts, check_same_file, checkpoint_format, task_vector_record,
+                         task_vector_stats)
 from .task_vectors_format import save_classification_head
 
 
@@ -46,6 +48,7 @@ class TaskVectorSet:
     entries: list[str]              # state-dict entries in canonical order (rows of a layer-wise table)
     theta0: dict[str, torch.Tensor]
     tau: TaskVectors
+    provenance: dict = field(default_factory=dict)  # the files read and the task vectors' norms and cosines
 
 
 @dataclass
@@ -62,6 +65,7 @@ class Problem:
     normalize: Normalizer
     eval_data: list[TaskData]       # unseen tasks: evaluated only
     test_data: dict[str, dict] = field(default_factory=dict)  # per task: Split.record() (source, n_images, ...)
+    provenance: dict = field(default_factory=dict)  # per checkpoint file path, size, format, sha256; task-vector norms, cosines
 
     @property
     def all_data(self) -> list[TaskData]:
@@ -89,6 +93,29 @@ def _named(values: Sequence[str], flag: str) -> dict[str, str]:
             raise ValueError(f"{flag} expects NAME=VALUE, got {item!r}")
         out[name.strip()] = value.strip()
     return out
+
+
+def data_root(config: RunConfig) -> Path:
+    """The datasets' root: --data-location, else data/ (data/mini for the mini benchmark)."""
+    return Path(config.data_location or ("data/mini" if config.model == "mini" else "data"))
+
+
+def cache_dir(config: RunConfig) -> Path:
+    """The cache folder (preprocessed images, built heads, file hashes): --cache-dir, else <data root>/.cache."""
+    return Path(config.cache_dir) if config.cache_dir else data_root(config) / ".cache"
+
+
+def _read(path: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """A checkpoint's state dict (`hf.load_weights`) and its format for the record (`provenance.checkpoint_format`)."""
+    if hf.is_hf_checkpoint(path):
+        return hf.load_hf_checkpoint(path), checkpoint_format(path, "hf")
+    loaded = load_checkpoint(path)
+    return loaded.state_dict, checkpoint_format(path, loaded.kind)
+
+
+def _content(path: Path) -> Path:
+    """The file holding a checkpoint's weights (a Hugging Face folder's weights file)."""
+    return hf.weights_file(path) if path.is_dir() else path
 
 
 def to_encoder_entries(sd: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], source: Path) -> dict[str, torch.Tensor]:
@@ -132,17 +159,25 @@ def parse_tasks(text: str | None, model_dir: Path) -> list[str]:
 
 
 def load_heads(config: RunConfig, model_dir: Path, tasks: Sequence[str], splits: dict[str, "ds.Split"], templates: dict[str, list[str]],
-               cache_dir: Path) -> dict[str, Head]:
-    """The frozen zero-shot head of every task: `head_<Task>.pt`, else built from the text tower (cached).
+               cache_dir: Path, width: int, hashes: FileHashes | None = None, files: dict | None = None) -> dict[str, Head]:
+    """The frozen zero-shot head of every task: `head_<Task>.pt` (unless --rebuild-heads), else built from
+    the text tower (cached). `width`: the image encoder's output dimension d. `files` gets per task the
+    record of the head file read (`FileHashes.record`; a built head's also names the CLIP weights).
 
-    Errors: FileNotFoundError when a head is missing and no CLIP weights are at hand; ValueError when a
-    head's class count differs from the dataset's.
+    Errors: FileNotFoundError when a head is missing and no CLIP weights are at hand; CheckpointError
+    (naming the file, both numbers and the fix) when a head's width differs from `width` or its class
+    count from the dataset's.
     """
+    hashes = hashes or FileHashes(None)
+    files = {} if files is None else files
     heads, missing = {}, []
     for task in tasks:
-        path = _find(model_dir, f"head_{task}", "task-vectors")
+        path = None if config.rebuild_heads else _find(model_dir, f"head_{task}", "task-vectors")
         if path is not None:
-            heads[task] = load_head(path)
+            loaded = load_checkpoint(path)
+            heads[task] = head_from_checkpoint(loaded, path)
+            files[task] = hashes.record(path, fmt=checkpoint_format(path, loaded.kind))
+            _check_head(heads[task], path, task, width, len(splits[task].classnames), config.model)
         else:
             missing.append(task)
     if missing:
@@ -157,28 +192,43 @@ def load_heads(config: RunConfig, model_dir: Path, tasks: Sequence[str], splits:
         hf.check_text_tower(full, clip.state_dict(), weights, missing)
         load_clip_weights(clip, full, str(weights))
         tokenizer = get_tokenizer(config.model)
-        weights_file = hf.weights_file(weights) if weights.is_dir() else weights
+        weights_file = _content(weights)
+        clip_record = hashes.record(weights, weights_file, checkpoint_format(weights, "hf" if weights.is_dir() else "state_dict"))
         for task in missing:
             # the cache key covers everything the head depends on, so a stale head is never reused
             key = json.dumps([config.model, str(weights_file.resolve()), weights_file.stat().st_mtime_ns, splits[task].classnames, templates[task]])
             cached = cache_dir / "heads" / config.model / f"head_{task}-{hashlib.sha1(key.encode()).hexdigest()[:10]}.pt"
             if cached.is_file():
                 heads[task] = load_head(cached)
-                continue
-            weight = zeroshot_weights(clip, tokenizer, splits[task].classnames, templates[task], device=config.device)
-            save_classification_head(weight, cached)
-            heads[task] = Head(weight)
-    for task in tasks:
-        if heads[task].num_classes != len(splits[task].classnames):
-            raise ValueError(f"{task}: head has {heads[task].num_classes} classes, the dataset has {len(splits[task].classnames)}")
+            else:
+                weight = zeroshot_weights(clip, tokenizer, splits[task].classnames, templates[task], device=config.device)
+                save_classification_head(weight, cached)
+                heads[task] = Head(weight)
+            files[task] = {**hashes.record(cached, fmt=checkpoint_format(cached, "module:src.modeling.ClassificationHead")),
+                           "built_from_text_tower": clip_record}
     return heads
+
+
+def _check_head(head: Head, path: Path, task: str, width: int, classes: int, model: str) -> None:
+    """CheckpointError when a head file does not fit the encoder's features or the task's classes."""
+    fix = "rebuild the heads from the text tower with --rebuild-heads (full CLIP weights: --clip-weights)"
+    if head.weight.shape[1] != width:
+        raise CheckpointError(f"{path}: the head is {head.weight.shape[1]} wide, the {model} image encoder's features are {width}: "
+                              f"a head of another architecture; {fix}")
+    if head.num_classes != classes:
+        raise CheckpointError(f"{path}: {task}: head has {head.num_classes} classes, the dataset has {classes}: a head of another "
+                              f"task or class list; {fix}, or check the dataset copy and its classnames.txt")
 
 
 def load_task_vectors(config: RunConfig, vectors: str = "plain") -> TaskVectorSet:
     """theta_0 and the experts' task vectors tau [T, *shape] per entry, for the tasks of `config`.
 
     `vectors`: "plain" (tau_t = theta_t - theta_0) or "ties" (TIES-selected, `merging.ties_select`).
-    No dataset is read. Errors: FileNotFoundError naming the missing checkpoint, CheckpointError.
+    No dataset is read. Before any merge, refuses (CheckpointError, one line) two tasks loading the same
+    expert and an expert not fine-tuned from theta_0 (`provenance.check_experts`; warnings with
+    --allow-duplicate-experts / --allow-foreign-experts). `provenance` of the result: every file's
+    path, size, format and sha256, and the plain task vectors' norm ratios and cosines.
+    Errors: FileNotFoundError naming the missing checkpoint, CheckpointError.
     """
     if vectors not in ("plain", "ties"):
         raise ValueError(f"task vectors must be 'plain' or 'ties', got {vectors!r}")
@@ -193,7 +243,8 @@ def load_task_vectors(config: RunConfig, vectors: str = "plain") -> TaskVectorSe
     if base_path is None:
         raise FileNotFoundError(f"pretrained encoder not found: expected {model_dir}/zeroshot.pt (task-vectors layout), "
                                 f"zeroshot.safetensors, or a Hugging Face folder {model_dir}/zeroshot/ with config.json")
-    base = hf.load_weights(base_path)
+    expert_paths = {task: user_experts.get(task) or _find(model_dir / task, "finetuned", fmt) for task in tasks}
+    base, base_format = _read(base_path)
     if hf.is_hf_checkpoint(base_path):  # a CLIPModel whose text tower differs: its image tower only
         # its text-side leftovers belong to another text tower: zeros of this architecture's shapes
         # stand in (never read by the image encoder; the architecture itself is shapes only)
@@ -202,21 +253,42 @@ def load_task_vectors(config: RunConfig, vectors: str = "plain") -> TaskVectorSe
     theta0 = to_encoder_entries(base, reference, base_path)
     load_encoder_weights(clip, theta0, str(base_path), assign=True)
 
+    files: dict[str, dict] = {}
+    accepted: list[str] = []
+
     def experts():  # one at a time: task_vectors subtracts each and drops it before the next loads
         for task in tasks:
-            path = user_experts.get(task) or _find(model_dir / task, "finetuned", fmt)
+            path = expert_paths[task]
             if task not in ds.TASKS and task not in user_experts and task not in user_tasks and path is None:
                 raise ValueError(f"{task!r} is not one of the paper's tasks ({', '.join(ds.TASKS)}): check its spelling, or "
                                  f"give your own task with --task {task}=DIR and --finetuned {task}=PATH")
             if path is None or not path.exists():
                 raise FileNotFoundError(f"{task}: fine-tuned encoder not found: expected {path or model_dir / task / 'finetuned.pt'} "
                                         f"(or a Hugging Face folder {model_dir / task / 'finetuned'}/, or --finetuned {task}=PATH)")
-            weights = hf.load_weights(path)
+            record = hashes.record(path, _content(path))
+            check_same_file(task, record, files, config.allow_duplicate_experts, accepted)  # a copy is refused before it is unpickled
+            files[task] = record
+            weights, record["format"] = _read(path)
             if hf.is_hf_checkpoint(path):  # HF experts are often vision-only: text-side entries come from theta_0
                 weights = hf.fill_from(hf.image_tower(weights, clip.state_dict(), path, theta0), theta0)
             yield to_encoder_entries(weights, reference, path)
             del weights  # not held while the next expert loads
-    tau = task_vectors(theta0, experts(), tasks)
+    hashes = FileHashes(cache_file(cache_dir(config)))
+    # hashed in a background thread while the experts load: the experts in order (each is checked
+    # before it is read), theta_0's last
+    hashes.prefetch(_content(p) for p in [*expert_paths.values(), base_path] if p is not None and (p.is_file() or hf.is_hf_checkpoint(p)))
+    try:
+        tau = task_vectors(theta0, experts(), tasks)
+    finally:
+        hashes.cancel()  # a refused expert stops the hashing of the files after it
+    zeroshot = {**hashes.record(base_path, _content(base_path)), "format": base_format}
+    hashes.save()
+    started = time.perf_counter()
+    stats = task_vector_stats(theta0, tau, list(reference), tasks)
+    accepted += check_experts(stats, tasks, files, str(base_path), config.allow_duplicate_experts, config.allow_foreign_experts)
+    provenance = {"hash": HASH_NOTE, "files": {"zeroshot": zeroshot, "finetuned": files}, "task_vectors": task_vector_record(stats, tasks),
+                  "accepted_warnings": accepted,
+                  "seconds": {"hashing_in_background": round(hashes.seconds, 3), "norms_and_cosines": round(time.perf_counter() - started, 3)}}
     if vectors == "ties":
         tau = ties_select(tau, config.ties_k, config.ties_combine, inplace=True)
     # theta_0's text-side leftovers: no method reads them (the image encoder never does); only
@@ -224,7 +296,7 @@ def load_task_vectors(config: RunConfig, vectors: str = "plain") -> TaskVectorSe
     theta0.update(file_backed({k: v for k, v in theta0.items() if not k.startswith(VISUAL_PREFIX)}))
     load_encoder_weights(clip, theta0, str(base_path), assign=True)
     return_freed_memory()  # the released experts' heap pages (0.9 GB on ViT-B/32 x 8), before the method runs
-    return TaskVectorSet(tasks, clip, list(reference), theta0, tau)
+    return TaskVectorSet(tasks, clip, list(reference), theta0, tau, provenance)
 
 
 def load_problem(config: RunConfig, vectors: str = "plain", timings: dict[str, float] | None = None) -> Problem:
@@ -238,8 +310,7 @@ def load_problem(config: RunConfig, vectors: str = "plain", timings: dict[str, f
     loaded = load_task_vectors(config, vectors)
     tasks, clip, entries, theta0, tau = loaded.tasks, loaded.clip, loaded.entries, loaded.theta0, loaded.tau
     model_dir = Path(config.checkpoints) / config.model
-    data_root = Path(config.data_location or ("data/mini" if config.model == "mini" else "data"))
-    cache_dir = Path(config.cache_dir) if config.cache_dir else data_root / ".cache"
+    root, cache = data_root(config), cache_dir(config)
     user_tasks = {name: Path(folder) for name, folder in _named(config.task, "--task").items()}
     timings["load_checkpoints"] = time.perf_counter() - t0
 
@@ -248,21 +319,27 @@ def load_problem(config: RunConfig, vectors: str = "plain", timings: dict[str, f
     everything = tasks + unseen
     test_splits = ds.parse_test_split(config.test_split)
     splits = {task: ds.read_image_folder_task(task, user_tasks[task]) if task in user_tasks
-              else ds.read_task_split(task, data_root, "test", data_format=config.data_format, test_dir=test_splits.get(task))
+              else ds.read_task_split(task, root, "test", data_format=config.data_format, test_dir=test_splits.get(task))
               for task in everything}
-    templates = {task: ds.user_task_templates(user_tasks[task]) if task in user_tasks else ds.task_templates(task, data_root)
+    templates = {task: ds.user_task_templates(user_tasks[task]) if task in user_tasks else ds.task_templates(task, root)
                  for task in everything}
-    size = image_size(clip)
-    images = {task: ds.preprocess_images(splits[task], size, cache_dir / "images", progress=not config.no_progress) for task in everything}
-    if config.corruption:
-        images = {task: corrupt(x, config.corruption, seed=config.seed) for task, x in images.items()}
     timings["load_data"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    heads = load_heads(config, model_dir, everything, splits, templates, cache_dir)
+    t0 = time.perf_counter()  # heads before the images are decoded: a head that does not fit costs seconds
+    hashes, head_files = FileHashes(cache_file(cache)), {}
+    heads = load_heads(config, model_dir, everything, splits, templates, cache, clip.visual.output_dim, hashes, head_files)
+    hashes.save()
     timings["load_heads"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    size = image_size(clip)
+    images = {task: ds.preprocess_images(splits[task], size, cache / "images", progress=not config.no_progress) for task in everything}
+    if config.corruption:
+        images = {task: corrupt(x, config.corruption, seed=config.seed) for task, x in images.items()}
+    timings["load_data"] += time.perf_counter() - t0
     data = {task: TaskData(task, images[task], heads[task].to(config.device), torch.as_tensor(splits[task].labels, dtype=torch.long))
             for task in everything}
     mean, std = normalization(clip)
+    provenance = {**loaded.provenance, "files": {**loaded.provenance["files"], "heads": head_files}}
     return Problem(config.model, tasks, clip, entries, theta0, tau, [data[t] for t in tasks], Normalizer(mean, std, config.device),
-                   [data[t] for t in unseen], {task: splits[task].record() for task in everything})
+                   [data[t] for t in unseen], {task: splits[task].record() for task in everything}, provenance)

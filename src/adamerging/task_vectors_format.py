@@ -17,6 +17,7 @@ from typing import Iterator
 import torch
 
 from .checkpoints import atomic_write
+from .models import use_open_clip_quick_gelu
 
 
 class ImageEncoder(torch.nn.Module):
@@ -76,8 +77,13 @@ def _as_src_modeling() -> Iterator[None]:
 
 
 def save_image_encoder(clip_model: torch.nn.Module, path: str | Path) -> None:
-    """Write a CLIP's image encoder as a task-vectors `ImageEncoder` pickle (text transformer deleted)."""
-    encoder = ImageEncoder(copy.deepcopy(clip_model).cpu())
+    """Write a CLIP's image encoder as a task-vectors `ImageEncoder` pickle (text transformer deleted).
+
+    Every class the pickle names is task-vectors' `src.modeling.ImageEncoder`, open_clip's or torch's
+    (open_clip's QuickGELU, not `models.QuickGELU`), so the task-vectors and AdaMerging code load it."""
+    clip_model = copy.deepcopy(clip_model).cpu()
+    use_open_clip_quick_gelu(clip_model)
+    encoder = ImageEncoder(clip_model)
     with _as_src_modeling(), atomic_write(path) as f:
         torch.save(encoder, f)
 

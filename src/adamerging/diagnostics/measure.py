@@ -1,9 +1,8 @@
 """Measuring a merged model on labeled test samples: per-sample entropy and loss, accuracy, their
-correlation and decile-binned means, and task-vector statistics. Used by the diagnostics and by the
-entropy-vs-loss and coefficients experiments (the one place Task Arithmetic's entropy and loss are measured)."""
+correlation and decile-binned means (task-vector statistics: `provenance.task_vector_stats`, re-exported). Used by the
+diagnostics and by the entropy-vs-loss and coefficients experiments (the one place Task Arithmetic's entropy and loss are measured)."""
 from __future__ import annotations
 
-import math
 import zlib
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
@@ -15,9 +14,8 @@ import torch.nn.functional as F
 from ..adaptation import softmax_entropy
 from ..evaluation import Normalizer, accuracy, predict
 from ..merged_encoder import MergedEncoder
-from ..merging import TaskVectors
-from ..models import VISUAL_PREFIX
 from ..problem import TaskData
+from ..provenance import task_vector_stats  # noqa: F401  (re-exported: the one formula lives there)
 from .checks import spearman
 
 
@@ -109,32 +107,4 @@ def correlation_report(per_task: Mapping[str, tuple[Sequence[float], Sequence[fl
         "pooled": spearman(pooled_h, pooled_l),
         "binned": {**{t: binned_means(np.asarray(h, np.float64), np.asarray(l, np.float64)) for t, (h, l) in per_task.items()},
                    "pooled": binned_means(pooled_h, pooled_l)},
-    }
-
-
-def task_vector_stats(theta0: dict[str, torch.Tensor], tau: TaskVectors, entries: Sequence[str], tasks: Sequence[str]) -> dict:
-    """|tau_t| / |theta_0| and pairwise cosines over the visual entries (the only ones merged into the forward).
-
-    Returns {"theta0_norm", "tau_norm": {task}, "norm_ratio": {task}, "cosine": [T][T], "mean_pairwise_cosine"}.
-    """
-    visual = [k for k in entries if k.startswith(VISUAL_PREFIX) and k in tau]
-    if not visual:
-        raise ValueError("no visual entries with a task vector")
-    T = len(tasks)
-    gram = torch.zeros(T, T, dtype=torch.float64)
-    base = 0.0
-    for k in visual:   # accumulate entry by entry: never one flattened copy of the whole model
-        t = tau[k].reshape(T, -1).double()
-        gram += t @ t.T
-        base += float(theta0[k].double().pow(2).sum())
-    norms = gram.diag().clamp_min(0).sqrt()
-    cosine = gram / (norms[:, None] * norms[None, :]).clamp_min(1e-30)
-    off = cosine[~torch.eye(T, dtype=torch.bool)]
-    theta0_norm = math.sqrt(base)
-    return {
-        "theta0_norm": theta0_norm,
-        "tau_norm": {t: float(norms[i]) for i, t in enumerate(tasks)},
-        "norm_ratio": {t: float(norms[i]) / theta0_norm for i, t in enumerate(tasks)},
-        "cosine": cosine.tolist(),
-        "mean_pairwise_cosine": float(off.mean()) if len(off) else None,
     }

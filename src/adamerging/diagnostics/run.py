@@ -82,6 +82,7 @@ def run_diagnostics(problem: Problem, config: RunConfig, merged: MergedEncoder |
     report = build_report(problem.model, config, vectors, lam, lambdas, n, outcomes, sweep, checks, pooled, verdict(checks, pooled),
                           stats, {t: gain(t) for t in tasks}, th, {**(timings or {}), "diagnostics": elapsed})
     report["test_data"] = problem.test_data  # which split folder and how many images each task was read from
+    report["provenance"] = problem.provenance  # which files, their hashes; the plain task vectors' norm ratios and cosines
     print(summary(report))
     if write:
         files = write_report(report, config.output_dir, config.overwrite)

@@ -125,7 +125,7 @@ def task_vector_stats(theta0: dict[str, torch.Tensor], tau: TaskVectors, entries
     base = 0.0
     for k in visual:   # accumulate entry by entry: never one flattened copy of the whole model
         t = tau[k].reshape(T, -1).double()
-        gram += t @ t.T
+        gram += (t @ t.T).cpu()   # tau may live on the device (MergedEncoder holds it there)
         base += float(theta0[k].double().pow(2).sum())
     norms = gram.diag().clamp_min(0).sqrt()
     cosine = gram / (norms[:, None] * norms[None, :]).clamp_min(1e-30)

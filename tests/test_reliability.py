@@ -24,7 +24,7 @@ from test_pipeline import ROOT, _argv, mini, run  # noqa: F401  (module fixture)
 
 def _adapt(problem, steps, **kw):
     clip, theta0, tau, entries, data, normalize = problem
-    config = RunConfig(steps=steps, no_progress=True, **{"lr": 0.02, **{k: v for k, v in kw.items() if k in RunConfig.__dataclass_fields__}})
+    config = RunConfig(steps=steps, no_progress=True, **{"lr": 0.02, "device": "cpu", **{k: v for k, v in kw.items() if k in RunConfig.__dataclass_fields__}})
     merged = MergedEncoder(clip.visual, theta0, tau, entries, "cpu", checkpointing=config.checkpointing)
     return adamerge(merged, data, kw.get("normalize", normalize), config, "layer-wise", resume=kw.get("resume"), save_state=kw.get("save_state"))
 

@@ -12,8 +12,9 @@ from adamerging import cli, device as device_mod, distributed, pipeline
 from adamerging.adaptation import AdaMerging, AdaptationStopped, Lambdas, adamerge, adamerging_step, chunk_that_fits, parts_of, plan_for
 from adamerging.config import RunConfig
 from adamerging.distributed import Ranks
-from adamerging.evaluation import accuracy, evaluate_accuracy, predict
+from adamerging.evaluation import Normalizer, accuracy, evaluate_accuracy, predict
 from adamerging.merged_encoder import MergedEncoder
+from adamerging.problem import TaskData
 from test_adaptation import _problem
 from test_pipeline import _argv, mini, run  # noqa: F401  (module fixture)
 
@@ -23,16 +24,23 @@ def _config(**kw) -> RunConfig:
                         "save_every": 0, **kw})
 
 
-def _step_gradient(problem, raw: torch.Tensor, **kw) -> tuple[float, torch.Tensor]:
-    """The loss and lambdas gradient of one step from `raw`, with the sampler at seed 0."""
+def _on(problem, device: str):
+    """`_problem`'s problem with its heads and normalisation on `device`."""
     clip, theta0, tau, entries, data, normalize = problem
-    config = _config(**kw)
-    merged = MergedEncoder(clip.visual, theta0, tau, entries, "cpu")
-    lambdas = Lambdas(len(entries), len(data), raw)
+    data = [TaskData(t.name, t.images, t.head.to(device), t.labels) for t in data]
+    return clip, theta0, tau, entries, data, Normalizer(normalize.mean.flatten().tolist(), normalize.std.flatten().tolist(), device)
+
+
+def _step_gradient(problem, raw: torch.Tensor, device: str = "cpu", **kw) -> tuple[float, torch.Tensor]:
+    """The loss and lambdas gradient (on the CPU) of one step from `raw`, with the sampler at seed 0."""
+    clip, theta0, tau, entries, data, normalize = _on(problem, device)
+    config = _config(device=device, **kw)
+    merged = MergedEncoder(clip.visual, theta0, tau, entries, device)
+    lambdas = Lambdas(len(entries), len(data), raw).to(device)
     run = AdaMerging(merged, lambdas, torch.optim.SGD(lambdas.parameters(), lr=0.0), data, normalize, config,
                      torch.Generator().manual_seed(0), plan=plan_for(config, merged.device))
     loss = adamerging_step(run)
-    return loss, lambdas.raw.grad.clone()
+    return loss, lambdas.raw.grad.cpu().clone()
 
 
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:

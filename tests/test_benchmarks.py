@@ -7,6 +7,7 @@ flags it passes to each method), a few seconds in all.
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -73,3 +74,24 @@ def test_bench_fusionbench_runs_our_side_on_bench_memory_checkpoints(tmp_path):
     assert [r["side"] for r in rows] == ["ours"] and rows[0]["status"] == "ok" and rows[0]["peak_gb"] > 0
     with pytest.raises(SystemExit, match="--fusion-python"):
         bench.main(["--model", "mini", "--workdir", str(tmp_path), "--num-tasks", "1", "--sides", "fusionbench"])
+
+
+def test_gpu_check_dry_run_writes_every_section_on_the_cpu(tmp_path):
+    # compile is left out here (inductor's C++ build of the mini model takes about a minute on this machine);
+    # tests/test_device.py checks compiled against eager steps, and `--dry-run` alone runs it too
+    report = _load("gpu_check").main(["--out", str(tmp_path), "--dry-run", "--sections", "environment,correctness,speed,evaluation,memory"])
+    saved = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert saved["sections"].keys() == report["sections"].keys() == {"environment", "correctness", "speed", "evaluation", "memory"}
+    assert not [name for name, section in saved["sections"].items() if "error" in section]
+    assert saved["sections"]["correctness"]["ok"] and saved["sections"]["environment"]["flags_fp32"]["cudnn_allow_tf32"] is False
+    assert {r["plan"] for r in saved["sections"]["memory"]["rows"].values()} >= {"fused", "per-task", "chunked, 32 images per chunk"}
+    assert saved["sections"]["speed"]["rows"]["fp32"]["step_over_floor"] > 0 and saved["sections"]["speed"]["profile_fp32"]
+
+
+def test_gpu_check_keeps_finished_sections_when_one_fails(tmp_path, monkeypatch):
+    gpu_check = _load("gpu_check")
+    monkeypatch.setitem(gpu_check.SECTIONS, "correctness", lambda ctx, out: out.update(partial=1) or 1 / 0)
+    gpu_check.main(["--out", str(tmp_path), "--dry-run", "--sections", "environment,correctness"])
+    saved = json.loads((tmp_path / "gpu_check.json").read_text())["sections"]
+    assert saved["environment"]["torch"] == torch.__version__
+    assert saved["correctness"]["partial"] == 1 and saved["correctness"]["error"].startswith("ZeroDivisionError")

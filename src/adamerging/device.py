@@ -15,8 +15,8 @@ import torch
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 
-# Recognised as running out of device (or host allocator) memory; torch.cuda.OutOfMemoryError is this class
-OUT_OF_MEMORY: tuple[type[BaseException], ...] = (torch.OutOfMemoryError,)
+# Running out of device memory: torch.OutOfMemoryError (torch >= 2.5; torch.cuda.OutOfMemoryError is the same class)
+OUT_OF_MEMORY: tuple[type[BaseException], ...] = (getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError,)
 
 
 def check_device(device: str) -> None:

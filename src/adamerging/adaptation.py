@@ -503,10 +503,11 @@ def _to_host(x):
 def _smaller_step(run: AdaMerging, per_task: int) -> str:
     """The setting that lowers a step's memory below the plan that ran out of it."""
     images = len(run.mine) * per_task
-    chunk = run.plan.chunk if run.plan.mode != "fused" and run.plan.chunk else images
+    fused = run.plan.mode == "fused"
+    chunk = images if fused else run.plan.chunk or min(images, run.config.batch_size_adapt)   # the chunk that ran
     if chunk <= 1:
         return "--checkpointing" if not run.config.checkpointing else "--precision bf16"
-    return f"--adapt-mode chunked --adapt-chunk {max(1, chunk // 2 if chunk < images else images // 4)}"
+    return f"--adapt-mode chunked --adapt-chunk {max(1, images // 4 if fused else chunk // 2)}"
 
 
 def _out_of_memory(where: str, device: torch.device, setting: str, state: dict | None) -> AdaptationStopped:

@@ -144,7 +144,7 @@ def adamerging_step(run: AdaMerging) -> float:
             features = run.merged(leaves, x).split([b - a for _, a, b in parts])   # 3. forward
         total = 0.0
         for (i, a, b), f in zip(parts, features):                          # 4. entropy of each task's predictions
-            labels = run.tasks[i].labels[batches[i][a:b]].to(run.merged.device) if config.objective == "supervised" else None
+            labels = run.tasks[i].labels[batches[i][a:b]].to(run.merged.device, non_blocking=True) if config.objective == "supervised" else None
             total = total + task_loss(run.tasks[i].head(f.float()), labels, config.batch_size_adapt, config.objective)
         return total
 
@@ -243,7 +243,7 @@ class Feed:
     def images(self, batches: Sequence[torch.Tensor]) -> dict[int, torch.Tensor]:
         """{task index: its images `batches[i]` on the device} for this rank's tasks."""
         if self.resident is not None:
-            return {i: self.resident[i][batches[i].to(self.device)] for i in self.mine}
+            return {i: self.resident[i][batches[i].to(self.device, non_blocking=True)] for i in self.mine}   # no stream sync
         ready, self.next = self.next, None
         if ready is not None and all(torch.equal(ready[0][i], batches[i]) for i in self.mine):
             return ready[1]

@@ -70,7 +70,16 @@ def test_gpu_evaluation_agrees_with_the_cpu_and_a_device_past_the_count_is_refus
         check_device(f"cuda:{torch.cuda.device_count()}")
 
 
-def test_a_script_runs_end_to_end_on_the_gpu_and_records_its_numerics(mini):  # noqa: F811
+def test_a_script_runs_end_to_end_on_the_gpu_and_records_its_numerics(mini, tmp_path):  # noqa: F811
+    from safetensors.torch import load_file
+
+    saved = {}
+    for device in ("cpu", "cuda"):   # --save-merged merges where the task vectors are, writes from the host
+        run("task_arithmetic", _argv(mini, "--device", device, "--save-merged", str(tmp_path / f"{device}.safetensors")))
+        saved[device] = load_file(str(tmp_path / f"{device}.safetensors"))
+    assert saved["cuda"].keys() == saved["cpu"].keys()
+    for key, value in saved["cpu"].items():
+        torch.testing.assert_close(saved["cuda"][key], value, rtol=1e-6, atol=1e-7)
     result = run("task_wise_adamerging", _argv(mini, "--device", "cuda", "--steps", "3"))
     assert result["config"]["device"] == "cuda" and result["adaptation"]["adapt_mode"] == "fused"
     assert result["numerics"]["cuda_matmul_allow_tf32"] is False and result["numerics"]["cudnn_allow_tf32"] is False

@@ -171,7 +171,7 @@ def save_merged(problem: Problem, table: CoefficientTable, config: RunConfig) ->
     merge runs where the task vectors are (the device), in IEEE fp32; the result is written from the host.
     """
     with ieee_fp32():
-        state = {k: v.cpu() for k, v in merge(problem.theta0, problem.tau, table.lambdas, problem.entries).items()}
+        state = {k: v.cpu() for k, v in merge(problem.theta0, problem.tau, table.lambdas.to(config.device), problem.entries).items()}
     if config.save_format == "hf":
         save_hf_checkpoint(config.save_merged, state, hf_config_from_open_clip(problem.clip))
     else:

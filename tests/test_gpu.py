@@ -55,7 +55,10 @@ def test_resident_and_prefetched_images_give_the_same_run(monkeypatch):
     resident = adamerge(MergedEncoder(clip.visual, theta0, tau, entries, "cuda"), data, normalize, _config(device="cuda", steps=3), "layer-wise")
     monkeypatch.setattr(adaptation, "Feed", lambda *a: Feed(*a, resident=False))   # pinned host memory, prefetched
     streamed = adamerge(MergedEncoder(clip.visual, theta0, tau, entries, "cuda"), data, normalize, _config(device="cuda", steps=3), "layer-wise")
-    torch.testing.assert_close(streamed.table.lambdas, resident.table.lambdas, rtol=0, atol=1e-6)
+    # the same images in the same order; only the GPU's own run-to-run noise (atomics in backward) may differ
+    losses = lambda r: [x["loss"] for x in r.trajectory if "loss" in x]  # noqa: E731
+    assert losses(streamed) == pytest.approx(losses(resident), rel=1e-5)
+    torch.testing.assert_close(streamed.table.lambdas, resident.table.lambdas, rtol=0, atol=1e-4)
 
 
 def test_gpu_evaluation_agrees_with_the_cpu_and_a_device_past_the_count_is_refused():

@@ -109,6 +109,7 @@ class PeakMeter:
             torch.cuda.reset_peak_memory_stats(device)
 
     def grown(self) -> int:
+        """Bytes the peak allocated memory rose above the allocation at creation (0 off CUDA)."""
         if self.device.type != "cuda":
             return 0
         return max(int(torch.cuda.max_memory_allocated(self.device) - self.base), 0)

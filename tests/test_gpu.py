@@ -1,11 +1,13 @@
 """On a CUDA machine only (marked `cuda`, skipped elsewhere; `pytest -m cuda` runs just these): the GPU step
 against the CPU step in IEEE fp32, chunked = fused there, the auto plan, resident and prefetched images,
 evaluation, and a script end to end. benchmarks/gpu_check.py measures the rest (speed, ViT-L/14 memory)."""
+import warnings
+
 import pytest
 import torch
 
 from adamerging import adaptation
-from adamerging.adaptation import Feed, adamerge
+from adamerging.adaptation import AdaMerging, Feed, Lambdas, adamerge, adamerging_step, plan_for
 from adamerging.device import check_device, set_precision
 from adamerging.evaluation import evaluate_accuracy
 from adamerging.merged_encoder import MergedEncoder
@@ -46,6 +48,27 @@ def test_chunked_equals_fused_on_the_gpu_and_auto_measures_its_plan():
     clip, theta0, tau, entries, data, normalize = _on(problem, "cuda")
     result = adamerge(MergedEncoder(clip.visual, theta0, tau, entries, "cuda"), data, normalize, _config(device="cuda", steps=2), "layer-wise")
     assert result.plan == "fused"      # the mini model's 24 images fit any GPU
+
+
+def test_a_step_waits_on_the_device_once():
+    clip, theta0, tau, entries, data, normalize = _on(_problem(images=48), "cuda")
+    config = _config(device="cuda")
+    merged = MergedEncoder(clip.visual, theta0, tau, entries, "cuda")
+    lambdas = Lambdas(len(entries), 2, 0.3).to("cuda")
+    run_ = AdaMerging(merged, lambdas, torch.optim.Adam(lambdas.parameters(), lr=0.01), data, normalize, config,
+                      torch.Generator().manual_seed(0), plan=plan_for(config, merged.device))
+    run_.feed = Feed(data, run_.mine, merged.device, 8, run_.generator)
+    adamerging_step(run_)                      # the first: the plan is measured, Adam's state made
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            adamerging_step(run_)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = [str(w.message) for w in caught if "synchroniz" in str(w.message)]
+    assert len(syncs) == 1, syncs              # the loss and its finiteness, together
 
 
 def test_resident_and_prefetched_images_give_the_same_run(monkeypatch):

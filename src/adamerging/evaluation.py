@@ -61,7 +61,8 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 def correct_share(predicted: torch.Tensor, labels: torch.Tensor) -> float:
     """Share (%) of predicted classes [N] equal to labels [N], computed where `predicted` lies (one transfer)."""
-    return float((predicted == torch.as_tensor(labels).to(predicted.device)).float().mean()) * 100.0
+    labels = torch.as_tensor(labels).to(predicted.device, non_blocking=True)   # no stream sync: float() is the one
+    return float((predicted == labels).float().mean()) * 100.0
 
 
 def evaluate_accuracy(encoder: Encoder, head: Head, images: torch.Tensor, labels: torch.Tensor, normalize: Normalizer,

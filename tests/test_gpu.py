@@ -92,6 +92,14 @@ def test_gpu_evaluation_agrees_with_the_cpu_and_a_device_past_the_count_is_refus
         encoder = MergedEncoder(clip.visual, theta0, tau, entries, device).encoder(torch.full((1, 2), 0.3))
         accs[device] = [evaluate_accuracy(encoder, t.head, t.images, t.labels, normalize, 16) for t in data]
     assert accs["cuda"] == pytest.approx(accs["cpu"], abs=100 / 40 + 1e-9)   # at most one borderline image apart
+    with warnings.catch_warnings(record=True) as caught:                    # one transfer per task
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            evaluate_accuracy(encoder, data[0].head, data[0].images, data[0].labels, normalize, 16)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert len([w for w in caught if "synchroniz" in str(w.message)]) == 1
     with pytest.raises(ValueError, match="this machine has"):
         check_device(f"cuda:{torch.cuda.device_count()}")
 

@@ -32,6 +32,7 @@ import torch  # noqa: E402
 
 from adamerging.adaptation import Lambdas, adamerge, softmax_entropy  # noqa: E402
 from adamerging.config import RunConfig  # noqa: E402
+from adamerging.device import set_precision  # noqa: E402
 from adamerging.evaluation import Normalizer  # noqa: E402
 from adamerging.heads import Head  # noqa: E402
 from adamerging.merged_encoder import MergedEncoder, autocast  # noqa: E402
@@ -236,8 +237,8 @@ def main(argv=None) -> dict:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--tasks", type=int, default=8)
     p.add_argument("--images", type=int, default=32, help="images per task per step (2 batches of images/2)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
-    p.add_argument("--adapt-mode", default="fused", choices=["fused", "per-task"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"])
+    p.add_argument("--adapt-mode", default="auto", choices=["auto", "fused", "chunked", "per-task"])
     p.add_argument("--checkpointing", action="store_true")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--steps", type=int, default=10)
@@ -249,6 +250,7 @@ def main(argv=None) -> dict:
     p.add_argument("--json", default=None, help="also write the numbers here")
     args = p.parse_args(argv)
     device = torch.device(args.device)
+    set_precision(args.precision, device)
     clip, theta0, tau, keys, data, normalize = build(args, device)
     ours = time_ours(args, device, clip, theta0, tau, keys, data, normalize)
     floor = time_floor(args, device, clip, data, normalize)

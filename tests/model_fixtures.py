@@ -49,6 +49,7 @@ def write_mini_problem(root: Path, n_per_class: int = 3) -> Path:
 
 
 def mini_argv(root: Path, *extra: str, tasks: str = "MNIST,SVHN,EuroSAT") -> list[str]:
-    """Pipeline flags pointing at a `write_mini_problem` folder."""
+    """Pipeline flags pointing at a `write_mini_problem` folder, on the CPU (where the pinned numbers were made,
+    also on a machine with a GPU; a later --device in `extra` wins)."""
     return ["--model", "mini", "--checkpoints", str(root / "checkpoints"), "--data-location", str(root / "data"),
-            "--results-dir", str(root / "results"), "--tasks", tasks, "--no-progress", *extra]
+            "--results-dir", str(root / "results"), "--tasks", tasks, "--device", "cpu", "--no-progress", *extra]

@@ -78,7 +78,7 @@ def test_functional_model_with_published_table_equals_in_place_merge():
 
 
 def _run(data, clip, theta0, tau, entries, normalize, granularity="layer-wise", **overrides):
-    config = RunConfig(**{"steps": 20, "lr": 0.02, "batch_size_adapt": 16, "batches_per_step": 2, "no_progress": True, **overrides})
+    config = RunConfig(**{"steps": 20, "lr": 0.02, "batch_size_adapt": 16, "batches_per_step": 2, "no_progress": True, "device": "cpu", **overrides})
     merged = MergedEncoder(clip.visual, theta0, tau, entries, "cpu")
     return adamerge(merged, data, normalize, config, granularity)
 

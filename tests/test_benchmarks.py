@@ -7,6 +7,7 @@ flags it passes to each method), a few seconds in all.
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -79,3 +80,24 @@ def test_bench_checks_times_loading_hashing_and_the_norms_on_mini(tmp_path):
     numbers = _load("bench_checks").main(["--model", "mini", "--num-tasks", "2", "--repeats", "1", "--workdir", str(tmp_path)])
     assert numbers["tasks"] == 2 and numbers["files_gb"] > 0
     assert all(numbers[k] > 0 for k in ("load_task_vectors_s", "norms_and_cosines_s", "hash_files_s", "hash_gb_per_s"))
+
+
+def test_gpu_check_dry_run_writes_every_section_on_the_cpu(tmp_path):
+    # compile is left out here (inductor's C++ build of the mini model takes about a minute on this machine);
+    # tests/test_device.py checks compiled against eager steps, and `--dry-run` alone runs it too
+    report = _load("gpu_check").main(["--out", str(tmp_path), "--dry-run", "--sections", "environment,correctness,speed,evaluation,memory"])
+    saved = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert saved["sections"].keys() == report["sections"].keys() == {"environment", "correctness", "speed", "evaluation", "memory"}
+    assert not [name for name, section in saved["sections"].items() if "error" in section]
+    assert saved["sections"]["correctness"]["ok"] and saved["sections"]["environment"]["flags_fp32"]["cudnn_allow_tf32"] is False
+    assert {r["plan"] for r in saved["sections"]["memory"]["rows"].values()} >= {"fused", "per-task", "chunked, 32 images per chunk"}
+    assert saved["sections"]["speed"]["rows"]["fp32"]["step_over_floor"] > 0 and saved["sections"]["speed"]["profile_fp32"]
+
+
+def test_gpu_check_keeps_finished_sections_when_one_fails(tmp_path, monkeypatch):
+    gpu_check = _load("gpu_check")
+    monkeypatch.setitem(gpu_check.SECTIONS, "correctness", lambda ctx, out: out.update(partial=1) or 1 / 0)
+    gpu_check.main(["--out", str(tmp_path), "--dry-run", "--sections", "environment,correctness"])
+    saved = json.loads((tmp_path / "gpu_check.json").read_text())["sections"]
+    assert saved["environment"]["torch"] == torch.__version__
+    assert saved["correctness"]["partial"] == 1 and saved["correctness"]["error"].startswith("ZeroDivisionError")

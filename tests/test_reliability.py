@@ -24,7 +24,7 @@ from test_pipeline import ROOT, _argv, mini, run  # noqa: F401  (module fixture)
 
 def _adapt(problem, steps, **kw):
     clip, theta0, tau, entries, data, normalize = problem
-    config = RunConfig(steps=steps, no_progress=True, **{"lr": 0.02, **{k: v for k, v in kw.items() if k in RunConfig.__dataclass_fields__}})
+    config = RunConfig(steps=steps, no_progress=True, **{"lr": 0.02, "device": "cpu", **{k: v for k, v in kw.items() if k in RunConfig.__dataclass_fields__}})
     merged = MergedEncoder(clip.visual, theta0, tau, entries, "cpu", checkpointing=config.checkpointing)
     return adamerge(merged, data, kw.get("normalize", normalize), config, "layer-wise", resume=kw.get("resume"), save_state=kw.get("save_state"))
 
@@ -144,7 +144,8 @@ def test_pipeline_resume_continues_to_the_same_table(mini):  # noqa: F811
 
 
 def test_torchrun_two_processes_learn_the_same_coefficients(mini, tmp_path):  # noqa: F811
-    common = _argv(mini, "--steps", "4", "--lr", "0.05")
+    # with the diagnostics: each rank measures its own tasks, rank 0 gathers them
+    common = _argv(mini, "--steps", "4", "--lr", "0.05", "--diagnose", "--diagnose-samples", "8", "--diagnose-lambdas", "0,0.5,1")
     single = run("layer_wise_adamerging", common)
     argv = [a if a != str(mini / "results") else str(tmp_path) for a in common]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
@@ -155,6 +156,9 @@ def test_torchrun_two_processes_learn_the_same_coefficients(mini, tmp_path):  # 
     multi = json.loads((tmp_path / "mini" / "layer_wise_adamerging.json").read_text())
     torch.testing.assert_close(torch.tensor(multi["coefficients"]["values"]), torch.tensor(single["coefficients"]["values"]), rtol=0, atol=1e-5)
     assert multi["accuracy"] == pytest.approx(single["accuracy"])
+    spearman = lambda r: {**r["diagnostics"]["spearman"]["per_task"], "pooled": r["diagnostics"]["spearman"]["pooled"]}  # noqa: E731
+    assert spearman(multi) == pytest.approx(spearman(single), abs=1e-6, nan_ok=True)
+    assert multi["diagnostics"]["verdict"] == single["diagnostics"]["verdict"]
 
 
 def test_same_seed_same_coefficients_and_accuracies(mini):  # noqa: F811

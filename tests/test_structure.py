@@ -80,7 +80,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 FLOORS = (
     # one-job building blocks: files, formats, the merge, models, data, evaluation, reports
     {"_torchvision_compat", "checkpoints", "task_vectors_format", "merging", "merged_encoder", "models", "heads", "evaluation", "corruptions",
-     "distributed", "datasets", "hf_datasets", "hf", "hf_export", "reporting", "plotting", "cli", "run_log", "provenance"},
+     "distributed", "device", "datasets", "hf_datasets", "hf", "hf_export", "reporting", "plotting", "cli", "run_log", "provenance"},
     {"config", "problem", "prepare", "download", "mini"},              # what a run is made of, and the data it needs
     {"adaptation", "diagnostics"},                                     # AdaMerging and its entropy checks
     {"pipeline", "experiments", "__main__"},                           # the commands

@@ -2,8 +2,9 @@
 
 Used by the method scripts (`pipeline.main`), `src/diagnose.py` and `python -m adamerging.experiments`.
 Exit codes: 0 done; 2 a user error (missing file, unreadable checkpoint or dataset, bad value or key);
-3 a run that stopped early with its state saved (`RunStopped`, e.g. AdaMerging's non-finite-loss guard);
-130 interrupted (Ctrl-C; the message may say where the state was saved).
+3 a run that stopped early with its state saved (`RunStopped`, e.g. AdaMerging's non-finite-loss guard),
+or that ran out of device memory; 130 interrupted (Ctrl-C; the message may say where the state was saved).
+The torchrun process group, if any, is left at exit.
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from typing import Callable, Sequence
 
 from .checkpoints import CheckpointError
 from .datasets import DatasetError
+from .device import OUT_OF_MEMORY
+from .distributed import shutdown
 
 EXIT_USER_ERROR = 2
 EXIT_STOPPED = 3
@@ -49,3 +52,15 @@ def run_cli(command: Callable[[list[str]], object], argv: Sequence[str] | None =
     except (RunStopped, *USER_ERRORS) as e:
         print(f"error: {error_message(e)}", file=sys.stderr)
         sys.exit(EXIT_STOPPED if isinstance(e, RunStopped) else EXIT_USER_ERROR)
+    except OUT_OF_MEMORY as e:  # outside an AdaMerging step (which saves its state and names its own setting)
+        print(f"error: out of memory ({out_of_memory_summary(e)}): lower --batch-size (the evaluation batch), or merge fewer "
+              "tasks per run (--tasks)", file=sys.stderr)
+        sys.exit(EXIT_STOPPED)
+    finally:
+        shutdown()
+
+
+def out_of_memory_summary(error: BaseException) -> str:
+    """The allocation that failed, from torch's message (its first two sentences, one line)."""
+    text = " ".join(str(error).split())
+    return ". ".join(text.split(". ")[:2]).rstrip(".") or "no details"

@@ -16,6 +16,7 @@ import torch
 
 from .corruptions import CORRUPTIONS
 from .datasets import DATA_FORMATS
+from .device import PRECISIONS
 from .models import MODEL_NAMES
 from .provenance import MAX_NORM_RATIO
 
@@ -116,7 +117,12 @@ class RunConfig:
     adapt_fraction: float = _opt(1.0, "adamerging", "fraction of each task's test images the adaptation may draw from (seeded subset; evaluation always uses all)")
     objective: str = _opt("entropy", "adamerging", "entropy (AdaMerging) or cross-entropy with test labels (the paper's supervised oracle ablation)",
                           choices=("entropy", "supervised"))
-    adapt_mode: str = _opt("fused", "adamerging", "one forward over all tasks' batches, or backward per task (less memory)", choices=("fused", "per-task"))
+    adapt_mode: str = _opt("auto", "adamerging", "fused: one forward and backward over all tasks' images per step; chunked: "
+                           "--adapt-chunk images at a time (same lambdas gradient, the memory of one chunk); per-task: one task's "
+                           "images at a time; auto: fused when it fits the GPU's free memory, else chunked (measured on the first "
+                           "step; on the CPU: fused)", choices=("auto", "fused", "chunked", "per-task"))
+    adapt_chunk: int = _opt(0, "adamerging", "images per chunk in chunked mode (0: as many as fit the GPU's free memory, measured "
+                            "on the first step; on the CPU one batch)")
     save_every: int = _opt(50, "adamerging", "save lambdas + optimizer state every N steps (also on Ctrl-C and on a NaN), for --resume")
     resume: bool = _opt(False, "adamerging", "continue from <method>.state.pt beside the run's result (<results-dir>/<model>/, or --run-dir); --lr, --steps, cadence, output and speed flags may change, the others must match")
     # diagnostics
@@ -131,9 +137,12 @@ class RunConfig:
     vectors: str = _opt("plain", "diagnostics", "plain task vectors (AdaMerging) or TIES-selected ones (AdaMerging++)", standalone="",
                         choices=("plain", "ties"))
     # speed
-    precision: str = _opt("fp32", "speed", "bf16 autocast for the encoder (use on CUDA)", choices=("fp32", "bf16"))
+    precision: str = _opt("fp32", "speed", "fp32: IEEE float32 matmuls and convolutions (TF32 off, set explicitly); tf32: "
+                          "TF32 tensor cores on CUDA; bf16: bfloat16 autocast for the encoder. The merge and the lambdas "
+                          "gradient stay IEEE fp32 in every mode", choices=PRECISIONS)
     checkpointing: bool = _opt(False, "speed", "activation checkpointing in the encoder (ViT-L/14 on a 24 GB GPU)")
-    compile: bool = _opt(False, "speed", "torch.compile the encoder forward (experimental; pays off on GPU for long runs)")
+    compile: bool = _opt(False, "speed", "torch.compile the encoder forward (the same lambdas gradients as eager, tested on the CPU; "
+                         "its first step compiles, tens of seconds)")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -216,7 +225,7 @@ def config_from_namespace(args: argparse.Namespace) -> RunConfig:
 RESUMABLE = frozenset({
     "steps", "lr", "eval_every", "save_every", "resume", "no_progress", "overwrite", "results_dir", "run_dir", "save_merged",
     "save_format", "checkpoints", "data_location", "cache_dir", "batch_size", "device", "precision", "checkpointing",
-    "compile", "adapt_mode", "diagnose", "diagnose_samples", "diagnose_lambdas", "diagnose_spearman", "diagnose_lambda_slack",
+    "compile", "adapt_mode", "adapt_chunk", "diagnose", "diagnose_samples", "diagnose_lambdas", "diagnose_spearman", "diagnose_lambda_slack",
     "tensorboard", "allow_duplicate_experts", "allow_foreign_experts",
 })
 

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .device import check_device, check_local_ranks, set_precision
+
 
 @dataclass(frozen=True)
 class Ranks:
@@ -50,16 +52,33 @@ class Ranks:
 
 
 def init_from_env(device: str) -> tuple[Ranks, str]:
-    """Join the process group torchrun describes (WORLD_SIZE > 1); returns the ranks and this rank's device."""
+    """Check `device` (`device.check_device`), join the process group torchrun describes (WORLD_SIZE > 1);
+    returns the ranks and this rank's device (its own GPU, cuda:LOCAL_RANK). ValueError (one line) for a
+    bad device, or more processes on this node than it has GPUs. Every entry point calls it first."""
+    check_device(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Ranks(), device
     rank = int(os.environ["RANK"])
     local = int(os.environ.get("LOCAL_RANK", rank))
-    use_cuda = device.startswith("cuda") and torch.cuda.is_available()
+    use_cuda = torch.device(device).type == "cuda"
     if use_cuda:
+        check_local_ranks(local, int(os.environ.get("LOCAL_WORLD_SIZE", local + 1)))
         torch.cuda.set_device(local)
         device = f"cuda:{local}"
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     return Ranks(rank, world), device
+
+
+def setup(device: str, precision: str) -> tuple[Ranks, str, dict]:
+    """Every entry point's first step: `init_from_env(device)`, then the float32 flags of `precision`
+    (`device.set_precision`). Returns (ranks, this rank's device, the numerics record)."""
+    ranks, device = init_from_env(device)
+    return ranks, device, set_precision(precision, device)
+
+
+def shutdown() -> None:
+    """Leave torchrun's process group, if this process joined one (every entry point, at exit)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,8 +1,9 @@
 """The merged image encoder, evaluated functionally: one module, parameters theta(lambdas) from `merge_entry`.
 
 Every method is evaluated (and AdaMerging trained) through `MergedEncoder`: it keeps theta_0 and the
-stacked task vectors of the visual entries on the compute device, builds the merged parameters once
-per lambdas table with `merging.merge_entry` and calls the CLIP visual tower with
+stacked task vectors of the visual entries on the compute device (theta_0 once: it is also the
+module's own parameters), builds the merged parameters once per lambdas table with
+`merging.merge_entry` (IEEE fp32 in every precision mode) and calls the CLIP visual tower with
 `torch.func.functional_call`, so gradients flow to the lambdas only.
 """
 from __future__ import annotations
@@ -13,17 +14,12 @@ from typing import Callable, ContextManager, Sequence
 import torch
 from torch.func import functional_call
 
+from .checkpoints import return_freed_memory
+from .device import autocast, ieee_fp32
 from .merging import TaskVectors, coefficient_row, merge_entry, merge_entry_lambdas_grad
 from .models import VISUAL_PREFIX
 
-
-def autocast(device: torch.device, precision: str) -> ContextManager:
-    """The encoder forward's precision: 'fp32' (no autocast) or 'bf16' (autocast); ValueError otherwise."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+__all__ = ["MergedEncoder", "autocast"]
 
 
 class MergedEncoder:
@@ -32,23 +28,33 @@ class MergedEncoder:
     `theta0`: entry -> tensor (the ImageEncoder layout, `model.*`); `tau`: entry -> [T, *shape];
     `entries`: the state-dict entries in canonical order (row j of a layer-wise lambdas table is
     `entries[j]`). Only the visual entries are merged: the text-side ones never reach the forward.
+    The caller's `theta0` and `tau` dicts get the device tensors in place of their visual entries, so
+    host copies are released once the device holds them (on the CPU they are the same tensors).
     """
 
     def __init__(self, visual: torch.nn.Module, theta0: dict[str, torch.Tensor], tau: TaskVectors, entries: Sequence[str],
                  device: str | torch.device, checkpointing: bool = False, compile: bool = False):
         self.device = torch.device(device)
         self.entries = list(entries)
-        self.visual = visual.to(self.device).eval()
-        for p in self.visual.parameters():
-            p.requires_grad_(False)
-        # Recompute block activations in backward: ViT-L/14 memory in exchange for time. Set both ways,
-        # since the module may be shared with an earlier MergedEncoder.
-        self.checkpointing = checkpointing
-        self.visual.set_grad_checkpointing(checkpointing)
         # (row j of the lambdas table, parameter name inside the visual tower)
         self.visual_entries = [(j, k[len(VISUAL_PREFIX):]) for j, k in enumerate(self.entries) if k.startswith(VISUAL_PREFIX)]
         self.theta0 = {name: theta0[VISUAL_PREFIX + name].to(self.device, torch.float32) for _, name in self.visual_entries}
         self.tau = {name: tau[VISUAL_PREFIX + name].to(self.device, torch.float32) for _, name in self.visual_entries}
+        # theta_0 once on the device: the module's own parameters become these tensors (never read by
+        # the functional forward, which binds merged ones, but the module must live on the device)
+        visual.load_state_dict(self.theta0, strict=False, assign=True)
+        self.visual = visual.to(self.device).eval()
+        for p in self.visual.parameters():
+            p.requires_grad_(False)
+        moved = any(theta0[VISUAL_PREFIX + name] is not self.theta0[name] for _, name in self.visual_entries)
+        for _, name in self.visual_entries:
+            theta0[VISUAL_PREFIX + name], tau[VISUAL_PREFIX + name] = self.theta0[name], self.tau[name]
+        if moved:
+            return_freed_memory()  # the host copies' heap pages, now unreferenced
+        # Recompute block activations in backward: ViT-L/14 memory in exchange for time. Set both ways,
+        # since the module may be shared with an earlier MergedEncoder.
+        self.checkpointing = checkpointing
+        self.visual.set_grad_checkpointing(checkpointing)
         self.num_tasks = next(iter(self.tau.values())).shape[0]
         self._forward = torch.compile(self._call) if compile else self._call
 
@@ -62,7 +68,8 @@ class MergedEncoder:
 
     def params(self, lambdas: torch.Tensor) -> dict[str, torch.Tensor]:
         """Merged visual parameters for a lambdas table [R, T] (R = 1: task-wise, R = len(entries): layer-wise)."""
-        return {name: merge_entry(self.theta0[name], row, self.tau[name]) for name, row in self._rows(lambdas).items()}
+        with ieee_fp32():
+            return {name: merge_entry(self.theta0[name], row, self.tau[name]) for name, row in self._rows(lambdas).items()}
 
     def streamed_params(self, lambdas: torch.Tensor) -> tuple[dict[str, torch.Tensor], Callable[[], None]]:
         """Merged visual parameters whose gradients are turned into lambdas gradients as they arrive.
@@ -78,11 +85,12 @@ class MergedEncoder:
         grads: dict[str, torch.Tensor] = {}
         params = {}
         for name, row in rows.items():
-            with torch.no_grad():
+            with torch.no_grad(), ieee_fp32():
                 leaf = merge_entry(self.theta0[name], row, self.tau[name]).requires_grad_(True)
 
             def contract(leaf: torch.Tensor, name: str = name) -> None:
-                grads[name] = merge_entry_lambdas_grad(leaf.grad, rows[name], self.tau[name])
+                with ieee_fp32():
+                    grads[name] = merge_entry_lambdas_grad(leaf.grad, rows[name], self.tau[name])
                 leaf.grad = None
             leaf.register_post_accumulate_grad_hook(contract)
             params[name] = leaf
@@ -92,7 +100,8 @@ class MergedEncoder:
             # (latest first), as through `params`: the same float sums whatever this list's order
             got = [name for name in rows if name in grads]
             if got:
-                torch.autograd.backward([rows[name] for name in got], [grads.pop(name) for name in got])
+                with ieee_fp32():
+                    torch.autograd.backward([rows[name] for name in got], [grads.pop(name) for name in got])
         return params, finish
 
     def _call(self, params: dict[str, torch.Tensor], images: torch.Tensor) -> torch.Tensor:

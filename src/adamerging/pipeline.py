@@ -20,8 +20,9 @@ from .adaptation import SEGMENT_FIELDS, AdaptationStopped, AdaptResult, ResumeEr
 from .checkpoints import atomic_write, save_state_dict
 from .cli import run_cli
 from .config import DEFAULT_LAM, RunConfig, build_parser, config_from_namespace
-from .distributed import Ranks, init_from_env
-from .evaluation import accuracy, predict
+from .device import ieee_fp32
+from .distributed import Ranks, setup
+from .evaluation import evaluate_accuracy
 from .merged_encoder import MergedEncoder
 from .merging import LAYER_WISE, TASK_WISE, CoefficientTable, constant_table, load_table, merge, one_hot_table, published_table
 from .problem import Problem, TaskData, load_problem
@@ -98,7 +99,7 @@ def evaluate_tasks(encoder: Callable[[torch.Tensor], torch.Tensor], problem: Pro
     out = {}
     for i, t in enumerate(tasks):
         if ranks.owns(i):
-            out[t.name] = accuracy(predict(encoder, t.head, t.images, problem.normalize, batch_size), t.labels)
+            out[t.name] = evaluate_accuracy(encoder, t.head, t.images, t.labels, problem.normalize, batch_size)
     out = ranks.merge_dicts(out)
     return {t.name: out[t.name] for t in tasks}
 
@@ -148,7 +149,7 @@ def learn_table(m: Method, config: RunConfig, problem: Problem, merged: MergedEn
     diagnosis = None
     if config.diagnose:
         from .diagnostics import run_diagnostics  # only with --diagnose: spares every other run scipy's import
-        diagnosis = run_diagnostics(problem, config, merged=merged, vectors=m.vectors, timings=timings)
+        diagnosis = run_diagnostics(problem, config, merged=merged, vectors=m.vectors, timings=timings, ranks=ranks)
     state_path, resume, save_state = _state_io(config, m.result_name(config), ranks)
     try:
         return adamerge(merged, adaptation_subset(problem.data, config.adapt_fraction, config.seed), problem.normalize, config,
@@ -160,16 +161,18 @@ def learn_table(m: Method, config: RunConfig, problem: Problem, merged: MergedEn
     except AdaptationStopped as stop:
         if stop.state is None:
             raise
-        raise AdaptationStopped(f"{stop}; saved to {state_path}: rerun with a lower --lr and --resume", stop.state) from None
+        raise AdaptationStopped(f"{stop}; saved to {state_path}: {stop.advice}", stop.state) from None
 
 
 def save_merged(problem: Problem, table: CoefficientTable, config: RunConfig) -> None:
     """--save-merged: the merged image encoder as a state dict (`model.*` entries) or a Hugging Face folder.
 
     --save-format hf writes config.json + model.safetensors of a `CLIPVisionModelWithProjection`
-    (`transformers` loads it with `from_pretrained`; `image_embeds` are this encoder's features).
+    (`transformers` loads it with `from_pretrained`; `image_embeds` are this encoder's features). The
+    merge runs where the task vectors are (the device), in IEEE fp32; the result is written from the host.
     """
-    state = merge(problem.theta0, problem.tau, table.lambdas, problem.entries)
+    with ieee_fp32():
+        state = {k: v.cpu() for k, v in merge(problem.theta0, problem.tau, table.lambdas.to(config.device), problem.entries).items()}
     if config.save_format == "hf":
         save_hf_checkpoint(config.save_merged, state, hf_config_from_open_clip(problem.clip))
     else:
@@ -186,32 +189,22 @@ def recorded_config(config: RunConfig, adaptation: AdaptResult | None) -> dict:
     return out
 
 
-def check_device(device: str) -> None:
-    """ValueError (one line) for a --device torch cannot parse, or CUDA where this torch has no GPU."""
-    try:
-        kind = torch.device(device).type
-    except RuntimeError:
-        raise ValueError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: this torch ({torch.__version__}) sees no CUDA device; use --device cpu")
-
-
 def run(method_name: str, config: RunConfig) -> dict:
     """Run one method end to end with `config`, print its table, write and return its results JSON (dict).
 
     Errors a user can fix raise FileNotFoundError / CheckpointError / DatasetError / ValueError / KeyError
-    with a one-line message; a non-finite AdaMerging step raises AdaptationStopped (state saved).
+    with a one-line message; a non-finite AdaMerging step raises AdaptationStopped (state saved), and so
+    does running out of device memory while adapting (elsewhere: torch.OutOfMemoryError, which the
+    scripts turn into one line, cli.run_cli).
     """
     m = method(method_name)
-    check_device(config.device)
     if config.save_merged and config.save_format == "hf" and Path(config.save_merged).suffix in (".safetensors", ".pt", ".bin"):
         raise ValueError(f"--save-format hf writes a folder (config.json + model.safetensors); --save-merged "
                          f"{config.save_merged} names a file: give a folder, or drop --save-format hf for a state-dict file")
     if config.tensorboard:
         require_tensorboard()   # before anything loads
-    ranks, device = init_from_env(config.device)
-    if device != config.device:  # torchrun: this rank's GPU
-        config = replace(config, device=device)
+    ranks, device, numerics = setup(config.device, config.precision)  # checks --device; under torchrun, this rank's GPU
+    config = replace(config, device=device)
     seed_everything(config.seed)
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -229,10 +222,12 @@ def run(method_name: str, config: RunConfig) -> dict:
         table = adaptation.table
         last = adaptation.trajectory[-1] if adaptation.trajectory else {}
         accs = last["accuracy"] if "accuracy" in last else evaluate(merged.encoder(table.lambdas, config.precision))
-    elif m.table == "one-hot":  # each expert theta_0 + tau_t, on its own task
+    elif m.table == "one-hot":  # each expert theta_0 + tau_t, on its own task; under torchrun, on the rank that owns it
         table, accs = None, {}
-        for t in problem.data:
-            accs.update(evaluate_tasks(merged.encoder(one_hot_table(problem.tasks, t.name).lambdas, config.precision), problem, config.batch_size, [t]))
+        for i, t in enumerate(problem.data):
+            if ranks.owns(i):
+                accs.update(evaluate_tasks(merged.encoder(one_hot_table(problem.tasks, t.name).lambdas, config.precision), problem, config.batch_size, [t]))
+        accs = ranks.merge_dicts(accs)
     else:
         table = fixed_table(m, config, problem)
         accs = evaluate(merged.encoder(table.lambdas, config.precision))
@@ -258,12 +253,13 @@ def run(method_name: str, config: RunConfig) -> dict:
                            if problem.eval_data and all(t.name in accs for t in problem.eval_data) else None),
         "coefficients": table.to_json() if table is not None else None, "test_data": problem.test_data, "provenance": problem.provenance,
         "config": recorded_config(config, adaptation), "seed": config.seed, "versions": package_versions(), "timings_s": timings,
+        "numerics": numerics,
     }
     if diagnosis is not None:
         result["diagnostics"] = {k: diagnosis[k] for k in ("verdict", "checks", "spearman", "thresholds")}
     if adaptation is not None:
         result["adaptation"] = {"step_seconds_median": adaptation.step_seconds, "adapt_seconds": adaptation.total_seconds,
-                                "segments": adaptation.segments, "trajectory": adaptation.trajectory}
+                                "adapt_mode": adaptation.plan, "segments": adaptation.segments, "trajectory": adaptation.trajectory}
     result["result_name"] = name
     path = results_path(config.output_dir, name, config.overwrite)
     # "diagnostics" may hold an undefined (NaN) correlation; every number of the result itself must be finite

@@ -159,7 +159,7 @@ def task_vector_stats(theta0: Mapping[str, torch.Tensor], tau: TaskVectors, entr
             base += float(block @ block.T)
         if not is_zero_view(tau[k]):
             for block in tau[k].reshape(T, -1).float().split(GRAM_BLOCK, dim=1):
-                gram += (block @ block.T).double()
+                gram += (block @ block.T).double().cpu()   # tau may live on the device (MergedEncoder holds it there)
     norms = gram.diag().clamp_min(0).sqrt()
     cosine = gram / (norms[:, None] * norms[None, :]).clamp_min(1e-30)
     off = cosine[~torch.eye(T, dtype=torch.bool)]

@@ -1,10 +1,12 @@
 """`src/diagnose.py`: the diagnostics' command line. The only part of the package that loads a problem."""
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Sequence
 
 from ..cli import run_cli
 from ..config import build_parser, config_from_namespace
+from ..distributed import setup
 from ..problem import load_problem
 from .run import run_diagnostics
 
@@ -16,9 +18,11 @@ DESCRIPTION = ("Will AdaMerging help on these models? Checks on a labeled sample
 def diagnose(argv: Sequence[str] | None = None) -> dict:
     """src/diagnose.py without the error handling: parse, load, measure, print, write; returns the report."""
     config = config_from_namespace(build_parser(DESCRIPTION, standalone_diagnostics=True).parse_args(argv))
+    ranks, device, _ = setup(config.device, config.precision)  # checks --device; under torchrun, this rank's GPU
+    config = replace(config, device=device)
     timings: dict[str, float] = {}
     problem = load_problem(config, config.vectors, timings)
-    return run_diagnostics(problem, config, vectors=config.vectors, write=True, timings=timings)
+    return run_diagnostics(problem, config, vectors=config.vectors, write=True, timings=timings, ranks=ranks)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -8,6 +8,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import DEFAULT_LAM, RunConfig
+from ..device import numerics
+from ..distributed import Ranks
 from ..merged_encoder import MergedEncoder
 from ..problem import Problem
 from .checks import (Thresholds, accuracy_tolerance, check_correlation, check_cross_task, check_lambda_alignment, verdict)
@@ -21,13 +23,14 @@ def thresholds(config: RunConfig) -> Thresholds:
 
 
 def run_diagnostics(problem: Problem, config: RunConfig, merged: MergedEncoder | None = None, vectors: str = "plain",
-                    write: bool = False, timings: dict[str, float] | None = None) -> dict:
+                    write: bool = False, timings: dict[str, float] | None = None, ranks: Ranks = Ranks()) -> dict:
     """Measure the checks on a labeled sample, print the verdict, return the report (JSON-ready).
 
     The AdaMerging scripts' `--diagnose` calls this before adapting (pass their `merged` to share
     its device copies of theta_0 and tau); `src/diagnose.py` calls it with write=True, which writes
     results/<model>/diagnostics.{json,md} and the PNG plots. Errors: ValueError for fewer than 2 tasks,
-    3 samples or 2 lambdas.
+    3 samples or 2 lambdas. Under torchrun (`ranks`), each rank measures the tasks it owns, the
+    measurements are gathered, and rank 0 alone prints and writes.
     """
     samples, lambdas = int(config.diagnose_samples), tuple(config.diagnose_lambdas)
     lam = DEFAULT_LAM if config.lam is None else float(config.lam)
@@ -52,9 +55,10 @@ def run_diagnostics(problem: Problem, config: RunConfig, merged: MergedEncoder |
     # Order the work by lambdas row, so each merged encoder is built once.
     plan = [([l] * T, range(T)) for l in lambdas] + [([lam] * T, range(T))] \
         + [(one_hot(i, lam), [i]) for i in range(T)] + [(one_hot(i, 1.0), [i]) for i in range(T)]
-    todo = [(row, i) for row, indices in plan for i in indices]
-    for row, i in tqdm(todo, desc="diagnostics", disable=not config.progress, dynamic_ncols=True):
+    todo = [(row, i) for row, indices in plan for i in indices if ranks.owns(i)]
+    for row, i in tqdm(todo, desc="diagnostics", disable=not config.progress or not ranks.is_main, dynamic_ncols=True):
         evaluate(row, i)
+    evaluate.cache = ranks.merge_dicts(evaluate.cache)   # every rank: all tasks' measurements
 
     outcomes = {"merged": {t: evaluate([lam] * T, i) for i, t in enumerate(tasks)},
                 "alone": {t: evaluate(one_hot(i, lam), i) for i, t in enumerate(tasks)},
@@ -83,6 +87,9 @@ def run_diagnostics(problem: Problem, config: RunConfig, merged: MergedEncoder |
                           stats, {t: gain(t) for t in tasks}, th, {**(timings or {}), "diagnostics": elapsed})
     report["test_data"] = problem.test_data  # which split folder and how many images each task was read from
     report["provenance"] = problem.provenance  # which files, their hashes; the plain task vectors' norm ratios and cosines
+    report["numerics"] = numerics(config.precision)
+    if not ranks.is_main:
+        return report
     print(summary(report))
     if write:
         files = write_report(report, config.output_dir, config.overwrite)

@@ -32,6 +32,7 @@ from typing import Callable, Sequence
 from .. import pipeline
 from ..cli import run_cli
 from ..corruptions import CORRUPTIONS
+from ..distributed import setup
 from .ablations import ablations
 from .coefficients import coefficients
 from .common import ADAPTIVE, METHODS, Context
@@ -143,6 +144,7 @@ def run_all(ctx: Context) -> dict:
 def run(argv: Sequence[str]) -> dict:
     """Parse, run one experiment (or all), return what it wrote (JSON-ready)."""
     ctx = parse(argv)
+    setup(ctx.base.device, ctx.base.precision)   # a bad --device or torchrun setting: one line before any work
     return run_all(ctx) if ctx.experiment == "all" else EXPERIMENTS[ctx.experiment](ctx)
 
 

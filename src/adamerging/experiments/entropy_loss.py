@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Mapping
 
@@ -10,6 +11,7 @@ import numpy as np
 
 from ..config import DEFAULT_LAM
 from ..diagnostics.measure import correlation_report, measure, sample_tasks
+from ..distributed import setup
 from ..merged_encoder import MergedEncoder
 from ..merging import constant_table
 from ..plotting import figure, save
@@ -47,17 +49,23 @@ def _plot_entropy_loss(values: Mapping[str, tuple[np.ndarray, np.ndarray]], repo
 def entropy_loss(ctx: Context) -> dict:
     """Does the entropy of the Task Arithmetic model's predictions rank the test samples as their loss does?"""
     started = time.perf_counter()
-    config = ctx.base
+    ranks, device, numerics = setup(ctx.base.device, ctx.base.precision)  # under torchrun: each rank measures its tasks
+    config = replace(ctx.base, device=device)
     lam = DEFAULT_LAM if config.lam is None else config.lam
     problem = load_problem(config, "plain")
     merged = MergedEncoder(problem.clip.visual, problem.theta0, problem.tau, problem.entries, config.device)
     encoder = merged.encoder(constant_table(problem.tasks, lam).lambdas, config.precision)
     data = sample_tasks(problem.data, ctx.options.samples, config.seed) if ctx.options.samples else problem.data
     values, accs = {}, {}
-    for t in data:
-        outcome = measure(encoder, t, problem.normalize, config.batch_size)
-        values[t.name] = (outcome.entropy.numpy().astype(np.float64), outcome.loss.numpy().astype(np.float64))
-        accs[t.name] = outcome.accuracy
+    for i, t in enumerate(data):
+        if ranks.owns(i):
+            outcome = measure(encoder, t, problem.normalize, config.batch_size)
+            values[t.name] = (outcome.entropy.numpy().astype(np.float64), outcome.loss.numpy().astype(np.float64))
+            accs[t.name] = outcome.accuracy
+    values, accs = ranks.merge_dicts(values), ranks.merge_dicts(accs)
+    values, accs = {t.name: values[t.name] for t in data}, {t.name: accs[t.name] for t in data}
+    if not ranks.is_main:
+        return {}
     report = correlation_report(values)
     folder = ctx.folder
     _plot_entropy_loss(values, report, folder / "entropy_vs_loss.png",
@@ -68,7 +76,8 @@ def entropy_loss(ctx: Context) -> dict:
     out = {**meta(ctx, started), "merged_model": f"Task Arithmetic, lambda {lam:g}", "tasks": list(values),
            "samples": {t: len(h) for t, (h, _) in values.items()}, "spearman": {"per_task": report["per_task"], "pooled": report["pooled"]},
            "paper_spearman": paper_findings()["entropy_loss_spearman"], "accuracy": accs, "binned": report["binned"], "test_data": problem.test_data,
-           "per_sample": {t: {"entropy": np.round(h, 5).tolist(), "loss": np.round(l, 5).tolist()} for t, (h, l) in values.items()}}
+           "per_sample": {t: {"entropy": np.round(h, 5).tolist(), "loss": np.round(l, 5).tolist()} for t, (h, l) in values.items()},
+           "numerics": numerics}
     write_json(out, folder / "entropy_vs_loss.json")
     print(table)
     print(f"pooled Spearman {fmt(report['pooled'], '.3f')} (paper {paper_findings()['entropy_loss_spearman']}); wrote {folder / 'entropy_vs_loss'}.json, .png")

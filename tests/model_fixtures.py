@@ -44,7 +44,7 @@ def write_mini_problem(root: Path, n_per_class: int = 3) -> Path:
 
     write_random_checkpoints(root / "checkpoints", "mini", MINI_TASKS, heads={"EuroSAT": False})
     for task in MINI_TASKS:
-        write_fake_dataset(task, root / "data", n_per_class=n_per_class, image_size=8)
+        write_fake_dataset(task, root / "data", n_per_class=n_per_class, image_size=8, split="both")
     return root
 
 

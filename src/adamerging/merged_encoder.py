@@ -3,7 +3,8 @@
 Every method is evaluated (and AdaMerging trained) through `MergedEncoder`: it keeps theta_0 and the
 stacked task vectors of the visual entries on the compute device, builds the merged parameters once
 per lambdas table with `merging.merge_entry` and calls the CLIP visual tower with
-`torch.func.functional_call`, so gradients flow to the lambdas only.
+`torch.func.functional_call`, so gradients flow to the lambdas only. The data-based merges (Fisher
+merging, RegMean) build their parameters from the experts it gives and are evaluated with `bind`.
 """
 from __future__ import annotations
 
@@ -117,8 +118,11 @@ class MergedEncoder:
     def encoder(self, lambdas: torch.Tensor, precision: str = "fp32") -> Callable[[torch.Tensor], torch.Tensor]:
         """A plain function images [N, 3, S, S] -> features [N, D] (float32) at a fixed lambdas table [R, T]."""
         with torch.no_grad():
-            params = self.params(lambdas)
+            return self.bind(self.params(lambdas), precision)
 
+    def bind(self, params: dict[str, torch.Tensor], precision: str = "fp32") -> Callable[[torch.Tensor], torch.Tensor]:
+        """A plain function images [N, 3, S, S] -> features [N, D] (float32) at fixed merged visual parameters
+        `params` (names inside the visual tower, as from `params`; also those of a data-based merge rule)."""
         def encode(x: torch.Tensor) -> torch.Tensor:
             with autocast(self.device, precision):
                 return self(params, x).float()

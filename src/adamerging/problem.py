@@ -174,6 +174,43 @@ def load_heads(config: RunConfig, model_dir: Path, tasks: Sequence[str], splits:
     return heads
 
 
+def load_expert(path: Path, clip: torch.nn.Module, theta0: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A fine-tuned encoder (task-vectors file or HF folder) in the ImageEncoder layout of `clip`'s architecture.
+
+    HF experts are often vision-only: their text-side entries come from `theta0`. Errors as `to_encoder_entries`.
+    """
+    weights = hf.load_weights(path)
+    if hf.is_hf_checkpoint(path):
+        weights = hf.fill_from(hf.image_tower(weights, clip.state_dict(), path, theta0), theta0)
+    return to_encoder_entries(weights, encoder_state_dict(clip), path)
+
+
+MULTITASK = "multitask"  # <checkpoints>/<model>/multitask/finetuned.pt: one encoder fine-tuned on all tasks at once
+
+
+def multitask_checkpoint(config: RunConfig) -> Path | None:
+    """The jointly fine-tuned encoder ("Traditional MTL") of `config`'s model, or None where there is none."""
+    return _find(Path(config.checkpoints) / config.model / MULTITASK, "finetuned", config.checkpoint_format)
+
+
+def load_multitask(config: RunConfig, clip: torch.nn.Module, theta0: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The multi-task encoder's entries (ImageEncoder layout); FileNotFoundError naming the expected file."""
+    path = multitask_checkpoint(config)
+    if path is None:
+        folder = Path(config.checkpoints) / config.model / MULTITASK
+        raise FileNotFoundError(f"no multi-task encoder: expected {folder}/finetuned.pt (or a Hugging Face folder {folder}/finetuned/); "
+                                f"the mini benchmark builds one, for the real models the paper's row is quoted")
+    return load_expert(path, clip, theta0)
+
+
+def read_task(config: RunConfig, task: str, split: str, test_dir: str | None = None) -> "ds.Split":
+    """One split of a task: the user's ImageFolder tree (--task NAME=DIR), else the dataset under the data root."""
+    user_tasks = _named(config.task, "--task")
+    if task in user_tasks:
+        return ds.read_image_folder_task(task, user_tasks[task], split)
+    return ds.read_task_split(task, config.data_root, split, data_format=config.data_format, test_dir=test_dir)
+
+
 def load_task_vectors(config: RunConfig, vectors: str = "plain") -> TaskVectorSet:
     """theta_0 and the experts' task vectors tau [T, *shape] per entry, for the tasks of `config`.
 
@@ -211,11 +248,7 @@ def load_task_vectors(config: RunConfig, vectors: str = "plain") -> TaskVectorSe
             if path is None or not path.exists():
                 raise FileNotFoundError(f"{task}: fine-tuned encoder not found: expected {path or model_dir / task / 'finetuned.pt'} "
                                         f"(or a Hugging Face folder {model_dir / task / 'finetuned'}/, or --finetuned {task}=PATH)")
-            weights = hf.load_weights(path)
-            if hf.is_hf_checkpoint(path):  # HF experts are often vision-only: text-side entries come from theta_0
-                weights = hf.fill_from(hf.image_tower(weights, clip.state_dict(), path, theta0), theta0)
-            yield to_encoder_entries(weights, reference, path)
-            del weights  # not held while the next expert loads
+            yield load_expert(path, clip, theta0)  # not held while the next expert loads
     tau = task_vectors(theta0, experts(), tasks)
     if vectors == "ties":
         tau = ties_select(tau, config.ties_k, config.ties_combine, inplace=True)
@@ -238,7 +271,7 @@ def load_problem(config: RunConfig, vectors: str = "plain", timings: dict[str, f
     loaded = load_task_vectors(config, vectors)
     tasks, clip, entries, theta0, tau = loaded.tasks, loaded.clip, loaded.entries, loaded.theta0, loaded.tau
     model_dir = Path(config.checkpoints) / config.model
-    data_root = Path(config.data_location or ("data/mini" if config.model == "mini" else "data"))
+    data_root = config.data_root
     cache_dir = Path(config.cache_dir) if config.cache_dir else data_root / ".cache"
     user_tasks = {name: Path(folder) for name, folder in _named(config.task, "--task").items()}
     timings["load_checkpoints"] = time.perf_counter() - t0
@@ -247,9 +280,7 @@ def load_problem(config: RunConfig, vectors: str = "plain", timings: dict[str, f
     unseen = [t for t in parse_tasks(config.eval_tasks, model_dir) if t not in tasks] if config.eval_tasks else []
     everything = tasks + unseen
     test_splits = ds.parse_test_split(config.test_split)
-    splits = {task: ds.read_image_folder_task(task, user_tasks[task]) if task in user_tasks
-              else ds.read_task_split(task, data_root, "test", data_format=config.data_format, test_dir=test_splits.get(task))
-              for task in everything}
+    splits = {task: read_task(config, task, "test", test_splits.get(task)) for task in everything}
     templates = {task: ds.user_task_templates(user_tasks[task]) if task in user_tasks else ds.task_templates(task, data_root)
                  for task in everything}
     size = image_size(clip)

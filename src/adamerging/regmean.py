@@ -76,7 +76,9 @@ def linear_inputs(module: nn.Module, sink: Sink) -> Iterator[list[str]]:
             handles.append(m.register_forward_hook(attend, with_kwargs=True))
             names += [f"{name}.in_proj_weight", f"{name}.out_proj.weight"]
         elif isinstance(m, nn.Linear) and name.rpartition(".")[0] not in attention:  # MHA's out_proj: above
-            handles.append(m.register_forward_pre_hook(lambda m, args, name=name: sink(f"{name}.weight", args[0])))
+            def inputs(m, args, name=name) -> None:  # returns None: the layer's inputs stay as they are
+                sink(f"{name}.weight", args[0])
+            handles.append(m.register_forward_pre_hook(inputs))
             names.append(f"{name}.weight")
     try:
         yield names

@@ -98,6 +98,11 @@ def _expert_key(cfg: dict, seed: int, task: str) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
+def _multitask_key(cfg: dict, seed: int, tasks: Sequence[str]) -> str:
+    """Hash of everything the multi-task model depends on: the base, its tasks and their train splits, the recipe."""
+    return hashlib.sha1(json.dumps(dict(experts=[_expert_key(cfg, seed, t) for t in tasks]), sort_keys=True).encode()).hexdigest()[:16]
+
+
 def _data_digest(splits: dict) -> str:
     """sha256 over a task's generated splits (images and labels, in split order): equal digests, equal data."""
     h = hashlib.sha256()
@@ -146,6 +151,7 @@ def build(data_root: str | Path, ckpt_dir: str | Path, quick: bool = False, seed
     from adamerging import heads as H
     from adamerging import models as M
     from adamerging import task_vectors_format as TV
+    from adamerging.problem import MULTITASK
 
     cfg = dict(QUICK if quick else FULL)
     if tasks:
@@ -264,7 +270,7 @@ def build(data_root: str | Path, ckpt_dir: str | Path, quick: bool = False, seed
             tau = A.load_task_vector(t, artefacts)
             source = "committed task vector"
         else:
-            TR.finetune_visual(ft.visual, heads[t], tr[0], tr[1], cfg["expert_steps"], batch=cfg["expert_batch"],
+            TR.finetune_visual(ft.visual, [heads[t]], [tr], cfg["expert_steps"], batch=cfg["expert_batch"],
                                lr=cfg["expert_lr"], wd=cfg["expert_wd"], seed=seed * 1000 + T.CANONICAL.index(t))
             tau = A.round_task_vector({k: v - theta0[k] for k, v in ft.visual.state_dict().items()})
             source = "fine-tuned"
@@ -282,11 +288,31 @@ def build(data_root: str | Path, ckpt_dir: str | Path, quick: bool = False, seed
         del ft
     P.stage("experts")
 
+    # ---------------------------------------------------------------- 5. traditional multi-task learning
+    # one image tower fine-tuned on every task's train split at once: the experts' recipe, heads and budget
+    mtl = copy.deepcopy(clip)
+    mtl_key = _multitask_key(cfg, seed, tasks)
+    if from_artefacts and manifest.get("multitask_key") == mtl_key:
+        tau, mtl_source = A.load_task_vector(MULTITASK, artefacts), "committed task vector"
+    else:
+        TR.finetune_visual(mtl.visual, [heads[t] for t in tasks], [data[t]["splits"]["train"] for t in tasks], cfg["expert_steps"],
+                           batch=cfg["expert_batch"], lr=cfg["expert_lr"], wd=cfg["expert_wd"], seed=seed * 1000 + len(T.CANONICAL))
+        tau, mtl_source = A.round_task_vector({k: v - theta0[k] for k, v in mtl.visual.state_dict().items()}), "fine-tuned"
+        if rebuild:
+            A.save_task_vector(tau, MULTITASK, artefacts)
+    mtl.visual.load_state_dict({k: theta0[k] + tau[k] for k in theta0})
+    mtl.eval()
+    TV.save_image_encoder(mtl, ckpt_dir / MULTITASK / "finetuned.pt")
+    mtl_report = dict(source=mtl_source, accuracy={t: _acc(mtl.visual, heads[t], *data[t]["splits"]["test"]) for t in tasks})
+    P.log(f"  multi-task model ({mtl_source}): " + ", ".join(f"{t} {a * 100:.1f}" for t, a in mtl_report["accuracy"].items()))
+    del mtl
+    P.stage("multitask")
+
     (ckpt_dir / "tasks.txt").write_text("".join(t + "\n" for t in tasks))
     avg = lambda k: float(np.mean([report_tasks[t][k] for t in tasks]))  # noqa: E731
     report = dict(
         config_hash=key, build_version=BUILD_VERSION, quick=quick, seed=seed, threads=threads, config=cfg,
-        tasks=tasks, per_task=report_tasks,
+        tasks=tasks, per_task=report_tasks, multitask=mtl_report,
         base=(f"committed artefacts ({artefacts.name}/, manifest base_key {bkey})" if from_artefacts
               else f"pretrained by this build ({cfg['pretrain_steps']} steps)"),
         data_sha256={t: _data_digest(data[t]["splits"]) for t in tasks},
@@ -299,9 +325,10 @@ def build(data_root: str | Path, ckpt_dir: str | Path, quick: bool = False, seed
         json.dump(report, f, indent=1)
     if rebuild:
         A.write_manifest(artefacts, dict(
-            base_key=bkey, expert_keys=expert_keys, seed=seed, threads=threads, tasks=tasks,
+            base_key=bkey, expert_keys=expert_keys, multitask_key=mtl_key, seed=seed, threads=threads, tasks=tasks,
             config={k: v for k, v in cfg.items() if k != "tasks"}, timings_s=report["timings_s"],
-            per_task={t: {k: report_tasks[t][k] for k in ("zeroshot", "expert")} for t in tasks},
+            per_task={t: {"zeroshot": report_tasks[t]["zeroshot"], "expert": report_tasks[t]["expert"],
+                          "multitask": mtl_report["accuracy"][t]} for t in tasks},
             command=f"python -m adamerging.mini.build --rebuild --threads {threads} --tasks {','.join(tasks)}"))
         P.log(f"artefacts written to {artefacts} (manifest.json records their sha256)")
     P.log(f"average: zero-shot {report['average']['zeroshot'] * 100:.1f}, experts {report['average']['expert'] * 100:.1f}, "

@@ -228,6 +228,8 @@ def test_build_from_artefacts_equals_the_rebuild_byte_for_byte(quick_build, tmp_
     new = json.loads((tmp_path / "ckpt" / "build_report.json").read_text())
     assert new["data_sha256"] == old["data_sha256"] and new["per_task"] == {
         t: dict(r, expert_source="committed task vector") for t, r in old["per_task"].items()}
+    assert (old["multitask"]["source"], new["multitask"]["source"]) == ("fine-tuned", "committed task vector")
+    assert new["multitask"]["accuracy"] == old["multitask"]["accuracy"]
     # an altered artefact is caught by its hash
     victim = A.tau_path(old["tasks"][0], art)
     victim.write_bytes(victim.read_bytes()[:-4] + b"\0\0\0\0")
@@ -239,8 +241,8 @@ def test_committed_artefacts_match_their_hashes_and_size_limits():
 
     assert A.verify() == []
     manifest = A.read_manifest()
-    assert set(manifest["expert_keys"]) == set(manifest["tasks"])
-    assert {f"tau_{t}.safetensors" for t in manifest["tasks"]} | {"base_visual.safetensors", "base_text.safetensors"} \
+    assert set(manifest["expert_keys"]) == set(manifest["tasks"]) and manifest["multitask_key"]
+    assert {f"tau_{t}.safetensors" for t in [*manifest["tasks"], "multitask"]} | {"base_visual.safetensors", "base_text.safetensors"} \
         == set(manifest["files"])
 
 

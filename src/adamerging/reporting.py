@@ -106,7 +106,7 @@ def with_normalized(rows: Mapping[str, Mapping[str, float]], tasks: Sequence[str
     for title, accs in rows.items():
         norm = normalized(accs, individual[title], tasks) if individual.get(title) else None
         out[title] = {**accs, **({NORMALIZED: norm["Avg"]} if norm else {})}
-        if norm and individual[title] is not accs:
+        if norm and title not in (INDIVIDUAL, f"{INDIVIDUAL} (paper)"):
             per_task[title] = norm
     return out, per_task
 

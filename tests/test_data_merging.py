@@ -228,3 +228,11 @@ def test_fisher_merging_and_regmean_on_random_vit_b32_checkpoints_in_the_public_
             assert len(result["merge_rule"]["regmean_layers"]) == entries                 # 12 blocks x 4 linear weights
         else:
             assert all(n > 0 for n in result["merge_rule"]["fisher_norms"].values())
+
+
+def test_activation_checkpointing_gives_the_same_fisher_and_coefficients_are_refused(mini):
+    plain = _run("fisher_merging", mini)
+    checkpointed = _run("fisher_merging", mini, "--checkpointing")
+    assert checkpointed["merge_rule"]["fisher_norms"] == pytest.approx(plain["merge_rule"]["fisher_norms"], rel=1e-5)
+    with pytest.raises(ValueError, match="drop --coefficients"):
+        _run("regmean", mini, "--coefficients", "published")

@@ -21,9 +21,10 @@ fp32 tensor sets), and each entry's gradient is squared into F_t as soon as auto
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from typing import Callable, Iterable
+from typing import Callable, ContextManager, Iterable
 
 import torch
 
@@ -37,13 +38,15 @@ Params = dict[str, torch.Tensor]
 Forward = Callable[[Params, torch.Tensor], torch.Tensor]  # (parameters, inputs [B, ...]) -> logits [B, C]
 
 
-def fisher_diagonal(forward: Forward, params: Params, batches: Iterable[torch.Tensor]) -> Params:
+def fisher_diagonal(forward: Forward, params: Params, batches: Iterable[torch.Tensor],
+                    bound: Callable[[Params], ContextManager] = lambda params: contextlib.nullcontext()) -> Params:
     """The diagonal Fisher of the model `forward(params, x)` on `batches`, FusionBench's estimator.
 
     F_j = (1/N) sum_batches (d/d params_j  sum_{x in batch} sum_y sqrt(p_y(x)) log p_y(x))^2, p = softmax
     of the logits, sqrt(p) treated as a constant; N the number of inputs. Returns one fp32 tensor per
     entry of `params` (same shapes; zero where an entry gets no gradient). `params` are not modified.
-    Each entry's batch gradient is squared and freed as soon as autograd has it.
+    Each entry's batch gradient is squared and freed as soon as autograd has it. `bound(leaves)` wraps
+    each forward and backward (`MergedEncoder.bound`: activation checkpointing).
     """
     leaves = {name: p.detach().requires_grad_(True) for name, p in params.items()}
     fisher = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in params.items()}
@@ -55,9 +58,10 @@ def fisher_diagonal(forward: Forward, params: Params, batches: Iterable[torch.Te
     count = 0
     try:
         for x in batches:
-            logits = forward(leaves, x).float()
-            expectation = logits.softmax(dim=-1).detach().sqrt() * logits.log_softmax(dim=-1)
-            expectation.sum().backward()
+            with bound(leaves):
+                logits = forward(leaves, x).float()
+                expectation = logits.softmax(dim=-1).detach().sqrt() * logits.log_softmax(dim=-1)
+                expectation.sum().backward()
             count += x.shape[0]
     finally:
         for handle in handles:
@@ -125,7 +129,7 @@ def fisher_merging(problem: Problem, merged: MergedEncoder, config: RunConfig) -
 
         def forward(params: Params, x: torch.Tensor, head=sample.head) -> torch.Tensor:
             return head(merged(params, problem.normalize(x)))
-        fisher = fisher_diagonal(forward, expert, batches(sample.images, config.train_batch_size))
+        fisher = fisher_diagonal(forward, expert, batches(sample.images, config.train_batch_size), merged.bound)
         norms[sample.name] = average.add(expert, fisher)
         used[sample.name] = sample.record
         del expert, fisher

@@ -229,6 +229,8 @@ def run(method_name: str, config: RunConfig) -> dict:
     """
     m = method(method_name)
     check_device(config.device)
+    if m.rule and config.coefficients:
+        raise ValueError(f"{m.name}: its parameters come from its own rule, not a coefficient table; drop --coefficients")
     if config.save_merged and config.save_format == "hf" and Path(config.save_merged).suffix in (".safetensors", ".pt", ".bin"):
         raise ValueError(f"--save-format hf writes a folder (config.json + model.safetensors); --save-merged "
                          f"{config.save_merged} names a file: give a folder, or drop --save-format hf for a state-dict file")

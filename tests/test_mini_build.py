@@ -273,3 +273,33 @@ def test_committed_base_and_experts_are_trained():
         zs, ex = float((zs == y).mean()), float((ex == y).mean())
         assert zs > 1.5 / len(classnames), (t, zs)
         assert ex > zs + 0.1, (t, zs, ex)
+
+
+def test_add_missing_fine_tunes_only_the_multi_task_model_on_the_committed_base(quick_build, tmp_path):
+    """`--add-missing` keeps the base and experts and adds the multi-task model's task vector: the same file
+    `--rebuild` wrote on this machine, with the manifest's hashes updated."""
+    import shutil
+
+    from adamerging.mini import artefacts as A
+    from adamerging.mini import build as B
+
+    data, ckpt, _ = quick_build
+    art = tmp_path / "art"
+    shutil.copytree(ckpt.parent / "artefacts", art)
+    made = A.tau_path("multitask", art).read_bytes()
+    A.tau_path("multitask", art).unlink()
+    manifest = A.read_manifest(art)
+    (art / A.MANIFEST).write_text(json.dumps({k: v for k, v in manifest.items() if k != "multitask_key"}))
+    with pytest.raises(ValueError, match="--add-missing"):
+        B.build(tmp_path / "data", tmp_path / "ckpt", quick=True, threads=1, rebuild=True, artefacts=art, add_missing=True)
+    env = dict(__import__("os").environ, PYTHONPATH=str(ROOT / "src"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "adamerging.mini.build", "--quick", "--data-root", str(tmp_path / "data"),
+         "--checkpoints", str(tmp_path / "ckpt"), "--threads", "1", "--artefacts", str(art), "--add-missing"],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "pool done" not in proc.stdout and "multi-task model (fine-tuned)" in proc.stdout
+    assert A.tau_path("multitask", art).read_bytes() == made and A.verify(art) == []
+    after = A.read_manifest(art)
+    assert after["multitask_key"] == manifest["multitask_key"] and after["base_key"] == manifest["base_key"]
+    assert set(after["files"]) == set(manifest["files"]) and after["made_with"] == manifest["made_with"]

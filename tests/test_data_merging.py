@@ -52,6 +52,10 @@ def test_fisher_diagonal_is_the_squared_batch_gradient_written_by_hand():
             expected[name] += g ** 2
     for name in params:
         torch.testing.assert_close(got[name], expected[name] / 6, rtol=1e-5, atol=1e-7)
+    # a batch's gradient summed over micro-batches: the same estimate, less memory
+    chunked = fisher_diagonal(_forward(model), params, batches(x, 4), micro_batch=1)
+    for name in params:
+        torch.testing.assert_close(chunked[name], got[name], rtol=1e-5, atol=1e-7)
     # the batch-level square is what FusionBench computes: other batches give another estimate
     other = fisher_diagonal(_forward(model), params, batches(x, 1))
     assert not torch.allclose(other["2.weight"], got["2.weight"])
@@ -236,3 +240,18 @@ def test_activation_checkpointing_gives_the_same_fisher_and_coefficients_are_ref
     assert checkpointed["merge_rule"]["fisher_norms"] == pytest.approx(plain["merge_rule"]["fisher_norms"], rel=1e-5)
     with pytest.raises(ValueError, match="drop --coefficients"):
         _run("regmean", mini, "--coefficients", "published")
+
+
+def test_the_data_based_methods_hold_no_task_vectors_and_read_every_expert_file_first(mini, tmp_path):
+    from adamerging.merged_encoder import MergedEncoder
+    from adamerging.merging import is_zero_view
+    from adamerging.problem import load_task_vectors
+
+    config = pipeline.parse_config("regmean", mini_argv(mini))
+    assert pipeline.METHODS["regmean"].vectors == pipeline.METHODS["fisher_merging"].vectors == "none"
+    vectors = load_task_vectors(config, "none")
+    assert vectors.tau and all(is_zero_view(t) for t in vectors.tau.values())
+    merged = MergedEncoder(vectors.clip.visual, vectors.theta0, vectors.tau, vectors.entries, "cpu")
+    assert all(is_zero_view(t) for t in merged.tau.values())
+    with pytest.raises(FileNotFoundError, match=r"DTD: fine-tuned encoder not found"):
+        load_task_vectors(pipeline.parse_config("regmean", mini_argv(mini, tasks="MNIST,DTD")), "none")

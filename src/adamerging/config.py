@@ -134,6 +134,7 @@ class RunConfig:
     precision: str = _opt("fp32", "speed", "bf16 autocast for the encoder (use on CUDA)", choices=("fp32", "bf16"))
     checkpointing: bool = _opt(False, "speed", "activation checkpointing in the encoder (ViT-L/14 on a 24 GB GPU)")
     compile: bool = _opt(False, "speed", "torch.compile the encoder forward (experimental; pays off on GPU for long runs)")
+    micro_batch_size: int = _opt(8, "speed", "Fisher merging: images per forward/backward within a --train-batch-size batch, whose gradient is summed over them (memory only)")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -141,6 +142,7 @@ class RunConfig:
             if choices is not None and value is not None and value not in choices:
                 raise ValueError(f"config field {f.name!r} ({_flag(f)}) must be one of {list(choices)}, got {value!r}")
         for name, ok, expected in (("train_images", self.train_images >= 1, ">= 1"), ("train_batch_size", self.train_batch_size >= 1, ">= 1"),
+                                   ("micro_batch_size", self.micro_batch_size >= 1, ">= 1"),
                                    ("fisher_floor", self.fisher_floor >= 0, ">= 0"), ("regmean_ratio", 0 <= self.regmean_ratio <= 1, "in [0, 1]")):
             if not ok:
                 raise ValueError(f"--{name.replace('_', '-')} must be {expected}, got {getattr(self, name)}")
@@ -225,7 +227,7 @@ def config_from_namespace(args: argparse.Namespace) -> RunConfig:
 RESUMABLE = frozenset({
     "steps", "lr", "eval_every", "save_every", "resume", "no_progress", "overwrite", "results_dir", "run_dir", "save_merged",
     "save_format", "checkpoints", "data_location", "cache_dir", "batch_size", "device", "precision", "checkpointing",
-    "compile", "adapt_mode", "diagnose", "diagnose_samples", "diagnose_lambdas", "diagnose_spearman", "diagnose_lambda_slack",
+    "compile", "adapt_mode", "micro_batch_size", "diagnose", "diagnose_samples", "diagnose_lambdas", "diagnose_spearman", "diagnose_lambda_slack",
 })
 
 

@@ -15,9 +15,10 @@ merging weighted by the diagonal Fisher), as FusionBench applies it to CLIP
 The batch-level square is FusionBench's estimator, not the paper's per-example expectation: squaring a
 batch's summed gradient adds cross-example terms, so the estimate depends on the batch size (32).
 
-Memory: the experts are processed one at a time; sum_t w_t theta_t and sum_t w_t are accumulated, so
-besides the problem itself one expert, its Fisher diagonal and the two sums are held (4 model-size
-fp32 tensor sets), and each entry's gradient is squared into F_t as soon as autograd produces it.
+Memory: the experts are read from their files one at a time (the problem holds no task vectors for
+this method) and sum_t w_t theta_t and sum_t w_t are accumulated, so besides theta_0 one expert, its
+gradient, its Fisher diagonal and the two sums are held (5 model-size fp32 tensor sets), plus the
+activations of one `--micro-batch-size` chunk (a batch's gradient is summed over its chunks).
 """
 from __future__ import annotations
 
@@ -30,42 +31,38 @@ import torch
 
 from .config import RunConfig
 from .merged_encoder import MergedEncoder
-from .merging import one_hot_table
-from .problem import Problem
+from .problem import Problem, expert_paths, load_expert
 from .train_data import train_samples
 
 Params = dict[str, torch.Tensor]
 Forward = Callable[[Params, torch.Tensor], torch.Tensor]  # (parameters, inputs [B, ...]) -> logits [B, C]
 
 
-def fisher_diagonal(forward: Forward, params: Params, batches: Iterable[torch.Tensor],
+def fisher_diagonal(forward: Forward, params: Params, batches: Iterable[torch.Tensor], micro_batch: int | None = None,
                     bound: Callable[[Params], ContextManager] = lambda params: contextlib.nullcontext()) -> Params:
     """The diagonal Fisher of the model `forward(params, x)` on `batches`, FusionBench's estimator.
 
     F_j = (1/N) sum_batches (d/d params_j  sum_{x in batch} sum_y sqrt(p_y(x)) log p_y(x))^2, p = softmax
     of the logits, sqrt(p) treated as a constant; N the number of inputs. Returns one fp32 tensor per
     entry of `params` (same shapes; zero where an entry gets no gradient). `params` are not modified.
-    Each entry's batch gradient is squared and freed as soon as autograd has it. `bound(leaves)` wraps
-    each forward and backward (`MergedEncoder.bound`: activation checkpointing).
+    A batch's gradient is summed over chunks of `micro_batch` inputs (memory: one chunk's activations
+    and one gradient per entry) before it is squared. `bound(leaves)` wraps each forward and backward
+    (`MergedEncoder.bound`: activation checkpointing).
     """
     leaves = {name: p.detach().requires_grad_(True) for name, p in params.items()}
     fisher = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in params.items()}
-
-    def square_into(leaf: torch.Tensor, name: str) -> None:
-        fisher[name].addcmul_(leaf.grad, leaf.grad)
-        leaf.grad = None
-    handles = [leaf.register_post_accumulate_grad_hook(lambda leaf, name=name: square_into(leaf, name)) for name, leaf in leaves.items()]
     count = 0
-    try:
-        for x in batches:
+    for x in batches:
+        for chunk in (x.split(micro_batch) if micro_batch else [x]):
             with bound(leaves):
-                logits = forward(leaves, x).float()
+                logits = forward(leaves, chunk).float()
                 expectation = logits.softmax(dim=-1).detach().sqrt() * logits.log_softmax(dim=-1)
                 expectation.sum().backward()
-            count += x.shape[0]
-    finally:
-        for handle in handles:
-            handle.remove()
+        for name, leaf in leaves.items():
+            if leaf.grad is not None:
+                fisher[name].addcmul_(leaf.grad, leaf.grad)
+                leaf.grad = None
+        count += x.shape[0]
     if count == 0:
         raise ValueError("Fisher information needs at least one input")
     for f in fisher.values():
@@ -117,22 +114,20 @@ def fisher_merging(problem: Problem, merged: MergedEncoder, config: RunConfig) -
     """The merge rule of `fisher_merging`: merged visual parameters (names inside the visual tower) and a
     record for the results JSON (train images used per task, Fisher norms, seconds).
 
-    Each expert theta_t = theta_0 + tau_t is `merged`'s parameters at the one-hot table of task t (the
-    `individual` method's model). Errors: DatasetError for a missing train split.
+    The experts are read from their files one at a time (the problem holds no task vectors for this
+    method). Errors: DatasetError for a missing train split, CheckpointError for an expert.
     """
     started = time.perf_counter()
     average = FisherAverage(config.fisher_floor)
     norms, used = {}, {}
-    for sample in train_samples(config, problem):
-        with torch.no_grad():
-            expert = merged.params(one_hot_table(problem.tasks, sample.name).lambdas)
+    for sample, path in zip(train_samples(config, problem), expert_paths(config, problem.tasks)):
+        expert = merged.visual_params(load_expert(path, problem.clip, problem.theta0))
 
         def forward(params: Params, x: torch.Tensor, head=sample.head) -> torch.Tensor:
             return head(merged(params, problem.normalize(x)))
-        fisher = fisher_diagonal(forward, expert, batches(sample.images, config.train_batch_size), merged.bound)
+        fisher = fisher_diagonal(forward, expert, batches(sample.images, config.train_batch_size), config.micro_batch_size, merged.bound)
         norms[sample.name] = average.add(expert, fisher)
         used[sample.name] = sample.record
         del expert, fisher
-    record = {"train_data": used, "fisher_norms": norms,
-              "seconds": time.perf_counter() - started}
+    record = {"train_data": used, "fisher_norms": norms, "seconds": time.perf_counter() - started}
     return average.result(), record

@@ -14,7 +14,7 @@ from typing import Callable, ContextManager, Sequence
 import torch
 from torch.func import functional_call
 
-from .merging import TaskVectors, coefficient_row, merge_entry, merge_entry_lambdas_grad
+from .merging import TaskVectors, coefficient_row, is_zero_view, merge_entry, merge_entry_lambdas_grad
 from .models import VISUAL_PREFIX
 
 
@@ -49,7 +49,9 @@ class MergedEncoder:
         # (row j of the lambdas table, parameter name inside the visual tower)
         self.visual_entries = [(j, k[len(VISUAL_PREFIX):]) for j, k in enumerate(self.entries) if k.startswith(VISUAL_PREFIX)]
         self.theta0 = {name: theta0[VISUAL_PREFIX + name].to(self.device, torch.float32) for _, name in self.visual_entries}
-        self.tau = {name: tau[VISUAL_PREFIX + name].to(self.device, torch.float32) for _, name in self.visual_entries}
+        # zero views (methods that read the experts themselves) stay views, on the device too
+        self.tau = {name: torch.zeros((), device=self.device).expand(t.shape) if is_zero_view(t) else t.to(self.device, torch.float32)
+                    for name, t in ((name, tau[VISUAL_PREFIX + name]) for _, name in self.visual_entries)}
         self.num_tasks = next(iter(self.tau.values())).shape[0]
         self._forward = torch.compile(self._call) if compile else self._call
 
@@ -60,6 +62,10 @@ class MergedEncoder:
             raise ValueError(f"lambdas must be [1 or {len(self.entries)}, {self.num_tasks}] (rows: entries, columns: tasks), got {tuple(lambdas.shape)}")
         task_wise = lambdas.shape[0] == 1
         return {name: lambdas[0 if task_wise else j] for j, name in self.visual_entries}
+
+    def visual_params(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The visual entries of an encoder state dict (`model.*`, e.g. an expert's) as parameters on the device, fp32."""
+        return {name: state[VISUAL_PREFIX + name].to(self.device, torch.float32) for _, name in self.visual_entries}
 
     def params(self, lambdas: torch.Tensor) -> dict[str, torch.Tensor]:
         """Merged visual parameters for a lambdas table [R, T] (R = 1: task-wise, R = len(entries): layer-wise)."""

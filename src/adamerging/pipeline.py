@@ -38,7 +38,7 @@ class Method:
 
     name: str                      # results file name (script name without `main_`)
     title: str                     # row label in tables
-    vectors: str = "plain"         # "plain" task vectors or "ties"-selected ones
+    vectors: str = "plain"         # "plain" task vectors, "ties"-selected ones, or "none" (a rule reading the experts itself)
     table: str = "lam"             # fixed lambdas: "zero", "one-hot" (each expert alone), "average" (1/T), "lam" (--lam)
     granularity: str | None = None  # AdaMerging: learn a "task-wise" or "layer-wise" table (None: fixed table)
     published: str | None = None   # key of the authors' table in published_merging_coefficients.json
@@ -72,16 +72,15 @@ METHODS = {m.name: m for m in [
     Method("task_wise_adamergingpp", "Task-wise AdaMerging++", vectors="ties", granularity=TASK_WISE, published="tw_adamergingpp"),
     Method("layer_wise_adamerging", "Layer-wise AdaMerging", granularity=LAYER_WISE, published="lw_adamerging"),
     Method("layer_wise_adamergingpp", "Layer-wise AdaMerging++", vectors="ties", granularity=LAYER_WISE, published="lw_adamergingpp"),
-    Method("fisher_merging", "Fisher Merging", rule="fisher"),
-    Method("regmean", "RegMean", rule="regmean"),
-    Method("multitask", "Traditional MTL", rule="multitask"),
+    Method("fisher_merging", "Fisher Merging", vectors="none", rule="fisher"),
+    Method("regmean", "RegMean", vectors="none", rule="regmean"),
+    Method("multitask", "Traditional MTL", vectors="none", rule="multitask"),
 ]}
 
 
 def multitask(problem: Problem, merged: MergedEncoder, config: RunConfig) -> tuple[dict[str, torch.Tensor], dict]:
     """The merge rule of `multitask`: the visual entries of the encoder fine-tuned on every task at once."""
-    state = load_multitask(config, problem.clip, problem.theta0)
-    return {name: state[VISUAL_PREFIX + name].to(merged.device) for _, name in merged.visual_entries}, {}
+    return merged.visual_params(load_multitask(config, problem.clip, problem.theta0)), {}
 
 
 # The data-based rules: (problem, merged encoder, config) -> (merged visual parameters, record for the results)

@@ -21,7 +21,7 @@ from .config import RunConfig
 from .corruptions import corrupt
 from .evaluation import Normalizer
 from .heads import Head, load_head, zeroshot_weights
-from .merging import TaskVectors, task_vectors, ties_select
+from .merging import TaskVectors, task_vectors, ties_select, zero_task_vectors
 from .models import (VISUAL_PREFIX, create_clip, encoder_state_dict, get_tokenizer, image_size, load_clip_weights, load_encoder_weights,
                      normalization)
 from .task_vectors_format import save_classification_head
@@ -211,18 +211,42 @@ def read_task(config: RunConfig, task: str, split: str, test_dir: str | None = N
     return ds.read_task_split(task, config.data_root, split, data_format=config.data_format, test_dir=test_dir)
 
 
-def load_task_vectors(config: RunConfig, vectors: str = "plain") -> TaskVectorSet:
-    """theta_0 and the experts' task vectors tau [T, *shape] per entry, for the tasks of `config`.
+def expert_paths(config: RunConfig, tasks: Sequence[str]) -> list[Path]:
+    """Each task's fine-tuned encoder (file or HF folder): --finetuned NAME=PATH, else <checkpoints>/<model>/<Task>/finetuned.*.
 
-    `vectors`: "plain" (tau_t = theta_t - theta_0) or "ties" (TIES-selected, `merging.ties_select`).
-    No dataset is read. Errors: FileNotFoundError naming the missing checkpoint, CheckpointError.
+    Errors (one line): ValueError for a task that is neither a paper task nor the user's, FileNotFoundError
+    naming the expected file.
     """
-    if vectors not in ("plain", "ties"):
-        raise ValueError(f"task vectors must be 'plain' or 'ties', got {vectors!r}")
     model_dir = Path(config.checkpoints) / config.model
     user_tasks = _named(config.task, "--task")
     user_experts = {name: Path(path) for name, path in _named(config.finetuned, "--finetuned").items()}
+    paths = []
+    for task in tasks:
+        path = user_experts.get(task) or _find(model_dir / task, "finetuned", config.checkpoint_format)
+        if task not in ds.TASKS and task not in user_experts and task not in user_tasks and path is None:
+            raise ValueError(f"{task!r} is not one of the paper's tasks ({', '.join(ds.TASKS)}): check its spelling, or "
+                             f"give your own task with --task {task}=DIR and --finetuned {task}=PATH")
+        if path is None or not path.exists():
+            raise FileNotFoundError(f"{task}: fine-tuned encoder not found: expected {path or model_dir / task / 'finetuned.pt'} "
+                                    f"(or a Hugging Face folder {model_dir / task / 'finetuned'}/, or --finetuned {task}=PATH)")
+        paths.append(path)
+    return paths
+
+
+def load_task_vectors(config: RunConfig, vectors: str = "plain") -> TaskVectorSet:
+    """theta_0 and the experts' task vectors tau [T, *shape] per entry, for the tasks of `config`.
+
+    `vectors`: "plain" (tau_t = theta_t - theta_0), "ties" (TIES-selected, `merging.ties_select`) or
+    "none" (zero views that take no memory: for methods that read the experts themselves, one at a
+    time, with `expert_paths` and `load_expert`; the files are checked here all the same).
+    No dataset is read. Errors: FileNotFoundError naming the missing checkpoint, CheckpointError.
+    """
+    if vectors not in ("plain", "ties", "none"):
+        raise ValueError(f"task vectors must be 'plain', 'ties' or 'none', got {vectors!r}")
+    model_dir = Path(config.checkpoints) / config.model
+    user_tasks = _named(config.task, "--task")
     tasks = parse_tasks(config.tasks, model_dir) if config.tasks or not user_tasks else list(user_tasks)
+    paths = expert_paths(config, tasks)
     clip = create_clip(config.model, device="meta")  # shapes only: the weights are theta_0's (assigned below)
     reference = encoder_state_dict(clip)
     fmt = config.checkpoint_format
@@ -238,18 +262,10 @@ def load_task_vectors(config: RunConfig, vectors: str = "plain") -> TaskVectorSe
         base = hf.image_tower(base, clip.state_dict(), base_path, text_side)
     theta0 = to_encoder_entries(base, reference, base_path)
     load_encoder_weights(clip, theta0, str(base_path), assign=True)
-
-    def experts():  # one at a time: task_vectors subtracts each and drops it before the next loads
-        for task in tasks:
-            path = user_experts.get(task) or _find(model_dir / task, "finetuned", fmt)
-            if task not in ds.TASKS and task not in user_experts and task not in user_tasks and path is None:
-                raise ValueError(f"{task!r} is not one of the paper's tasks ({', '.join(ds.TASKS)}): check its spelling, or "
-                                 f"give your own task with --task {task}=DIR and --finetuned {task}=PATH")
-            if path is None or not path.exists():
-                raise FileNotFoundError(f"{task}: fine-tuned encoder not found: expected {path or model_dir / task / 'finetuned.pt'} "
-                                        f"(or a Hugging Face folder {model_dir / task / 'finetuned'}/, or --finetuned {task}=PATH)")
-            yield load_expert(path, clip, theta0)  # not held while the next expert loads
-    tau = task_vectors(theta0, experts(), tasks)
+    if vectors == "none":
+        tau = {k: zero_task_vectors(len(tasks), v.shape) for k, v in theta0.items() if v.is_floating_point()}
+    else:  # one expert at a time: task_vectors subtracts each and drops it before the next loads
+        tau = task_vectors(theta0, (load_expert(path, clip, theta0) for path in paths), tasks)
     if vectors == "ties":
         tau = ties_select(tau, config.ties_k, config.ties_combine, inplace=True)
     # theta_0's text-side leftovers: no method reads them (the image encoder never does); only
@@ -263,7 +279,7 @@ def load_task_vectors(config: RunConfig, vectors: str = "plain") -> TaskVectorSe
 def load_problem(config: RunConfig, vectors: str = "plain", timings: dict[str, float] | None = None) -> Problem:
     """Checkpoints, test images (uint8, preprocessed once and cached), heads and labels of a run.
 
-    `vectors`: "plain" or "ties" task vectors (see `load_task_vectors`). `timings` (seconds) gets
+    `vectors`: "plain", "ties" or "none" task vectors (see `load_task_vectors`). `timings` (seconds) gets
     load_checkpoints / load_data / load_heads when given.
     """
     timings = {} if timings is None else timings

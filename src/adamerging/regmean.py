@@ -20,9 +20,10 @@ so the input of `out_proj` (the heads' concatenated attention outputs) is recomp
 module's input with its own weights (`attention_context`; tests check that `out_proj` of it is the
 module's output).
 
-Memory: experts one at a time; each batch's Gram matrix is folded at once into sum_t G_t' and
-sum_t G_t' W_t^T, so no per-task Gram matrices are kept (ViT-B/32: 0.54 GB + 0.34 GB for the two sums;
-ViT-L/14: 1.9 GB + 1.2 GB).
+Memory: the experts are read from their files one at a time (the problem holds no task vectors for
+this method); each batch's Gram matrix is folded at once into sum_t G_t' and sum_t G_t' W_t^T, so no
+per-task Gram matrices are kept (ViT-B/32: 0.54 GB + 0.34 GB for the two sums; ViT-L/14: 1.9 GB +
+1.2 GB), plus the running sum of the experts for the averaged entries.
 """
 from __future__ import annotations
 
@@ -37,8 +38,7 @@ from torch import nn
 from .config import RunConfig
 from .fisher import Params, batches
 from .merged_encoder import MergedEncoder
-from .merging import constant_table, one_hot_table
-from .problem import Problem
+from .problem import Problem, expert_paths, load_expert
 from .train_data import train_samples
 
 Sink = Callable[[str, torch.Tensor], None]  # (weight name, the layer's input [..., in_features])
@@ -150,20 +150,20 @@ def regmean(problem: Problem, merged: MergedEncoder, config: RunConfig) -> tuple
     """The merge rule of `regmean`: merged visual parameters (names inside the visual tower) and a record
     for the results JSON (train images used per task, layers merged by RegMean, seconds).
 
-    Each expert theta_t = theta_0 + tau_t is `merged`'s parameters at the one-hot table of task t; the
-    averaged entries are `merged`'s parameters at lambda = 1/T (weight averaging).
+    The experts are read from their files one at a time (the problem holds no task vectors for this
+    method); the entries RegMean does not solve for are their mean.
     """
     started = time.perf_counter()
-    sums, used = RegMeanSums(config.regmean_ratio), {}
-    for sample in train_samples(config, problem):
-        with torch.no_grad():
-            expert = merged.params(one_hot_table(problem.tasks, sample.name).lambdas)
+    sums, used, total = RegMeanSums(config.regmean_ratio), {}, {}
+    for sample, path in zip(train_samples(config, problem), expert_paths(config, problem.tasks)):
+        expert = merged.visual_params(load_expert(path, problem.clip, problem.theta0))
         gram_sums(lambda params, x: merged(params, problem.normalize(x)), merged.visual, expert, sample.images,
                   config.train_batch_size, sums)
+        for name, value in expert.items():
+            total[name] = total[name].add_(value) if name in total else value.clone()
         used[sample.name] = sample.record
         del expert
+    out = {name: value.div_(len(used)) for name, value in total.items()}
     solved = sums.solve()
-    with torch.no_grad():
-        out = merged.params(constant_table(problem.tasks, 1.0 / len(problem.tasks)).lambdas)
     out.update(solved)
     return out, {"train_data": used, "regmean_layers": sorted(solved), "seconds": time.perf_counter() - started}

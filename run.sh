@@ -14,7 +14,7 @@ COMMON=(--model mini --overwrite "$@")
 echo "== building the mini benchmark (skipped when cached)"
 $PY -m adamerging.mini.build --threads "$OMP_NUM_THREADS"
 
-for method in zeroshot individual; do
+for method in zeroshot individual multitask weight_averaging fisher_merging regmean; do
   echo "== $method"
   $PY -m adamerging "$method" "${COMMON[@]}"
 done

@@ -9,11 +9,14 @@ What it does:
   task-vectors format (`<model>/zeroshot.pt`, `<Task>/finetuned.pt` = theta_0 + noise on the visual
   tower only, so the text-side leftovers' task vectors are exactly zero as in the real files,
   `head_<Task>.pt`), and a tiny synthetic test set per task in its real folder layout (2 classes,
-  1 image each, named by a classnames.txt). Written in a child process under the same guard.
+  1 image each, named by a classnames.txt) with a train split of 32 images (16 per class) for Fisher
+  merging and RegMean. Written in a child process under the same guard.
 - then one `python -m adamerging METHOD` process per method, 8 tasks (--num-tasks), on the CPU with
   OMP_NUM_THREADS=--threads, evaluation batch 16; the AdaMerging methods run --steps optimizer steps
   of 1 batch of --adapt-batch images per task (default 2 steps x 1 image: memory is what is measured,
-  and the coefficients' state is tiny, so more steps change the peak only through activations).
+  and the coefficients' state is tiny, so more steps change the peak only through activations);
+  Fisher merging and RegMean read --train-images train images per task in batches of --train-batch-size
+  (default 32 and 32: FusionBench's batch, so the Fisher backward holds a whole batch's activations).
 - peak RSS is the child's ru_maxrss from wait4 (exact, kernel-kept); wall and CPU time from the same.
 - the guard: the child's resident memory (/proc/<pid>/status VmRSS) is polled every 0.1 s and the
   child is killed above --limit-gb (the row then reads "over N GB, stopped"), or as soon as the
@@ -36,7 +39,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ["SUN397", "Cars", "RESISC45", "EuroSAT", "SVHN", "GTSRB", "MNIST", "DTD"]
 METHODS = ["zeroshot", "task_arithmetic", "ties_merging", "task_wise_adamerging", "task_wise_adamergingpp",
-           "layer_wise_adamerging", "layer_wise_adamergingpp"]
+           "layer_wise_adamerging", "layer_wise_adamergingpp", "fisher_merging", "regmean"]
+DATA_BASED = {"fisher_merging", "regmean"}
+TRAIN_PER_CLASS = 16
 ADAPTIVE = {m for m in METHODS if "adamerging" in m}
 GB = 1024 ** 3
 
@@ -85,8 +90,10 @@ def run_guarded(cmd: list[str], env: dict[str, str], limit_gb: float, log: Path,
 
 
 def prepared_tasks(model: str, workdir: Path) -> int:
+    """How many tasks a previous run prepared (0 if none, or if it wrote no train splits)."""
     marker = workdir / "checkpoints" / model / "ready"
-    return int(marker.read_text()) if marker.is_file() else 0
+    words = marker.read_text().split() if marker.is_file() else []
+    return int(words[0]) if words[1:] == ["train"] else 0
 
 
 def prepare(model: str, workdir: Path, num_tasks: int, seed: int = 0) -> None:
@@ -115,8 +122,9 @@ def prepare(model: str, workdir: Path, num_tasks: int, seed: int = 0) -> None:
         weight = torch.nn.functional.normalize(torch.randn(2, clip.visual.output_dim, generator=g), dim=1) * 100
         save_classification_head(weight, folder / f"head_{task}.pt")
         write_fake_dataset(task, workdir / "data", n_per_class=1, num_classes=2, image_size=8)
+        write_fake_dataset(task, workdir / "data", n_per_class=TRAIN_PER_CLASS, num_classes=2, image_size=8, split="train")
         (workdir / "data" / TASK_DIRS[task] / "classnames.txt").write_text("first class\nsecond class\n")
-    (folder / "ready").write_text(f"{num_tasks}\n")
+    (folder / "ready").write_text(f"{num_tasks} train\n")
 
 
 def method_command(method: str, model: str, workdir: Path, args) -> list[str]:
@@ -126,6 +134,8 @@ def method_command(method: str, model: str, workdir: Path, args) -> list[str]:
     if method in ADAPTIVE:
         cmd += ["--steps", str(args.steps), "--batch-size-adapt", str(args.adapt_batch), "--batches-per-step", "1",
                 "--save-every", "0", *args.adapt_args.split()]
+    if method in DATA_BASED:
+        cmd += ["--train-images", str(args.train_images), "--train-batch-size", str(args.train_batch_size)]
     return cmd
 
 
@@ -141,6 +151,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of each run")
     p.add_argument("--steps", type=int, default=2, help="AdaMerging steps per run")
     p.add_argument("--adapt-batch", type=int, default=1, help="images per task per AdaMerging step")
+    p.add_argument("--train-images", type=int, default=2 * TRAIN_PER_CLASS, help="Fisher merging / RegMean: train images per task")
+    p.add_argument("--train-batch-size", type=int, default=32, help="Fisher merging / RegMean: images per batch of the statistics")
     p.add_argument("--adapt-args", default="", help="extra flags for the AdaMerging runs, e.g. '--adapt-mode per-task' or '--checkpointing'")
     p.add_argument("--label", default="", help="tag written with each result (e.g. before / after)")
     p.add_argument("--out", default=None, help="append one JSON line per run here (default: <workdir>/results.jsonl)")
@@ -167,6 +179,7 @@ def main() -> None:
         r = run_guarded(method_command(method, args.model, workdir, args), env, args.limit_gb,
                         logs / f"{args.model}_{args.num_tasks}_{method}_{args.label or 'run'}.log", args.min_available_gb)
         row = {"model": args.model, "method": method, "label": args.label, "src": args.src, "tasks": args.num_tasks,
+               **({"train_images": args.train_images, "train_batch_size": args.train_batch_size} if method in DATA_BASED else {}),
                "steps": args.steps if method in ADAPTIVE else 0, "adapt_args": args.adapt_args if method in ADAPTIVE else "", "threads": args.threads, **r}
         with open(out, "a") as f:
             f.write(json.dumps(row) + "\n")

@@ -12,25 +12,33 @@ from adamerging.heads import zeroshot_weights
 from adamerging.models import create_clip, encoder_state_dict, get_tokenizer
 
 
+def _perturbed(clip: torch.nn.Module, model: str, scale: float) -> torch.nn.Module:
+    """A copy of `clip` with noise (torch's global generator) on the visual tower: a random-weight expert."""
+    expert = create_clip(model)
+    expert.load_state_dict(clip.state_dict())
+    with torch.no_grad():
+        for p in expert.visual.parameters():
+            p.add_(scale * p.abs().mean() * torch.randn_like(p))
+    return expert
+
+
 def write_random_checkpoints(root: Path, model: str, classes: Mapping[str, int], heads: Mapping[str, bool] | None = None,
-                             scale: float = 0.05, seed: int = 0) -> Path:
+                             scale: float = 0.05, seed: int = 0, multitask: bool = False) -> Path:
     """<root>/<model>/zeroshot.pt, <Task>/finetuned.pt (theta_0 + noise), head_<Task>.pt where
-    heads[task] is true (others must be built from clip_pretrained.safetensors, also written)."""
+    heads[task] is true (others must be built from clip_pretrained.safetensors, also written), and with
+    `multitask` a multitask/finetuned.pt (theta_0 + noise: the "Traditional MTL" encoder's place)."""
     torch.manual_seed(seed)
     folder = Path(root) / model
     clip = create_clip(model)
     save_state_dict(clip.state_dict(), folder / "clip_pretrained.safetensors")
     save_image_encoder(clip, folder / "zeroshot.pt")
     for i, (task, num_classes) in enumerate(classes.items()):
-        expert = create_clip(model)
-        expert.load_state_dict(clip.state_dict())
-        with torch.no_grad():
-            for p in expert.visual.parameters():
-                p.add_(scale * p.abs().mean() * torch.randn_like(p))
-        save_image_encoder(expert, folder / task / "finetuned.pt")
+        save_image_encoder(_perturbed(clip, model, scale), folder / task / "finetuned.pt")
         if heads is None or heads.get(task, True):
             weight = torch.nn.functional.normalize(torch.randn(num_classes, clip.visual.output_dim), dim=1) * 100
             save_classification_head(weight, folder / f"head_{task}.pt")
+    if multitask:
+        save_image_encoder(_perturbed(clip, model, scale), folder / "multitask" / "finetuned.pt")
     return folder
 
 
@@ -38,13 +46,13 @@ MINI_TASKS = {"MNIST": 10, "SVHN": 10, "EuroSAT": 10}
 
 
 def write_mini_problem(root: Path, n_per_class: int = 3) -> Path:
-    """Random-weight `mini` checkpoints and fake data for MNIST, SVHN, EuroSAT under `root`.
-    EuroSAT has no head file, so its head is built from the text tower (the zero-shot path)."""
+    """Random-weight `mini` checkpoints (with a multi-task encoder) and fake data (test and train splits) for
+    MNIST, SVHN, EuroSAT under `root`. EuroSAT has no head file, so its head is built from the text tower."""
     from fake_data import write_fake_dataset
 
-    write_random_checkpoints(root / "checkpoints", "mini", MINI_TASKS, heads={"EuroSAT": False})
+    write_random_checkpoints(root / "checkpoints", "mini", MINI_TASKS, heads={"EuroSAT": False}, multitask=True)
     for task in MINI_TASKS:
-        write_fake_dataset(task, root / "data", n_per_class=n_per_class, image_size=8)
+        write_fake_dataset(task, root / "data", n_per_class=n_per_class, image_size=8, split="both")
     return root
 
 

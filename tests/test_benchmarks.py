@@ -55,13 +55,16 @@ def test_bench_memory_prepares_checkpoints_the_methods_load_and_passes_valid_fla
     from adamerging.pipeline import parse_config
     from adamerging.problem import load_problem
 
-    args = bench.argparse.Namespace(num_tasks=1, steps=1, adapt_batch=1, adapt_args="--adapt-mode per-task")
+    args = bench.argparse.Namespace(num_tasks=1, steps=1, adapt_batch=1, adapt_args="--adapt-mode per-task", train_images=32,
+                                    train_batch_size=32)
     for method in bench.METHODS:
         cmd = bench.method_command(method, "mini", tmp_path, args)
         assert cmd[1:4] == ["-m", "adamerging", method]
         config = parse_config(method, cmd[4:])  # every flag the runner passes still exists
-    problem = load_problem(config, "ties", {})  # the checkpoints it writes load (the last method: ++, TIES vectors)
+    problem = load_problem(config, "ties", {})  # the checkpoints it writes load (with TIES vectors too)
     assert problem.tasks == bench.TASKS[:1]
+    from adamerging.train_data import train_samples
+    assert config.train_images == 32 and [s.record["n_images"] for s in train_samples(config, problem)] == [32]  # the train split
 
 
 def test_bench_fusionbench_runs_our_side_on_bench_memory_checkpoints(tmp_path):

@@ -38,10 +38,16 @@ def test_bad_values_are_one_line_errors():
 
 
 def test_every_method_is_described_by_registry_facts():
+    from adamerging.pipeline import MERGE_RULES
     for m in METHODS.values():
-        assert m.vectors in ("plain", "ties") and m.granularity in (None, "task-wise", "layer-wise")
+        assert m.vectors in ("plain", "ties", "none") and m.granularity in (None, "task-wise", "layer-wise")
         assert m.table in ("zero", "one-hot", "average", "lam")
         assert (m.published is not None) == (m.granularity is not None)
+        assert m.rule is None or (m.rule in MERGE_RULES and m.granularity is None and m.vectors == "none")   # a rule reads the experts
+    with pytest.raises(ValueError, match="--regmean-ratio must be in"):
+        RunConfig(regmean_ratio=1.5)
+    with pytest.raises(ValueError, match="--train-images must be >= 1"):
+        parse_config("fisher_merging", ["--train-images", "0"])
     lw = METHODS["layer_wise_adamerging"]
     assert lw.result_name(RunConfig(objective="supervised")) == "layer_wise_adamerging_supervised"
     assert lw.result_name(RunConfig(coefficients="published")) == "layer_wise_adamerging_published"

@@ -20,7 +20,11 @@ def test_plan_maps_repos_to_the_reader_layouts(tmp_path: Path) -> None:
         ("dataset", "ufldl-stanford/svhn"): "data/svhn",
     }
     svhn = next(i for i in items if i.repo_id == "ufldl-stanford/svhn")
-    assert svhn.allow_patterns == ("README.md", "cropped_digits/test-*.parquet")  # not full_numbers, not train
+    # not full_numbers; the train split for Fisher merging and RegMean unless only the test split is asked for
+    assert svhn.allow_patterns == ("README.md", "cropped_digits/test-*.parquet", "cropped_digits/train-*.parquet")
+    only_test = download.plan("ViT-B-32", ["SVHN", "MNIST"], "ck", "data", ("test",))
+    assert [i.allow_patterns for i in only_test if i.repo_type == "dataset"] == [("README.md", "cropped_digits/test-*.parquet"),
+                                                                                ("README.md", "*test-*.parquet")]
     assert len(download.plan("ViT-L-14", list(download.EXPERT_SUFFIX), "c", "d")) == 17
     assert download.plan("ViT-L-14", ["DTD"], "c", "d")[1].repo_id == "tanganke/clip-vit-large-patch14_dtd"
 

@@ -18,7 +18,7 @@ from adamerging.experiments.coefficients import depth_group, depth_profile
 from adamerging.experiments.common import comparison
 from adamerging.experiments.generalization import _paper_generalization, generalization_splits
 from adamerging.merging import CoefficientTable
-from adamerging.reporting import csv_table, markdown_table, paper_row
+from adamerging.reporting import NORMALIZED, csv_table, markdown_table, paper_row, with_normalized
 from model_fixtures import mini_argv, write_mini_problem
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,6 +55,33 @@ def test_paper_rows_on_a_task_subset_and_a_model_the_paper_does_not_report():
     assert paper_row("ViT-L-14", "Task-wise AdaMerging") is None and paper_row("mini", "Task Arithmetic") is None
     rows, signed = comparison("mini", {"Task Arithmetic": {"MNIST": 90.0}}, ["MNIST"])
     assert list(rows) == ["Task Arithmetic"] and not signed
+
+
+def test_quoted_paper_rows_and_normalized_accuracy_by_each_row_s_own_experts(tmp_path):
+    ours = {"Individual": {t: 80.0 for t in PAPER_TASKS}, "Traditional MTL": None,
+            "Task Arithmetic": {t: v + 1.0 for t, v in zip(PAPER_TASKS, PAPER_TA)}}
+    rows, signed = comparison("ViT-B-32", ours, PAPER_TASKS)
+    assert "Traditional MTL" not in rows and rows["Traditional MTL (paper)"]["Avg"] == 88.9     # quoted: the paper's row alone
+    assert "Traditional MTL (ours - paper)" not in rows
+    paper_individual = paper_row("ViT-B-32", "Individual", PAPER_TASKS)
+    references = {"Individual": ours["Individual"], "Task Arithmetic": ours["Individual"], "Task Arithmetic (paper)": paper_individual}
+    rows, per_task = with_normalized(rows, PAPER_TASKS, references)
+    assert per_task["Task Arithmetic"]["SUN397"] == pytest.approx(100 * 56.2 / 80.0)
+    assert per_task["Task Arithmetic (paper)"]["SUN397"] == pytest.approx(100 * 55.2 / 75.3)          # the paper's by the paper's experts
+    assert rows["Task Arithmetic (paper)"][NORMALIZED] == pytest.approx(np.mean([100 * a / b for a, b in zip(PAPER_TA, paper_individual.values())]))
+    assert rows["Individual"][NORMALIZED] == 100.0 and "Individual" not in per_task
+    assert NORMALIZED not in rows["Task Arithmetic (ours - paper)"] and NORMALIZED not in rows["Traditional MTL (paper)"]
+    # results/<model>/table.md: the column where the Individual result is on the same test data
+    from adamerging import reporting
+    folder = tmp_path / "mini"
+    folder.mkdir()
+    for name, accs, data in (("individual", {"A": 50.0, "B": 80.0}, {"A": 1}), ("task_arithmetic", {"A": 25.0, "B": 60.0}, {"A": 1}),
+                             ("regmean", {"A": 40.0, "B": 40.0}, {"A": 2})):
+        (folder / f"{name}.json").write_text(json.dumps({"accuracy": accs, "tasks": ["A", "B"], "test_data": data}))
+    reporting.main(["--model", "mini", "--results-dir", str(tmp_path)])
+    table = (folder / "table.md").read_text()
+    assert "| Task Arithmetic | 25.0 | 60.0 | 42.5 | 62.5 |" in table          # (50 % + 75 %) / 2
+    assert "| RegMean | 40.0 | 40.0 | 40.0 | - |" in table                      # other test data: not normalized
 
 
 def test_markdown_table_keeps_its_plain_behaviour_and_csv_matches():
@@ -137,8 +164,12 @@ def test_main_table_then_the_analyses_on_its_results(mini, capsys):
     folder = mini / "results" / "mini"
     run(["main-table", *_argv(mini)])
     rows = list(csv.reader(io.StringIO((folder / "main_table.csv").read_text())))
-    assert rows[0] == ["method", "MNIST", "SVHN", "EuroSAT", "Avg"] and len(rows) == 10     # every method, no paper rows for mini
-    assert [r[0] for r in rows[1:3]] == ["Zero-shot", "Individual"]
+    assert rows[0] == ["method", "MNIST", "SVHN", "EuroSAT", "Avg", "Norm."] and len(rows) == 13   # every method, no paper rows for mini
+    assert [r[0] for r in rows[1:7]] == ["Zero-shot", "Individual", "Traditional MTL", "Weight Averaging", "Fisher Merging", "RegMean"]
+    # normalized accuracy: each task's accuracy over the individual expert's, averaged
+    saved = {name: json.loads((folder / f"{name}.json").read_text())["accuracy"] for name in ("individual", "regmean")}
+    expected = sum(100 * saved["regmean"][t] / saved["individual"][t] for t in saved["individual"]) / 3
+    assert float(rows[6][5]) == pytest.approx(expected, abs=0.006) and float(rows[2][5]) == 100.0
     md = (folder / "main_table.md").read_text()
     assert "| Layer-wise AdaMerging++ |" in md and "| method (average %) | ours | paper ViT-B-32 | paper ViT-L-14 |" in md
     assert json.loads((folder / "layer_wise_adamerging.json").read_text())["config"]["steps"] == 2

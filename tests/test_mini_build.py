@@ -228,6 +228,8 @@ def test_build_from_artefacts_equals_the_rebuild_byte_for_byte(quick_build, tmp_
     new = json.loads((tmp_path / "ckpt" / "build_report.json").read_text())
     assert new["data_sha256"] == old["data_sha256"] and new["per_task"] == {
         t: dict(r, expert_source="committed task vector") for t, r in old["per_task"].items()}
+    assert (old["multitask"]["source"], new["multitask"]["source"]) == ("fine-tuned", "committed task vector")
+    assert new["multitask"]["accuracy"] == old["multitask"]["accuracy"]
     # an altered artefact is caught by its hash
     victim = A.tau_path(old["tasks"][0], art)
     victim.write_bytes(victim.read_bytes()[:-4] + b"\0\0\0\0")
@@ -239,8 +241,8 @@ def test_committed_artefacts_match_their_hashes_and_size_limits():
 
     assert A.verify() == []
     manifest = A.read_manifest()
-    assert set(manifest["expert_keys"]) == set(manifest["tasks"])
-    assert {f"tau_{t}.safetensors" for t in manifest["tasks"]} | {"base_visual.safetensors", "base_text.safetensors"} \
+    assert set(manifest["expert_keys"]) == set(manifest["tasks"]) and manifest["multitask_key"]
+    assert {f"tau_{t}.safetensors" for t in [*manifest["tasks"], "multitask"]} | {"base_visual.safetensors", "base_text.safetensors"} \
         == set(manifest["files"])
 
 
@@ -293,3 +295,33 @@ def test_every_pickle_of_the_build_loads_with_plain_torch_load_and_open_clip_onl
     for path in encoders:
         assert got[str(path)]["same_features"] is True and "open_clip.transformer.QuickGELU" in got[str(path)]["classes"], path
     assert all(got[str(h)]["classes"] == ["src.modeling.ClassificationHead"] for h in heads) and len(heads) == len(_tasks(ckpt))
+
+
+def test_add_missing_fine_tunes_only_the_multi_task_model_on_the_committed_base(quick_build, tmp_path):
+    """`--add-missing` keeps the base and experts and adds the multi-task model's task vector: the same file
+    `--rebuild` wrote on this machine, with the manifest's hashes updated."""
+    import shutil
+
+    from adamerging.mini import artefacts as A
+    from adamerging.mini import build as B
+
+    data, ckpt, _ = quick_build
+    art = tmp_path / "art"
+    shutil.copytree(ckpt.parent / "artefacts", art)
+    made = A.tau_path("multitask", art).read_bytes()
+    A.tau_path("multitask", art).unlink()
+    manifest = A.read_manifest(art)
+    (art / A.MANIFEST).write_text(json.dumps({k: v for k, v in manifest.items() if k != "multitask_key"}))
+    with pytest.raises(ValueError, match="--add-missing"):
+        B.build(tmp_path / "data", tmp_path / "ckpt", quick=True, threads=1, rebuild=True, artefacts=art, add_missing=True)
+    env = dict(__import__("os").environ, PYTHONPATH=str(ROOT / "src"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "adamerging.mini.build", "--quick", "--data-root", str(tmp_path / "data"),
+         "--checkpoints", str(tmp_path / "ckpt"), "--threads", "1", "--artefacts", str(art), "--add-missing"],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "pool done" not in proc.stdout and "multi-task model (fine-tuned)" in proc.stdout
+    assert A.tau_path("multitask", art).read_bytes() == made and A.verify(art) == []
+    after = A.read_manifest(art)
+    assert after["multitask_key"] == manifest["multitask_key"] and after["base_key"] == manifest["base_key"]
+    assert set(after["files"]) == set(manifest["files"]) and after["made_with"] == manifest["made_with"]

@@ -81,8 +81,8 @@ FLOORS = (
     # one-job building blocks: files, formats, the merge, models, data, evaluation, reports
     {"_torchvision_compat", "checkpoints", "task_vectors_format", "merging", "merged_encoder", "models", "heads", "evaluation", "corruptions",
      "distributed", "device", "datasets", "hf_datasets", "hf", "hf_export", "reporting", "plotting", "cli", "run_log", "provenance"},
-    {"config", "problem", "prepare", "download", "mini"},              # what a run is made of, and the data it needs
-    {"adaptation", "diagnostics"},                                     # AdaMerging and its entropy checks
+    {"config", "problem", "prepare", "download", "mini", "train_data"},  # what a run is made of, and the data it needs
+    {"adaptation", "diagnostics", "fisher", "regmean"},                # AdaMerging and its entropy checks; the data-based merges
     {"pipeline", "experiments", "__main__"},                           # the commands
 )
 

@@ -25,6 +25,7 @@ DEFAULT_LAM = 0.3  # Task Arithmetic / TIES scaling coefficient (the authors' fi
 GROUPS = {
     "data": "models, data and outputs",
     "merging": "merging",
+    "data_merging": "Fisher merging and RegMean (statistics on each task's train split)",
     "adamerging": "AdaMerging (the four adamerging scripts)",
     "diagnostics": "diagnostics (--diagnose; src/diagnose.py)",
     "speed": "speed",
@@ -106,6 +107,11 @@ class RunConfig:
     ties_k: float = _opt(0.2, "merging", "TIES: fraction of each task vector kept (top-k by magnitude)")
     ties_combine: str = _opt("sum", "merging", "TIES: disjoint sum (the authors' code) or disjoint mean (the TIES paper)", choices=("sum", "mean"))
     coefficients: str | None = _opt(None, "merging", "evaluate a fixed table instead of learning one: 'published' (the authors') or a JSON written by this repo")
+    # Fisher merging / RegMean: defaults of FusionBench's clip_fisher_merging.yaml / clip_regmean.yaml
+    train_images: int = _opt(256, "data_merging", "images per task drawn (seeded) from its train split for the Fisher / Gram statistics (FusionBench: 256)")
+    train_batch_size: int = _opt(32, "data_merging", "images per batch of those statistics (FusionBench: 32; Fisher merging squares each batch's gradient, so its estimate depends on it)")
+    fisher_floor: float = _opt(1e-6, "data_merging", "Fisher merging: added to every Fisher entry before weighting (FusionBench's minimal_fisher_weight)")
+    regmean_ratio: float = _opt(0.95, "data_merging", "RegMean: non-diagonal entries of each Gram matrix scaled by this (FusionBench's reduce_non_diagonal_ratio; 1 = plain RegMean)")
     # AdaMerging
     steps: int = _opt(500, "adamerging", "optimizer steps")
     lr: float = _opt(1e-3, "adamerging", "Adam learning rate")
@@ -143,12 +149,18 @@ class RunConfig:
     checkpointing: bool = _opt(False, "speed", "activation checkpointing in the encoder (ViT-L/14 on a 24 GB GPU)")
     compile: bool = _opt(False, "speed", "torch.compile the encoder forward (the same lambdas gradients as eager, tested on the CPU; "
                          "its first step compiles, tens of seconds)")
+    micro_batch_size: int = _opt(8, "speed", "Fisher merging: images per forward/backward within a --train-batch-size batch, whose gradient is summed over them (memory only)")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             choices, value = f.metadata["choices"], getattr(self, f.name)
             if choices is not None and value is not None and value not in choices:
                 raise ValueError(f"config field {f.name!r} ({_flag(f)}) must be one of {list(choices)}, got {value!r}")
+        for name, ok, expected in (("train_images", self.train_images >= 1, ">= 1"), ("train_batch_size", self.train_batch_size >= 1, ">= 1"),
+                                   ("micro_batch_size", self.micro_batch_size >= 1, ">= 1"),
+                                   ("fisher_floor", self.fisher_floor >= 0, ">= 0"), ("regmean_ratio", 0 <= self.regmean_ratio <= 1, "in [0, 1]")):
+            if not ok:
+                raise ValueError(f"--{name.replace('_', '-')} must be {expected}, got {getattr(self, name)}")
         for name in ("task", "finetuned", "diagnose_lambdas"):  # keep the config hashable when built from lists
             if not isinstance(getattr(self, name), tuple):
                 object.__setattr__(self, name, tuple(getattr(self, name)))
@@ -162,6 +174,11 @@ class RunConfig:
     def clamp(self) -> bool:
         """Whether lambdas are clamped to [0, 1] inside the forward (the authors' code)."""
         return not self.no_clamp
+
+    @property
+    def data_root(self) -> Path:
+        """Root of the datasets: --data-location, else data/ (data/mini for --model mini)."""
+        return Path(self.data_location or ("data/mini" if self.model == "mini" else "data"))
 
     @property
     def output_dir(self) -> Path:
@@ -225,8 +242,8 @@ def config_from_namespace(args: argparse.Namespace) -> RunConfig:
 RESUMABLE = frozenset({
     "steps", "lr", "eval_every", "save_every", "resume", "no_progress", "overwrite", "results_dir", "run_dir", "save_merged",
     "save_format", "checkpoints", "data_location", "cache_dir", "batch_size", "device", "precision", "checkpointing",
-    "compile", "adapt_mode", "adapt_chunk", "diagnose", "diagnose_samples", "diagnose_lambdas", "diagnose_spearman", "diagnose_lambda_slack",
-    "tensorboard", "allow_duplicate_experts", "allow_foreign_experts",
+    "compile", "adapt_mode", "adapt_chunk", "micro_batch_size", "diagnose", "diagnose_samples", "diagnose_lambdas", "diagnose_spearman",
+    "diagnose_lambda_slack", "tensorboard", "allow_duplicate_experts", "allow_foreign_experts",
 })
 
 

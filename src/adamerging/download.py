@@ -3,7 +3,8 @@
 Fetches, with `huggingface_hub.snapshot_download` (resumable, with progress bars):
 - the pretrained CLIP `openai/clip-vit-<arch>` -> `<checkpoints>/hf/<model>/zeroshot/`,
 - FusionBench's experts `tanganke/clip-vit-<arch>_<task>` -> `<checkpoints>/hf/<model>/<Task>/finetuned/`,
-- the test split of each task's dataset (hf_datasets.HF_DATASET_REPOS) -> `<data-location>/<task folder>/`,
+- the test split of each task's dataset (hf_datasets.HF_DATASET_REPOS) -> `<data-location>/<task folder>/`, and
+  its train split, which only Fisher merging and RegMean read (`--splits test` skips it),
 i.e. the layouts `--checkpoint-format hf` and `--data-format hf` read, then prints the command that
 reproduces the main table. Model repo names: FusionBench's model pools
 (github.com/tanganke/fusion_bench, `config/modelpool/CLIPVisionModelPool/clip-vit-base-patch32_TA8.yaml`).
@@ -11,7 +12,7 @@ reproduces the main table. Model repo names: FusionBench's model pools
 Each repo is downloaded into a hidden `.<name>.download` folder beside its target (kept between runs:
 that is what makes an interrupted download resume) and renamed into place once complete, so a
 target folder is either absent or whole. Only `config.json` + safetensors weights of the models and
-the dataset card + test-split parquet shards of the datasets are fetched.
+the dataset card + the chosen splits' parquet shards of the datasets are fetched.
 """
 from __future__ import annotations
 
@@ -51,8 +52,11 @@ class Fetch:
     allow_patterns: tuple[str, ...]
 
 
-def plan(model: str, tasks: list[str], checkpoints: str | Path, data_location: str | Path) -> list[Fetch]:
-    """Which repos go to which folders: the pretrained CLIP, one expert per task, one dataset per task."""
+SPLITS = ("test", "train")
+
+
+def plan(model: str, tasks: list[str], checkpoints: str | Path, data_location: str | Path, splits: tuple[str, ...] = SPLITS) -> list[Fetch]:
+    """Which repos go to which folders: the pretrained CLIP, one expert per task, one dataset per task (`splits` of it)."""
     if model not in HF_ARCH:
         raise DownloadError(f"--model {model!r}: the hub has FusionBench experts for {', '.join(HF_ARCH)}")
     ckpt = Path(checkpoints) / "hf" / model
@@ -61,8 +65,8 @@ def plan(model: str, tasks: list[str], checkpoints: str | Path, data_location: s
         fetches.append(Fetch(f"tanganke/{HF_ARCH[model]}_{EXPERT_SUFFIX[task]}", "model", ckpt / task / "finetuned", tuple(_MODEL_FILES)))
     for task in tasks:
         repo, config = HF_DATASET_REPOS[task]
-        shards = f"{config}/test-*.parquet" if config else "*test-*.parquet"
-        fetches.append(Fetch(repo, "dataset", task_folder(task, data_location), ("README.md", shards)))
+        shards = tuple(f"{config}/{split}-*.parquet" if config else f"*{split}-*.parquet" for split in splits)
+        fetches.append(Fetch(repo, "dataset", task_folder(task, data_location), ("README.md", *shards)))
     return fetches
 
 
@@ -103,11 +107,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tasks", default=None, help=f"comma-separated subset of {', '.join(TASKS)} (default: all 8)")
     p.add_argument("--checkpoints", default="checkpoints", help="models go to <checkpoints>/hf/<model>/")
     p.add_argument("--data-location", default="data", help="datasets go to <data-location>/<task folder>/")
+    p.add_argument("--splits", default=",".join(SPLITS), help="comma-separated dataset splits to fetch: test (every method), "
+                                                                "train (Fisher merging and RegMean only)")
     p.add_argument("--dry-run", action="store_true", help="print the plan (repo -> folder) and fetch nothing")
     args = p.parse_args(argv)
     try:
         tasks = [canonical_task(t) for t in args.tasks.split(",") if t.strip()] if args.tasks else list(TASKS)
-        fetches = plan(args.model, tasks, args.checkpoints, args.data_location)
+        splits = tuple(x.strip() for x in args.splits.split(",") if x.strip())
+        if not splits or set(splits) - set(SPLITS):
+            raise ValueError(f"--splits {args.splits!r}: expected some of {', '.join(SPLITS)}")
+        fetches = plan(args.model, tasks, args.checkpoints, args.data_location, splits)
     except Exception as e:  # noqa: BLE001 - unknown task / model: one line
         print(f"error: {e}", file=sys.stderr)
         return 2

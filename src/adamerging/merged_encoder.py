@@ -4,7 +4,8 @@ Every method is evaluated (and AdaMerging trained) through `MergedEncoder`: it k
 stacked task vectors of the visual entries on the compute device (theta_0 once: it is also the
 module's own parameters), builds the merged parameters once per lambdas table with
 `merging.merge_entry` (IEEE fp32 in every precision mode) and calls the CLIP visual tower with
-`torch.func.functional_call`, so gradients flow to the lambdas only.
+`torch.func.functional_call`, so gradients flow to the lambdas only. The data-based merges (Fisher
+merging, RegMean) build their parameters from the experts it gives and are evaluated with `bind`.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from torch.func import functional_call
 
 from .checkpoints import return_freed_memory
 from .device import autocast, ieee_fp32
-from .merging import TaskVectors, coefficient_row, merge_entry, merge_entry_lambdas_grad
+from .merging import TaskVectors, coefficient_row, is_zero_view, merge_entry, merge_entry_lambdas_grad
 from .models import VISUAL_PREFIX
 
 __all__ = ["MergedEncoder", "autocast"]
@@ -39,7 +40,9 @@ class MergedEncoder:
         # (row j of the lambdas table, parameter name inside the visual tower)
         self.visual_entries = [(j, k[len(VISUAL_PREFIX):]) for j, k in enumerate(self.entries) if k.startswith(VISUAL_PREFIX)]
         self.theta0 = {name: theta0[VISUAL_PREFIX + name].to(self.device, torch.float32) for _, name in self.visual_entries}
-        self.tau = {name: tau[VISUAL_PREFIX + name].to(self.device, torch.float32) for _, name in self.visual_entries}
+        # zero views (methods that read the experts themselves) stay views, on the device too
+        self.tau = {name: torch.zeros((), device=self.device).expand(t.shape) if is_zero_view(t) else t.to(self.device, torch.float32)
+                    for name, t in ((name, tau[VISUAL_PREFIX + name]) for _, name in self.visual_entries)}
         # theta_0 once on the device: the module's own parameters become these tensors (never read by
         # the functional forward, which binds merged ones, but the module must live on the device)
         visual.load_state_dict(self.theta0, strict=False, assign=True)
@@ -65,6 +68,10 @@ class MergedEncoder:
             raise ValueError(f"lambdas must be [1 or {len(self.entries)}, {self.num_tasks}] (rows: entries, columns: tasks), got {tuple(lambdas.shape)}")
         task_wise = lambdas.shape[0] == 1
         return {name: lambdas[0 if task_wise else j] for j, name in self.visual_entries}
+
+    def visual_params(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The visual entries of an encoder state dict (`model.*`, e.g. an expert's) as parameters on the device, fp32."""
+        return {name: state[VISUAL_PREFIX + name].to(self.device, torch.float32) for _, name in self.visual_entries}
 
     def params(self, lambdas: torch.Tensor) -> dict[str, torch.Tensor]:
         """Merged visual parameters for a lambdas table [R, T] (R = 1: task-wise, R = len(entries): layer-wise)."""
@@ -126,8 +133,11 @@ class MergedEncoder:
     def encoder(self, lambdas: torch.Tensor, precision: str = "fp32") -> Callable[[torch.Tensor], torch.Tensor]:
         """A plain function images [N, 3, S, S] -> features [N, D] (float32) at a fixed lambdas table [R, T]."""
         with torch.no_grad():
-            params = self.params(lambdas)
+            return self.bind(self.params(lambdas), precision)
 
+    def bind(self, params: dict[str, torch.Tensor], precision: str = "fp32") -> Callable[[torch.Tensor], torch.Tensor]:
+        """A plain function images [N, 3, S, S] -> features [N, D] (float32) at fixed merged visual parameters
+        `params` (names inside the visual tower, as from `params`; also those of a data-based merge rule)."""
         def encode(x: torch.Tensor) -> torch.Tensor:
             with autocast(self.device, precision):
                 return self(params, x).float()

@@ -1,7 +1,8 @@
 """The method registry and `run(method, config)`: load, merge (or learn the merge), evaluate, report.
 
-A method is a few facts (which task vectors, which lambdas table or which granularity to learn,
-results name, title) in `METHODS`; everything else is shared, so a fix lands once for every method.
+A method is a few facts (which task vectors, which lambdas table or which granularity to learn, or
+which merge rule gives its parameters; results name, title) in `METHODS`; everything else is shared,
+so a fix lands once for every method.
 `main` is the entry point of the `src/main_*.py` scripts.
 """
 from __future__ import annotations
@@ -23,9 +24,12 @@ from .config import DEFAULT_LAM, RunConfig, build_parser, config_from_namespace
 from .device import ieee_fp32
 from .distributed import Ranks, setup
 from .evaluation import evaluate_accuracy
+from .fisher import fisher_merging
 from .merged_encoder import MergedEncoder
 from .merging import LAYER_WISE, TASK_WISE, CoefficientTable, constant_table, load_table, merge, one_hot_table, published_table
-from .problem import Problem, TaskData, load_problem
+from .models import VISUAL_PREFIX
+from .problem import Problem, TaskData, load_multitask, load_problem
+from .regmean import regmean
 from .reporting import markdown_table, package_versions, require_finite, results_path, write_json
 from .run_log import TensorBoardLog, require_tensorboard, run_folder
 
@@ -36,10 +40,11 @@ class Method:
 
     name: str                      # results file name (script name without `main_`)
     title: str                     # row label in tables
-    vectors: str = "plain"         # "plain" task vectors or "ties"-selected ones
+    vectors: str = "plain"         # "plain" task vectors, "ties"-selected ones, or "none" (a rule reading the experts itself)
     table: str = "lam"             # fixed lambdas: "zero", "one-hot" (each expert alone), "average" (1/T), "lam" (--lam)
     granularity: str | None = None  # AdaMerging: learn a "task-wise" or "layer-wise" table (None: fixed table)
     published: str | None = None   # key of the authors' table in published_merging_coefficients.json
+    rule: str | None = None        # key of MERGE_RULES: merged parameters not of the form theta_0 + sum lambda tau
 
     def result_name(self, config: RunConfig) -> str:
         """The results file stem; variants get their own file, so they never replace the method's main result."""
@@ -69,7 +74,21 @@ METHODS = {m.name: m for m in [
     Method("task_wise_adamergingpp", "Task-wise AdaMerging++", vectors="ties", granularity=TASK_WISE, published="tw_adamergingpp"),
     Method("layer_wise_adamerging", "Layer-wise AdaMerging", granularity=LAYER_WISE, published="lw_adamerging"),
     Method("layer_wise_adamergingpp", "Layer-wise AdaMerging++", vectors="ties", granularity=LAYER_WISE, published="lw_adamergingpp"),
+    Method("fisher_merging", "Fisher Merging", vectors="none", rule="fisher"),
+    Method("regmean", "RegMean", vectors="none", rule="regmean"),
+    Method("multitask", "Traditional MTL", vectors="none", rule="multitask"),
 ]}
+
+
+def multitask(problem: Problem, merged: MergedEncoder, config: RunConfig) -> tuple[dict[str, torch.Tensor], dict]:
+    """The merge rule of `multitask`: the visual entries of the encoder fine-tuned on every task at once."""
+    return merged.visual_params(load_multitask(config, problem.clip, problem.theta0)), {}
+
+
+# The data-based rules: (problem, merged encoder, config) -> (merged visual parameters, record for the results)
+MERGE_RULES: dict[str, Callable[[Problem, MergedEncoder, RunConfig], tuple[dict[str, torch.Tensor], dict]]] = {
+    "fisher": fisher_merging, "regmean": regmean, "multitask": multitask,
+}
 
 # The fixed-table rules: (config, tasks) -> lambdas table
 TABLE_RULES: dict[str, Callable[[RunConfig, list[str]], CoefficientTable]] = {
@@ -164,15 +183,22 @@ def learn_table(m: Method, config: RunConfig, problem: Problem, merged: MergedEn
         raise AdaptationStopped(f"{stop}; saved to {state_path}: {stop.advice}", stop.state) from None
 
 
-def save_merged(problem: Problem, table: CoefficientTable, config: RunConfig) -> None:
-    """--save-merged: the merged image encoder as a state dict (`model.*` entries) or a Hugging Face folder.
+def merged_state(problem: Problem, table: CoefficientTable | None, params: dict[str, torch.Tensor] | None,
+                 device: str) -> dict[str, torch.Tensor]:
+    """The whole merged encoder (`model.*` entries) on the host: theta(lambdas) of `table`, else theta_0 with a
+    merge rule's visual `params`. The merge runs where the task vectors are (`device`), in IEEE fp32."""
+    if table is not None:
+        with ieee_fp32():
+            return {k: v.cpu() for k, v in merge(problem.theta0, problem.tau, table.lambdas.to(device), problem.entries).items()}
+    return {k: (params[k[len(VISUAL_PREFIX):]] if k.startswith(VISUAL_PREFIX) else problem.theta0[k]).cpu() for k in problem.entries}
+
+
+def save_merged(state: dict[str, torch.Tensor], problem: Problem, config: RunConfig) -> None:
+    """--save-merged: the merged image encoder `state` (`model.*` entries) as a state dict or a Hugging Face folder.
 
     --save-format hf writes config.json + model.safetensors of a `CLIPVisionModelWithProjection`
-    (`transformers` loads it with `from_pretrained`; `image_embeds` are this encoder's features). The
-    merge runs where the task vectors are (the device), in IEEE fp32; the result is written from the host.
+    (`transformers` loads it with `from_pretrained`; `image_embeds` are this encoder's features).
     """
-    with ieee_fp32():
-        state = {k: v.cpu() for k, v in merge(problem.theta0, problem.tau, table.lambdas.to(config.device), problem.entries).items()}
     if config.save_format == "hf":
         save_hf_checkpoint(config.save_merged, state, hf_config_from_open_clip(problem.clip))
     else:
@@ -198,6 +224,8 @@ def run(method_name: str, config: RunConfig) -> dict:
     scripts turn into one line, cli.run_cli).
     """
     m = method(method_name)
+    if m.rule and config.coefficients:
+        raise ValueError(f"{m.name}: its parameters come from its own rule, not a coefficient table; drop --coefficients")
     if config.save_merged and config.save_format == "hf" and Path(config.save_merged).suffix in (".safetensors", ".pt", ".bin"):
         raise ValueError(f"--save-format hf writes a folder (config.json + model.safetensors); --save-merged "
                          f"{config.save_merged} names a file: give a folder, or drop --save-format hf for a state-dict file")
@@ -212,7 +240,7 @@ def run(method_name: str, config: RunConfig) -> dict:
     merged = MergedEncoder(problem.clip.visual, problem.theta0, problem.tau, problem.entries, config.device,
                            checkpointing=config.checkpointing, compile=config.compile)
     evaluate = lambda encoder: evaluate_tasks(encoder, problem, config.batch_size, ranks=ranks)  # noqa: E731
-    adaptation = diagnosis = None
+    adaptation = diagnosis = rule_record = params = None
     log = TensorBoardLog(run_folder(config.tensorboard, config.output_dir, config.results_dir, m.result_name(config), config.resume)) \
         if config.tensorboard and ranks.is_main else None
 
@@ -228,6 +256,10 @@ def run(method_name: str, config: RunConfig) -> dict:
             if ranks.owns(i):
                 accs.update(evaluate_tasks(merged.encoder(one_hot_table(problem.tasks, t.name).lambdas, config.precision), problem, config.batch_size, [t]))
         accs = ranks.merge_dicts(accs)
+    elif m.rule:  # the merged parameters come from the rule, evaluated through the same merged encoder
+        table = None
+        params, rule_record = MERGE_RULES[m.rule](problem, merged, config)
+        accs = evaluate(merged.bind(params, config.precision))
     else:
         table = fixed_table(m, config, problem)
         accs = evaluate(merged.encoder(table.lambdas, config.precision))
@@ -240,8 +272,8 @@ def run(method_name: str, config: RunConfig) -> dict:
     average = sum(accs[t] for t in problem.tasks) / len(problem.tasks)  # over the merged tasks
     if not ranks.is_main:
         return {"accuracy": accs, "average": average}
-    if config.save_merged and table is not None:
-        save_merged(problem, table, config)
+    if config.save_merged and (table is not None or params is not None):
+        save_merged(merged_state(problem, table, params, config.device), problem, config)
         print(f"wrote the merged image encoder to {config.save_merged} ({config.save_format})")
     name = m.result_name(config)
     print(markdown_table({m.result_title(config): accs}, problem.tasks + [t.name for t in problem.eval_data]))
@@ -255,6 +287,8 @@ def run(method_name: str, config: RunConfig) -> dict:
         "config": recorded_config(config, adaptation), "seed": config.seed, "versions": package_versions(), "timings_s": timings,
         "numerics": numerics,
     }
+    if rule_record is not None:
+        result["merge_rule"] = rule_record
     if diagnosis is not None:
         result["diagnostics"] = {k: diagnosis[k] for k in ("verdict", "checks", "spearman", "thresholds")}
     if adaptation is not None:

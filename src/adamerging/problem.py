@@ -21,7 +21,7 @@ from .config import RunConfig
 from .corruptions import corrupt
 from .evaluation import Normalizer
 from .heads import Head, head_from_checkpoint, load_head, zeroshot_weights
-from .merging import TaskVectors, task_vectors, ties_select
+from .merging import TaskVectors, task_vectors, ties_select, zero_task_vectors
 from .models import (VISUAL_PREFIX, create_clip, encoder_state_dict, get_tokenizer, image_size, load_clip_weights, load_encoder_weights,
                      normalization)
 from .provenance import (HASH_NOTE, FileHashes, cache_file, check_experts, check_same_file, checkpoint_format, task_vector_record,
@@ -95,14 +95,9 @@ def _named(values: Sequence[str], flag: str) -> dict[str, str]:
     return out
 
 
-def data_root(config: RunConfig) -> Path:
-    """The datasets' root: --data-location, else data/ (data/mini for the mini benchmark)."""
-    return Path(config.data_location or ("data/mini" if config.model == "mini" else "data"))
-
-
 def cache_dir(config: RunConfig) -> Path:
     """The cache folder (preprocessed images, built heads, file hashes): --cache-dir, else <data root>/.cache."""
-    return Path(config.cache_dir) if config.cache_dir else data_root(config) / ".cache"
+    return Path(config.cache_dir) if config.cache_dir else config.data_root / ".cache"
 
 
 def _read(path: Path) -> tuple[dict[str, torch.Tensor], str]:
@@ -220,30 +215,92 @@ def _check_head(head: Head, path: Path, task: str, width: int, classes: int, mod
                               f"task or class list; {fix}, or check the dataset copy and its classnames.txt")
 
 
+def load_expert(path: Path, clip: torch.nn.Module, theta0: dict[str, torch.Tensor], record: dict | None = None) -> dict[str, torch.Tensor]:
+    """A fine-tuned encoder (task-vectors file or HF folder) in the ImageEncoder layout of `clip`'s architecture.
+
+    HF experts are often vision-only: their text-side entries come from `theta0`. `record` (a file's
+    provenance record) gets the file's "format". Errors as `to_encoder_entries`.
+    """
+    weights, fmt = _read(path)
+    if record is not None:
+        record["format"] = fmt
+    if hf.is_hf_checkpoint(path):
+        weights = hf.fill_from(hf.image_tower(weights, clip.state_dict(), path, theta0), theta0)
+    return to_encoder_entries(weights, encoder_state_dict(clip), path)
+
+
+MULTITASK = "multitask"  # <checkpoints>/<model>/multitask/finetuned.pt: one encoder fine-tuned on all tasks at once
+
+
+def multitask_checkpoint(config: RunConfig) -> Path | None:
+    """The jointly fine-tuned encoder ("Traditional MTL") of `config`'s model, or None where there is none."""
+    return _find(Path(config.checkpoints) / config.model / MULTITASK, "finetuned", config.checkpoint_format)
+
+
+def load_multitask(config: RunConfig, clip: torch.nn.Module, theta0: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The multi-task encoder's entries (ImageEncoder layout); FileNotFoundError naming the expected file."""
+    path = multitask_checkpoint(config)
+    if path is None:
+        folder = Path(config.checkpoints) / config.model / MULTITASK
+        raise FileNotFoundError(f"no multi-task encoder: expected {folder}/finetuned.pt (or a Hugging Face folder {folder}/finetuned/); "
+                                f"the mini benchmark builds one, for the real models the paper's row is quoted")
+    return load_expert(path, clip, theta0)
+
+
+def read_task(config: RunConfig, task: str, split: str, test_dir: str | None = None) -> "ds.Split":
+    """One split of a task: the user's ImageFolder tree (--task NAME=DIR), else the dataset under the data root."""
+    user_tasks = _named(config.task, "--task")
+    if task in user_tasks:
+        return ds.read_image_folder_task(task, user_tasks[task], split)
+    return ds.read_task_split(task, config.data_root, split, data_format=config.data_format, test_dir=test_dir)
+
+
+def expert_paths(config: RunConfig, tasks: Sequence[str]) -> list[Path]:
+    """Each task's fine-tuned encoder (file or HF folder): --finetuned NAME=PATH, else <checkpoints>/<model>/<Task>/finetuned.*.
+
+    Errors (one line): ValueError for a task that is neither a paper task nor the user's, FileNotFoundError
+    naming the expected file.
+    """
+    model_dir = Path(config.checkpoints) / config.model
+    user_tasks = _named(config.task, "--task")
+    user_experts = {name: Path(path) for name, path in _named(config.finetuned, "--finetuned").items()}
+    paths = []
+    for task in tasks:
+        path = user_experts.get(task) or _find(model_dir / task, "finetuned", config.checkpoint_format)
+        if task not in ds.TASKS and task not in user_experts and task not in user_tasks and path is None:
+            raise ValueError(f"{task!r} is not one of the paper's tasks ({', '.join(ds.TASKS)}): check its spelling, or "
+                             f"give your own task with --task {task}=DIR and --finetuned {task}=PATH")
+        if path is None or not path.exists():
+            raise FileNotFoundError(f"{task}: fine-tuned encoder not found: expected {path or model_dir / task / 'finetuned.pt'} "
+                                    f"(or a Hugging Face folder {model_dir / task / 'finetuned'}/, or --finetuned {task}=PATH)")
+        paths.append(path)
+    return paths
+
+
 def load_task_vectors(config: RunConfig, vectors: str = "plain") -> TaskVectorSet:
     """theta_0 and the experts' task vectors tau [T, *shape] per entry, for the tasks of `config`.
 
-    `vectors`: "plain" (tau_t = theta_t - theta_0) or "ties" (TIES-selected, `merging.ties_select`).
+    `vectors`: "plain" (tau_t = theta_t - theta_0), "ties" (TIES-selected, `merging.ties_select`) or
+    "none" (zero views that take no memory: for methods that read the experts themselves, one at a
+    time, with `expert_paths` and `load_expert`; the files are checked here all the same).
     No dataset is read. Before any merge, refuses (CheckpointError, one line) two tasks loading the same
     expert and an expert not fine-tuned from theta_0 (`provenance.check_experts`; warnings with
     --allow-duplicate-experts / --allow-foreign-experts). `provenance` of the result: every file's
     path, size, format and sha256, and the plain task vectors' norm ratios and cosines.
     Errors: FileNotFoundError naming the missing checkpoint, CheckpointError.
     """
-    if vectors not in ("plain", "ties"):
-        raise ValueError(f"task vectors must be 'plain' or 'ties', got {vectors!r}")
+    if vectors not in ("plain", "ties", "none"):
+        raise ValueError(f"task vectors must be 'plain', 'ties' or 'none', got {vectors!r}")
     model_dir = Path(config.checkpoints) / config.model
     user_tasks = _named(config.task, "--task")
-    user_experts = {name: Path(path) for name, path in _named(config.finetuned, "--finetuned").items()}
     tasks = parse_tasks(config.tasks, model_dir) if config.tasks or not user_tasks else list(user_tasks)
+    paths = expert_paths(config, tasks)
     clip = create_clip(config.model, device="meta")  # shapes only: the weights are theta_0's (assigned below)
     reference = encoder_state_dict(clip)
-    fmt = config.checkpoint_format
-    base_path = _find(model_dir, "zeroshot", fmt)
+    base_path = _find(model_dir, "zeroshot", config.checkpoint_format)
     if base_path is None:
         raise FileNotFoundError(f"pretrained encoder not found: expected {model_dir}/zeroshot.pt (task-vectors layout), "
                                 f"zeroshot.safetensors, or a Hugging Face folder {model_dir}/zeroshot/ with config.json")
-    expert_paths = {task: user_experts.get(task) or _find(model_dir / task, "finetuned", fmt) for task in tasks}
     base, base_format = _read(base_path)
     if hf.is_hf_checkpoint(base_path):  # a CLIPModel whose text tower differs: its image tower only
         # its text-side leftovers belong to another text tower: zeros of this architecture's shapes
@@ -257,26 +314,15 @@ def load_task_vectors(config: RunConfig, vectors: str = "plain") -> TaskVectorSe
     accepted: list[str] = []
 
     def experts():  # one at a time: task_vectors subtracts each and drops it before the next loads
-        for task in tasks:
-            path = expert_paths[task]
-            if task not in ds.TASKS and task not in user_experts and task not in user_tasks and path is None:
-                raise ValueError(f"{task!r} is not one of the paper's tasks ({', '.join(ds.TASKS)}): check its spelling, or "
-                                 f"give your own task with --task {task}=DIR and --finetuned {task}=PATH")
-            if path is None or not path.exists():
-                raise FileNotFoundError(f"{task}: fine-tuned encoder not found: expected {path or model_dir / task / 'finetuned.pt'} "
-                                        f"(or a Hugging Face folder {model_dir / task / 'finetuned'}/, or --finetuned {task}=PATH)")
+        for task, path in zip(tasks, paths):
             record = hashes.record(path, _content(path))
             check_same_file(task, record, files, config.allow_duplicate_experts, accepted)  # a copy is refused before it is unpickled
             files[task] = record
-            weights, record["format"] = _read(path)
-            if hf.is_hf_checkpoint(path):  # HF experts are often vision-only: text-side entries come from theta_0
-                weights = hf.fill_from(hf.image_tower(weights, clip.state_dict(), path, theta0), theta0)
-            yield to_encoder_entries(weights, reference, path)
-            del weights  # not held while the next expert loads
+            yield load_expert(path, clip, theta0, record)
     hashes = FileHashes(cache_file(cache_dir(config)))
     # hashed in a background thread while the experts load: the experts in order (each is checked
     # before it is read), theta_0's last
-    hashes.prefetch(_content(p) for p in [*expert_paths.values(), base_path] if p is not None and (p.is_file() or hf.is_hf_checkpoint(p)))
+    hashes.prefetch(_content(p) for p in [*paths, base_path])
     try:
         tau = task_vectors(theta0, experts(), tasks)
     finally:
@@ -289,7 +335,9 @@ def load_task_vectors(config: RunConfig, vectors: str = "plain") -> TaskVectorSe
     provenance = {"hash": HASH_NOTE, "files": {"zeroshot": zeroshot, "finetuned": files}, "task_vectors": task_vector_record(stats, tasks),
                   "accepted_warnings": accepted,
                   "seconds": {"hashing_in_background": round(hashes.seconds, 3), "norms_and_cosines": round(time.perf_counter() - started, 3)}}
-    if vectors == "ties":
+    if vectors == "none":  # checked above like every method's experts; the method reads them itself
+        tau = {k: zero_task_vectors(len(tasks), v.shape) for k, v in theta0.items() if v.is_floating_point()}
+    elif vectors == "ties":
         tau = ties_select(tau, config.ties_k, config.ties_combine, inplace=True)
     # theta_0's text-side leftovers: no method reads them (the image encoder never does); only
     # --save-merged writes them. Out of memory until then (0.1 GB on ViT-B/32, 0.16 GB on ViT-L/14).
@@ -302,7 +350,7 @@ def load_task_vectors(config: RunConfig, vectors: str = "plain") -> TaskVectorSe
 def load_problem(config: RunConfig, vectors: str = "plain", timings: dict[str, float] | None = None) -> Problem:
     """Checkpoints, test images (uint8, preprocessed once and cached), heads and labels of a run.
 
-    `vectors`: "plain" or "ties" task vectors (see `load_task_vectors`). `timings` (seconds) gets
+    `vectors`: "plain", "ties" or "none" task vectors (see `load_task_vectors`). `timings` (seconds) gets
     load_checkpoints / load_data / load_heads when given.
     """
     timings = {} if timings is None else timings
@@ -310,7 +358,7 @@ def load_problem(config: RunConfig, vectors: str = "plain", timings: dict[str, f
     loaded = load_task_vectors(config, vectors)
     tasks, clip, entries, theta0, tau = loaded.tasks, loaded.clip, loaded.entries, loaded.theta0, loaded.tau
     model_dir = Path(config.checkpoints) / config.model
-    root, cache = data_root(config), cache_dir(config)
+    root, cache = config.data_root, cache_dir(config)
     user_tasks = {name: Path(folder) for name, folder in _named(config.task, "--task").items()}
     timings["load_checkpoints"] = time.perf_counter() - t0
 
@@ -318,9 +366,7 @@ def load_problem(config: RunConfig, vectors: str = "plain", timings: dict[str, f
     unseen = [t for t in parse_tasks(config.eval_tasks, model_dir) if t not in tasks] if config.eval_tasks else []
     everything = tasks + unseen
     test_splits = ds.parse_test_split(config.test_split)
-    splits = {task: ds.read_image_folder_task(task, user_tasks[task]) if task in user_tasks
-              else ds.read_task_split(task, root, "test", data_format=config.data_format, test_dir=test_splits.get(task))
-              for task in everything}
+    splits = {task: read_task(config, task, "test", test_splits.get(task)) for task in everything}
     templates = {task: ds.user_task_templates(user_tasks[task]) if task in user_tasks else ds.task_templates(task, root)
                  for task in everything}
     timings["load_data"] = time.perf_counter() - t0

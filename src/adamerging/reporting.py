@@ -46,33 +46,69 @@ def _cell(value: float | None, digits: int, signed: bool) -> str:
 
 
 def markdown_table(rows: Mapping[str, Mapping[str, float]], tasks: Sequence[str], digits: int = 1, *,
-                   signed: Collection[str] = (), average: bool = True, label: str = "method") -> str:
+                   signed: Collection[str] = (), average: bool = True, label: str = "method", extra: Sequence[str] = ()) -> str:
     """One row per method: per-task accuracy and the average (computed over `tasks`).
 
     A row that carries an "Avg" entry shows it instead of the computed mean (the paper's printed
-    averages); rows named in `signed` print with a sign (differences); `average=False` drops the column.
+    averages); rows named in `signed` print with a sign (differences); `average=False` drops the column;
+    `extra` columns (e.g. NORMALIZED) follow the average, read from each row as they are.
     """
-    header = f"| {label} | " + " | ".join(tasks) + (" | Avg |" if average else " |")
-    lines = [header, "|" + "---|" * (len(tasks) + 1 + average)]
+    header = f"| {label} | " + " | ".join([*tasks, *(["Avg"] if average else []), *extra]) + " |"
+    lines = [header, "|" + "---|" * (len(tasks) + 1 + average + len(extra))]
     for name, accs in rows.items():
         sign = name in signed
         cells = [_cell(accs.get(t), digits, sign) for t in tasks]
         if average:
             cells.append(_cell(row_average(accs, tasks), digits, sign))
+        cells += [_cell(accs.get(c), digits, sign) for c in extra]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def csv_table(rows: Mapping[str, Mapping[str, float]], tasks: Sequence[str], digits: int = 2, average: bool = True,
-              label: str = "method") -> str:
+              label: str = "method", extra: Sequence[str] = ()) -> str:
     """The same rows as CSV (empty cell where a value is missing), for spreadsheets and plotting."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow([label, *tasks, *(["Avg"] if average else [])])
+    writer.writerow([label, *tasks, *(["Avg"] if average else []), *extra])
     for name, accs in rows.items():
-        values = [accs.get(t) for t in tasks] + ([row_average(accs, tasks)] if average else [])
+        values = [accs.get(t) for t in tasks] + ([row_average(accs, tasks)] if average else []) + [accs.get(c) for c in extra]
         writer.writerow([name, *("" if v is None else round(float(v), digits) for v in values)])
     return out.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------- normalized accuracy
+
+NORMALIZED = "Norm."  # the column: average normalized accuracy (%)
+INDIVIDUAL = "Individual"
+
+
+def normalized(accs: Mapping[str, float], individual: Mapping[str, float], tasks: Sequence[str]) -> dict[str, float] | None:
+    """Normalized accuracy (%): 100 * accs[t] / individual[t] per task, and their mean as "Avg".
+
+    The individual experts' accuracies must be on the same test data; None when a task is missing
+    from either row. (The merging literature after AdaMerging reports it; the paper's tables are absolute.)
+    """
+    if any(accs.get(t) is None or not individual.get(t) for t in tasks):
+        return None
+    out = {t: 100.0 * accs[t] / individual[t] for t in tasks}
+    return {**out, "Avg": sum(out.values()) / len(tasks)}
+
+
+def with_normalized(rows: Mapping[str, Mapping[str, float]], tasks: Sequence[str],
+                    individual: Mapping[str, Mapping[str, float] | None]) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """Each row with its NORMALIZED average added, and the per-task normalized rows (the `individual` rows left out).
+
+    `individual[title]` is the expert row that `rows[title]` is normalized by (ours for our rows, the
+    paper's for the paper's rows); a title absent there (a difference row) gets no value.
+    """
+    out, per_task = {}, {}
+    for title, accs in rows.items():
+        norm = normalized(accs, individual[title], tasks) if individual.get(title) else None
+        out[title] = {**accs, **({NORMALIZED: norm["Avg"]} if norm else {})}
+        if norm and title not in (INDIVIDUAL, f"{INDIVIDUAL} (paper)"):
+            per_task[title] = norm
+    return out, per_task
 
 
 # ---------------------------------------------------------------------------------------------- the paper's numbers
@@ -110,30 +146,33 @@ def paper_row(model: str, title: str, tasks: Sequence[str] | None = None) -> dic
     return out
 
 
-def with_paper(ours: Mapping[str, Mapping[str, float]], paper: Mapping[str, Mapping[str, float] | None],
+def with_paper(ours: Mapping[str, Mapping[str, float] | None], paper: Mapping[str, Mapping[str, float] | None],
                columns: Sequence[str], average: bool = True) -> tuple[dict[str, dict[str, float]], set[str]]:
     """Each of our rows, then the paper's row `<title> (paper)` and `<title> (ours - paper)` where the paper has one.
 
-    Returns the rows and the names of the difference rows (for `markdown_table(signed=...)`). With
-    `average`, every row gets an "Avg" (ours: the mean over `columns`; the paper: its own when given).
+    An entry of `ours` that is None is a row we only quote: the paper's row alone. Returns the rows and
+    the names of the difference rows (for `markdown_table(signed=...)`). With `average`, every row gets
+    an "Avg" (ours: the mean over `columns`; the paper: its own when given).
     """
+    def averaged(row: Mapping[str, float]) -> dict[str, float]:
+        out = dict(row)
+        if average and row_average(row, columns) is not None:
+            out["Avg"] = row_average(row, columns)
+        return out
+
     rows: dict[str, dict[str, float]] = {}
     signed: set[str] = set()
     for title, accs in ours.items():
-        mine = {c: accs[c] for c in columns if accs.get(c) is not None}
-        if average and row_average(accs, columns) is not None:
-            mine["Avg"] = row_average(accs, columns)
-        rows[title] = mine
-        theirs = paper.get(title)
-        if not theirs:
+        if accs is not None:
+            rows[title] = averaged({c: accs[c] for c in columns if accs.get(c) is not None})
+        if not paper.get(title):
             continue
-        theirs = dict(theirs)
-        if average and row_average(theirs, columns) is not None:
-            theirs["Avg"] = row_average(theirs, columns)
-        rows[f"{title} (paper)"] = theirs
-        diff = {c: mine[c] - theirs[c] for c in [*columns, "Avg"] if mine.get(c) is not None and theirs.get(c) is not None}
-        rows[f"{title} (ours - paper)"] = diff
-        signed.add(f"{title} (ours - paper)")
+        theirs = rows[f"{title} (paper)"] = averaged(paper[title])
+        if accs is not None:
+            mine = rows[title]
+            rows[f"{title} (ours - paper)"] = {c: mine[c] - theirs[c] for c in [*columns, "Avg"]
+                                                if mine.get(c) is not None and theirs.get(c) is not None}
+            signed.add(f"{title} (ours - paper)")
     return rows, signed
 
 
@@ -170,43 +209,61 @@ def results_path(folder: Path, method: str, overwrite: bool) -> Path:
 
 # Row order of the paper's tables; `<method>.json` files found under results/<model>/ fill them.
 TABLE_ORDER = [
-    ("zeroshot", "Zero-shot"), ("individual", "Individual"), ("weight_averaging", "Weight Averaging"),
-    ("task_arithmetic", "Task Arithmetic"), ("ties_merging", "Ties-Merging"),
+    ("zeroshot", "Zero-shot"), ("individual", "Individual"), ("multitask", "Traditional MTL"), ("weight_averaging", "Weight Averaging"),
+    ("fisher_merging", "Fisher Merging"), ("regmean", "RegMean"), ("task_arithmetic", "Task Arithmetic"), ("ties_merging", "Ties-Merging"),
     ("task_wise_adamerging", "Task-wise AdaMerging"), ("task_wise_adamergingpp", "Task-wise AdaMerging++"),
     ("layer_wise_adamerging", "Layer-wise AdaMerging"), ("layer_wise_adamergingpp", "Layer-wise AdaMerging++"),
     ("layer_wise_adamerging_supervised", "Layer-wise AdaMerging, supervised oracle"),
 ]
 
 
-def collect_results(results_dir: str | Path, model: str) -> tuple[dict[str, dict[str, float]], list[str]]:
-    """{row title: per-task accuracy} for every method result present, and the task order."""
+def collect_results(results_dir: str | Path, model: str) -> tuple[dict[str, dict[str, float]], list[str], dict[str, Any]]:
+    """{row title: per-task accuracy} for every method result present, the task order, and {row title: its test data}."""
     folder = Path(results_dir) / model
-    rows, tasks = {}, []
+    rows, tasks, test_data = {}, [], {}
     for name, title in TABLE_ORDER:
         path = folder / f"{name}.json"
         if path.is_file():
             data = json.loads(path.read_text())
-            rows[title] = data["accuracy"]
+            rows[title], test_data[title] = data["accuracy"], data.get("test_data")
             tasks = tasks or list(data["tasks"])
-    return rows, tasks
+    return rows, tasks, test_data
+
+
+def normalized_section(rows: Mapping[str, Mapping[str, float]], tasks: Sequence[str], test_data: Mapping[str, Any]) -> tuple[dict, list[str]]:
+    """Our rows with the NORMALIZED column where the Individual row exists on the same test data, and the
+    markdown lines of the per-task normalized table ([] without an Individual row)."""
+    individual = rows.get(INDIVIDUAL)
+    if individual is None:
+        return dict(rows), []
+    same = {title: individual for title in rows if test_data.get(title) == test_data.get(INDIVIDUAL)}
+    rows, per_task = with_normalized(rows, tasks, same)
+    return rows, [NORMALIZED_TEXT, "", markdown_table(per_task, tasks, label="normalized accuracy (%)")] if per_task else []
+
+
+NORMALIZED_TEXT = (f"Normalized accuracy: each task's accuracy over its individual expert's on the same test data, in %; `{NORMALIZED}` "
+                   "is their mean (as the merging literature after AdaMerging reports it; the paper's tables are absolute accuracies).")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """`python -m adamerging.reporting`: print the markdown table of results/<model>/<method>.json and
-    write it to results/<model>/table.md. Exits with a message when no result is found."""
+    write it to results/<model>/table.md (with normalized accuracy where the Individual result is there).
+    Exits with a message when no result is found."""
     import argparse
 
     p = argparse.ArgumentParser(description="Collect results/<model>/<method>.json into one table (markdown).")
     p.add_argument("--model", default="ViT-B-32")
     p.add_argument("--results-dir", default="results")
     args = p.parse_args(argv)
-    rows, tasks = collect_results(args.results_dir, args.model)
+    rows, tasks, test_data = collect_results(args.results_dir, args.model)
     if not rows:
         raise SystemExit(f"no results under {Path(args.results_dir) / args.model}")
-    table = markdown_table(rows, tasks)
+    rows, section = normalized_section(rows, tasks, test_data)
+    table = markdown_table(rows, tasks, extra=[NORMALIZED] if section else [])
     print(table)
+    text = "\n".join([f"# Results: {args.model}", "", "Accuracy (%) on each task's test split.", "", table, "", *section]).rstrip()
     with atomic_write(Path(args.results_dir) / args.model / "table.md", "w") as f:
-        f.write(f"# Results: {args.model}\n\nAccuracy (%) on each task's test split.\n\n{table}\n")
+        f.write(text + "\n")
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ from .. import pipeline
 from ..checkpoints import atomic_write
 from ..config import RunConfig
 from ..problem import parse_tasks
-from ..reporting import (TABLE_ORDER, csv_table, markdown_table, package_versions, paper_row, row_average, with_paper,
-                         write_json)
+from ..reporting import (INDIVIDUAL, NORMALIZED, NORMALIZED_TEXT, TABLE_ORDER, csv_table, markdown_table, package_versions,
+                         paper_row, row_average, with_normalized, with_paper, write_json)
 
 METHODS = pipeline.METHODS
 MAIN_METHODS = [name for name, _ in TABLE_ORDER if name in METHODS]        # paper row order
@@ -119,7 +119,7 @@ def ordering_table(ours: Mapping[str, Mapping[str, float]], tasks: Sequence[str]
     columns = ["ours"] + [f"paper {m}" for m in ("ViT-B-32", "ViT-L-14")]
     rows = {}
     for title, accs in ours.items():
-        row = {"ours": row_average(accs, tasks)}
+        row = {"ours": row_average(accs, tasks) if accs is not None else None}
         for m in ("ViT-B-32", "ViT-L-14"):
             paper = paper_row(m, title)
             row[f"paper {m}"] = paper.get("Avg") if paper else None
@@ -127,11 +127,33 @@ def ordering_table(ours: Mapping[str, Mapping[str, float]], tasks: Sequence[str]
     return markdown_table(rows, columns, average=False, label="method (average %)")
 
 
-def write_table(ctx: Context, stem: str, title: str, ours: Mapping[str, Mapping[str, float]], tasks: Sequence[str],
-                started: float, notes: Sequence[str] = ()) -> str:
-    """results/<model>/<stem>.{md,csv}: our rows, with the paper's and the differences where it reports the model."""
+def saved_individual(ctx: Context, test_data: Mapping[str, Any]) -> dict[str, float] | None:
+    """The individual experts' accuracies of results/<model>/individual.json when they were measured on
+    `test_data` (the runs' `test_data` records), else None."""
+    path = ctx.folder / f"{METHODS['individual'].name}.json"
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    return saved["accuracy"] if saved.get("test_data") == dict(test_data) else None
+
+
+def write_table(ctx: Context, stem: str, title: str, ours: Mapping[str, Mapping[str, float] | None], tasks: Sequence[str],
+                started: float, notes: Sequence[str] = (), individual: Mapping[str, float] | None = None) -> str:
+    """results/<model>/<stem>.{md,csv}: our rows, with the paper's and the differences where it reports the model.
+
+    A None row is quoted from the paper only. Where the individual experts' accuracies on the same test
+    data are known (our Individual row, or `individual`), every row gets its normalized accuracy too
+    (the paper's rows by the paper's Individual row).
+    """
     rows, signed = comparison(ctx.model, ours, tasks)
-    table = markdown_table(rows, tasks, signed=signed)
+    individual = individual or ours.get(INDIVIDUAL)
+    per_task: dict = {}
+    if individual:
+        paper_individual = paper_row(ctx.model, INDIVIDUAL, tasks)
+        references = {**{t: individual for t in ours if ours[t] is not None}, **{f"{t} (paper)": paper_individual for t in ours}}
+        rows, per_task = with_normalized(rows, tasks, references)
+    extra = [NORMALIZED] if per_task else []
+    table = markdown_table(rows, tasks, signed=signed, extra=extra)
     md = header(ctx, title, started) + [table, ""]
     if signed:
         md += [f"`(paper)`: the paper's Table {'2' if ctx.model == 'ViT-B-32' else '3'} for {ctx.model} (`Pretrained` = our "
@@ -139,9 +161,11 @@ def write_table(ctx: Context, stem: str, title: str, ours: Mapping[str, Mapping[
     else:
         md += [f"The paper reports no {ctx.model} results; its averages for the same methods, to compare the methods' order:", "",
                ordering_table(ours, tasks), ""]
+    if per_task:
+        md += [NORMALIZED_TEXT, "", markdown_table(per_task, tasks, label="normalized accuracy (%)"), ""]
     md += list(notes)
     write_text(ctx.folder / f"{stem}.md", "\n".join(md).rstrip() + "\n")
-    write_text(ctx.folder / f"{stem}.csv", csv_table(rows, tasks))
+    write_text(ctx.folder / f"{stem}.csv", csv_table(rows, tasks, extra=extra))
     print(table)
     print(f"wrote {ctx.folder / stem}.md, .csv")
     return table

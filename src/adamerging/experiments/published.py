@@ -5,7 +5,7 @@ import time
 
 from ..merging import published_table
 from ..reporting import paper_tables
-from .common import METHODS, PUBLISHED_METHODS, Context, run_method, write_table
+from .common import METHODS, PUBLISHED_METHODS, Context, run_method, saved_individual, write_table
 
 
 def check_published(model: str) -> None:
@@ -27,5 +27,6 @@ def published(ctx: Context) -> dict:
              "checkpoints, data and evaluation, not the optimisation."]
     if logs:
         notes += ["", "Final averages in the authors' training logs: " + ", ".join(f"{k} {v}" for k, v in logs.items()) + "."]
-    write_table(ctx, "published_table", "The authors' published coefficients", ours, tasks, started, notes)
+    write_table(ctx, "published_table", "The authors' published coefficients", ours, tasks, started, notes,
+                individual=saved_individual(ctx, next(iter(results.values()))["test_data"]))
     return {m: r["average"] for m, r in results.items()}

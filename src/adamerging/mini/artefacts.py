@@ -133,14 +133,30 @@ def read_manifest(folder: Path = ARTEFACT_DIR) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def write_manifest(folder: Path, info: dict) -> dict:
-    """Write manifest.json: `info` plus sha256 and size of every *.safetensors file in `folder`."""
-    files = {p.name: dict(sha256=sha256(p), bytes=p.stat().st_size) for p in sorted(folder.glob("*.safetensors"))}
-    manifest = dict(info, files=files, made_with=dict(torch=torch.__version__, machine=platform.machine(),
-                                                       processor=_cpu_name()))
+def _files(folder: Path) -> dict:
+    return {p.name: dict(sha256=sha256(p), bytes=p.stat().st_size) for p in sorted(folder.glob("*.safetensors"))}
+
+
+def made_with() -> dict:
+    """The torch version and machine that make artefacts now."""
+    return dict(torch=torch.__version__, machine=platform.machine(), processor=_cpu_name())
+
+
+def _write(folder: Path, manifest: dict) -> dict:
     with atomic_write(folder / MANIFEST, "w") as f:
         json.dump(manifest, f, indent=1)
     return manifest
+
+
+def write_manifest(folder: Path, info: dict) -> dict:
+    """Write manifest.json: `info` plus sha256 and size of every *.safetensors file in `folder`."""
+    return _write(folder, dict(info, files=_files(folder), made_with=made_with()))
+
+
+def add_to_manifest(folder: Path, info: dict) -> dict:
+    """The manifest with `info` added and every file's sha256 and size recomputed; what it says about
+    how the earlier files were made is kept."""
+    return _write(folder, dict(read_manifest(folder), **info, files=_files(folder)))
 
 
 def verify(folder: Path = ARTEFACT_DIR) -> list[str]:

@@ -2,14 +2,15 @@
 and fine-tuned experts in the real checkpoint formats.
 
     python -m adamerging.mini.build [--quick] [--data-root data/mini] [--checkpoints checkpoints/mini]
-                                    [--seed 0] [--threads 2] [--force] [--rebuild] [--artefacts DIR]
+                                    [--seed 0] [--threads 2] [--force] [--rebuild | --add-missing] [--artefacts DIR]
 
 By default the pretrained base and the experts' task vectors come from the committed artefacts
 (`artefacts/` beside this file, see artefacts.py): the build draws the data, computes the zero-shot heads
 with the text tower and writes every checkpoint in the real formats, in 20-30 seconds. `--rebuild`
 pretrains the base and fine-tunes the experts from scratch (about 15 minutes on one core) and writes
-them to `--artefacts`. See DESIGN.md beside this file for what each task stands in for and what was
-measured.
+them to `--artefacts`; `--add-missing` keeps the committed base and experts and fine-tunes and adds only
+what the artefacts lack (the multi-task model). See DESIGN.md beside this file for what each task stands
+in for and what was measured.
 """
 from __future__ import annotations
 
@@ -98,6 +99,11 @@ def _expert_key(cfg: dict, seed: int, task: str) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
+def _multitask_key(cfg: dict, seed: int, tasks: Sequence[str]) -> str:
+    """Hash of everything the multi-task model depends on: the base, its tasks and their train splits, the recipe."""
+    return hashlib.sha1(json.dumps(dict(experts=[_expert_key(cfg, seed, t) for t in tasks]), sort_keys=True).encode()).hexdigest()[:16]
+
+
 def _data_digest(splits: dict) -> str:
     """sha256 over a task's generated splits (images and labels, in split order): equal digests, equal data."""
     h = hashlib.sha256()
@@ -134,18 +140,21 @@ def _linear_probe(visual, tr, te):
 
 def build(data_root: str | Path, ckpt_dir: str | Path, quick: bool = False, seed: int = 0, threads: int | None = None,
           force: bool = False, tasks: Sequence[str] | None = None, rebuild: bool = False,
-          artefacts: str | Path = A.ARTEFACT_DIR) -> dict:
+          artefacts: str | Path = A.ARTEFACT_DIR, add_missing: bool = False) -> dict:
     """Build (or reuse, when cached with the same settings) the mini benchmark; returns its build report.
 
     `tasks`: the evaluation tasks, any of `tasks.EVAL_TASKS` (default: the final design's four). SVHN and
     DTD are the extra stand-ins: with them the generalization experiment also gets the paper's exp2 split
     (unseen SVHN). Each task's data and expert are seeded by its canonical index, so the default tasks come
-    out the same whichever others are added. Errors: ValueError naming an unknown task.
+    out the same whichever others are added. `add_missing`: with the committed base, fine-tune what the
+    artefacts lack (the multi-task model) and add it to them. Errors: ValueError naming an unknown task,
+    or `add_missing` with `rebuild` or artefacts whose base does not match.
     """
     from adamerging import checkpoints as C
     from adamerging import heads as H
     from adamerging import models as M
     from adamerging import task_vectors_format as TV
+    from adamerging.problem import MULTITASK
 
     cfg = dict(QUICK if quick else FULL)
     if tasks:
@@ -156,10 +165,13 @@ def build(data_root: str | Path, ckpt_dir: str | Path, quick: bool = False, seed
     data_root, ckpt_dir = Path(data_root), Path(ckpt_dir)
     artefacts = Path(artefacts)
     manifest = A.read_manifest(artefacts)
+    if add_missing and (rebuild or manifest.get("base_key") != _base_key(cfg, seed)):
+        raise ValueError(f"--add-missing adds to artefacts whose base this build uses ({artefacts}); not with --rebuild, "
+                         f"nor with other settings or seed")
     # a build from the committed artefacts is keyed by their hashes too, so changed artefacts rebuild
     key = _config_hash(dict(cfg, artefacts=manifest.get("files"), rebuild=rebuild), seed)
     report_path = ckpt_dir / "build_report.json"
-    if not (force or rebuild) and report_path.exists():
+    if not (force or rebuild or add_missing) and report_path.exists():
         try:
             old = json.loads(report_path.read_text())
         except json.JSONDecodeError:
@@ -264,7 +276,7 @@ def build(data_root: str | Path, ckpt_dir: str | Path, quick: bool = False, seed
             tau = A.load_task_vector(t, artefacts)
             source = "committed task vector"
         else:
-            TR.finetune_visual(ft.visual, heads[t], tr[0], tr[1], cfg["expert_steps"], batch=cfg["expert_batch"],
+            TR.finetune_visual(ft.visual, [heads[t]], [tr], cfg["expert_steps"], batch=cfg["expert_batch"],
                                lr=cfg["expert_lr"], wd=cfg["expert_wd"], seed=seed * 1000 + T.CANONICAL.index(t))
             tau = A.round_task_vector({k: v - theta0[k] for k, v in ft.visual.state_dict().items()})
             source = "fine-tuned"
@@ -282,11 +294,31 @@ def build(data_root: str | Path, ckpt_dir: str | Path, quick: bool = False, seed
         del ft
     P.stage("experts")
 
+    # ---------------------------------------------------------------- 5. traditional multi-task learning
+    # one image tower fine-tuned on every task's train split at once: the experts' recipe, heads and budget
+    mtl = copy.deepcopy(clip)
+    mtl_key = _multitask_key(cfg, seed, tasks)
+    if from_artefacts and manifest.get("multitask_key") == mtl_key:
+        tau, mtl_source = A.load_task_vector(MULTITASK, artefacts), "committed task vector"
+    else:
+        TR.finetune_visual(mtl.visual, [heads[t] for t in tasks], [data[t]["splits"]["train"] for t in tasks], cfg["expert_steps"],
+                           batch=cfg["expert_batch"], lr=cfg["expert_lr"], wd=cfg["expert_wd"], seed=seed * 1000 + len(T.CANONICAL))
+        tau, mtl_source = A.round_task_vector({k: v - theta0[k] for k, v in mtl.visual.state_dict().items()}), "fine-tuned"
+        if rebuild or add_missing:
+            A.save_task_vector(tau, MULTITASK, artefacts)
+    mtl.visual.load_state_dict({k: theta0[k] + tau[k] for k in theta0})
+    mtl.eval()
+    TV.save_image_encoder(mtl, ckpt_dir / MULTITASK / "finetuned.pt")
+    mtl_report = dict(source=mtl_source, accuracy={t: _acc(mtl.visual, heads[t], *data[t]["splits"]["test"]) for t in tasks})
+    P.log(f"  multi-task model ({mtl_source}): " + ", ".join(f"{t} {a * 100:.1f}" for t, a in mtl_report["accuracy"].items()))
+    del mtl
+    P.stage("multitask")
+
     (ckpt_dir / "tasks.txt").write_text("".join(t + "\n" for t in tasks))
     avg = lambda k: float(np.mean([report_tasks[t][k] for t in tasks]))  # noqa: E731
     report = dict(
         config_hash=key, build_version=BUILD_VERSION, quick=quick, seed=seed, threads=threads, config=cfg,
-        tasks=tasks, per_task=report_tasks,
+        tasks=tasks, per_task=report_tasks, multitask=mtl_report,
         base=(f"committed artefacts ({artefacts.name}/, manifest base_key {bkey})" if from_artefacts
               else f"pretrained by this build ({cfg['pretrain_steps']} steps)"),
         data_sha256={t: _data_digest(data[t]["splits"]) for t in tasks},
@@ -299,11 +331,17 @@ def build(data_root: str | Path, ckpt_dir: str | Path, quick: bool = False, seed
         json.dump(report, f, indent=1)
     if rebuild:
         A.write_manifest(artefacts, dict(
-            base_key=bkey, expert_keys=expert_keys, seed=seed, threads=threads, tasks=tasks,
+            base_key=bkey, expert_keys=expert_keys, multitask_key=mtl_key, seed=seed, threads=threads, tasks=tasks,
             config={k: v for k, v in cfg.items() if k != "tasks"}, timings_s=report["timings_s"],
-            per_task={t: {k: report_tasks[t][k] for k in ("zeroshot", "expert")} for t in tasks},
+            per_task={t: {"zeroshot": report_tasks[t]["zeroshot"], "expert": report_tasks[t]["expert"],
+                          "multitask": mtl_report["accuracy"][t]} for t in tasks},
             command=f"python -m adamerging.mini.build --rebuild --threads {threads} --tasks {','.join(tasks)}"))
         P.log(f"artefacts written to {artefacts} (manifest.json records their sha256)")
+    elif add_missing and mtl_source == "fine-tuned":
+        per_task = {t: dict(manifest["per_task"][t], multitask=mtl_report["accuracy"][t]) for t in tasks}
+        A.add_to_manifest(artefacts, dict(multitask_key=mtl_key, per_task=per_task, multitask_made_with=dict(
+            A.made_with(), seconds=P.timings["multitask"], command=f"python -m adamerging.mini.build --add-missing --threads {threads}")))
+        P.log(f"the multi-task model's task vector added to {artefacts}")
     P.log(f"average: zero-shot {report['average']['zeroshot'] * 100:.1f}, experts {report['average']['expert'] * 100:.1f}, "
           f"linear probe {report['average']['linear_probe'] * 100:.1f}; total {report['timings_s']['total']:.0f}s")
     return report
@@ -321,6 +359,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--rebuild", action="store_true",
                     help="pretrain the base and fine-tune the experts from scratch and write them to --artefacts "
                          "(default: use the committed ones)")
+    ap.add_argument("--add-missing", action="store_true",
+                    help="keep the committed base and experts; fine-tune what the artefacts lack (the multi-task model) and add it")
     ap.add_argument("--artefacts", default=str(A.ARTEFACT_DIR),
                     help="folder of the pretrained base and task vectors (default: the committed ones)")
     ap.add_argument("--tasks", default=None, help=f"comma-separated evaluation tasks among {', '.join(T.EVAL_TASKS)} "
@@ -328,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = ap.parse_args(argv)
     tasks = [t.strip() for t in a.tasks.split(",") if t.strip()] if a.tasks else None
     build(a.data_root, a.checkpoints, quick=a.quick, seed=a.seed, threads=a.threads, force=a.force, tasks=tasks,
-          rebuild=a.rebuild, artefacts=a.artefacts)
+          rebuild=a.rebuild, artefacts=a.artefacts, add_missing=a.add_missing)
     return 0
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -99,12 +99,14 @@ def pretrain(model: torch.nn.Module, tokenizer: Callable[[list[str]], torch.Tens
     return hist
 
 
-def finetune_visual(visual: torch.nn.Module, head_w: torch.Tensor, images: np.ndarray, labels: np.ndarray, steps: int,
-                    batch: int = 64, lr: float = 5e-4, wd: float = 0.01, warmup: int | None = None,
+def finetune_visual(visual: torch.nn.Module, heads: Sequence[torch.Tensor], data: Sequence[tuple[np.ndarray, np.ndarray]],
+                    steps: int, batch: int = 64, lr: float = 5e-4, wd: float = 0.01, warmup: int | None = None,
                     seed: int = 0) -> torch.nn.Module:
-    """Task-vectors recipe: fine-tune the image tower with the zero-shot head frozen (CE, AdamW, cosine).
+    """Task-vectors recipe: fine-tune the image tower with the zero-shot heads frozen (CE, AdamW, cosine).
 
-    head_w: [C, d] (logits = normalised features @ head_w.T); images uint8 [N, 32, 32, 3], labels
+    One task: an expert. Several (traditional multi-task learning): every step draws `batch` images of
+    each task and minimises the mean of the tasks' losses, so each task sees what its expert saw.
+    heads[i]: [C, d] (logits = normalised features @ head.T); data[i]: images uint8 [N, 32, 32, 3], labels
     int64 [N]; warmup defaults to steps / 10. Trains `visual` in place and returns it, in eval mode.
     """
     torch.manual_seed(seed)
@@ -112,13 +114,16 @@ def finetune_visual(visual: torch.nn.Module, head_w: torch.Tensor, images: np.nd
     warmup = warmup if warmup is not None else max(1, steps // 10)
     opt = torch.optim.AdamW(visual.parameters(), lr=lr, weight_decay=wd)
     visual.train()
-    Yt = torch.from_numpy(labels)
+    targets = [torch.from_numpy(labels) for _, labels in data]
     for step in range(steps):
         for pg in opt.param_groups:
             pg["lr"] = cosine_lr(step, steps, lr, warmup)
-        idx = rng.integers(0, len(images), batch)
-        f = F.normalize(visual(to_tensor(images[idx])), dim=-1)
-        loss = F.cross_entropy(f @ head_w.t(), Yt[idx])
+        losses = []
+        for head_w, (images, _), y in zip(heads, data, targets):
+            idx = rng.integers(0, len(images), batch)
+            f = F.normalize(visual(to_tensor(images[idx])), dim=-1)
+            losses.append(F.cross_entropy(f @ head_w.t(), y[idx]))
+        loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()  # one task: exactly the expert's loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -202,7 +202,11 @@ def test_generalization_robustness_and_ablations_keep_their_runs_apart(mini):
     folder = mini / "results" / "mini"
     gen = run(["generalization", *_argv(mini, "--eval-tasks", "EuroSAT", "--methods", "task_arithmetic,layer_wise_adamerging")])
     assert gen["custom"]["seen"] == ["MNIST", "SVHN"] and gen["custom"]["unseen"] == ["EuroSAT"]
-    assert "| method | MNIST | SVHN | Seen avg | EuroSAT | Unseen avg |" in (folder / "generalization.md").read_text()
+    # main-table ran first on the same test data: its individual.json normalizes each group
+    assert "| method | MNIST | SVHN | Seen avg | EuroSAT | Unseen avg | Seen norm. | Unseen norm. |" in (folder / "generalization.md").read_text()
+    individual = json.loads((folder / "individual.json").read_text())["accuracy"]
+    row = gen["custom"]["rows"]["Task Arithmetic"]
+    assert row["Unseen norm."] == pytest.approx(100 * row["EuroSAT"] / individual["EuroSAT"])
     # a variant's run: results/<model>/runs/<experiment>/<variant>/<method>.json, its .state.pt beside it
     run_file = json.loads((folder / "runs/generalization/custom/layer_wise_adamerging.json").read_text())
     assert run_file["eval_tasks"] == ["EuroSAT"] and run_file["config"]["run_dir"] == str(folder / "runs/generalization/custom")
@@ -221,6 +225,7 @@ def test_generalization_robustness_and_ablations_keep_their_runs_apart(mini):
     assert [s for s, _ in abl["trajectory"]["entropy"]] == [0, 1, 2]                  # --steps 2: evaluated every step
     assert json.loads((folder / "runs/ablations/fraction_0.1/layer_wise_adamerging.json").read_text())["config"]["adapt_fraction"] == 0.1
     assert _png(folder / "trajectory.png") and "## Fraction" in (folder / "ablations.md").read_text()
+    assert "| objective | MNIST | SVHN | EuroSAT | Avg | Norm. |" in (folder / "ablations.md").read_text()
     assert not (folder / "layer_wise_adamerging_supervised.json").exists()            # variants never land beside the main results
 
 

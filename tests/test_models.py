@@ -49,3 +49,20 @@ def test_torchvision_shim_is_idempotent_and_open_clip_imports_in_a_fresh_process
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": src, "PATH": ""})
     assert out.returncode == 0, out.stderr
     assert open_clip.__version__ in out.stdout
+
+
+def test_the_shim_leaves_a_working_torchvision_alone(tmp_path):
+    """A torchvision whose own extension defines torchvision::nms on import (torchvision 0.29's `_C_stable.so`,
+    stood in for by a package that defines the schema itself) must import after `adamerging`: defining the
+    schema first would collide with it (a process abort with the real extension)."""
+    fake = tmp_path / "torchvision"
+    fake.mkdir()
+    (fake / "__init__.py").write_text(
+        "import torch\n_LIB = torch.library.Library('torchvision', 'DEF')\n"
+        "_LIB.define('nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor')\n__version__ = 'fake'\n")
+    src = str(resources.files("adamerging").parent)
+    code = "import adamerging, torchvision; print(torchvision.__version__, torch.ops.torchvision.nms)"
+    out = subprocess.run([sys.executable, "-c", "import torch; " + code], capture_output=True, text=True,
+                         env={"PYTHONPATH": f"{tmp_path}:{src}", "PATH": ""})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith("fake")

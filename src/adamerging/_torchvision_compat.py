@@ -1,56 +1,46 @@
-"""Let `import torchvision` (and so `import open_clip`) work on CPU-only torch builds.
+"""Let `import torchvision` (and so `import open_clip`) work where torchvision's compiled ops cannot load.
 
-The only torchvision wheel that matches torch 2.13.0 here is a CUDA build. Its compiled extension
-(`torchvision/_C.so`) cannot load against a CPU torch, and torchvision's import then fails inside
-`_meta_registrations.py` with "operator torchvision::nms does not exist", because it registers fake
-kernels for two ops whose schemas the extension would have defined. We try to load the extension
-ourselves first; only when that fails do we define the two schemas (no kernels), so the import
-succeeds and everything except those detection ops works. Where torchvision works, this does nothing.
+A torchvision wheel built for CUDA, installed beside a CPU-only torch (the only torchvision that
+matches torch 2.13.0 on PyPI is such a build), cannot load its compiled extension; its import then
+fails inside `_meta_registrations.py` with "operator torchvision::nms does not exist", because it
+registers fake kernels for two ops whose schemas the extension would have defined. So torchvision is
+imported here first, as it is: where that works (any matching torchvision, whatever its extension's
+file is called), nothing else happens. Only on that one error are the two schemas defined (no
+kernels), the half-imported modules dropped and the import repeated; everything except those
+detection ops then works.
 """
 from __future__ import annotations
 
-import importlib.util
-import os
+import sys
 
 import torch
 
 _LIBRARY = None  # keeps the schema definitions alive for the life of the process
-
-
-def _extension_path() -> str | None:
-    spec = importlib.util.find_spec("torchvision")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    folder = spec.submodule_search_locations[0]
-    for name in os.listdir(folder):
-        if name.startswith("_C.") and name.endswith((".so", ".pyd")):
-            return os.path.join(folder, name)
-    return None
-
-
-def _op_defined(name: str) -> bool:
-    try:
-        getattr(torch.ops.torchvision, name)
-        return True
-    except (AttributeError, RuntimeError):
-        return False
+_MISSING_OP = "torchvision::nms"
 
 
 def ensure_torchvision_importable() -> None:
-    """Define `torchvision::nms` / `torchvision::qnms` if torchvision's extension cannot load."""
+    """Import torchvision; define `torchvision::nms` / `torchvision::qnms` first if its extension cannot load.
+
+    Any other import error (torchvision absent, a broken install) is left for the importer to meet.
+    """
     global _LIBRARY
-    if _LIBRARY is not None or _op_defined("nms"):
+    if _LIBRARY is not None:
         return
-    path = _extension_path()
-    if path is not None:
-        try:
-            torch.ops.load_library(path)
-            return
-        except (OSError, RuntimeError, ImportError):
-            pass
+    try:
+        import torchvision  # noqa: F401
+        return
+    except RuntimeError as e:
+        if _MISSING_OP not in str(e):
+            raise
+    except ImportError:
+        return
+    for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
+        del sys.modules[name]  # the failed import's half-initialised modules
     _LIBRARY = torch.library.Library("torchvision", "DEF")
     _LIBRARY.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
     _LIBRARY.define("qnms(Tensor qdets, Tensor scores, float iou_threshold) -> Tensor")
+    import torchvision  # noqa: F401,F811
 
 
 ensure_torchvision_importable()

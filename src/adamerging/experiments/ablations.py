@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Mapping
 
 from ..plotting import figure, save
-from ..reporting import markdown_table, paper_findings, paper_row, paper_tables, write_json
-from .common import METHODS, Context, header, meta, run_method, write_text
+from ..reporting import NORMALIZED_TEXT, markdown_table, paper_findings, paper_row, paper_tables, write_json
+from .common import METHODS, Context, header, meta, normalized_column, run_method, saved_individual, write_text
 
 # The paper's ablation numbers reported beside ours (keys of the "findings_ViT-B-32" entry of paper_tables.json).
 PAPER_KEYS = ("entropy", "supervised", "gain_over_ta_at_0.1_percent", "robustness_gain_range")
@@ -58,14 +58,17 @@ def ablations(ctx: Context) -> dict:
 
     objective_rows = {"Task Arithmetic": runs["ta"]["accuracy"], f"{title}, entropy (unlabeled)": runs["entropy"]["accuracy"],
                       f"{title}, supervised (labels)": runs["supervised"]["accuracy"]}
-    objective_md = markdown_table(objective_rows, tasks, label="objective")
+    individual = saved_individual(ctx, runs["entropy"]["test_data"])
+    objective_rows, extra = normalized_column(objective_rows, tasks, individual)
+    objective_md = markdown_table(objective_rows, tasks, label="objective", extra=extra)
     fraction_rows, gains = {}, {}
     for f in fractions:
         r = runs["entropy"] if f == 1.0 else runs[f"fraction {f:g}"]
         label = f"{f * 100:g} % of the test images"
         fraction_rows[label] = r["accuracy"]
         gains[label] = r["average"] - ta
-    fraction_md = markdown_table(fraction_rows, tasks, label="adaptation data")
+    fraction_rows, _ = normalized_column(fraction_rows, tasks, individual)
+    fraction_md = markdown_table(fraction_rows, tasks, label="adaptation data", extra=extra)
     curves = {"entropy": trajectory(runs["entropy"]), "supervised (oracle)": trajectory(runs["supervised"])}
     _plot_trajectory(curves, ctx.folder / "trajectory.png", ctx.model, title)
     steps = sorted({s for c in curves.values() for s, _ in c})
@@ -86,6 +89,7 @@ def ablations(ctx: Context) -> dict:
         "Average minus Task Arithmetic: " + "; ".join(f"{k}: {v:+.1f}" for k, v in gains.items()) + ". "
         "A fraction f of a task's N test images is max(1, round(f N)) images, drawn once (seeded); each step still "
         "draws its batches from them.", "",
+        *([NORMALIZED_TEXT, ""] if extra else []),
         f"## Average accuracy along the steps (evaluated every {eval_every})", "", traj_md, "", "![trajectory](trajectory.png)", "", paper_note]
     write_text(ctx.folder / "ablations.md", "\n".join(md) + "\n")
     out = {**meta(ctx, started), "method": method, "tasks": tasks, "task_arithmetic_average": ta,

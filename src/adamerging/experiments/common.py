@@ -128,13 +128,25 @@ def ordering_table(ours: Mapping[str, Mapping[str, float]], tasks: Sequence[str]
 
 
 def saved_individual(ctx: Context, test_data: Mapping[str, Any]) -> dict[str, float] | None:
-    """The individual experts' accuracies of results/<model>/individual.json when they were measured on
-    `test_data` (the runs' `test_data` records), else None."""
+    """The individual experts' accuracies of results/<model>/individual.json for the tasks of `test_data`
+    (a run's `test_data` record) that it measured on the same test data; None when there is none."""
     path = ctx.folder / f"{METHODS['individual'].name}.json"
     if not path.is_file():
         return None
     saved = json.loads(path.read_text())
-    return saved["accuracy"] if saved.get("test_data") == dict(test_data) else None
+    recorded = saved.get("test_data") or {}
+    same = {t: saved["accuracy"][t] for t, record in test_data.items() if t in saved["accuracy"] and recorded.get(t) == record}
+    return same or None
+
+
+def normalized_column(rows: Mapping[str, Mapping[str, float]], tasks: Sequence[str],
+                      individual: Mapping[str, float] | None) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """`rows` with their NORMALIZED average over `tasks` where `individual` (the experts' accuracies on the
+    same test data) covers them, and the extra column to show ([] where it does not)."""
+    if not individual:
+        return dict(rows), []
+    out, per_task = with_normalized(rows, tasks, {title: individual for title in rows})
+    return out, [NORMALIZED] if per_task else []
 
 
 def write_table(ctx: Context, stem: str, title: str, ours: Mapping[str, Mapping[str, float] | None], tasks: Sequence[str],

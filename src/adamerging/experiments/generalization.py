@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from ..problem import parse_tasks
-from ..reporting import markdown_table, paper_tables, with_paper, write_json
-from .common import COMPARED, METHODS, Context, header, mean, meta, run_method, write_text
+from ..reporting import NORMALIZED_TEXT, markdown_table, normalized, paper_tables, with_paper, write_json
+from .common import COMPARED, METHODS, Context, header, mean, meta, run_method, saved_individual, write_text
 
 
 def generalization_splits(available: Sequence[str]) -> dict[str, tuple[list[str], list[str]]]:
@@ -24,11 +24,20 @@ def generalization_splits(available: Sequence[str]) -> dict[str, tuple[list[str]
     return out
 
 
-def _seen_unseen_row(accs: Mapping[str, float], seen: Sequence[str], unseen: Sequence[str]) -> dict[str, float]:
-    """A Table 4 row: the seen and unseen tasks' accuracies and their averages."""
+NORMALIZED_COLUMNS = ("Seen norm.", "Unseen norm.")
+
+
+def _seen_unseen_row(accs: Mapping[str, float], seen: Sequence[str], unseen: Sequence[str],
+                     individual: Mapping[str, float] | None = None) -> dict[str, float]:
+    """A Table 4 row: the seen and unseen tasks' accuracies and their averages, and their normalized
+    averages where `individual` (the experts' accuracies on the same test data) covers the group."""
     row = {t: accs[t] for t in [*seen, *unseen] if t in accs}
     row["Seen avg"] = mean([accs[t] for t in seen])
     row["Unseen avg"] = mean([accs[t] for t in unseen])
+    for label, group in zip(NORMALIZED_COLUMNS, (seen, unseen)):
+        norm = normalized(accs, individual or {}, group)
+        if norm:
+            row[label] = norm["Avg"]
     return row
 
 
@@ -58,11 +67,15 @@ def generalization(ctx: Context) -> dict:
     md, out = [], {}
     for split, (seen, unseen) in splits.items():
         results = {m: run_method(ctx, m, ctx.runs(split), tasks=",".join(seen), eval_tasks=",".join(unseen)) for m in methods}
-        ours = {METHODS[m].title: _seen_unseen_row(r["accuracy"], seen, unseen) for m, r in results.items()}
-        columns = [*seen, "Seen avg", *unseen, "Unseen avg"]
+        individual = saved_individual(ctx, next(iter(results.values()))["test_data"])
+        ours = {METHODS[m].title: _seen_unseen_row(r["accuracy"], seen, unseen, individual) for m, r in results.items()}
+        normalized_columns = [c for c in NORMALIZED_COLUMNS if any(c in row for row in ours.values())]
+        columns = [*seen, "Seen avg", *unseen, "Unseen avg", *normalized_columns]
         rows, signed = with_paper(ours, _paper_generalization(ctx.model, split, seen, unseen), columns, average=False)
         table = markdown_table(rows, columns, signed=signed, average=False)
         md += [f"## {split}: seen {', '.join(seen)}; unseen {', '.join(unseen)}", "", table, ""]
+        if normalized_columns:
+            md += [NORMALIZED_TEXT + " Here per group of tasks (seen, unseen).", ""]
         out[split] = {"seen": seen, "unseen": unseen, "rows": ours, "runs": {m: r["path"] for m, r in results.items()}}
         print(table)
     notes = ["Seen tasks are merged and adapted on; unseen tasks are evaluated with the same merged encoder and their own "

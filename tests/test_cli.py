@@ -50,3 +50,13 @@ def test_a_saved_run_is_reused_only_for_an_equal_config():
     assert not same_run(saved, dataclasses.replace(config, steps=6))
     assert not same_run(saved, dataclasses.replace(config, tasks="MNIST"))
     assert not same_run({"config": {**saved["config"], "old_flag": 1}}, config)   # a result of another layout
+
+
+def test_a_misspelled_method_is_named_with_the_nearest_ones(capsys):
+    from adamerging.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["task_aritmetic", "--model", "mini"])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and len(err.splitlines()) == 1
+    assert "unknown method 'task_aritmetic'; did you mean task_arithmetic" in err

@@ -325,3 +325,16 @@ def test_add_missing_fine_tunes_only_the_multi_task_model_on_the_committed_base(
     after = A.read_manifest(art)
     assert after["multitask_key"] == manifest["multitask_key"] and after["base_key"] == manifest["base_key"]
     assert set(after["files"]) == set(manifest["files"]) and after["made_with"] == manifest["made_with"]
+
+
+def test_a_missing_package_of_the_mini_extra_is_one_line(monkeypatch, capsys):
+    import importlib.util
+
+    from adamerging.mini import build as B
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "skimage" else real(name, *a))
+    with pytest.raises(SystemExit) as exit_:
+        B.main(["--quick"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip() == 'error: the mini benchmark needs scikit-image: pip install -e ".[mini]" (or: pip install scikit-image)'

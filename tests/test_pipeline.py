@@ -68,9 +68,13 @@ def test_learned_table_reloads_and_gives_the_same_accuracies(mini):
     learned = run("layer_wise_adamerging", _argv(mini, "--steps", "4", "--lr", "0.05"))
     table_file = mini / "results" / "mini" / "layer_wise_adamerging.json"
     assert load_table(table_file).lambdas.shape == (62, 3)
-    reloaded = run("layer_wise_adamerging", _argv(mini, "--coefficients", str(table_file)))
+    before = table_file.read_bytes()
+    reloaded = run("layer_wise_adamerging", _argv(mini, "--coefficients", str(table_file)))   # with --overwrite
     assert reloaded["accuracy"] == pytest.approx(learned["accuracy"])
     assert reloaded["coefficients"]["values"] == learned["coefficients"]["values"]
+    # the reload has a result of its own: the file it read is untouched, and it names that file
+    assert table_file.read_bytes() == before and reloaded["result_name"] == "layer_wise_adamerging_reloaded"
+    assert reloaded["provenance"]["files"]["coefficients"]["path"] == str(table_file)
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt"])

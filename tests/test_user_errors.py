@@ -36,6 +36,15 @@ def test_repeated_and_unknown_task_names_are_refused(root):
         _run(mini_argv(root, tasks="MNIST,Foo"))
 
 
+def test_a_missing_data_folder_is_reported_and_not_created(root, tmp_path):
+    from adamerging.datasets import DatasetError
+
+    missing = tmp_path / "nodata"
+    with pytest.raises(DatasetError, match="nodata"):
+        _run(mini_argv(root, "--data-location", str(missing)))
+    assert not missing.exists()
+
+
 def test_abbreviated_flags_are_not_taken_for_others():
     with pytest.raises(SystemExit):
         parse_config("layer_wise_adamerging", ["--step", "5"])

@@ -2,6 +2,7 @@
 zeroshot, individual and weight_averaging."""
 from __future__ import annotations
 
+import difflib
 import sys
 from typing import Sequence
 
@@ -34,7 +35,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(usage() + "\n\nother commands (each with --help):\n" + "\n".join(f"  {k:24s} {v}" for k, v in COMMANDS.items()))
         sys.exit(0)
     if not args or args[0] not in METHODS:
-        print(usage(), file=sys.stderr)
+        if args and not args[0].startswith("-"):   # a misspelled method: name it, and the nearest ones
+            near = difflib.get_close_matches(args[0], METHODS, n=2)
+            print(f"error: unknown method {args[0]!r}" + (f"; did you mean {' or '.join(near)}?" if near else "")
+                  + f" (methods: {', '.join(METHODS)})", file=sys.stderr)
+        else:
+            print(usage(), file=sys.stderr)
         sys.exit(2)
     run_method(args[0], args[1:])
 

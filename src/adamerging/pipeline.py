@@ -29,6 +29,7 @@ from .merged_encoder import MergedEncoder
 from .merging import LAYER_WISE, TASK_WISE, CoefficientTable, constant_table, load_table, merge, one_hot_table, published_table
 from .models import VISUAL_PREFIX
 from .problem import Problem, TaskData, load_multitask, load_problem
+from .provenance import FileHashes
 from .regmean import regmean
 from .reporting import markdown_table, package_versions, require_finite, results_path, write_json
 from .run_log import TensorBoardLog, require_tensorboard, run_folder
@@ -53,6 +54,8 @@ class Method:
             name += "_supervised"
         if config.coefficients == "published":
             name += "_published"
+        elif config.coefficients:   # a table file: never replace the result it may have been read from
+            name += "_reloaded"
         return name
 
     def result_title(self, config: RunConfig) -> str:
@@ -289,6 +292,8 @@ def run(method_name: str, config: RunConfig) -> dict:
     }
     if rule_record is not None:
         result["merge_rule"] = rule_record
+    if config.coefficients and config.coefficients != "published":   # which table file made the result
+        result["provenance"]["files"]["coefficients"] = FileHashes(None).record(config.coefficients, fmt="coefficient table (json)")
     if diagnosis is not None:
         result["diagnostics"] = {k: diagnosis[k] for k in ("verdict", "checks", "spearman", "thresholds")}
     if adaptation is not None:

@@ -319,7 +319,9 @@ def load_task_vectors(config: RunConfig, vectors: str = "plain") -> TaskVectorSe
             check_same_file(task, record, files, config.allow_duplicate_experts, accepted)  # a copy is refused before it is unpickled
             files[task] = record
             yield load_expert(path, clip, theta0, record)
-    hashes = FileHashes(cache_file(cache_dir(config)))
+    # the hash cache lives in the data's cache folder: never create a data root that is not there (the
+    # missing data is reported later, naming what is expected)
+    hashes = FileHashes(cache_file(cache_dir(config)) if config.cache_dir or config.data_root.is_dir() else None)
     # hashed in a background thread while the experts load: the experts in order (each is checked
     # before it is read), theta_0's last
     hashes.prefetch(_content(p) for p in [*paths, base_path])

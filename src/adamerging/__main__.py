@@ -6,6 +6,7 @@ import difflib
 import sys
 from typing import Sequence
 
+from .cli import command_name
 from .pipeline import METHODS
 from .pipeline import main as run_method
 
@@ -22,7 +23,7 @@ COMMANDS = {
 
 def usage() -> str:
     """The one-line usage of the method command."""
-    return f"usage: python -m adamerging {{{','.join(METHODS)}}} [flags]  (--help after the method for flags)"
+    return f"usage: {command_name('adamerging')} {{{','.join(METHODS)}}} [flags]  (--help after the method for flags)"
 
 
 def main(argv: Sequence[str] | None = None) -> None:

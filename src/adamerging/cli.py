@@ -9,6 +9,7 @@ The torchrun process group, if any, is left at exit.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 from .checkpoints import CheckpointError
@@ -30,6 +31,21 @@ class RunStopped(RuntimeError):
     Subclass it for a specific reason (AdaMerging's guard against a non-finite loss) so that the
     handler here needs no import from the modules above it.
     """
+
+
+def command_name(module: str, *words: str) -> str:
+    """The command as the user typed it, for usage lines: the installed command (`adamerging-prepare`), a
+    script's file name (`main_task_arithmetic.py`), else `python -m <module>`; then `words` (an experiment).
+
+    `module`: the dotted module run by `python -m` (`adamerging.prepare`). Read from sys.argv[0].
+    """
+    arg0 = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path()
+    package = Path(__file__).resolve().parent
+    if arg0.suffix == ".py":
+        typed = f"python -m {module}" if package in arg0.resolve().parents else arg0.name
+    else:
+        typed = arg0.name if arg0.name.startswith("adamerging") else f"python -m {module}"
+    return " ".join([typed, *words])
 
 
 def error_message(error: BaseException) -> str:

@@ -201,13 +201,13 @@ def _flag(f: dataclasses.Field, standalone: bool = False) -> str:
     return f.metadata["flag"] or "--" + f.name.replace("_", "-")
 
 
-def build_parser(description: str = "", standalone_diagnostics: bool = False) -> argparse.ArgumentParser:
-    """The argparse parser of every RunConfig field, grouped as in GROUPS.
+def build_parser(description: str = "", standalone_diagnostics: bool = False, prog: str | None = None) -> argparse.ArgumentParser:
+    """The argparse parser of every RunConfig field, grouped as in GROUPS; `prog`: the command in its usage line.
 
     `standalone_diagnostics`: src/diagnose.py's flags (`--samples`, `--vectors`, ...; no `--diagnose`);
     otherwise the scripts' (`--diagnose-samples`, ...; no `--vectors`).
     """
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                      allow_abbrev=False)  # `--step 5` must not silently mean --steps
     groups = {key: parser.add_argument_group(title) for key, title in GROUPS.items()}
     for f in dataclasses.fields(RunConfig):

@@ -23,6 +23,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .cli import command_name
 from .datasets import TASKS, canonical_task, task_folder
 from .hf_datasets import HF_DATASET_REPOS
 
@@ -101,7 +102,7 @@ def main_table_command(model: str, checkpoints: str | Path, data_location: str |
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry: fetch what the plan lists (or print it with --dry-run); exit 1 on a failed fetch, 2 on bad flags."""
-    p = argparse.ArgumentParser(prog="python -m adamerging.download", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog=command_name("adamerging.download"), description=__doc__.splitlines()[0])
     p.add_argument("--source", required=True, choices=["hf"], help="where from: the Hugging Face hub")
     p.add_argument("--model", default="ViT-B-32", choices=list(HF_ARCH), help="CLIP architecture")
     p.add_argument("--tasks", default=None, help=f"comma-separated subset of {', '.join(TASKS)} (default: all 8)")

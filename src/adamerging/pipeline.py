@@ -19,7 +19,7 @@ import torch
 from .hf_export import hf_config_from_open_clip, save_hf_checkpoint
 from .adaptation import SEGMENT_FIELDS, AdaptationStopped, AdaptResult, ResumeError, adamerge, adaptation_subset
 from .checkpoints import atomic_write, save_state_dict
-from .cli import run_cli
+from .cli import command_name, run_cli
 from .config import DEFAULT_LAM, RunConfig, build_parser, config_from_namespace
 from .device import ieee_fp32
 from .distributed import Ranks, setup
@@ -111,7 +111,9 @@ def method(name: str) -> Method:
 def parse_config(method_name: str, argv: Sequence[str] | None = None) -> RunConfig:
     """The RunConfig of a method script's flags (None: sys.argv[1:]); bad flags exit 2 (argparse)."""
     description = f"{method(method_name).title}: merge CLIP image encoders fine-tuned on several tasks, evaluate every task's test split."
-    return config_from_namespace(build_parser(description).parse_args(argv))
+    typed = command_name("adamerging")
+    prog = typed if typed.endswith(".py") else f"{typed} {method_name}"   # a main_*.py script implies its method
+    return config_from_namespace(build_parser(description, prog=prog).parse_args(argv))
 
 
 def evaluate_tasks(encoder: Callable[[torch.Tensor], torch.Tensor], problem: Problem, batch_size: int,

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from . import datasets as ds
+from .cli import command_name
 
 
 # What to download for each task (printed when something is missing).
@@ -376,7 +377,7 @@ def prepare_task(task: str, downloads: str | Path, data_location: str | Path, *,
 def main(argv: list[str] | None = None) -> int:
     """CLI entry: prepare each named task; prints one line per task, errors to stderr; exit 1 if any failed."""
     p = argparse.ArgumentParser(
-        prog="python -m adamerging.prepare",
+        prog=command_name("adamerging.prepare"),
         description="Turn the official dataset downloads into the folder layouts the readers expect (standard splits).",
     )
     p.add_argument("tasks", help=f"a task ({', '.join(ds.TASKS)}), a comma-separated list, or 'all'")

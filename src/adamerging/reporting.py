@@ -14,6 +14,7 @@ from typing import Any, Collection, Mapping, Sequence
 import torch
 
 from .checkpoints import atomic_write
+from .cli import command_name
 
 
 def package_versions() -> dict[str, str]:
@@ -251,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     Exits with a message when no result is found."""
     import argparse
 
-    p = argparse.ArgumentParser(description="Collect results/<model>/<method>.json into one table (markdown).")
+    p = argparse.ArgumentParser(prog=command_name("adamerging.reporting"), description="Collect results/<model>/<method>.json into one table (markdown).")
     p.add_argument("--model", default="ViT-B-32")
     p.add_argument("--results-dir", default="results")
     args = p.parse_args(argv)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Sequence
 
-from ..cli import run_cli
+from ..cli import command_name, run_cli
 from ..config import build_parser, config_from_namespace
 from ..distributed import setup
 from ..problem import load_problem
@@ -17,7 +17,8 @@ DESCRIPTION = ("Will AdaMerging help on these models? Checks on a labeled sample
 
 def diagnose(argv: Sequence[str] | None = None) -> dict:
     """src/diagnose.py without the error handling: parse, load, measure, print, write; returns the report."""
-    config = config_from_namespace(build_parser(DESCRIPTION, standalone_diagnostics=True).parse_args(argv))
+    config = config_from_namespace(build_parser(DESCRIPTION, standalone_diagnostics=True,
+                                                      prog=command_name("adamerging.diagnostics")).parse_args(argv))
     ranks, device, _ = setup(config.device, config.precision)  # checks --device; under torchrun, this rank's GPU
     config = replace(config, device=device)
     timings: dict[str, float] = {}

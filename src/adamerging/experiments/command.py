@@ -30,7 +30,7 @@ import argparse
 from typing import Callable, Sequence
 
 from .. import pipeline
-from ..cli import run_cli
+from ..cli import command_name, run_cli
 from ..corruptions import CORRUPTIONS
 from ..distributed import setup
 from .ablations import ablations
@@ -86,7 +86,7 @@ def _fractions(text: str) -> list[float]:
 def build_parser(experiment: str) -> argparse.ArgumentParser:
     """The experiment's own flags; every other flag is forwarded to the pipeline (allow_abbrev off, so
     a pipeline flag is never mistaken for a prefix of one of these)."""
-    p = argparse.ArgumentParser(prog=f"python -m adamerging.experiments {experiment}", allow_abbrev=False,
+    p = argparse.ArgumentParser(prog=command_name("adamerging.experiments", experiment), allow_abbrev=False,
                                 description=(EXPERIMENTS[experiment].__doc__ or "").strip() if experiment in EXPERIMENTS else "every experiment",
                                 epilog="Every other flag goes to each method run: python -m adamerging task_arithmetic --help lists them.")
     p.add_argument("--skip-existing", action="store_true", help="reuse a method run's JSON when it exists with the same tasks and settings")
@@ -111,11 +111,12 @@ def build_parser(experiment: str) -> argparse.ArgumentParser:
 
 def parse(argv: Sequence[str]) -> Context:
     """The experiment, its own flags, and the run configuration of the forwarded flags (unknown flags: exit 2)."""
-    if argv and argv[0] in ("-h", "--help"):
-        print(__doc__)
+    if argv and argv[0] in ("-h", "--help"):   # the docstring for users: as typed, without the module map
+        print(__doc__.split("\nOne module per experiment")[0].replace("python -m adamerging.experiments",
+                                                                         command_name("adamerging.experiments")))
         raise SystemExit(0)
     if not argv or argv[0] not in [*EXPERIMENTS, "all"]:
-        raise ValueError(f"usage: python -m adamerging.experiments {{{','.join([*EXPERIMENTS, 'all'])}}} [flags]  (--help for details)")
+        raise ValueError(f"usage: {command_name('adamerging.experiments')} {{{','.join([*EXPERIMENTS, 'all'])}}} [flags]  (--help for details)")
     experiment, rest = argv[0], list(argv[1:])
     options, passthrough = build_parser(experiment).parse_known_args(rest)
     base = pipeline.parse_config("task_arithmetic", passthrough)   # rejects unknown flags early

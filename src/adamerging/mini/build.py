@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..cli import command_name
 from . import artefacts as A, layouts, tasks as T, train as TR
 
 BUILD_VERSION = 2
@@ -354,7 +355,7 @@ MINI_PACKAGES = {"sklearn": "scikit-learn", "skimage": "scikit-image", "mlxtend"
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m adamerging.mini.build`: parse the arguments and build the mini benchmark; returns 0."""
-    ap = argparse.ArgumentParser(prog="python -m adamerging.mini.build", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog=command_name("adamerging.mini.build"), description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="a reduced benchmark (same files and layouts) in seconds")
     ap.add_argument("--data-root", default="data/mini")
     ap.add_argument("--checkpoints", default="checkpoints/mini")

@@ -338,3 +338,27 @@ def test_a_missing_package_of_the_mini_extra_is_one_line(monkeypatch, capsys):
         B.main(["--quick"])
     assert exit_.value.code == 2
     assert capsys.readouterr().err.strip() == 'error: the mini benchmark needs scikit-image: pip install -e ".[mini]" (or: pip install scikit-image)'
+
+
+def test_results_made_on_a_quick_build_say_so(quick_build, tmp_path):
+    data, ckpt, _ = quick_build
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "mini").symlink_to(ckpt)   # the runs read <checkpoints>/<model>/
+    env = dict(__import__("os").environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1")
+    results = tmp_path / "results"
+    run = subprocess.run([sys.executable, "-m", "adamerging", "zeroshot", "--model", "mini", "--checkpoints", str(tmp_path / "ckpt"),
+                          "--data-location", str(data), "--cache-dir", str(tmp_path / "cache"), "--results-dir", str(results),
+                          "--device", "cpu", "--no-progress"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "quick mini build" in run.stderr
+    saved = json.loads((results / "mini" / "zeroshot.json").read_text())
+    assert saved["provenance"]["mini_build"]["quick"] is True
+    assert saved["provenance"]["mini_build"]["config_hash"] == json.loads((ckpt / "build_report.json").read_text())["config_hash"]
+
+    from adamerging import reporting
+    reporting.main(["--model", "mini", "--results-dir", str(results)])
+    assert "Zero-shot: made on a quick mini build" in (results / "mini" / "table.md").read_text()
+    saved["provenance"]["mini_build"]["quick"] = False   # the same result from a full build: no warning
+    (results / "mini" / "zeroshot.json").write_text(json.dumps(saved))
+    reporting.main(["--model", "mini", "--results-dir", str(results)])
+    assert "quick" not in (results / "mini" / "table.md").read_text()

@@ -24,8 +24,8 @@ from .heads import Head, head_from_checkpoint, load_head, zeroshot_weights
 from .merging import TaskVectors, task_vectors, ties_select, zero_task_vectors
 from .models import (VISUAL_PREFIX, create_clip, encoder_state_dict, get_tokenizer, image_size, load_clip_weights, load_encoder_weights,
                      normalization)
-from .provenance import (HASH_NOTE, FileHashes, cache_file, check_experts, check_same_file, checkpoint_format, task_vector_record,
-                         task_vector_stats)
+from .provenance import (HASH_NOTE, FileHashes, cache_file, check_experts, check_same_file, checkpoint_format, mini_build,
+                         task_vector_record, task_vector_stats)
 from .task_vectors_format import save_classification_head
 
 
@@ -337,6 +337,8 @@ def load_task_vectors(config: RunConfig, vectors: str = "plain") -> TaskVectorSe
     provenance = {"hash": HASH_NOTE, "files": {"zeroshot": zeroshot, "finetuned": files}, "task_vectors": task_vector_record(stats, tasks),
                   "accepted_warnings": accepted,
                   "seconds": {"hashing_in_background": round(hashes.seconds, 3), "norms_and_cosines": round(time.perf_counter() - started, 3)}}
+    if (build := mini_build(model_dir)) is not None:
+        provenance["mini_build"] = build
     if vectors == "none":  # checked above like every method's experts; the method reads them itself
         tau = {k: zero_task_vectors(len(tasks), v.shape) for k, v in theta0.items() if v.is_floating_point()}
     elif vectors == "ties":

@@ -231,6 +231,27 @@ def task_vector_record(stats: dict, tasks: Sequence[str]) -> dict:
             "limits": {"max_norm_ratio": MAX_NORM_RATIO, "duplicate_cosine": DUPLICATE_COSINE}}
 
 
+QUICK_BUILD_NOTE = ("made on a quick mini build (`adamerging-mini-build --quick`: tiny sizes, for tests), "
+                    "not the mini benchmark's numbers; build without --quick for those")
+
+
+def mini_build(model_dir: str | Path) -> dict | None:
+    """Which mini benchmark build a run read, from <model_dir>/build_report.json (written by the mini
+    build): {"quick", "config_hash", "build_version", "base"}; None where there is no such report
+    (real checkpoints). A quick build is logged as a warning: its numbers are not the benchmark's."""
+    path = Path(model_dir) / "build_report.json"
+    if not path.is_file():
+        return None
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable mini build report ({e}); rebuild with adamerging-mini-build --force") from None
+    record = {k: report.get(k) for k in ("quick", "config_hash", "build_version", "base")}
+    if record["quick"]:
+        log.warning("%s: %s", model_dir, QUICK_BUILD_NOTE)
+    return record
+
+
 def cache_file(cache_dir: str | Path) -> Path:
     """Where `FileHashes` keeps its cache in a run's cache folder."""
     return Path(cache_dir) / CACHE_FILE

@@ -15,6 +15,7 @@ import torch
 
 from .checkpoints import atomic_write
 from .cli import command_name
+from .provenance import QUICK_BUILD_NOTE
 
 
 def package_versions() -> dict[str, str]:
@@ -218,17 +219,20 @@ TABLE_ORDER = [
 ]
 
 
-def collect_results(results_dir: str | Path, model: str) -> tuple[dict[str, dict[str, float]], list[str], dict[str, Any]]:
-    """{row title: per-task accuracy} for every method result present, the task order, and {row title: its test data}."""
+def collect_results(results_dir: str | Path, model: str) -> tuple[dict[str, dict[str, float]], list[str], dict[str, Any], list[str]]:
+    """{row title: per-task accuracy} for every method result present, the task order, {row title: its
+    test data}, and the titles of the rows made on a quick mini build (provenance "mini_build")."""
     folder = Path(results_dir) / model
-    rows, tasks, test_data = {}, [], {}
+    rows, tasks, test_data, quick = {}, [], {}, []
     for name, title in TABLE_ORDER:
         path = folder / f"{name}.json"
         if path.is_file():
             data = json.loads(path.read_text())
             rows[title], test_data[title] = data["accuracy"], data.get("test_data")
             tasks = tasks or list(data["tasks"])
-    return rows, tasks, test_data
+            if ((data.get("provenance") or {}).get("mini_build") or {}).get("quick"):
+                quick.append(title)
+    return rows, tasks, test_data, quick
 
 
 def normalized_section(rows: Mapping[str, Mapping[str, float]], tasks: Sequence[str], test_data: Mapping[str, Any]) -> tuple[dict, list[str]]:
@@ -256,13 +260,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--model", default="ViT-B-32")
     p.add_argument("--results-dir", default="results")
     args = p.parse_args(argv)
-    rows, tasks, test_data = collect_results(args.results_dir, args.model)
+    rows, tasks, test_data, quick = collect_results(args.results_dir, args.model)
     if not rows:
         raise SystemExit(f"no results under {Path(args.results_dir) / args.model}")
     rows, section = normalized_section(rows, tasks, test_data)
     table = markdown_table(rows, tasks, extra=[NORMALIZED] if section else [])
-    print(table)
-    text = "\n".join([f"# Results: {args.model}", "", "Accuracy (%) on each task's test split.", "", table, "", *section]).rstrip()
+    warning = [f"**Warning**: {', '.join(quick)}: {QUICK_BUILD_NOTE}.", ""] if quick else []
+    print("\n".join([table, *warning]).rstrip())
+    text = "\n".join([f"# Results: {args.model}", "", *warning, "Accuracy (%) on each task's test split.", "", table, "", *section]).rstrip()
     with atomic_write(Path(args.results_dir) / args.model / "table.md", "w") as f:
         f.write(text + "\n")
 

@@ -173,6 +173,26 @@ def test_results_table_collects_methods_in_paper_order(mini):
     assert "| method | MNIST | SVHN | EuroSAT | Avg |" in text
 
 
+def test_a_run_prints_its_normalized_accuracy_when_the_experts_result_is_there(mini, tmp_path, capsys):
+    argv = _argv(mini, "--results-dir", str(tmp_path / "results"))
+    run("task_arithmetic", argv)
+    assert "Norm." not in capsys.readouterr().out          # no individual.json yet
+    individual = run("individual", argv)
+    assert "Norm." not in capsys.readouterr().out          # the experts are the reference, not normalized
+    ta = run("task_arithmetic", argv)
+    out = capsys.readouterr().out
+    norm = sum(100 * ta["accuracy"][t] / individual["accuracy"][t] for t in TASKS) / len(TASKS)
+    assert "| method | MNIST | SVHN | EuroSAT | Avg | Norm. |" in out and f" | {norm:.1f} |" in out
+    run("task_arithmetic", [*argv, "--tasks", "MNIST,SVHN"])
+    assert "Norm." in capsys.readouterr().out              # a subset of the experts' tasks: still normalized
+    saved = tmp_path / "results" / "mini" / "individual.json"
+    experts = json.loads(saved.read_text())
+    experts["test_data"]["SVHN"]["n_images"] += 1           # the experts were scored on other SVHN test data
+    saved.write_text(json.dumps(experts))
+    run("task_arithmetic", argv)
+    assert "Norm." not in capsys.readouterr().out
+
+
 def test_generalization_corruption_and_data_fraction_flags(mini):
     gen = run("layer_wise_adamerging", _argv(mini, "--steps", "2", "--eval-tasks", "EuroSAT", tasks="MNIST,SVHN"))
     assert gen["tasks"] == ["MNIST", "SVHN"] and gen["eval_tasks"] == ["EuroSAT"]

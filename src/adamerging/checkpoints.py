@@ -15,7 +15,6 @@ from __future__ import annotations
 import _compat_pickle
 import collections
 import contextlib
-import copyreg
 import ctypes
 import ctypes.util
 import io

@@ -600,7 +600,6 @@ def _choose_test_split(task: str, task_dir: Path, wanted: str | None) -> tuple[s
         return choices[0], "default"
     present = [c for c in choices if _test_split_path(task, task_dir, c).is_dir()]
     if len(present) > 1:
-        others = ", ".join(f"{c}/" for c in present[1:])
         log.warning("%s: both %s hold a test split candidate; using %s (the task-vectors choice; the AdaMerging "
                     "fork reads test/): pass --test-split %s=<%s> to choose", task,
                     " and ".join(str(_test_split_path(task, task_dir, c)) for c in present),

@@ -31,7 +31,7 @@ from .models import VISUAL_PREFIX
 from .problem import Problem, TaskData, load_multitask, load_problem
 from .provenance import FileHashes
 from .regmean import regmean
-from .reporting import markdown_table, package_versions, require_finite, results_path, write_json
+from .reporting import markdown_table, normalized_column, package_versions, require_finite, results_path, saved_individual, write_json
 from .run_log import TensorBoardLog, require_tensorboard, run_folder
 
 
@@ -281,7 +281,10 @@ def run(method_name: str, config: RunConfig) -> dict:
         save_merged(merged_state(problem, table, params, config.device), problem, config)
         print(f"wrote the merged image encoder to {config.save_merged} ({config.save_format})")
     name = m.result_name(config)
-    print(markdown_table({m.result_title(config): accs}, problem.tasks + [t.name for t in problem.eval_data]))
+    # with its normalized accuracy where the individual experts' result on the same test data is there
+    individual = saved_individual(config.output_dir, problem.test_data) if m.name != "individual" else None
+    row, extra = normalized_column({m.result_title(config): accs}, problem.tasks, individual)
+    print(markdown_table(row, problem.tasks + [t.name for t in problem.eval_data], extra=extra))
     timings["total"] = time.perf_counter() - started
     result = {
         "method": m.name, "title": m.title, "model": config.model, "tasks": problem.tasks,

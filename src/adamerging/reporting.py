@@ -113,6 +113,29 @@ def with_normalized(rows: Mapping[str, Mapping[str, float]], tasks: Sequence[str
     return out, per_task
 
 
+def saved_individual(folder: str | Path, test_data: Mapping[str, Any]) -> dict[str, float] | None:
+    """The individual experts' accuracies of <folder>/individual.json (folder: results/<model>) for the
+    tasks of `test_data` (a run's `test_data` record) that it measured on the same test data; None when
+    there is none."""
+    path = Path(folder) / "individual.json"
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    recorded = saved.get("test_data") or {}
+    same = {t: saved["accuracy"][t] for t, record in test_data.items() if t in saved["accuracy"] and recorded.get(t) == record}
+    return same or None
+
+
+def normalized_column(rows: Mapping[str, Mapping[str, float]], tasks: Sequence[str],
+                      individual: Mapping[str, float] | None) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """`rows` with their NORMALIZED average over `tasks` where `individual` (the experts' accuracies on the
+    same test data) covers them, and the extra column to show ([] where it does not)."""
+    if not individual:
+        return dict(rows), []
+    out, per_task = with_normalized(rows, tasks, {title: individual for title in rows})
+    return out, [NORMALIZED] if per_task else []
+
+
 # ---------------------------------------------------------------------------------------------- the paper's numbers
 
 # Our row titles that the paper spells differently.

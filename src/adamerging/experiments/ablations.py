@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Mapping
 
 from ..plotting import figure, save
-from ..reporting import NORMALIZED_TEXT, markdown_table, paper_findings, paper_row, paper_tables, write_json
-from .common import METHODS, Context, header, meta, normalized_column, run_method, saved_individual, write_text
+from ..reporting import (NORMALIZED_TEXT, markdown_table, normalized_column, paper_findings, paper_row, paper_tables, saved_individual,
+                         write_json)
+from .common import METHODS, Context, header, meta, run_method, write_text
 
 # The paper's ablation numbers reported beside ours (keys of the "findings_ViT-B-32" entry of paper_tables.json).
 PAPER_KEYS = ("entropy", "supervised", "gain_over_ta_at_0.1_percent", "robustness_gain_range")
@@ -58,7 +59,7 @@ def ablations(ctx: Context) -> dict:
 
     objective_rows = {"Task Arithmetic": runs["ta"]["accuracy"], f"{title}, entropy (unlabeled)": runs["entropy"]["accuracy"],
                       f"{title}, supervised (labels)": runs["supervised"]["accuracy"]}
-    individual = saved_individual(ctx, runs["entropy"]["test_data"])
+    individual = saved_individual(ctx.folder, runs["entropy"]["test_data"])
     objective_rows, extra = normalized_column(objective_rows, tasks, individual)
     objective_md = markdown_table(objective_rows, tasks, label="objective", extra=extra)
     fraction_rows, gains = {}, {}

@@ -15,7 +15,7 @@ from ..checkpoints import atomic_write
 from ..config import RunConfig
 from ..problem import parse_tasks
 from ..reporting import (INDIVIDUAL, NORMALIZED, NORMALIZED_TEXT, TABLE_ORDER, csv_table, markdown_table, package_versions,
-                         paper_row, row_average, with_normalized, with_paper, write_json)
+                         paper_row, row_average, with_normalized, with_paper)
 
 METHODS = pipeline.METHODS
 MAIN_METHODS = [name for name, _ in TABLE_ORDER if name in METHODS]        # paper row order
@@ -125,28 +125,6 @@ def ordering_table(ours: Mapping[str, Mapping[str, float]], tasks: Sequence[str]
             row[f"paper {m}"] = paper.get("Avg") if paper else None
         rows[title] = row
     return markdown_table(rows, columns, average=False, label="method (average %)")
-
-
-def saved_individual(ctx: Context, test_data: Mapping[str, Any]) -> dict[str, float] | None:
-    """The individual experts' accuracies of results/<model>/individual.json for the tasks of `test_data`
-    (a run's `test_data` record) that it measured on the same test data; None when there is none."""
-    path = ctx.folder / f"{METHODS['individual'].name}.json"
-    if not path.is_file():
-        return None
-    saved = json.loads(path.read_text())
-    recorded = saved.get("test_data") or {}
-    same = {t: saved["accuracy"][t] for t, record in test_data.items() if t in saved["accuracy"] and recorded.get(t) == record}
-    return same or None
-
-
-def normalized_column(rows: Mapping[str, Mapping[str, float]], tasks: Sequence[str],
-                      individual: Mapping[str, float] | None) -> tuple[dict[str, dict[str, float]], list[str]]:
-    """`rows` with their NORMALIZED average over `tasks` where `individual` (the experts' accuracies on the
-    same test data) covers them, and the extra column to show ([] where it does not)."""
-    if not individual:
-        return dict(rows), []
-    out, per_task = with_normalized(rows, tasks, {title: individual for title in rows})
-    return out, [NORMALIZED] if per_task else []
 
 
 def write_table(ctx: Context, stem: str, title: str, ours: Mapping[str, Mapping[str, float] | None], tasks: Sequence[str],

@@ -7,7 +7,8 @@ from typing import Mapping, Sequence
 
 from ..problem import parse_tasks
 from ..reporting import NORMALIZED_TEXT, markdown_table, normalized, paper_tables, with_paper, write_json
-from .common import COMPARED, METHODS, Context, header, mean, meta, run_method, saved_individual, write_text
+from ..reporting import saved_individual
+from .common import COMPARED, METHODS, Context, header, mean, meta, run_method, write_text
 
 
 def generalization_splits(available: Sequence[str]) -> dict[str, tuple[list[str], list[str]]]:
@@ -67,7 +68,7 @@ def generalization(ctx: Context) -> dict:
     md, out = [], {}
     for split, (seen, unseen) in splits.items():
         results = {m: run_method(ctx, m, ctx.runs(split), tasks=",".join(seen), eval_tasks=",".join(unseen)) for m in methods}
-        individual = saved_individual(ctx, next(iter(results.values()))["test_data"])
+        individual = saved_individual(ctx.folder, next(iter(results.values()))["test_data"])
         ours = {METHODS[m].title: _seen_unseen_row(r["accuracy"], seen, unseen, individual) for m, r in results.items()}
         normalized_columns = [c for c in NORMALIZED_COLUMNS if any(c in row for row in ours.values())]
         columns = [*seen, "Seen avg", *unseen, "Unseen avg", *normalized_columns]

@@ -5,7 +5,8 @@ import time
 
 from ..merging import published_table
 from ..reporting import paper_tables
-from .common import METHODS, PUBLISHED_METHODS, Context, run_method, saved_individual, write_table
+from ..reporting import saved_individual
+from .common import METHODS, PUBLISHED_METHODS, Context, run_method, write_table
 
 
 def check_published(model: str) -> None:
@@ -28,5 +29,5 @@ def published(ctx: Context) -> dict:
     if logs:
         notes += ["", "Final averages in the authors' training logs: " + ", ".join(f"{k} {v}" for k, v in logs.items()) + "."]
     write_table(ctx, "published_table", "The authors' published coefficients", ours, tasks, started, notes,
-                individual=saved_individual(ctx, next(iter(results.values()))["test_data"]))
+                individual=saved_individual(ctx.folder, next(iter(results.values()))["test_data"]))
     return {m: r["average"] for m, r in results.items()}

@@ -51,8 +51,6 @@ def pretrain(model: torch.nn.Module, tokenizer: Callable[[list[str]], torch.Tens
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    sizes = np.array([len(p["labels"]) for p in pool])
-    offsets = np.concatenate([[0], np.cumsum(sizes)])
     X = np.concatenate([p["images"] for p in pool])
     G = np.concatenate([np.full(len(p["labels"]), i) for i, p in enumerate(pool)])
     Y = np.concatenate([p["labels"] for p in pool])

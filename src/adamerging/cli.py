@@ -1,6 +1,7 @@
 """The one command-line error handler of every script: a user mistake prints one line, never a traceback.
 
-Used by the method scripts (`pipeline.main`), `src/diagnose.py` and `python -m adamerging.experiments`.
+Used by every command: the method scripts (`pipeline.main`), `src/diagnose.py`, `python -m adamerging.experiments`
+and, for usage lines (`command_name`), prepare, download, the mini build and the report.
 Exit codes: 0 done; 2 a user error (missing file, unreadable checkpoint or dataset, bad value or key);
 3 a run that stopped early with its state saved (`RunStopped`, e.g. AdaMerging's non-finite-loss guard),
 or that ran out of device memory; 130 interrupted (Ctrl-C; the message may say where the state was saved).

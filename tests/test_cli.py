@@ -1,10 +1,12 @@
 """The one command-line error handler: exit codes and one-line messages; and the experiments' reuse rule."""
 import dataclasses
+from pathlib import Path
 
 import pytest
 
 from adamerging.checkpoints import CheckpointError
-from adamerging.cli import RunStopped, run_cli
+import adamerging
+from adamerging.cli import RunStopped, command_name, run_cli
 from adamerging.config import RunConfig
 from adamerging.datasets import DatasetError
 
@@ -60,3 +62,15 @@ def test_a_misspelled_method_is_named_with_the_nearest_ones(capsys):
     err = capsys.readouterr().err.strip()
     assert exit_.value.code == 2 and len(err.splitlines()) == 1
     assert "unknown method 'task_aritmetic'; did you mean task_arithmetic" in err
+
+
+@pytest.mark.parametrize("argv0, expected", [
+    ("/env/bin/adamerging-prepare", "adamerging-prepare"),                                # the installed command
+    (str(Path(adamerging.__file__).parent / "prepare.py"), "python -m adamerging.prepare"),  # python -m
+    ("src/main_task_arithmetic.py", "main_task_arithmetic.py"),                          # a script, as argparse names it
+    ("-c", "python -m adamerging.prepare"),                                               # python -c / embedded
+])
+def test_usage_lines_name_the_command_as_typed(monkeypatch, argv0, expected):
+    monkeypatch.setattr("sys.argv", [argv0, "--help"])
+    assert command_name("adamerging.prepare") == expected
+    assert command_name("adamerging.prepare", "x") == expected + " x"

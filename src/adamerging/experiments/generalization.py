@@ -6,8 +6,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from ..problem import parse_tasks
-from ..reporting import NORMALIZED_TEXT, markdown_table, normalized, paper_tables, with_paper, write_json
-from ..reporting import saved_individual
+from ..reporting import NORMALIZED_TEXT, markdown_table, normalized, paper_tables, saved_individual, with_paper, write_json
 from .common import COMPARED, METHODS, Context, header, mean, meta, run_method, write_text
 
 

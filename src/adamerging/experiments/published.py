@@ -4,8 +4,7 @@ from __future__ import annotations
 import time
 
 from ..merging import published_table
-from ..reporting import paper_tables
-from ..reporting import saved_individual
+from ..reporting import paper_tables, saved_individual
 from .common import METHODS, PUBLISHED_METHODS, Context, run_method, write_table
 
 

@@ -27,7 +27,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import adamerging  # noqa: E402,F401  (first: its THP_MEM_ALLOC_ENABLE default must precede torch, as in the scripts)
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from adamerging.adaptation import Lambdas, adamerge, softmax_entropy  # noqa: E402
@@ -35,7 +34,8 @@ from adamerging.config import RunConfig  # noqa: E402
 from adamerging.device import set_precision  # noqa: E402
 from adamerging.evaluation import Normalizer  # noqa: E402
 from adamerging.heads import Head  # noqa: E402
-from adamerging.merged_encoder import MergedEncoder, autocast  # noqa: E402
+from adamerging.device import autocast  # noqa: E402
+from adamerging.merged_encoder import MergedEncoder  # noqa: E402
 from adamerging.merging import zero_task_vectors  # noqa: E402
 from adamerging.models import VISUAL_PREFIX, create_clip, encoder_state_dict, image_size, normalization  # noqa: E402
 from adamerging.problem import TaskData  # noqa: E402

@@ -80,7 +80,7 @@ def plan_for(config: RunConfig, device: torch.device) -> Plan:
     """The step plan of `config.adapt_mode` on `device`. auto: fused off CUDA (host memory is not
     planned for), else measured on the first step; chunked without --adapt-chunk: one batch
     (--batch-size-adapt images) per chunk off CUDA, else measured."""
-    per_task = config.batch_size_adapt * config.batches_per_step
+    per_task = config.images_per_task
     cuda = free_bytes(device) is not None
     if config.adapt_mode == "auto":
         return Plan("auto", 0, auto=True) if cuda else Plan("fused")
@@ -114,7 +114,7 @@ class AdaMerging:
     generator: torch.Generator     # the sampler
     ranks: Ranks = Ranks()
     plan: Plan = field(default_factory=lambda: Plan("fused"))
-    feed: "Feed | None" = None     # this rank's step images on the device (built by `adamerge`)
+    feed: "Feed | None" = None     # this rank's step images on the device (built on the first step)
 
     @property
     def mine(self) -> list[int]:
@@ -132,10 +132,11 @@ def adamerging_step(run: AdaMerging) -> float:
     The loss and its finiteness come to the host together: the step's one transfer.
     """
     config = run.config
-    per_task = config.batch_size_adapt * config.batches_per_step
+    per_task = config.images_per_task
     batches = [sample(t, per_task, run.generator) for t in run.tasks]      # 1. unlabeled test batches B_k
-    feed = run.feed or Feed(run.tasks, run.mine, run.merged.device, per_task, run.generator)
-    images = feed.images(batches)
+    if run.feed is None:   # once per run: the images' place is decided on the first step
+        run.feed = Feed(run.tasks, run.mine, run.merged.device, per_task, run.generator)
+    images = run.feed.images(batches)
     run.optimizer.zero_grad(set_to_none=True)
     lambdas = run.lambdas()                                                 # 2. theta(lambdas), once per step (in `backward`)
 
@@ -153,7 +154,7 @@ def adamerging_step(run: AdaMerging) -> float:
     grad = run.lambdas.raw.grad if run.lambdas.raw.grad is not None else torch.zeros_like(run.lambdas.raw)
     run.ranks.all_reduce_(grad)
     run.ranks.all_reduce_(loss)
-    feed.prefetch()                                                         # the next step's images, while the device works
+    run.feed.prefetch()                                                     # the next step's images, while the device works
     value, finite = torch.stack([loss.float(), (torch.isfinite(grad).all() & torch.isfinite(loss)).float()]).tolist()
     if not finite:
         raise FloatingPointError("the loss or its gradient is NaN/inf")
@@ -393,8 +394,7 @@ def adamerge(merged: MergedEncoder, tasks: Sequence[TaskData], normalize: Normal
     lambdas = Lambdas(rows, merged.num_tasks, config.init, config.clamp).to(merged.device)
     run = AdaMerging(merged, lambdas, torch.optim.Adam(lambdas.parameters(), lr=config.lr), tasks, normalize, config,
                      torch.Generator().manual_seed(config.seed), ranks, plan_for(config, merged.device))
-    per_task = config.batch_size_adapt * config.batches_per_step
-    run.feed = Feed(tasks, run.mine, merged.device, per_task, run.generator)
+    per_task = config.images_per_task
     names = [t.name for t in tasks]
     entries = list(merged.entries) if rows > 1 else None
     trajectory: list[dict] = []

@@ -176,6 +176,11 @@ class RunConfig:
         return not self.no_clamp
 
     @property
+    def images_per_task(self) -> int:
+        """Images of each task in one AdaMerging step: --batches-per-step batches of --batch-size-adapt."""
+        return self.batch_size_adapt * self.batches_per_step
+
+    @property
     def data_root(self) -> Path:
         """Root of the datasets: --data-location, else data/ (data/mini for --model mini)."""
         return Path(self.data_location or ("data/mini" if self.model == "mini" else "data"))

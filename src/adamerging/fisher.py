@@ -16,9 +16,10 @@ The batch-level square is FusionBench's estimator, not the paper's per-example e
 batch's summed gradient adds cross-example terms, so the estimate depends on the batch size (32).
 
 Memory: the experts are read from their files one at a time (the problem holds no task vectors for
-this method: loading computes them once for the checks on the experts, then drops them) and sum_t w_t theta_t and sum_t w_t are accumulated, so besides theta_0 one expert, its
-gradient, its Fisher diagonal and the two sums are held (5 model-size fp32 tensor sets), plus the
-activations of one `--micro-batch-size` chunk (a batch's gradient is summed over its chunks).
+this method: loading computes them once for the checks on the experts, then drops them), and
+sum_t w_t theta_t and sum_t w_t are accumulated, so besides theta_0 one expert, its gradient, its
+Fisher diagonal and the two sums are held (5 model-size fp32 tensor sets), plus the activations of
+one `--micro-batch-size` chunk (a batch's gradient is summed over its chunks).
 """
 from __future__ import annotations
 

@@ -20,8 +20,6 @@ from .device import autocast, ieee_fp32
 from .merging import TaskVectors, coefficient_row, is_zero_view, merge_entry, merge_entry_lambdas_grad
 from .models import VISUAL_PREFIX
 
-__all__ = ["MergedEncoder", "autocast"]
-
 
 class MergedEncoder:
     """The image encoder at theta_0 + sum_t lambda_t tau_t, evaluated functionally on `device`.

@@ -298,7 +298,8 @@ def run(method_name: str, config: RunConfig) -> dict:
     if rule_record is not None:
         result["merge_rule"] = rule_record
     if config.coefficients and config.coefficients != "published":   # which table file made the result
-        result["provenance"]["files"]["coefficients"] = FileHashes(None).record(config.coefficients, fmt="coefficient table (json)")
+        table_file = FileHashes(None).record(config.coefficients, fmt="coefficient table (json)")
+        result["provenance"] = {**problem.provenance, "files": {**problem.provenance["files"], "coefficients": table_file}}
     if diagnosis is not None:
         result["diagnostics"] = {k: diagnosis[k] for k in ("verdict", "checks", "spearman", "thresholds")}
     if adaptation is not None:

@@ -183,12 +183,12 @@ def load_heads(config: RunConfig, model_dir: Path, tasks: Sequence[str], splits:
                 f"no head for {missing} ({model_dir}/head_<Task>.pt) and no CLIP weights to build one from the text tower: "
                 f"put the task-vectors heads there, or pass --clip-weights (a full open_clip state dict)")
         clip = create_clip(config.model)
-        full = hf.load_weights(weights)
+        full, clip_format = _read(weights)
         hf.check_text_tower(full, clip.state_dict(), weights, missing)
         load_clip_weights(clip, full, str(weights))
         tokenizer = get_tokenizer(config.model)
         weights_file = _content(weights)
-        clip_record = hashes.record(weights, weights_file, checkpoint_format(weights, "hf" if weights.is_dir() else "state_dict"))
+        clip_record = hashes.record(weights, weights_file, clip_format)
         for task in missing:
             # the cache key covers everything the head depends on, so a stale head is never reused
             key = json.dumps([config.model, str(weights_file.resolve()), weights_file.stat().st_mtime_ns, splits[task].classnames, templates[task]])

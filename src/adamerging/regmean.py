@@ -21,8 +21,9 @@ module's input with its own weights (`attention_context`; tests check that `out_
 module's output).
 
 Memory: the experts are read from their files one at a time (the problem holds no task vectors for
-this method: loading computes them once for the checks on the experts, then drops them); each batch's Gram matrix is folded at once into sum_t G_t' and sum_t G_t' W_t^T, so no
-per-task Gram matrices are kept (ViT-B/32: 0.54 GB + 0.34 GB for the two sums; ViT-L/14: 1.9 GB +
+this method: loading computes them once for the checks on the experts, then drops them); each
+batch's Gram matrix is folded at once into sum_t G_t' and sum_t G_t' W_t^T, so no per-task Gram
+matrices are kept (ViT-B/32: 0.54 GB + 0.34 GB for the two sums; ViT-L/14: 1.9 GB +
 1.2 GB), plus the running sum of the experts for the averaged entries.
 """
 from __future__ import annotations

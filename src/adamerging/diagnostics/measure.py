@@ -1,5 +1,5 @@
 """Measuring a merged model on labeled test samples: per-sample entropy and loss, accuracy, their
-correlation and decile-binned means (task-vector statistics: `provenance.task_vector_stats`, re-exported). Used by the
+correlation and decile-binned means (task-vector statistics: `provenance.task_vector_stats`). Used by the
 diagnostics and by the entropy-vs-loss and coefficients experiments (the one place Task Arithmetic's entropy and loss are measured)."""
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from ..adaptation import softmax_entropy
 from ..evaluation import Normalizer, accuracy, predict
 from ..merged_encoder import MergedEncoder
 from ..problem import TaskData
-from ..provenance import task_vector_stats  # noqa: F401  (re-exported: the one formula lives there)
 from .checks import spearman
 
 

@@ -12,8 +12,9 @@ from ..device import numerics
 from ..distributed import Ranks
 from ..merged_encoder import MergedEncoder
 from ..problem import Problem
+from ..provenance import task_vector_stats
 from .checks import (Thresholds, accuracy_tolerance, check_correlation, check_cross_task, check_lambda_alignment, verdict)
-from .measure import Evaluator, sample_tasks, task_vector_stats
+from .measure import Evaluator, sample_tasks
 from .report import build_report, summary, write_report
 
 

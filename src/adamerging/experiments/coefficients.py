@@ -11,11 +11,11 @@ from typing import Sequence
 import numpy as np
 
 from ..checkpoints import CheckpointError
-from ..diagnostics.measure import task_vector_stats
 from ..merging import CoefficientTable, load_table, published_table
 from ..models import VISUAL_PREFIX, depth_group
 from ..plotting import figure, save
 from ..problem import load_task_vectors
+from ..provenance import task_vector_stats
 from ..reporting import fmt, markdown_table, paper_findings, write_json
 from .common import METHODS, Context, meta, write_text
 from .common import mean as average

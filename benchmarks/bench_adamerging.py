@@ -1,8 +1,10 @@
 """Time one layer-wise AdaMerging step, its parts, the floor, and the original loop's structure.
 
     python benchmarks/bench_adamerging.py --model mini --device cpu
-    python benchmarks/bench_adamerging.py --model ViT-B-32 --device cuda --precision bf16 --tasks 8 --images 32
-    python benchmarks/bench_adamerging.py --model ViT-B-32 --tasks 2 --images 4 --steps 3 --interleave 8 --no-original
+    python benchmarks/bench_adamerging.py --model ViT-B-32 --device cuda --precision bf16 \\
+        --tasks 8 --images 32
+    python benchmarks/bench_adamerging.py --model ViT-B-32 --tasks 2 --images 4 --steps 3 \\
+        --interleave 8 --no-original
 
 Random weights (no checkpoints). Reports medians over --steps after --warmup:
 - ours: the engine's real step (`adaptation.adamerge`), and its parts measured on the same step
@@ -14,6 +16,7 @@ Random weights (no checkpoints). Reports medians over --steps after --warmup:
   and every forward merges all entries on the CPU and assigns them into the module;
 - interleaved (--interleave N): engine and floor steps alternated, wall and process CPU time each.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,18 +29,26 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-import adamerging  # noqa: E402,F401  (first: its THP_MEM_ALLOC_ENABLE default must precede torch, as in the scripts)
 import torch  # noqa: E402
 
+import adamerging  # noqa: E402,F401  (first: its THP_MEM_ALLOC_ENABLE default must precede torch, as in the scripts)
 from adamerging.adaptation import Lambdas, adamerge, softmax_entropy  # noqa: E402
 from adamerging.config import RunConfig  # noqa: E402
-from adamerging.device import set_precision  # noqa: E402
+from adamerging.device import (
+    autocast,  # noqa: E402
+    set_precision,  # noqa: E402
+)
 from adamerging.evaluation import Normalizer  # noqa: E402
 from adamerging.heads import Head  # noqa: E402
-from adamerging.device import autocast  # noqa: E402
 from adamerging.merged_encoder import MergedEncoder  # noqa: E402
 from adamerging.merging import zero_task_vectors  # noqa: E402
-from adamerging.models import VISUAL_PREFIX, create_clip, encoder_state_dict, image_size, normalization  # noqa: E402
+from adamerging.models import (
+    VISUAL_PREFIX,
+    create_clip,
+    encoder_state_dict,
+    image_size,
+    normalization,
+)  # noqa: E402
 from adamerging.problem import TaskData  # noqa: E402
 
 
@@ -58,27 +69,57 @@ def build(args, device):
     theta0 = {k: v.detach().clone() for k, v in encoder_state_dict(clip).items()}
     keys = list(theta0)
     # as loading builds them: random task vectors on the visual tower, zero views on the text side
-    tau = {k: 0.01 * torch.randn((args.tasks, *v.shape)) if k.startswith(VISUAL_PREFIX) else zero_task_vectors(args.tasks, v.shape)
-           for k, v in theta0.items()}
+    tau = {
+        k: (
+            0.01 * torch.randn((args.tasks, *v.shape))
+            if k.startswith(VISUAL_PREFIX)
+            else zero_task_vectors(args.tasks, v.shape)
+        )
+        for k, v in theta0.items()
+    }
     size = image_size(clip)
     dim = clip.visual.output_dim
     pool = max(64, 2 * args.images)  # test images per task kept in memory
-    data = [TaskData(f"T{i}", torch.randint(0, 256, (pool, 3, size, size), dtype=torch.uint8),
-                     Head(torch.nn.functional.normalize(torch.randn(10, dim), dim=1).to(device) * 100)) for i in range(args.tasks)]
+    data = [
+        TaskData(
+            f"T{i}",
+            torch.randint(0, 256, (pool, 3, size, size), dtype=torch.uint8),
+            Head(torch.nn.functional.normalize(torch.randn(10, dim), dim=1).to(device) * 100),
+        )
+        for i in range(args.tasks)
+    ]
     mean, std = normalization(clip)
     return clip, theta0, tau, keys, data, Normalizer(mean, std, device)
 
 
 def run_config(args, device, steps: int) -> RunConfig:
-    """The engine's settings for `steps` steps of args.images images per task (2 batches of images/2)."""
-    return RunConfig(steps=steps, batch_size_adapt=args.images // 2, batches_per_step=2, adapt_mode=args.adapt_mode,
-                     precision=args.precision, device=str(device), no_progress=True, save_every=0)
+    """The engine's settings for `steps` steps of args.images images per task (2 batches of
+    images/2)."""
+    return RunConfig(
+        steps=steps,
+        batch_size_adapt=args.images // 2,
+        batches_per_step=2,
+        adapt_mode=args.adapt_mode,
+        precision=args.precision,
+        device=str(device),
+        no_progress=True,
+        save_every=0,
+    )
 
 
 def time_ours(args, device, clip, theta0, tau, keys, data, normalize) -> dict:
-    merged = MergedEncoder(clip.visual, theta0, tau, keys, device, checkpointing=args.checkpointing, compile=args.compile)
+    merged = MergedEncoder(
+        clip.visual,
+        theta0,
+        tau,
+        keys,
+        device,
+        checkpointing=args.checkpointing,
+        compile=args.compile,
+    )
     config = lambda steps: run_config(args, device, steps)  # noqa: E731
-    adamerge(merged, data, normalize, config(args.warmup), "layer-wise")  # warm-up (allocator, compile, caches)
+    # warm-up (allocator, compile, caches)
+    adamerge(merged, data, normalize, config(args.warmup), "layer-wise")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     result = adamerge(merged, data, normalize, config(args.steps), "layer-wise")
@@ -89,18 +130,24 @@ def time_ours(args, device, clip, theta0, tau, keys, data, normalize) -> dict:
     x = normalize(torch.cat([t.images[: args.images] for t in data]))
     parts = {"merge": [], "forward": [], "backward": [], "optimizer": []}
     for i in range(args.warmup + args.steps):
-        sync(device); t0 = time.perf_counter()
+        sync(device)
+        t0 = time.perf_counter()
         params = merged.params(lambdas())
-        sync(device); t1 = time.perf_counter()
+        sync(device)
+        t1 = time.perf_counter()
         with merged.bound(params):
             with autocast(device, args.precision):
                 features = merged(params, x).split(args.images)
             loss = sum(softmax_entropy(t.head(f.float())).mean() for t, f in zip(data, features))
-            sync(device); t2 = time.perf_counter()
+            sync(device)
+            t2 = time.perf_counter()
             loss.backward()
-        sync(device); t3 = time.perf_counter()
-        optimizer.step(); optimizer.zero_grad(set_to_none=True)
-        sync(device); t4 = time.perf_counter()
+        sync(device)
+        t3 = time.perf_counter()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        sync(device)
+        t4 = time.perf_counter()
         if i >= args.warmup:
             for name, dt in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
                 parts[name].append(dt)
@@ -117,7 +164,8 @@ def _floor_model(args, device, clip):
 
 
 def _floor_step(args, device, visual, x, data) -> None:
-    """A bare forward + entropy + backward through the plain model: the floor of any implementation."""
+    """A bare forward + entropy + backward through the plain model: the floor of any
+    implementation."""
     with autocast(device, args.precision):
         features = visual(x).split(args.images)
     loss = sum(softmax_entropy(t.head(f.float())).mean() for t, f in zip(data, features))
@@ -131,7 +179,8 @@ def time_floor(args, device, clip, data, normalize) -> float:
     x = normalize(torch.cat([t.images[: args.images] for t in data]))
     times = []
     for i in range(args.warmup + args.steps):
-        sync(device); t0 = time.perf_counter()
+        sync(device)
+        t0 = time.perf_counter()
         _floor_step(args, device, visual, x, data)
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
@@ -143,16 +192,29 @@ def time_floor(args, device, clip, data, normalize) -> float:
 def time_interleaved(args, device, clip, theta0, tau, keys, data, normalize) -> dict:
     """Engine step and floor step alternated in one process, each timed by wall clock and by process
     CPU time (which other jobs on the machine disturb far less). The engine step is a 1-step
-    `adamerge` call (its set-up of a few microseconds per call included, so slightly pessimistic)."""
-    merged = MergedEncoder(clip.visual, theta0, tau, keys, device, checkpointing=args.checkpointing, compile=args.compile)
+    `adamerge` call (its set-up of a few microseconds per call included, so slightly pessimistic).
+    """
+    merged = MergedEncoder(
+        clip.visual,
+        theta0,
+        tau,
+        keys,
+        device,
+        checkpointing=args.checkpointing,
+        compile=args.compile,
+    )
     config = run_config(args, device, 1)
-    visual = _floor_model(args, device, clip)  # the module's own weights: unused by the engine's functional call
+    # the module's own weights: unused by the engine's functional call
+    visual = _floor_model(args, device, clip)
     x = normalize(torch.cat([t.images[: args.images] for t in data]))
     rows = {"engine_wall": [], "engine_cpu": [], "floor_wall": [], "floor_cpu": []}
     for i in range(args.warmup + args.interleave):
-        for name, step in (("engine", lambda: adamerge(merged, data, normalize, config, "layer-wise")),
-                           ("floor", lambda: _floor_step(args, device, visual, x, data))):
-            sync(device); w0, c0 = time.perf_counter(), time.process_time()
+        for name, step in (
+            ("engine", lambda: adamerge(merged, data, normalize, config, "layer-wise")),
+            ("floor", lambda: _floor_step(args, device, visual, x, data)),
+        ):
+            sync(device)
+            w0, c0 = time.perf_counter(), time.process_time()
             step()
             sync(device)
             if i >= args.warmup:
@@ -161,18 +223,23 @@ def time_interleaved(args, device, clip, theta0, tau, keys, data, normalize) -> 
     for p in visual.parameters():
         p.requires_grad_(False)
     out = {f"interleaved_{k}_s": statistics.median(v) for k, v in rows.items()}
-    out["interleaved_pair_ratio_cpu"] = statistics.median(e / f for e, f in zip(rows["engine_cpu"], rows["floor_cpu"]))
-    out["interleaved_pair_ratio_wall"] = statistics.median(e / f for e, f in zip(rows["engine_wall"], rows["floor_wall"]))
+    out["interleaved_pair_ratio_cpu"] = statistics.median(
+        e / f for e, f in zip(rows["engine_cpu"], rows["floor_cpu"])
+    )
+    out["interleaved_pair_ratio_wall"] = statistics.median(
+        e / f for e, f in zip(rows["engine_wall"], rows["floor_wall"])
+    )
     return out
 
 
-def time_original(args, device, clip, theta0, tau, keys, data, normalize) -> float:
-    """The authors' loop structure: dataset + DataLoader re-created per step and task, CPU merge per forward."""
+def time_original(args, device, clip, theta0, tau, keys, data, normalize) -> float:  # noqa: C901
+    """The authors' loop structure: dataset + DataLoader re-created per step and task, CPU merge per
+    forward."""
+    import open_clip
     from PIL import Image
     from torch.utils.data import DataLoader, Dataset
 
     from adamerging import _torchvision_compat  # noqa: F401
-    import open_clip
 
     size = image_size(clip)
     transform = open_clip.image_transform(size, is_train=False)
@@ -192,14 +259,14 @@ def time_original(args, device, clip, theta0, tau, keys, data, normalize) -> flo
     for p in model.parameters():
         p.requires_grad_(False)
     visual_keys = [k for k in keys if k.startswith("model.visual.")]
-    names = [k[len("model.visual."):] for k in visual_keys]
+    names = [k[len("model.visual.") :] for k in visual_keys]
     lambdas = torch.nn.Parameter(torch.full((len(keys), args.tasks), 0.3))
     optimizer = torch.optim.Adam([lambdas], lr=1e-3)
 
     def merge_and_assign():
         # the original: merge every entry on the CPU, then `del` + `setattr` into the module
         alph = lambdas.clamp(0, 1)
-        for j, (key, name) in enumerate(zip(visual_keys, names)):
+        for key, name in zip(visual_keys, names):
             row = keys.index(key)
             value = theta0[key] + (alph[row].view(-1, *[1] * theta0[key].dim()) * tau[key]).sum(0)
             *path, leaf = name.split(".")
@@ -212,10 +279,13 @@ def time_original(args, device, clip, theta0, tau, keys, data, normalize) -> flo
 
     times = []
     for i in range(args.original_warmup + args.original_steps):
-        sync(device); t0 = time.perf_counter()
+        sync(device)
+        t0 = time.perf_counter()
         losses = 0.0
         for t, images in zip(data, pil):
-            loader = DataLoader(Images(images), batch_size=args.images // 2, shuffle=True, num_workers=0)
+            loader = DataLoader(
+                Images(images), batch_size=args.images // 2, shuffle=True, num_workers=0
+            )
             for b, (x, _) in enumerate(loader):
                 merge_and_assign()
                 features = model(x.to(device))
@@ -232,11 +302,15 @@ def time_original(args, device, clip, theta0, tau, keys, data, normalize) -> flo
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model", default="mini", choices=["mini", "ViT-B-32", "ViT-B-16", "ViT-L-14"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--tasks", type=int, default=8)
-    p.add_argument("--images", type=int, default=32, help="images per task per step (2 batches of images/2)")
+    p.add_argument(
+        "--images", type=int, default=32, help="images per task per step (2 batches of images/2)"
+    )
     p.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"])
     p.add_argument("--adapt-mode", default="auto", choices=["auto", "fused", "chunked", "per-task"])
     p.add_argument("--checkpointing", action="store_true")
@@ -246,7 +320,12 @@ def main(argv=None) -> dict:
     p.add_argument("--original-steps", type=int, default=3)
     p.add_argument("--original-warmup", type=int, default=1)
     p.add_argument("--no-original", action="store_true")
-    p.add_argument("--interleave", type=int, default=0, help="also alternate N engine and floor steps, timing wall and process CPU time")
+    p.add_argument(
+        "--interleave",
+        type=int,
+        default=0,
+        help="also alternate N engine and floor steps, timing wall and process CPU time",
+    )
     p.add_argument("--json", default=None, help="also write the numbers here")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -254,13 +333,40 @@ def main(argv=None) -> dict:
     clip, theta0, tau, keys, data, normalize = build(args, device)
     ours = time_ours(args, device, clip, theta0, tau, keys, data, normalize)
     floor = time_floor(args, device, clip, data, normalize)
-    inter = time_interleaved(args, device, clip, theta0, tau, keys, data, normalize) if args.interleave else {}
-    original = None if args.no_original else time_original(args, device, clip, theta0, tau, keys, data, normalize)
+    inter = (
+        time_interleaved(args, device, clip, theta0, tau, keys, data, normalize)
+        if args.interleave
+        else {}
+    )
+    original = (
+        None
+        if args.no_original
+        else time_original(args, device, clip, theta0, tau, keys, data, normalize)
+    )
     images = args.tasks * args.images
     full = ours["full_step_s"]
     rows = [
-        ("device", str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else f" ({torch.get_num_threads()} threads)")),
-        ("model / tasks x images", f"{args.model} / {args.tasks} x {args.images} ({args.precision}, {args.adapt_mode}{', checkpointing' if args.checkpointing else ''}{', compile' if args.compile else ''})"),
+        (
+            "device",
+            str(device)
+            + (
+                f" ({torch.cuda.get_device_name(device)})"
+                if device.type == "cuda"
+                else f" ({torch.get_num_threads()} threads)"
+            ),
+        ),
+        (
+            "model / tasks x images",
+            (
+                f"{args.model} / {args.tasks} x {args.images} ("
+                + ", ".join(
+                    [args.precision, args.adapt_mode]
+                    + ["checkpointing"] * args.checkpointing
+                    + ["compile"] * args.compile
+                )
+                + ")"
+            ),
+        ),
         ("full step (engine, median)", f"{full * 1e3:.1f} ms"),
         ("  merge", f"{ours['merge_s'] * 1e3:.1f} ms"),
         ("  forward", f"{ours['forward_s'] * 1e3:.1f} ms"),
@@ -268,7 +374,13 @@ def main(argv=None) -> dict:
         ("  optimizer", f"{ours['optimizer_s'] * 1e3:.2f} ms"),
         ("steps / s", f"{1 / full:.2f}"),
         ("images / s", f"{images / full:.0f}"),
-        ("peak memory", f"{ours['peak_mb']:.0f} MB ({'cuda max allocated' if device.type == 'cuda' else 'process peak RSS'})"),
+        (
+            "peak memory",
+            (
+                f"{ours['peak_mb']:.0f} MB"
+                f" ({'cuda max allocated' if device.type == 'cuda' else 'process peak RSS'})"
+            ),
+        ),
         ("projected 500 steps", f"{500 * full:.1f} s"),
         ("floor: bare forward+backward", f"{floor * 1e3:.1f} ms"),
         ("full step / floor", f"{full / floor:.2f}x"),
@@ -276,11 +388,21 @@ def main(argv=None) -> dict:
     if inter:
         for clock in ("cpu", "wall"):
             e, f = inter[f"interleaved_engine_{clock}_s"], inter[f"interleaved_floor_{clock}_s"]
-            rows += [(f"interleaved x{args.interleave}, {clock} time", f"engine {e * 1e3:.1f} ms, floor {f * 1e3:.1f} ms: "
-                      f"{e / f:.2f}x (median of pair ratios {inter[f'interleaved_pair_ratio_{clock}']:.2f}x)")]
+            rows += [
+                (
+                    f"interleaved x{args.interleave}, {clock} time",
+                    (
+                        f"engine {e * 1e3:.1f} ms, floor {f * 1e3:.1f} ms: {e / f:.2f}x (median of"
+                        f" pair ratios {inter[f'interleaved_pair_ratio_{clock}']:.2f}x)"
+                    ),
+                )
+            ]
     if original is not None:
-        rows += [("original-style step", f"{original * 1e3:.1f} ms"), ("original / ours", f"{original / full:.1f}x"),
-                 ("original projected 500 steps", f"{500 * original:.0f} s")]
+        rows += [
+            ("original-style step", f"{original * 1e3:.1f} ms"),
+            ("original / ours", f"{original / full:.1f}x"),
+            ("original projected 500 steps", f"{500 * original:.0f} s"),
+        ]
     width = max(len(r[0]) for r in rows)
     print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
     numbers = {**vars(args), **ours, **inter, "floor_s": floor, "original_s": original}

@@ -1,7 +1,11 @@
 """The paper's experiments, one command each (see the adamerging/experiments/ package):
 
-    python src/experiments.py {main-table,published,entropy-loss,coefficients,generalization,robustness,ablations,all} --model mini
+    python src/experiments.py EXPERIMENT --model mini
+
+EXPERIMENT: main-table, published, entropy-loss, coefficients, generalization, robustness,
+ablations or all.
 """
+
 from adamerging.experiments import main
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Layer-wise AdaMerging: one learned coefficient per task vector and state-dict entry."""
+
 from adamerging.pipeline import main
 
 if __name__ == "__main__":

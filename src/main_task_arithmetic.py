@@ -1,4 +1,5 @@
 """Task Arithmetic (Ilharco et al., 2023): theta_0 + 0.3 * sum of task vectors."""
+
 from adamerging.pipeline import main
 
 if __name__ == "__main__":

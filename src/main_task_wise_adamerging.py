@@ -1,4 +1,5 @@
 """Task-wise AdaMerging: one learned coefficient per task vector."""
+
 from adamerging.pipeline import main
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Task-wise AdaMerging++: task-wise AdaMerging over TIES-selected task vectors."""
+
 from adamerging.pipeline import main
 
 if __name__ == "__main__":

@@ -1,17 +1,19 @@
 """Tiny fake copies of the 8 benchmark datasets, written in their real on-disk layouts.
 
-`write_fake_dataset` writes random images (default 8x8) in the real file formats (jpg folders,
-ppm + csv for GTSRB, idx for MNIST, .mat for SVHN / Cars) and records what a correct reader must
-return (labels in reading order, class names, file names) in `<root>/.fake_expected/<Task>_<split>.json`;
+`write_fake_dataset` writes random images (default 8x8) in the real file formats (jpg folders, ppm +
+csv for GTSRB, idx for MNIST, .mat for SVHN / Cars) and records what a correct reader must return
+(labels in reading order, class names, file names) in `<root>/.fake_expected/<Task>_<split>.json`;
 `read_expected` gives it back. The expectations are written from what the writer put on disk, not
 from the reader's code, so they check the reader's label conventions (Cars 1-based, SVHN 10 -> 0).
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -19,23 +21,49 @@ from PIL import Image
 TASKS = ("SUN397", "Cars", "RESISC45", "EuroSAT", "SVHN", "GTSRB", "MNIST", "DTD")
 LAYOUTS = ("task_vectors", "fork")
 
-_PROMPTS = Path(__file__).resolve().parents[1] / "src" / "adamerging" / "data" / "zeroshot_prompts.json"
+_PROMPTS = (
+    Path(__file__).resolve().parents[1] / "src" / "adamerging" / "data" / "zeroshot_prompts.json"
+)
 
 # Real-looking SUN397 class folders (prefix letter + `_` + scene, `_` inside the scene name).
 _SUN397_FOLDERS = [
-    "a_abbey", "a_airplane_cabin", "b_bedroom", "c_campsite", "d_dining_room",
-    "h_highway", "k_kitchen", "o_office", "s_skyscraper", "w_waterfall_block",
+    "a_abbey",
+    "a_airplane_cabin",
+    "b_bedroom",
+    "c_campsite",
+    "d_dining_room",
+    "h_highway",
+    "k_kitchen",
+    "o_office",
+    "s_skyscraper",
+    "w_waterfall_block",
 ]
 _DTD_CLASSES = (
-    "banded blotchy braided bubbly bumpy chequered cobwebbed cracked crosshatched crystalline dotted "
-    "fibrous flecked freckled frilly gauzy grid grooved honeycombed interlaced knitted lacelike lined "
-    "marbled matted meshed paisley perforated pitted pleated polka-dotted porous potholed scaly smeared "
-    "spiralled sprinkled stained stratified striped studded swirly veined waffled woven wrinkled zigzagged"
+    "banded blotchy braided bubbly bumpy chequered cobwebbed cracked crosshatched crystalline"
+    " dotted fibrous flecked freckled frilly gauzy grid grooved honeycombed interlaced knitted"
+    " lacelike lined marbled matted meshed paisley perforated pitted pleated polka-dotted porous"
+    " potholed scaly smeared spiralled sprinkled stained stratified striped studded swirly veined"
+    " waffled woven wrinkled zigzagged"
 ).split()
-_FULL_COUNTS = {"SUN397": 3, "Cars": 196, "RESISC45": 45, "EuroSAT": 10, "SVHN": 10, "GTSRB": 43, "MNIST": 10, "DTD": 47}
+_FULL_COUNTS = {
+    "SUN397": 3,
+    "Cars": 196,
+    "RESISC45": 45,
+    "EuroSAT": 10,
+    "SVHN": 10,
+    "GTSRB": 43,
+    "MNIST": 10,
+    "DTD": 47,
+}
 _TASK_DIRS = {
-    "SUN397": "sun397", "Cars": "stanford_cars", "RESISC45": "resisc45", "EuroSAT": "EuroSAT_splits",
-    "SVHN": "svhn", "GTSRB": "gtsrb", "MNIST": "MNIST", "DTD": "dtd",
+    "SUN397": "sun397",
+    "Cars": "stanford_cars",
+    "RESISC45": "resisc45",
+    "EuroSAT": "EuroSAT_splits",
+    "SVHN": "svhn",
+    "GTSRB": "gtsrb",
+    "MNIST": "MNIST",
+    "DTD": "dtd",
 }
 
 
@@ -67,9 +95,15 @@ def _balanced_labels(rng: np.random.Generator, num_classes: int, n_per_class: in
 
 
 def _folder_split(
-    folder: Path, class_folders: list[str], n_per_class: int, size: int, rng: np.random.Generator, ext: str = ".jpg"
+    folder: Path,
+    class_folders: list[str],
+    n_per_class: int,
+    size: int,
+    rng: np.random.Generator,
+    ext: str = ".jpg",
 ) -> tuple[list[int], list[str]]:
-    """An ImageFolder tree; returns labels / file names in ImageFolder order (sorted folders, sorted files)."""
+    """An ImageFolder tree; returns labels / file names in ImageFolder order (sorted folders, sorted
+    files)."""
     labels, files = [], []
     for idx, cls in enumerate(sorted(class_folders)):
         for k in range(n_per_class):
@@ -80,14 +114,18 @@ def _folder_split(
     return labels, files
 
 
-def _write_split(task: str, root: Path, split: str, n: int, c: int, size: int, layout: str, seed: int) -> dict[str, Any]:
+def _write_split(  # noqa: C901
+    task: str, root: Path, split: str, n: int, c: int, size: int, layout: str, seed: int
+) -> dict[str, Any]:
     rng = np.random.default_rng([seed, 0 if split == "test" else 1, TASKS.index(task)])
     base = root / _TASK_DIRS[task]
     prompts = _prompts()
 
     if task in ("SUN397", "DTD", "EuroSAT"):
         if task == "SUN397":
-            folders = _SUN397_FOLDERS[:c] + [f"z_extra_scene_{i}" for i in range(max(0, c - len(_SUN397_FOLDERS)))]
+            folders = _SUN397_FOLDERS[:c] + [
+                f"z_extra_scene_{i}" for i in range(max(0, c - len(_SUN397_FOLDERS)))
+            ]
             names = [f[2:].replace("_", " ") for f in sorted(folders)]
         elif task == "DTD":
             folders = _DTD_CLASSES[:c]
@@ -108,10 +146,13 @@ def _write_split(task: str, root: Path, split: str, n: int, c: int, size: int, l
     if task == "Cars":
         import scipy.io
 
-        names_raw = [f"Make{i} Model_{i} {2000 + i % 13}" for i in range(c)]  # `_` checks the `_`->space rule
+        # `_` checks the `_`->space rule
+        names_raw = [f"Make{i} Model_{i} {2000 + i % 13}" for i in range(c)]
         devkit = base / "devkit"
         devkit.mkdir(parents=True, exist_ok=True)
-        scipy.io.savemat(devkit / "cars_meta.mat", {"class_names": np.array([names_raw], dtype=object)})
+        scipy.io.savemat(
+            devkit / "cars_meta.mat", {"class_names": np.array([names_raw], dtype=object)}
+        )
         labels0 = _balanced_labels(rng, c, n)
         img_dir = base / ("cars_train" if split == "train" else "cars_test")
         dtype = [(f, "O") for f in ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "fname")]
@@ -121,7 +162,8 @@ def _write_split(task: str, root: Path, split: str, n: int, c: int, size: int, l
         for j, lab in enumerate(labels0):
             fname = f"{j + 1:05d}.jpg"
             _save(img_dir / fname, _image(rng, size))
-            annos[0, j] = (1, 1, size, size, int(lab) + 1, fname)  # the .mat stores 1-based class ids
+            # the .mat stores 1-based class ids
+            annos[0, j] = (1, 1, size, size, int(lab) + 1, fname)
             unlabeled[0, j] = (1, 1, size, size, fname)
             files.append(fname)
         if split == "train":
@@ -130,7 +172,11 @@ def _write_split(task: str, root: Path, split: str, n: int, c: int, size: int, l
             scipy.io.savemat(devkit / "cars_test_annos.mat", {"annotations": unlabeled})
             where = base if layout == "task_vectors" else devkit
             scipy.io.savemat(where / "cars_test_annos_withlabels.mat", {"annotations": annos})
-        return {"labels": labels0.tolist(), "classnames": [s.replace("_", " ") for s in names_raw], "files": files}
+        return {
+            "labels": labels0.tolist(),
+            "classnames": [s.replace("_", " ") for s in names_raw],
+            "files": files,
+        }
 
     if task == "RESISC45":
         fixed = prompts["classnames"]["RESISC45"]
@@ -143,7 +189,8 @@ def _write_split(task: str, root: Path, split: str, n: int, c: int, size: int, l
                 name = f"{cls}_{offset + k:03d}.jpg"
                 _save(img_dir / cls / name, _image(rng, size))
                 listed.append((cls, name))
-            _save(img_dir / cls / f"{cls}_900.jpg", _image(rng, size))  # in no split list: must be skipped
+            # in no split list: must be skipped
+            _save(img_dir / cls / f"{cls}_900.jpg", _image(rng, size))
         order = rng.permutation(len(listed))
         base.mkdir(parents=True, exist_ok=True)
         (base / f"resisc45-{split}.txt").write_text("".join(listed[i][1] + "\n" for i in order))
@@ -155,12 +202,17 @@ def _write_split(task: str, root: Path, split: str, n: int, c: int, size: int, l
         import scipy.io
 
         digits = _balanced_labels(rng, c, n)
-        x = np.stack([_image(rng, size) for _ in digits], axis=-1)  # [H, W, 3, N] as in the real file
+        # [H, W, 3, N] as in the real file
+        x = np.stack([_image(rng, size) for _ in digits], axis=-1)
         y = np.where(digits == 0, 10, digits).astype(np.uint8)[:, None]  # digit 0 is stored as 10
         base.mkdir(parents=True, exist_ok=True)
         scipy.io.savemat(base / f"{split}_32x32.mat", {"X": x, "y": y})
-        return {"labels": digits.tolist(), "classnames": prompts["classnames"]["SVHN"][:c], "files": None,
-                "images": x}
+        return {
+            "labels": digits.tolist(),
+            "classnames": prompts["classnames"]["SVHN"][:c],
+            "files": None,
+            "images": x,
+        }
 
     if task == "GTSRB":
         fixed = prompts["classnames"]["GTSRB"]
@@ -198,9 +250,15 @@ def _write_split(task: str, root: Path, split: str, n: int, c: int, size: int, l
         header = (0x803).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in gray.shape)
         (raw / f"{prefix}-images-idx3-ubyte").write_bytes(header + gray.tobytes())
         header = (0x801).to_bytes(4, "big") + len(labels0).to_bytes(4, "big")
-        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(header + labels0.astype(np.uint8).tobytes())
-        return {"labels": labels0.tolist(), "classnames": _prompts()["classnames"]["MNIST"][:c], "files": None,
-                "images": gray}
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(
+            header + labels0.astype(np.uint8).tobytes()
+        )
+        return {
+            "labels": labels0.tolist(),
+            "classnames": _prompts()["classnames"]["MNIST"][:c],
+            "files": None,
+            "images": gray,
+        }
 
     raise ValueError(task)  # pragma: no cover
 
@@ -218,13 +276,16 @@ def write_fake_dataset(
     """Write a fake `task` under `root` in its real layout; returns the task's dataset folder.
 
     split: "test", "train", "both" (or a list). layout: "task_vectors" or "fork" (SUN397/DTD test in
-    `test/` instead of `val/`, Cars' labelled test .mat inside `devkit/`). num_classes defaults to the
-    real class count (SUN397: 3). Fewer classes than a fixed class list needs a classnames.txt to read.
+    `test/` instead of `val/`, Cars' labelled test .mat inside `devkit/`). num_classes defaults to
+    the real class count (SUN397: 3). Fewer classes than a fixed class list needs a classnames.txt
+    to read.
     """
     task = _canonical(task)
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}")
-    splits = ["test", "train"] if split == "both" else [split] if isinstance(split, str) else list(split)
+    splits = (
+        ["test", "train"] if split == "both" else [split] if isinstance(split, str) else list(split)
+    )
     c = _FULL_COUNTS[task] if num_classes is None else int(num_classes)
     root = Path(root)
     for s in splits:
@@ -232,8 +293,13 @@ def write_fake_dataset(
             raise ValueError(f"split must be test/train/both, got {s!r}")
         expected = _write_split(task, root, s, n_per_class, c, image_size, layout, seed)
         images = expected.pop("images", None)
-        if images is not None:  # array datasets: record the pixels a reader must return, as [N, H, W, 3]
-            arr = np.transpose(images, (3, 0, 1, 2)) if task == "SVHN" else np.repeat(images[..., None], 3, -1)
+        # array datasets: record the pixels a reader must return, as [N, H, W, 3]
+        if images is not None:
+            arr = (
+                np.transpose(images, (3, 0, 1, 2))
+                if task == "SVHN"
+                else np.repeat(images[..., None], 3, -1)
+            )
             expected["images_sha1"] = hashlib.sha1(np.ascontiguousarray(arr).data).hexdigest()
         expected["n"] = len(expected["labels"])
         out = root / ".fake_expected" / f"{task}_{s}.json"
@@ -243,5 +309,8 @@ def write_fake_dataset(
 
 
 def read_expected(task: str, root: Path, split: str = "test") -> dict[str, Any]:
-    """What `write_fake_dataset` recorded: labels (reading order), classnames, files (base names or None), n."""
-    return json.loads((Path(root) / ".fake_expected" / f"{_canonical(task)}_{split}.json").read_text())
+    """What `write_fake_dataset` recorded: labels (reading order), classnames, files (base names or
+    None), n."""
+    return json.loads(
+        (Path(root) / ".fake_expected" / f"{_canonical(task)}_{split}.json").read_text()
+    )

@@ -1,4 +1,5 @@
-"""Tiny fake copies of what each dataset's official source hands out (archives, lists, .mat / idx files).
+"""Tiny fake copies of what each dataset's official source hands out (archives, lists, .mat / idx
+files).
 
 `write_fake_downloads(task, downloads, scratch)` first writes a fake dataset in the reader layout
 with tests/fake_data.py under `scratch` (whose recorded expectations a prepared copy must match),
@@ -7,6 +8,7 @@ the Cars devkit / image tarballs (or the Kaggle folders), NWPU-RESISC45.zip + sp
 EuroSAT.zip (`2750/<Class>/`), SVHN .mat, the GTSRB test / GT / training zips, gzipped MNIST idx
 files, dtd-r1.0.1.tar.gz with `labels/{train1,val1,test1}.txt`.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -30,7 +32,9 @@ def _zip(path: Path, members: dict[str, Path]) -> None:
         for arcname, src in members.items():
             files = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file())
             for f in files:
-                z.write(f, arcname if src.is_file() else f"{arcname}/{f.relative_to(src).as_posix()}")
+                z.write(
+                    f, arcname if src.is_file() else f"{arcname}/{f.relative_to(src).as_posix()}"
+                )
 
 
 def _sun397(downloads: Path, base: Path) -> None:
@@ -47,7 +51,9 @@ def _sun397(downloads: Path, base: Path) -> None:
                 shutil.copy(f, dst)
                 lines.append(f"/{rel}/{name}")
         lists[list_name] = lines
-    (images / "a" / "abbey" / "in_no_partition.jpg").write_bytes((images / lines[0].lstrip("/")).read_bytes())
+    (images / "a" / "abbey" / "in_no_partition.jpg").write_bytes(
+        (images / lines[0].lstrip("/")).read_bytes()
+    )
     part = base.parent / "Partitions"
     part.mkdir()
     for name, lines in lists.items():
@@ -65,7 +71,9 @@ def _cars(downloads: Path, base: Path, kaggle: bool) -> None:
         _tar(downloads / "car_devkit.tgz", {"devkit": base / "devkit"})
         _tar(downloads / "cars_test.tgz", {"cars_test": base / "cars_test"})
         _tar(downloads / "cars_train.tgz", {"cars_train": base / "cars_train"})
-    shutil.copy(base / "cars_test_annos_withlabels.mat", downloads / "cars_test_annos_withlabels.mat")
+    shutil.copy(
+        base / "cars_test_annos_withlabels.mat", downloads / "cars_test_annos_withlabels.mat"
+    )
 
 
 def _dtd(downloads: Path, base: Path) -> None:
@@ -82,7 +90,8 @@ def _dtd(downloads: Path, base: Path) -> None:
     (images / "labels").mkdir()
     for name, lines in lists.items():
         (images / "labels" / name).write_text("\n".join(lines) + "\n")
-    (images / "labels" / "test2.txt").write_text("\n".join(lists["train1.txt"]) + "\n")  # other splits: ignored
+    # other splits: ignored
+    (images / "labels" / "test2.txt").write_text("\n".join(lists["train1.txt"]) + "\n")
     _tar(downloads / "dtd-r1.0.1.tar.gz", {"dtd": images})
 
 
@@ -96,18 +105,29 @@ def _eurosat(downloads: Path, scratch: Path, n_per_class: int) -> dict[str, int]
     for cls, n in counts.items():
         (src / cls).mkdir(parents=True)
         for k in range(n):
-            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(src / cls / f"{cls}_{k + 1}.jpg")
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(
+                src / cls / f"{cls}_{k + 1}.jpg"
+            )
     _zip(downloads / "EuroSAT.zip", {"2750": src})
     return counts
 
 
 def _gtsrb(downloads: Path, base: Path) -> None:
-    test_csv = base.parent / "GT-final_test.test.csv"  # the test archive's own csv: no ClassId column
+    # the test archive's own csv: no ClassId column
+    test_csv = base.parent / "GT-final_test.test.csv"
     test_csv.write_text("Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2\n")
-    _zip(downloads / "GTSRB_Final_Test_Images.zip",
-         {"GTSRB/Final_Test/Images": base / "GTSRB" / "Final_Test" / "Images", "GTSRB/Final_Test/Images/GT-final_test.test.csv": test_csv})
+    _zip(
+        downloads / "GTSRB_Final_Test_Images.zip",
+        {
+            "GTSRB/Final_Test/Images": base / "GTSRB" / "Final_Test" / "Images",
+            "GTSRB/Final_Test/Images/GT-final_test.test.csv": test_csv,
+        },
+    )
     _zip(downloads / "GTSRB_Final_Test_GT.zip", {"GT-final_test.csv": base / "GT-final_test.csv"})
-    _zip(downloads / "GTSRB_Final_Training_Images.zip", {"GTSRB/Final_Training/Images": base / "GTSRB" / "Training"})
+    _zip(
+        downloads / "GTSRB_Final_Training_Images.zip",
+        {"GTSRB/Final_Training/Images": base / "GTSRB" / "Training"},
+    )
 
 
 def _mnist(downloads: Path, base: Path) -> None:
@@ -116,7 +136,9 @@ def _mnist(downloads: Path, base: Path) -> None:
             shutil.copyfileobj(src, dst)
 
 
-def write_fake_downloads(task: str, downloads: Path, scratch: Path, *, kaggle: bool = False, n_per_class: int = 2) -> dict:
+def write_fake_downloads(
+    task: str, downloads: Path, scratch: Path, *, kaggle: bool = False, n_per_class: int = 2
+) -> dict:
     """Write `task`'s official downloads into `downloads`; returns what a prepared copy must hold.
 
     For every task but EuroSAT: {"root": the reference root to compare with (tests/fake_data.py
@@ -126,8 +148,22 @@ def write_fake_downloads(task: str, downloads: Path, scratch: Path, *, kaggle: b
     downloads.mkdir(parents=True, exist_ok=True)
     if task == "EuroSAT":
         return {"counts": _eurosat(downloads, scratch, max(10, n_per_class))}
-    classes = {"RESISC45": None, "GTSRB": None, "MNIST": None, "SVHN": None, "Cars": 3, "SUN397": 3, "DTD": 3}[task]
-    base = write_fake_dataset(task, scratch, n_per_class=n_per_class + (1 if task == "DTD" else 0), num_classes=classes, split="both")
+    classes = {
+        "RESISC45": None,
+        "GTSRB": None,
+        "MNIST": None,
+        "SVHN": None,
+        "Cars": 3,
+        "SUN397": 3,
+        "DTD": 3,
+    }[task]
+    base = write_fake_dataset(
+        task,
+        scratch,
+        n_per_class=n_per_class + (1 if task == "DTD" else 0),
+        num_classes=classes,
+        split="both",
+    )
     if task == "SUN397":
         _sun397(downloads, base)
     elif task == "Cars":

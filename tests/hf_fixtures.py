@@ -4,49 +4,96 @@ One small architecture in both libraries: vision 64 wide, 2 blocks, 2 heads, 32 
 48 wide (a different width, so a swapped tower cannot pass), 2 blocks, 2 heads, context 16;
 projection 32. Two heads per tower so the q/k/v -> in_proj stacking is checked per head.
 """
+
 from __future__ import annotations
 
 from typing import Any
 
+import open_clip
 import torch
 
 import adamerging  # noqa: F401  (before torchvision/open_clip/transformers: compat shim)
-import open_clip
 
 EMBED_DIM = 32
 IMAGE_SIZE, PATCH, V_WIDTH, V_LAYERS, V_HEADS = 32, 8, 64, 2, 2
 CONTEXT, VOCAB, T_WIDTH, T_LAYERS, T_HEADS = 16, 49408, 48, 2, 2
-SOT, EOT = 49406, 49407  # OpenAI BPE start/end tokens; EOT is the largest id (open_clip pools at argmax)
+# OpenAI BPE start/end tokens; EOT is the largest id (open_clip pools at argmax)
+SOT, EOT = 49406, 49407
 
 VISION_CONFIG: dict[str, Any] = dict(
-    hidden_size=V_WIDTH, intermediate_size=4 * V_WIDTH, num_hidden_layers=V_LAYERS, num_attention_heads=V_HEADS,
-    image_size=IMAGE_SIZE, patch_size=PATCH, projection_dim=EMBED_DIM, hidden_act="quick_gelu",
+    hidden_size=V_WIDTH,
+    intermediate_size=4 * V_WIDTH,
+    num_hidden_layers=V_LAYERS,
+    num_attention_heads=V_HEADS,
+    image_size=IMAGE_SIZE,
+    patch_size=PATCH,
+    projection_dim=EMBED_DIM,
+    hidden_act="quick_gelu",
 )
 TEXT_CONFIG: dict[str, Any] = dict(
-    hidden_size=T_WIDTH, intermediate_size=4 * T_WIDTH, num_hidden_layers=T_LAYERS, num_attention_heads=T_HEADS,
-    max_position_embeddings=CONTEXT, vocab_size=VOCAB, projection_dim=EMBED_DIM, hidden_act="quick_gelu",
-    bos_token_id=SOT, eos_token_id=EOT,
+    hidden_size=T_WIDTH,
+    intermediate_size=4 * T_WIDTH,
+    num_hidden_layers=T_LAYERS,
+    num_attention_heads=T_HEADS,
+    max_position_embeddings=CONTEXT,
+    vocab_size=VOCAB,
+    projection_dim=EMBED_DIM,
+    hidden_act="quick_gelu",
+    bos_token_id=SOT,
+    eos_token_id=EOT,
 )
 
 # Real OpenAI configs (openai/clip-vit-{base-patch32,base-patch16,large-patch14}), written from the
 # published values; no download.
 _B_TEXT = dict(hidden_size=512, intermediate_size=2048, num_attention_heads=8, num_hidden_layers=12)
 REAL_CONFIGS: dict[str, dict[str, Any]] = {
-    "ViT-B-32": dict(projection_dim=512, text_config=_B_TEXT, vision_config=dict(
-        hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12, image_size=224, patch_size=32)),
-    "ViT-B-16": dict(projection_dim=512, text_config=_B_TEXT, vision_config=dict(
-        hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12, image_size=224, patch_size=16)),
-    "ViT-L-14": dict(projection_dim=768,
-                     text_config=dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12),
-                     vision_config=dict(hidden_size=1024, intermediate_size=4096, num_attention_heads=16,
-                                        num_hidden_layers=24, image_size=224, patch_size=14)),
+    "ViT-B-32": dict(
+        projection_dim=512,
+        text_config=_B_TEXT,
+        vision_config=dict(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_attention_heads=12,
+            num_hidden_layers=12,
+            image_size=224,
+            patch_size=32,
+        ),
+    ),
+    "ViT-B-16": dict(
+        projection_dim=512,
+        text_config=_B_TEXT,
+        vision_config=dict(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_attention_heads=12,
+            num_hidden_layers=12,
+            image_size=224,
+            patch_size=16,
+        ),
+    ),
+    "ViT-L-14": dict(
+        projection_dim=768,
+        text_config=dict(
+            hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12
+        ),
+        vision_config=dict(
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_attention_heads=16,
+            num_hidden_layers=24,
+            image_size=224,
+            patch_size=14,
+        ),
+    ),
 }
 
 
 def clip_config(**overrides: Any):
     from transformers import CLIPConfig
 
-    kwargs: dict[str, Any] = dict(vision_config=dict(VISION_CONFIG), text_config=dict(TEXT_CONFIG), projection_dim=EMBED_DIM)
+    kwargs: dict[str, Any] = dict(
+        vision_config=dict(VISION_CONFIG), text_config=dict(TEXT_CONFIG), projection_dim=EMBED_DIM
+    )
     return CLIPConfig(**{**kwargs, **overrides})
 
 
@@ -82,8 +129,16 @@ def hf_vision(with_projection: bool, seed: int = 0):
 
 def open_clip_model(seed: int | None = None) -> torch.nn.Module:
     """The matching open_clip CLIP (QuickGELU, as models.create_clip builds the OpenAI models)."""
-    vision = dict(image_size=IMAGE_SIZE, layers=V_LAYERS, width=V_WIDTH, patch_size=PATCH, head_width=V_WIDTH // V_HEADS)
-    text = dict(context_length=CONTEXT, vocab_size=VOCAB, width=T_WIDTH, heads=T_HEADS, layers=T_LAYERS)
+    vision = dict(
+        image_size=IMAGE_SIZE,
+        layers=V_LAYERS,
+        width=V_WIDTH,
+        patch_size=PATCH,
+        head_width=V_WIDTH // V_HEADS,
+    )
+    text = dict(
+        context_length=CONTEXT, vocab_size=VOCAB, width=T_WIDTH, heads=T_HEADS, layers=T_LAYERS
+    )
     model = open_clip.model.CLIP(EMBED_DIM, vision, text, quick_gelu=True)
     return _randomise(model, seed) if seed is not None else model.eval()
 
@@ -93,27 +148,31 @@ def images(n: int = 3, seed: int = 0) -> torch.Tensor:
 
 
 def tokens(n: int = 3, seed: int = 0) -> torch.Tensor:
-    """Token ids as the CLIP tokenizer lays them out: SOT, words, EOT, zero padding (varied lengths)."""
+    """Token ids as the CLIP tokenizer lays them out: SOT, words, EOT, zero padding (varied
+    lengths)."""
     gen = torch.Generator().manual_seed(seed)
     out = torch.zeros(n, CONTEXT, dtype=torch.long)
     for i in range(n):
         length = 2 + (i * 5) % (CONTEXT - 2)  # words between SOT and EOT
         out[i, 0] = SOT
-        out[i, 1:1 + length] = torch.randint(1, SOT, (length,), generator=gen)
+        out[i, 1 : 1 + length] = torch.randint(1, SOT, (length,), generator=gen)
         out[i, 1 + length] = EOT
     return out
 
 
 def features(output: Any) -> torch.Tensor:
-    """get_image_features / get_text_features return a tensor in transformers 4, an output object in 5."""
+    """get_image_features / get_text_features return a tensor in transformers 4, an output object in
+    5."""
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
 def write_random_hf_checkpoints(root, model: str, tasks, scale: float = 0.05, seed: int = 0):
     """Random-weight checkpoints in the Hugging Face layout, written without transformers:
 
-        <root>/<model>/zeroshot/            CLIPModel folder (config.json + model.safetensors), as openai/clip-vit-*
-        <root>/<model>/<Task>/finetuned/    CLIPVisionModel folder (no projection), as tanganke/clip-vit-*_<task>
+        <root>/<model>/zeroshot/
+            CLIPModel folder (config.json + model.safetensors), as openai/clip-vit-*
+        <root>/<model>/<Task>/finetuned/
+            CLIPVisionModel folder (no projection), as tanganke/clip-vit-*_<task>
 
     Experts are theta_0 plus noise on the visual tower except `visual.proj` (FusionBench fine-tunes
     the vision model only). Returns (folder, pretrained open_clip CLIP, {task: expert CLIP}).
@@ -137,6 +196,8 @@ def write_random_hf_checkpoints(root, model: str, tasks, scale: float = 0.05, se
                 if name != "proj":
                     p.add_(scale * p.abs().mean() * torch.randn_like(p))
         visual = {k: v for k, v in expert.state_dict().items() if k.startswith("visual.")}
-        hf_export.save_hf_checkpoint(folder / task / "finetuned", visual, config, vision_projection=False)
+        hf_export.save_hf_checkpoint(
+            folder / task / "finetuned", visual, config, vision_projection=False
+        )
         experts[task] = expert
     return folder, clip, experts

@@ -1,19 +1,20 @@
 """Random-weight checkpoints in the real task-vectors layout (the files the public release has)."""
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
 
 from adamerging.checkpoints import save_state_dict
+from adamerging.models import create_clip
 from adamerging.task_vectors_format import save_classification_head, save_image_encoder
-from adamerging.heads import zeroshot_weights
-from adamerging.models import create_clip, encoder_state_dict, get_tokenizer
 
 
 def _perturbed(clip: torch.nn.Module, model: str, scale: float) -> torch.nn.Module:
-    """A copy of `clip` with noise (torch's global generator) on the visual tower: a random-weight expert."""
+    """A copy of `clip` with noise (torch's global generator) on the visual tower: a random-weight
+    expert."""
     expert = create_clip(model)
     expert.load_state_dict(clip.state_dict())
     with torch.no_grad():
@@ -22,20 +23,34 @@ def _perturbed(clip: torch.nn.Module, model: str, scale: float) -> torch.nn.Modu
     return expert
 
 
-def write_random_checkpoints(root: Path, model: str, classes: Mapping[str, int], heads: Mapping[str, bool] | None = None,
-                             scale: float = 0.05, seed: int = 0, multitask: bool = False) -> Path:
+def write_random_checkpoints(
+    root: Path,
+    model: str,
+    classes: Mapping[str, int],
+    heads: Mapping[str, bool] | None = None,
+    scale: float = 0.05,
+    seed: int = 0,
+    multitask: bool = False,
+) -> Path:
     """<root>/<model>/zeroshot.pt, <Task>/finetuned.pt (theta_0 + noise), head_<Task>.pt where
-    heads[task] is true (others must be built from clip_pretrained.safetensors, also written), and with
-    `multitask` a multitask/finetuned.pt (theta_0 + noise: the "Traditional MTL" encoder's place)."""
+    heads[task] is true (others must be built from clip_pretrained.safetensors, also written), and
+    with `multitask` a multitask/finetuned.pt (theta_0 + noise: the "Traditional MTL" encoder's
+    place).
+    """
     torch.manual_seed(seed)
     folder = Path(root) / model
     clip = create_clip(model)
     save_state_dict(clip.state_dict(), folder / "clip_pretrained.safetensors")
     save_image_encoder(clip, folder / "zeroshot.pt")
-    for i, (task, num_classes) in enumerate(classes.items()):
+    for task, num_classes in classes.items():
         save_image_encoder(_perturbed(clip, model, scale), folder / task / "finetuned.pt")
         if heads is None or heads.get(task, True):
-            weight = torch.nn.functional.normalize(torch.randn(num_classes, clip.visual.output_dim), dim=1) * 100
+            weight = (
+                torch.nn.functional.normalize(
+                    torch.randn(num_classes, clip.visual.output_dim), dim=1
+                )
+                * 100
+            )
             save_classification_head(weight, folder / f"head_{task}.pt")
     if multitask:
         save_image_encoder(_perturbed(clip, model, scale), folder / "multitask" / "finetuned.pt")
@@ -46,18 +61,35 @@ MINI_TASKS = {"MNIST": 10, "SVHN": 10, "EuroSAT": 10}
 
 
 def write_mini_problem(root: Path, n_per_class: int = 3) -> Path:
-    """Random-weight `mini` checkpoints (with a multi-task encoder) and fake data (test and train splits) for
-    MNIST, SVHN, EuroSAT under `root`. EuroSAT has no head file, so its head is built from the text tower."""
+    """Random-weight `mini` checkpoints (with a multi-task encoder) and fake data (test and train
+    splits) for MNIST, SVHN, EuroSAT under `root`. EuroSAT has no head file, so its head is built
+    from the text tower."""
     from fake_data import write_fake_dataset
 
-    write_random_checkpoints(root / "checkpoints", "mini", MINI_TASKS, heads={"EuroSAT": False}, multitask=True)
+    write_random_checkpoints(
+        root / "checkpoints", "mini", MINI_TASKS, heads={"EuroSAT": False}, multitask=True
+    )
     for task in MINI_TASKS:
         write_fake_dataset(task, root / "data", n_per_class=n_per_class, image_size=8, split="both")
     return root
 
 
 def mini_argv(root: Path, *extra: str, tasks: str = "MNIST,SVHN,EuroSAT") -> list[str]:
-    """Pipeline flags pointing at a `write_mini_problem` folder, on the CPU (where the pinned numbers were made,
-    also on a machine with a GPU; a later --device in `extra` wins)."""
-    return ["--model", "mini", "--checkpoints", str(root / "checkpoints"), "--data-location", str(root / "data"),
-            "--results-dir", str(root / "results"), "--tasks", tasks, "--device", "cpu", "--no-progress", *extra]
+    """Pipeline flags pointing at a `write_mini_problem` folder, on the CPU (where the pinned
+    numbers were made, also on a machine with a GPU; a later --device in `extra` wins)."""
+    return [
+        "--model",
+        "mini",
+        "--checkpoints",
+        str(root / "checkpoints"),
+        "--data-location",
+        str(root / "data"),
+        "--results-dir",
+        str(root / "results"),
+        "--tasks",
+        tasks,
+        "--device",
+        "cpu",
+        "--no-progress",
+        *extra,
+    ]

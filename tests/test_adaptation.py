@@ -1,4 +1,6 @@
-"""The functional merge-and-forward loop: gradients, clamp, equivalence with in-place merging, learning."""
+"""The functional merge-and-forward loop: gradients, clamp, equivalence with in-place merging,
+learning."""
+
 import pytest
 import torch
 
@@ -8,9 +10,14 @@ from adamerging.evaluation import Normalizer
 from adamerging.heads import Head
 from adamerging.merged_encoder import MergedEncoder
 from adamerging.merging import merge, published_table
-from adamerging.models import VISUAL_PREFIX, create_clip, encoder_state_dict, normalization
+from adamerging.models import (
+    VISUAL_PREFIX,
+    create_clip,
+    encoder_state_dict,
+    load_encoder_weights,
+    normalization,
+)
 from adamerging.problem import TaskData
-from adamerging.models import load_encoder_weights
 
 
 def _problem(model="mini", tasks=2, classes=4, images=32, scale=0.02, seed=0):
@@ -19,19 +26,36 @@ def _problem(model="mini", tasks=2, classes=4, images=32, scale=0.02, seed=0):
     theta0 = {k: v.detach().clone() for k, v in encoder_state_dict(clip).items()}
     entries = list(theta0)
     g = torch.Generator().manual_seed(seed + 1)
-    tau = {k: scale * torch.randn((tasks, *v.shape), generator=g) * max(float(v.std()) if v.numel() > 1 else 1.0, 0.05) for k, v in theta0.items()}
+    tau = {
+        k: (
+            scale
+            * torch.randn((tasks, *v.shape), generator=g)
+            * max(float(v.std()) if v.numel() > 1 else 1.0, 0.05)
+        )
+        for k, v in theta0.items()
+    }
     dim = clip.visual.output_dim
     size = clip.visual.image_size[0]
-    data = [TaskData(f"T{i}", torch.randint(0, 256, (images, 3, size, size), generator=g, dtype=torch.uint8),
-                     Head(torch.nn.functional.normalize(torch.randn(classes, dim, generator=g), dim=1) * 30.0),
-                     torch.randint(0, classes, (images,), generator=g)) for i in range(tasks)]
+    data = [
+        TaskData(
+            f"T{i}",
+            torch.randint(0, 256, (images, 3, size, size), generator=g, dtype=torch.uint8),
+            Head(
+                torch.nn.functional.normalize(torch.randn(classes, dim, generator=g), dim=1) * 30.0
+            ),
+            torch.randint(0, classes, (images,), generator=g),
+        )
+        for i in range(tasks)
+    ]
     mean, std = normalization(clip)
     return clip, theta0, tau, entries, data, Normalizer(mean, std, "cpu")
 
 
 def _loss(merged, data, normalize, lambdas):
     params = merged.params(lambdas())
-    return sum(softmax_entropy(t.head(merged(params, normalize(t.images[:8])))).mean() for t in data)
+    return sum(
+        softmax_entropy(t.head(merged(params, normalize(t.images[:8])))).mean() for t in data
+    )
 
 
 def test_gradient_reaches_exactly_the_lambdas_and_text_rows_get_none():
@@ -41,10 +65,14 @@ def test_gradient_reaches_exactly_the_lambdas_and_text_rows_get_none():
     _loss(merged, data, normalize, lambdas).backward()
     grad = lambdas.raw.grad
     visual_rows = torch.tensor([k.startswith(VISUAL_PREFIX) for k in entries])
-    assert (grad[visual_rows].abs().sum(dim=1) > 0).all()       # every visual entry learns
-    assert (grad[~visual_rows] == 0).all()                      # text-side rows never get a gradient
+    assert (grad[visual_rows].abs().sum(dim=1) > 0).all()  # every visual entry learns
+    # text-side rows never get a gradient
+    assert (grad[~visual_rows] == 0).all()
     assert not any(p.requires_grad for p in merged.visual.parameters())
-    assert all(v.grad is None and not v.requires_grad for v in [*merged.theta0.values(), *merged.tau.values()])
+    assert all(
+        v.grad is None and not v.requires_grad
+        for v in [*merged.theta0.values(), *merged.tau.values()]
+    )
     assert all(t.head.weight.grad is None for t in data)
 
 
@@ -65,7 +93,9 @@ def test_clamp_gives_zero_gradient_outside_unit_interval():
 def test_functional_model_with_published_table_equals_in_place_merge():
     # The real ViT-B/32 architecture (random weights) and the authors' 158-row table, two tasks.
     clip, theta0, tau, entries, _, normalize = _problem("ViT-B-32", tasks=2, images=1)
-    table = published_table("lw_adamerging", "ViT-B-32").for_entries(["SVHN", "MNIST"], entries).lambdas
+    table = (
+        published_table("lw_adamerging", "ViT-B-32").for_entries(["SVHN", "MNIST"], entries).lambdas
+    )
     assert (table == 0).any(axis=1).any()
     merged = MergedEncoder(clip.visual, theta0, tau, entries, "cpu")
     x = normalize(torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8))
@@ -78,18 +108,30 @@ def test_functional_model_with_published_table_equals_in_place_merge():
 
 
 def _run(data, clip, theta0, tau, entries, normalize, granularity="layer-wise", **overrides):
-    config = RunConfig(**{"steps": 20, "lr": 0.02, "batch_size_adapt": 16, "batches_per_step": 2, "no_progress": True, "device": "cpu", **overrides})
+    config = RunConfig(
+        **{
+            "steps": 20,
+            "lr": 0.02,
+            "batch_size_adapt": 16,
+            "batches_per_step": 2,
+            "no_progress": True,
+            "device": "cpu",
+            **overrides,
+        }
+    )
     merged = MergedEncoder(clip.visual, theta0, tau, entries, "cpu")
     return adamerge(merged, data, normalize, config, granularity)
 
 
 def test_entropy_decreases_and_tables_have_the_right_shapes():
     clip, theta0, tau, entries, data, normalize = _problem(scale=0.2)
-    layer = _run(data, clip, theta0, tau, entries, normalize)  # 32 images = 2 x 16: the whole set every step
+    # 32 images = 2 x 16: the whole set every step
+    layer = _run(data, clip, theta0, tau, entries, normalize)
     losses = [r["loss"] for r in layer.trajectory if "loss" in r]
     assert losses[-1] < losses[0] - 0.01
     assert tuple(layer.table.lambdas.shape) == (len(entries), 2) and layer.table.entries == entries
-    assert all(row[0] == 1 for row in layer.table.to_json()["values"])  # the JSON's pretrained column
+    # the JSON's pretrained column
+    assert all(row[0] == 1 for row in layer.table.to_json()["values"])
     text_rows = [j for j, k in enumerate(entries) if not k.startswith(VISUAL_PREFIX)]
     assert torch.allclose(layer.table.lambdas[text_rows], torch.tensor(0.3))
     task = _run(data, clip, theta0, tau, entries, normalize, granularity="task-wise", steps=3)

@@ -1,13 +1,14 @@
 """Loading checkpoints without running code from them."""
+
 import os
 import sys
 from pathlib import Path
 
+import open_clip
 import pytest
 import torch
 
 import adamerging  # noqa: F401  (torchvision shim)
-import open_clip
 from adamerging.checkpoints import CheckpointError, load_checkpoint, save_state_dict
 from adamerging.models import create_clip, encoder_state_dict
 from adamerging.task_vectors_format import save_classification_head, save_image_encoder
@@ -20,6 +21,7 @@ def _legacy_modeling():
     sys.path.insert(0, str(LEGACY))
     try:
         import src.modeling as modeling
+
         return modeling
     finally:
         sys.path.remove(str(LEGACY))
@@ -37,7 +39,9 @@ def test_loads_a_task_vectors_pickle_without_importing_its_classes(tmp_path):
     val_preprocess = open_clip.image_transform(32, is_train=False)
     expected = encoder_state_dict(clip)
     expected = {k: v.detach().clone() for k, v in expected.items()}
-    encoder = modeling.ImageEncoder(clip, val_preprocess=val_preprocess, train_preprocess=val_preprocess)
+    encoder = modeling.ImageEncoder(
+        clip, val_preprocess=val_preprocess, train_preprocess=val_preprocess
+    )
     head = modeling.ClassificationHead(True, torch.randn(5, 128))
     torch.save(encoder, tmp_path / "zeroshot.pt")
     torch.save(head, tmp_path / "head_MNIST.pt")
@@ -62,7 +66,9 @@ def test_package_writers_roundtrip(tmp_path):
     ref = encoder_state_dict(clip)
     got = load_checkpoint(tmp_path / "enc.pt").state_dict
     assert list(got) == list(ref) and all(torch.equal(got[k], ref[k]) for k in ref)
-    assert torch.equal(load_checkpoint(tmp_path / "head.pt").state_dict["weight"], torch.ones(3, 128))
+    assert torch.equal(
+        load_checkpoint(tmp_path / "head.pt").state_dict["weight"], torch.ones(3, 128)
+    )
     assert "src" not in sys.modules
 
 
@@ -76,6 +82,7 @@ def test_plain_state_dicts_load_and_are_readable_without_this_repo(tmp_path, suf
         assert torch.equal(torch.load(tmp_path / "sd.pt", weights_only=True)["a"], sd["a"])
     else:
         from safetensors.torch import load_file
+
         assert torch.equal(load_file(str(tmp_path / "sd.safetensors"))["a"], sd["a"])
 
 
@@ -139,8 +146,12 @@ def test_unknown_module_is_never_imported(tmp_path):
 
 def test_zip_with_a_bad_entry_is_a_clear_error(tmp_path):
     import zipfile
+
     save_state_dict({"w": torch.randn(64)}, tmp_path / "ok.pt")
-    with zipfile.ZipFile(tmp_path / "ok.pt") as src, zipfile.ZipFile(tmp_path / "bad.pt", "w") as dst:
+    with (
+        zipfile.ZipFile(tmp_path / "ok.pt") as src,
+        zipfile.ZipFile(tmp_path / "bad.pt", "w") as dst,
+    ):
         for item in src.infolist():
             data = src.read(item.filename)
             if "/data/" in item.filename and not item.filename.endswith(".pkl"):
@@ -157,7 +168,7 @@ def test_a_list_of_tensors_is_not_a_checkpoint(tmp_path):
         load_checkpoint(tmp_path / "list.pt")
 
 
-# ----- every container torch.load reads (issue 13, part 1) -----------------------------------------
+# ----- every container torch.load reads (issue 13, part 1) ----------------------------------------
 
 
 def _save_legacy_fixtures(folder: Path, protocols=(2, 3, 4, 5)) -> dict:
@@ -165,14 +176,21 @@ def _save_legacy_fixtures(folder: Path, protocols=(2, 3, 4, 5)) -> dict:
     legacy one (what torch < 1.6 wrote), with every pickle protocol torch.save accepts."""
     modeling = _legacy_modeling()
     torch.manual_seed(0)
-    encoder = modeling.ImageEncoder(create_clip("mini"), val_preprocess=open_clip.image_transform(32, is_train=False))
+    encoder = modeling.ImageEncoder(
+        create_clip("mini"), val_preprocess=open_clip.image_transform(32, is_train=False)
+    )
     head = modeling.ClassificationHead(True, torch.randn(5, 128))
     files = {}
     for container in ("zip", "legacy"):
         for proto in protocols:
             for name, obj in (("enc", encoder), ("head", head)):
                 path = folder / f"{name}_{container}_{proto}.pt"
-                torch.save(obj, path, pickle_protocol=proto, _use_new_zipfile_serialization=container == "zip")
+                torch.save(
+                    obj,
+                    path,
+                    pickle_protocol=proto,
+                    _use_new_zipfile_serialization=container == "zip",
+                )
                 files[name, container, proto] = path
     _forget_legacy()
     return files
@@ -187,19 +205,27 @@ def test_legacy_container_loads_like_the_zip_one_without_importing_classes(tmp_p
         assert legacy.kind == zipped.kind and legacy.attributes == zipped.attributes
         assert list(legacy.state_dict) == list(zipped.state_dict)
         for k, v in zipped.state_dict.items():
-            assert legacy.state_dict[k].dtype == v.dtype and torch.equal(legacy.state_dict[k], v), (name, k)
+            assert legacy.state_dict[k].dtype == v.dtype and torch.equal(legacy.state_dict[k], v), (
+                name,
+                k,
+            )
     assert "src.modeling" not in sys.modules
 
 
 def _legacy_container(obj, persistent_id=lambda obj: None) -> bytes:
-    """Bytes of torch's legacy container (magic number, protocol version, sys info, the object's pickle,
-    storage keys) written by hand, so the pickle can hold what torch.save never writes."""
+    """Bytes of torch's legacy container (magic number, protocol version, sys info, the object's
+    pickle, storage keys) written by hand, so the pickle can hold what torch.save never writes."""
     import io
     import pickle
+
     from torch.serialization import MAGIC_NUMBER, PROTOCOL_VERSION
 
     out = io.BytesIO()
-    for header in (MAGIC_NUMBER, PROTOCOL_VERSION, {"protocol_version": PROTOCOL_VERSION, "little_endian": True}):
+    for header in (
+        MAGIC_NUMBER,
+        PROTOCOL_VERSION,
+        {"protocol_version": PROTOCOL_VERSION, "little_endian": True},
+    ):
         pickle.dump(header, out, protocol=2)
     pickler = pickle.Pickler(out, protocol=2)
     pickler.persistent_id = persistent_id
@@ -220,7 +246,8 @@ def _tar_container(obj, path: Path) -> None:
 
     def persistent_id(o):
         if isinstance(o, type) and issubclass(o, torch.nn.Module) and o not in classes:
-            classes.add(o)  # the id holds the class itself, which must then pickle as a plain global
+            # the id holds the class itself, which must then pickle as a plain global
+            classes.add(o)
             return (o, "modeling.py", "class source")
         if isinstance(o, torch.Tensor):
             tensors[len(tensors)] = o.detach().contiguous()
@@ -235,11 +262,17 @@ def _tar_container(obj, path: Path) -> None:
     pickle.dump(len(tensors), views, protocol=2)
     for key, t in tensors.items():
         storage_type = {torch.float32: torch.FloatStorage, torch.int64: torch.LongStorage}[t.dtype]
-        pickle.dump((1000 + key, "cpu", storage_type), storages, protocol=2)  # storage keys apart from tensor keys
+        # storage keys apart from tensor keys
+        pickle.dump((1000 + key, "cpu", storage_type), storages, protocol=2)
         storages.write(struct.pack("<q", t.numel()) + t.numpy().tobytes())
         pickle.dump((key, 1000 + key, None), views, protocol=2)
-        views.write(struct.pack("<i", t.dim()) + b"\0" * 4 + struct.pack(f"<{t.dim()}q", *t.shape)
-                    + struct.pack(f"<{t.dim()}q", *t.stride()) + struct.pack("<q", 0))
+        views.write(
+            struct.pack("<i", t.dim())
+            + b"\0" * 4
+            + struct.pack(f"<{t.dim()}q", *t.shape)
+            + struct.pack(f"<{t.dim()}q", *t.stride())
+            + struct.pack("<q", 0)
+        )
     pickle.dump([], storages, protocol=2)
     with tarfile.open(path, "w:", format=tarfile.PAX_FORMAT) as tar:
         for name, data in (("storages", storages), ("tensors", views), ("pickle", body)):
@@ -258,7 +291,10 @@ def test_oldest_tar_container_loads_like_the_zip_one(tmp_path):
         _tar_container(obj, tmp_path / f"{name}_tar.pt")
     _forget_legacy()
     for name in ("enc", "head"):
-        zipped, tarred = load_checkpoint(tmp_path / f"{name}_zip.pt"), load_checkpoint(tmp_path / f"{name}_tar.pt")
+        zipped, tarred = (
+            load_checkpoint(tmp_path / f"{name}_zip.pt"),
+            load_checkpoint(tmp_path / f"{name}_tar.pt"),
+        )
         assert tarred.kind == zipped.kind and tarred.attributes == zipped.attributes
         assert list(tarred.state_dict) == list(zipped.state_dict)
         assert all(torch.equal(tarred.state_dict[k], v) for k, v in zipped.state_dict.items()), name
@@ -278,28 +314,43 @@ class _ContainerClass:
 def test_hostile_legacy_container_files_are_refused_and_run_nothing(tmp_path):
     marker = tmp_path / "pwned"
     # 1. torch.save's own legacy container around a pickle that calls os.system
-    torch.save({"weight": torch.zeros(2), "payload": _RunsACommand(marker)}, tmp_path / "evil_legacy.pt",
-               _use_new_zipfile_serialization=False)
-    with pytest.raises(CheckpointError, match=r"evil_legacy\.pt.*refused to call (posix|os)\.system"):
+    torch.save(
+        {"weight": torch.zeros(2), "payload": _RunsACommand(marker)},
+        tmp_path / "evil_legacy.pt",
+        _use_new_zipfile_serialization=False,
+    )
+    with pytest.raises(
+        CheckpointError, match=r"evil_legacy\.pt.*refused to call (posix|os)\.system"
+    ):
         load_checkpoint(tmp_path / "evil_legacy.pt")
+
     # 2. the container's module id naming os.system as the "class", which the pickle then calls
-    module_id = lambda obj: ("module", os.system, "x.py", "source") if obj is _ContainerClass else None  # noqa: E731
-    (tmp_path / "evil_module_id.pt").write_bytes(_legacy_container(_ContainerClass(f"touch {marker}"), module_id))
+    def module_id(obj):
+        return ("module", os.system, "x.py", "source") if obj is _ContainerClass else None  # noqa: E731
+
+    (tmp_path / "evil_module_id.pt").write_bytes(
+        _legacy_container(_ContainerClass(f"touch {marker}"), module_id)
+    )
     with pytest.raises(CheckpointError) as e:
         load_checkpoint(tmp_path / "evil_module_id.pt")
     assert "evil_module_id.pt" in _one_line(e) and "refused to call" in str(e.value)
     # 3. a call to a module that does not exist, inside the legacy container
     unknown_call = b"\x80\x02cno_such_module_xyz\nboom\nq\x00)R."
-    (tmp_path / "unknown_legacy.pt").write_bytes(_legacy_container(None).replace(b"\x80\x02N.", unknown_call, 1))
+    (tmp_path / "unknown_legacy.pt").write_bytes(
+        _legacy_container(None).replace(b"\x80\x02N.", unknown_call, 1)
+    )
     with pytest.raises(CheckpointError, match=r"unknown_legacy\.pt.*no_such_module_xyz\.boom"):
         load_checkpoint(tmp_path / "unknown_legacy.pt")
     # 4. the tar container around a pickle that calls os.system
-    _tar_container({"weight": torch.zeros(2), "payload": _RunsACommand(marker)}, tmp_path / "evil_tar.pt")
+    _tar_container(
+        {"weight": torch.zeros(2), "payload": _RunsACommand(marker)}, tmp_path / "evil_tar.pt"
+    )
     with pytest.raises(CheckpointError, match=r"evil_tar\.pt.*refused to call (posix|os)\.system"):
         load_checkpoint(tmp_path / "evil_tar.pt")
     assert not marker.exists() and "no_such_module_xyz" not in sys.modules
     # the crafted files are live: plain pickle semantics would run the command
     import warnings
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.load(tmp_path / "evil_module_id.pt", weights_only=False)
@@ -316,7 +367,10 @@ def test_an_unreadable_file_says_which_format_it_looked_like(tmp_path):
             load_checkpoint(cut)
         assert f"cut_{container}.pt" in _one_line(e) and looks in str(e.value), str(e.value)
     cases = {
-        "lfs.pt": (b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 123\n", "Git LFS pointer"),
+        "lfs.pt": (
+            b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 123\n",
+            "Git LFS pointer",
+        ),
         "page.pt": (b"<!DOCTYPE html><html><body>Sign in</body></html>", "HTML"),
         "empty.pt": (b"", "empty file"),
     }
@@ -327,49 +381,71 @@ def test_an_unreadable_file_says_which_format_it_looked_like(tmp_path):
         assert name in _one_line(e) and looks in str(e.value), str(e.value)
     save_state_dict({"w": torch.zeros(3)}, tmp_path / "weights.safetensors")
     (tmp_path / "weights.safetensors").rename(tmp_path / "weights.pt")
-    with pytest.raises(CheckpointError, match=r"weights\.pt: .*looks like a safetensors file \(give it the \.safetensors suffix\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"weights\.pt: .*looks like a safetensors file \(give it the \.safetensors suffix\)",
+    ):
         load_checkpoint(tmp_path / "weights.pt")
     (tmp_path / "pointer.safetensors").write_bytes(cases["lfs.pt"][0])
-    with pytest.raises(CheckpointError, match=r"pointer\.safetensors: not a readable safetensors file; it looks like a Git LFS"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"pointer\.safetensors: not a readable safetensors file; it looks like a Git LFS",
+    ):
         load_checkpoint(tmp_path / "pointer.safetensors")
 
 
-# ----- wrappers open_clip's own loader removes ------------------------------------------------------
+# ----- wrappers open_clip's own loader removes ----------------------------------------------------
 
 
-def test_ddp_prefix_and_open_clip_training_checkpoint_are_unwrapped_with_a_log_line(tmp_path, caplog):
+def test_ddp_prefix_and_open_clip_training_checkpoint_are_unwrapped_with_a_log_line(
+    tmp_path, caplog
+):
     clip = create_clip("mini")
     sd = {k: v.detach().clone() for k, v in clip.state_dict().items()}
     ddp = {"module." + k: v for k, v in sd.items()}
     torch.save(ddp, tmp_path / "ddp.pt")
-    torch.save({"epoch": 10, "name": "run", "state_dict": ddp, "optimizer": {"state": {}, "param_groups": []}},
-               tmp_path / "epoch_10.pt")
-    for name, notes in (("ddp.pt", ["DistributedDataParallel"]), ("epoch_10.pt", ["training checkpoint", "DistributedDataParallel"])):
+    torch.save(
+        {
+            "epoch": 10,
+            "name": "run",
+            "state_dict": ddp,
+            "optimizer": {"state": {}, "param_groups": []},
+        },
+        tmp_path / "epoch_10.pt",
+    )
+    for name, notes in (
+        ("ddp.pt", ["DistributedDataParallel"]),
+        ("epoch_10.pt", ["training checkpoint", "DistributedDataParallel"]),
+    ):
         caplog.clear()
         with caplog.at_level("WARNING", logger="adamerging.checkpoints"):
             got = load_checkpoint(tmp_path / name).state_dict
         assert list(got) == list(sd) and all(torch.equal(got[k], sd[k]) for k in sd)
         for note in notes:
-            assert any(name in r.getMessage() and note in r.getMessage() for r in caplog.records), (name, note)
-    # a file where only some entries carry the prefix is left as it is (and then fails the key check)
+            assert any(name in r.getMessage() and note in r.getMessage() for r in caplog.records), (
+                name,
+                note,
+            )
+    # a file where only some entries carry the prefix is left as it is (and then fails the key
+    # check)
     torch.save({"module.a": torch.zeros(1), "b": torch.zeros(1)}, tmp_path / "mixed.pt")
     assert list(load_checkpoint(tmp_path / "mixed.pt").state_dict) == ["module.a", "b"]
 
 
-# ----- the files this repo writes load where the public ones load ------------------------------------
+# ----- the files this repo writes load where the public ones load ---------------------------------
 
-_PLAIN_LOAD = r'''
+_PLAIN_LOAD = r"""
 import importlib.abc, importlib.util, json, sys
 
-class _NoAdamerging(importlib.abc.MetaPathFinder):   # as on a machine where this package is not installed
+class _NoAdamerging(importlib.abc.MetaPathFinder):   # as where this package is not installed
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] == "adamerging":
-            raise ImportError(f"No module named {name!r} (blocked: the file must load without this package)")
+            raise ImportError(f"No module named {name!r} (blocked: must load without it)")
 
 sys.meta_path.insert(0, _NoAdamerging())
 legacy, shim, expected_file, *paths = sys.argv[1:]
 sys.path.insert(0, legacy)  # the task-vectors `src.modeling` (tests/legacy stands in for it)
-# this machine only: a CUDA torchvision on CPU torch needs the op schemas before open_clip imports it
+# this machine only: a CUDA torchvision on CPU torch needs the op schemas before open_clip
 spec = importlib.util.spec_from_file_location("torchvision_shim", shim)
 spec.loader.exec_module(importlib.util.module_from_spec(spec))
 import torch, open_clip
@@ -377,49 +453,72 @@ import torch, open_clip
 expected = torch.load(expected_file, weights_only=True)
 out = {}
 for path in paths:
-    obj = torch.load(path, map_location="cpu", weights_only=False)   # plain unpickling: every class is imported
+    # plain unpickling: every class is imported
+    obj = torch.load(path, map_location="cpu", weights_only=False)
     classes = sorted({f"{type(m).__module__}.{type(m).__name__}" for m in obj.modules()})
-    if hasattr(obj, "model"):   # an ImageEncoder: its forward is model.encode_image, with open_clip's modules
+    same = None
+    # an ImageEncoder: its forward is model.encode_image, with open_clip's modules
+    if hasattr(obj, "model") and path in expected["features"]:
         with torch.no_grad():
-            same = bool(torch.equal(obj(expected["images"]), expected["features"][path])) if path in expected["features"] else None
-    else:
-        same = None
+            same = bool(torch.equal(obj(expected["images"]), expected["features"][path]))
     out[path] = {"classes": classes, "same_features": same}
 assert not [m for m in sys.modules if m.split(".")[0] == "adamerging"]
 print(json.dumps(out))
-'''
+"""
 
 
 def load_without_this_package(paths, features=None, images=None) -> dict:
-    """Unpickle `paths` with a plain `torch.load(weights_only=False)` in a fresh interpreter that has only
-    open_clip and tests/legacy's `src.modeling` (importing `adamerging` fails there). Returns per path the
-    classes of its modules and, for encoders in `features` ({path: [N, d]} of `images`), whether its
-    forward gives exactly those features."""
+    """Unpickle `paths` with a plain `torch.load(weights_only=False)` in a fresh interpreter that
+    has only open_clip and tests/legacy's `src.modeling` (importing `adamerging` fails there).
+    Returns per path the classes of its modules and, for encoders in `features` ({path: [N, d]} of
+    `images`), whether its forward gives exactly those features."""
     import json
     import subprocess
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         expected = Path(tmp) / "expected.pt"
-        torch.save({"images": images if images is not None else torch.zeros(1), "features": {str(k): v for k, v in (features or {}).items()}},
-                   expected)
+        torch.save(
+            {
+                "images": images if images is not None else torch.zeros(1),
+                "features": {str(k): v for k, v in (features or {}).items()},
+            },
+            expected,
+        )
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         shim = Path(adamerging.__file__).with_name("_torchvision_compat.py")
-        proc = subprocess.run([sys.executable, "-c", _PLAIN_LOAD, str(LEGACY), str(shim), str(expected), *map(str, paths)],
-                              capture_output=True, text=True, env=env, cwd=tmp, timeout=300)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                _PLAIN_LOAD,
+                str(LEGACY),
+                str(shim),
+                str(expected),
+                *map(str, paths),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp,
+            timeout=300,
+        )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def test_written_pickles_load_with_plain_torch_load_and_open_clip_only(tmp_path):
-    from adamerging.pipeline import parse_config, run
     from model_fixtures import mini_argv, write_mini_problem
 
+    from adamerging.pipeline import parse_config, run
+
     clip = create_clip("mini")
-    assert any(type(m).__module__ == "adamerging.models" for m in clip.modules())   # the lean activation is in use here
+    # the lean activation is in use here
+    assert any(type(m).__module__ == "adamerging.models" for m in clip.modules())
     save_image_encoder(clip, tmp_path / "zeroshot.pt")
     save_classification_head(torch.randn(3, 128), tmp_path / "head.pt")
-    assert any(type(m).__module__ == "adamerging.models" for m in clip.modules())   # the caller's model is left as it was
+    # the caller's model is left as it was
+    assert any(type(m).__module__ == "adamerging.models" for m in clip.modules())
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         features = clip.encode_image(images)
@@ -428,12 +527,22 @@ def test_written_pickles_load_with_plain_torch_load_and_open_clip_only(tmp_path)
     run("task_arithmetic", parse_config("task_arithmetic", mini_argv(root, tasks="EuroSAT")))
     built = list((root / "data" / ".cache" / "heads").rglob("*.pt"))
     assert len(built) == 1
-    got = load_without_this_package([tmp_path / "zeroshot.pt", tmp_path / "head.pt", *built], {tmp_path / "zeroshot.pt": features}, images)
+    got = load_without_this_package(
+        [tmp_path / "zeroshot.pt", tmp_path / "head.pt", *built],
+        {tmp_path / "zeroshot.pt": features},
+        images,
+    )
     encoder = got[str(tmp_path / "zeroshot.pt")]
-    assert encoder["same_features"] is True and "open_clip.transformer.QuickGELU" in encoder["classes"]
+    assert (
+        encoder["same_features"] is True and "open_clip.transformer.QuickGELU" in encoder["classes"]
+    )
     assert "src.modeling.ImageEncoder" in encoder["classes"]
-    assert all(c.split(".")[0] in ("src", "open_clip", "torch") for c in encoder["classes"]), encoder["classes"]
+    assert all(c.split(".")[0] in ("src", "open_clip", "torch") for c in encoder["classes"]), (
+        encoder["classes"]
+    )
     for head in [tmp_path / "head.pt", *built]:
         assert got[str(head)]["classes"] == ["src.modeling.ClassificationHead"]
     # and this repo's restricted reader still reads them, without importing any of those classes
-    assert list(load_checkpoint(tmp_path / "zeroshot.pt").state_dict) == list(encoder_state_dict(clip))
+    assert list(load_checkpoint(tmp_path / "zeroshot.pt").state_dict) == list(
+        encoder_state_dict(clip)
+    )

@@ -1,11 +1,13 @@
-"""The one command-line error handler: exit codes and one-line messages; and the experiments' reuse rule."""
+"""The one command-line error handler: exit codes and one-line messages; and the experiments' reuse
+rule."""
+
 import dataclasses
 from pathlib import Path
 
 import pytest
 
-from adamerging.checkpoints import CheckpointError
 import adamerging
+from adamerging.checkpoints import CheckpointError
 from adamerging.cli import RunStopped, command_name, run_cli
 from adamerging.config import RunConfig
 from adamerging.datasets import DatasetError
@@ -14,19 +16,37 @@ from adamerging.datasets import DatasetError
 def _raise(error: BaseException):
     def command(argv):
         raise error
+
     return command
 
 
-@pytest.mark.parametrize("error, code, text", [
-    (FileNotFoundError("no zeroshot.pt in ckpt/"), 2, "error: no zeroshot.pt in ckpt/"),
-    (CheckpointError("a.pt: entry 'x' has shape (2,)"), 2, "error: a.pt: entry 'x' has shape (2,)"),
-    (DatasetError("dtd: no test split"), 2, "error: dtd: no test split"),
-    (KeyError("unknown task 'Foo'"), 2, "error: unknown task 'Foo'"),        # the message, not KeyError's quoted repr
-    (ValueError("two\nlines"), 2, "error: two lines"),
-    (RunStopped("non-finite loss at step 3; state saved"), 3, "error: non-finite loss at step 3; state saved"),
-    (type("StoppedOnBadValue", (RunStopped, ValueError), {})("stopped"), 3, "error: stopped"),   # a stop wins over a user error
-    (KeyboardInterrupt("interrupted; state saved to s.pt"), 130, "interrupted; state saved to s.pt"),
-])
+@pytest.mark.parametrize(
+    "error, code, text",
+    [
+        (FileNotFoundError("no zeroshot.pt in ckpt/"), 2, "error: no zeroshot.pt in ckpt/"),
+        (
+            CheckpointError("a.pt: entry 'x' has shape (2,)"),
+            2,
+            "error: a.pt: entry 'x' has shape (2,)",
+        ),
+        (DatasetError("dtd: no test split"), 2, "error: dtd: no test split"),
+        # the message, not KeyError's quoted repr
+        (KeyError("unknown task 'Foo'"), 2, "error: unknown task 'Foo'"),
+        (ValueError("two\nlines"), 2, "error: two lines"),
+        (
+            RunStopped("non-finite loss at step 3; state saved"),
+            3,
+            "error: non-finite loss at step 3; state saved",
+        ),
+        # a stop wins over a user error
+        (type("StoppedOnBadValue", (RunStopped, ValueError), {})("stopped"), 3, "error: stopped"),
+        (
+            KeyboardInterrupt("interrupted; state saved to s.pt"),
+            130,
+            "interrupted; state saved to s.pt",
+        ),
+    ],
+)
 def test_user_errors_print_one_line_and_exit_with_their_code(capsys, error, code, text):
     with pytest.raises(SystemExit) as exit_:
         run_cli(_raise(error), [])
@@ -47,11 +67,19 @@ def test_a_saved_run_is_reused_only_for_an_equal_config():
     from adamerging.experiments.common import same_run
 
     config = RunConfig(model="mini", steps=5, tasks="MNIST,SVHN")
-    saved = {"config": dataclasses.replace(config, overwrite=False, results_dir="elsewhere", no_progress=True).to_json()}
-    assert same_run(saved, config)                                            # output-only settings differ
+    saved = {
+        "config": (
+            dataclasses.replace(
+                config, overwrite=False, results_dir="elsewhere", no_progress=True
+            ).to_json()
+        )
+    }
+    # output-only settings differ
+    assert same_run(saved, config)
     assert not same_run(saved, dataclasses.replace(config, steps=6))
     assert not same_run(saved, dataclasses.replace(config, tasks="MNIST"))
-    assert not same_run({"config": {**saved["config"], "old_flag": 1}}, config)   # a result of another layout
+    # a result of another layout
+    assert not same_run({"config": {**saved["config"], "old_flag": 1}}, config)
 
 
 def test_a_misspelled_method_is_named_with_the_nearest_ones(capsys):
@@ -64,12 +92,19 @@ def test_a_misspelled_method_is_named_with_the_nearest_ones(capsys):
     assert "unknown method 'task_aritmetic'; did you mean task_arithmetic" in err
 
 
-@pytest.mark.parametrize("argv0, expected", [
-    ("/env/bin/adamerging-prepare", "adamerging-prepare"),                                # the installed command
-    (str(Path(adamerging.__file__).parent / "prepare.py"), "python -m adamerging.prepare"),  # python -m
-    ("src/main_task_arithmetic.py", "main_task_arithmetic.py"),                          # a script, as argparse names it
-    ("-c", "python -m adamerging.prepare"),                                               # python -c / embedded
-])
+@pytest.mark.parametrize(
+    "argv0, expected",
+    [
+        # the installed command
+        ("/env/bin/adamerging-prepare", "adamerging-prepare"),
+        # python -m
+        (str(Path(adamerging.__file__).parent / "prepare.py"), "python -m adamerging.prepare"),
+        # a script, as argparse names it
+        ("src/main_task_arithmetic.py", "main_task_arithmetic.py"),
+        # python -c / embedded
+        ("-c", "python -m adamerging.prepare"),
+    ],
+)
 def test_usage_lines_name_the_command_as_typed(monkeypatch, argv0, expected):
     monkeypatch.setattr("sys.argv", [argv0, "--help"])
     assert command_name("adamerging.prepare") == expected

@@ -1,4 +1,6 @@
-"""The typed run configuration: flags build it, defaults live once, variants by dataclasses.replace."""
+"""The typed run configuration: flags build it, defaults live once, variants by
+dataclasses.replace."""
+
 import dataclasses
 from pathlib import Path
 
@@ -11,25 +13,57 @@ from adamerging.pipeline import METHODS, parse_config
 def test_no_flags_give_the_dataclass_defaults_and_every_field_has_a_flag():
     assert config_from_namespace(build_parser().parse_args([])) == RunConfig()
     assert parse_config("layer_wise_adamerging", []) == RunConfig()
-    dests = {a.dest for a in build_parser()._actions} | {a.dest for a in build_parser(standalone_diagnostics=True)._actions}
+    dests = {a.dest for a in build_parser()._actions} | {
+        a.dest for a in build_parser(standalone_diagnostics=True)._actions
+    }
     assert {f.name for f in dataclasses.fields(RunConfig)} <= dests
 
 
 def test_flags_reach_their_fields_and_configs_compare_by_value():
-    config = parse_config("task_wise_adamerging", ["--steps", "20", "--task", "A=x", "--task", "B=y", "--diagnose-lambdas", "0,0.5",
-                                                   "--no-clamp", "--adapt-mode", "per-task", "--save-format", "hf"])
-    assert (config.steps, config.task, config.diagnose_lambdas, config.clamp, config.adapt_mode, config.save_format) == \
-           (20, ("A=x", "B=y"), (0.0, 0.5), False, "per-task", "hf")
+    config = parse_config(
+        "task_wise_adamerging",
+        [
+            "--steps",
+            "20",
+            "--task",
+            "A=x",
+            "--task",
+            "B=y",
+            "--diagnose-lambdas",
+            "0,0.5",
+            "--no-clamp",
+            "--adapt-mode",
+            "per-task",
+            "--save-format",
+            "hf",
+        ],
+    )
+    assert (
+        config.steps,
+        config.task,
+        config.diagnose_lambdas,
+        config.clamp,
+        config.adapt_mode,
+        config.save_format,
+    ) == (20, ("A=x", "B=y"), (0.0, 0.5), False, "per-task", "hf")
     assert dataclasses.replace(RunConfig(), steps=20) == RunConfig(steps=20) != RunConfig()
-    assert hash(RunConfig(task=["A=x"])) == hash(RunConfig(task=("A=x",)))   # lists become tuples: hashable, equal
+    # lists become tuples: hashable, equal
+    assert hash(RunConfig(task=["A=x"])) == hash(RunConfig(task=("A=x",)))
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.steps = 3
-    standalone = config_from_namespace(build_parser(standalone_diagnostics=True).parse_args(["--samples", "7", "--vectors", "ties"]))
+    standalone = config_from_namespace(
+        build_parser(standalone_diagnostics=True).parse_args(
+            ["--samples", "7", "--vectors", "ties"]
+        )
+    )
     assert (standalone.diagnose_samples, standalone.vectors) == (7, "ties")
 
 
 def test_bad_values_are_one_line_errors():
-    with pytest.raises(ValueError, match=r"'objective' \(--objective\) must be one of \['entropy', 'supervised'\], got 'mse'"):
+    with pytest.raises(
+        ValueError,
+        match=r"'objective' \(--objective\) must be one of \['entropy', 'supervised'\], got 'mse'",
+    ):
         RunConfig(objective="mse")
     with pytest.raises(SystemExit):
         parse_config("task_arithmetic", ["--precision", "fp8"])
@@ -39,11 +73,19 @@ def test_bad_values_are_one_line_errors():
 
 def test_every_method_is_described_by_registry_facts():
     from adamerging.pipeline import MERGE_RULES
+
     for m in METHODS.values():
-        assert m.vectors in ("plain", "ties", "none") and m.granularity in (None, "task-wise", "layer-wise")
+        assert m.vectors in ("plain", "ties", "none") and m.granularity in (
+            None,
+            "task-wise",
+            "layer-wise",
+        )
         assert m.table in ("zero", "one-hot", "average", "lam")
         assert (m.published is not None) == (m.granularity is not None)
-        assert m.rule is None or (m.rule in MERGE_RULES and m.granularity is None and m.vectors == "none")   # a rule reads the experts
+        # a rule reads the experts
+        assert m.rule is None or (
+            m.rule in MERGE_RULES and m.granularity is None and m.vectors == "none"
+        )
     with pytest.raises(ValueError, match="--regmean-ratio must be in"):
         RunConfig(regmean_ratio=1.5)
     with pytest.raises(ValueError, match="--train-images must be >= 1"):
@@ -55,9 +97,15 @@ def test_every_method_is_described_by_registry_facts():
 
 
 def test_lambdas_sweep_is_sorted_and_deduplicated(capsys):
-    # as the diagnostics parser did before the typed config: the sweep is an ordered set of coefficients
-    for parser, flag in ((build_parser(), "--diagnose-lambdas"), (build_parser(standalone_diagnostics=True), "--lambdas")):
-        assert config_from_namespace(parser.parse_args([flag, "1,0.3,0,0.30,1.0"])).diagnose_lambdas == (0.0, 0.3, 1.0)
+    # as the diagnostics parser did before the typed config: the sweep is an ordered set of
+    # coefficients
+    for parser, flag in (
+        (build_parser(), "--diagnose-lambdas"),
+        (build_parser(standalone_diagnostics=True), "--lambdas"),
+    ):
+        assert config_from_namespace(
+            parser.parse_args([flag, "1,0.3,0,0.30,1.0"])
+        ).diagnose_lambdas == (0.0, 0.3, 1.0)
         for bad in ("0.5,0.5", "0,x"):
             with pytest.raises(SystemExit):
                 parser.parse_args([flag, bad])
@@ -66,5 +114,9 @@ def test_lambdas_sweep_is_sorted_and_deduplicated(capsys):
 
 def test_a_run_writes_to_its_run_dir_else_to_results_dir_model():
     assert RunConfig(results_dir="r", model="mini").output_dir == Path("r/mini")
-    assert RunConfig(results_dir="r", model="mini", run_dir="r/mini/runs/robustness/fog").output_dir == Path("r/mini/runs/robustness/fog")
-    assert config_from_namespace(build_parser().parse_args(["--run-dir", "x"])).output_dir == Path("x")
+    assert RunConfig(
+        results_dir="r", model="mini", run_dir="r/mini/runs/robustness/fog"
+    ).output_dir == Path("r/mini/runs/robustness/fog")
+    assert config_from_namespace(build_parser().parse_args(["--run-dir", "x"])).output_dir == Path(
+        "x"
+    )

@@ -1,4 +1,5 @@
 """The robustness corruptions: shape, range, determinism, and that each one changes the image."""
+
 import pytest
 import torch
 
@@ -8,7 +9,9 @@ from adamerging.corruptions import CORRUPTIONS, corrupt
 @pytest.fixture(scope="module")
 def images():
     g = torch.Generator().manual_seed(0)
-    smooth = torch.nn.functional.interpolate(torch.rand(4, 3, 8, 8, generator=g), size=32, mode="bilinear")
+    smooth = torch.nn.functional.interpolate(
+        torch.rand(4, 3, 8, 8, generator=g), size=32, mode="bilinear"
+    )
     return (smooth * 255).to(torch.uint8)
 
 

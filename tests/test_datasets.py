@@ -1,4 +1,6 @@
-"""Tests of adamerging.datasets on tiny fake datasets written in the real layouts (tests/fake_data.py)."""
+"""Tests of adamerging.datasets on tiny fake datasets written in the real layouts
+(tests/fake_data.py)."""
+
 from __future__ import annotations
 
 import gzip
@@ -32,7 +34,9 @@ def _check_against_expected(split: ds.Split, root: Path, which: str) -> None:
     else:
         assert isinstance(split.images, np.ndarray) and split.images.dtype == np.uint8
         assert split.images.ndim == 4 and split.images.shape[-1] == 3
-        assert hashlib.sha1(np.ascontiguousarray(split.images).data).hexdigest() == exp["images_sha1"]
+        assert (
+            hashlib.sha1(np.ascontiguousarray(split.images).data).hexdigest() == exp["images_sha1"]
+        )
 
 
 # ----- reading ----------------------------------------------------------------------------------
@@ -45,7 +49,15 @@ def test_test_split_reads_back(tmp_path: Path, task: str, layout: str) -> None:
     split = ds.read_split(task, tmp_path, "test")
     assert split.task == task and split.split == "test"
     _check_against_expected(split, tmp_path, "test")
-    full = {"Cars": 196, "RESISC45": 45, "EuroSAT": 10, "SVHN": 10, "GTSRB": 43, "MNIST": 10, "DTD": 47}
+    full = {
+        "Cars": 196,
+        "RESISC45": 45,
+        "EuroSAT": 10,
+        "SVHN": 10,
+        "GTSRB": 43,
+        "MNIST": 10,
+        "DTD": 47,
+    }
     if task in full:
         assert len(split.classnames) == full[task]
 
@@ -72,7 +84,9 @@ def test_cars_labels_are_one_based_in_the_mat(tmp_path: Path) -> None:
     import scipy.io
 
     base = write_fake_dataset("Cars", tmp_path, n_per_class=1, num_classes=5)
-    annos = scipy.io.loadmat(base / "cars_test_annos_withlabels.mat", squeeze_me=True)["annotations"]
+    annos = scipy.io.loadmat(base / "cars_test_annos_withlabels.mat", squeeze_me=True)[
+        "annotations"
+    ]
     stored = np.asarray([int(a["class"]) for a in annos])
     assert stored.min() == 1 and stored.max() == 5
     split = ds.read_split("Cars", tmp_path)
@@ -104,7 +118,8 @@ def test_mnist_gz_files(tmp_path: Path) -> None:
     after = ds.read_split("MNIST", tmp_path)
     np.testing.assert_array_equal(after.labels, before.labels)
     np.testing.assert_array_equal(after.images, before.images)
-    assert (after.images[..., 0] == after.images[..., 2]).all()  # grayscale replicated to 3 channels
+    # grayscale replicated to 3 channels
+    assert (after.images[..., 0] == after.images[..., 2]).all()
 
 
 def test_test_dir_choice_when_both_layouts_exist(tmp_path: Path) -> None:
@@ -116,7 +131,9 @@ def test_test_dir_choice_when_both_layouts_exist(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("task", ["SUN397", "DTD"])
-def test_ambiguous_test_split_warns_names_the_folder_and_is_recorded(tmp_path: Path, task: str, caplog) -> None:
+def test_ambiguous_test_split_warns_names_the_folder_and_is_recorded(
+    tmp_path: Path, task: str, caplog
+) -> None:
     write_fake_dataset(task, tmp_path, n_per_class=1, num_classes=3, layout="task_vectors")
     write_fake_dataset(task, tmp_path, n_per_class=2, num_classes=3, layout="fork")
     base = ds.task_folder(task, tmp_path)
@@ -124,19 +141,31 @@ def test_ambiguous_test_split_warns_names_the_folder_and_is_recorded(tmp_path: P
         default = ds.read_split(task, tmp_path)
     assert default.source == str(base / "val") and len(default) == 3  # the current default is kept
     notes = [r.getMessage() for r in caplog.records if "test split candidate" in r.getMessage()]
-    assert len(notes) == 1 and f"using {base / 'val'}" in notes[0] and str(base / "test") in notes[0]
+    assert (
+        len(notes) == 1 and f"using {base / 'val'}" in notes[0] and str(base / "test") in notes[0]
+    )
     assert f"--test-split {task}=" in notes[0]
-    assert default.record() == {"split": "test", "source": str(base / "val"), "n_images": 3, "test_split": "val",
-                                "chosen_by": "default", "paper_n_images": list(ds.PAPER_TEST_SIZES[task])
-                                if task == "SUN397" else ds.PAPER_TEST_SIZES[task][0]}
+    assert default.record() == {
+        "split": "test",
+        "source": str(base / "val"),
+        "n_images": 3,
+        "test_split": "val",
+        "chosen_by": "default",
+        "paper_n_images": (
+            list(ds.PAPER_TEST_SIZES[task]) if task == "SUN397" else ds.PAPER_TEST_SIZES[task][0]
+        ),
+    }
     caplog.clear()
     with caplog.at_level("WARNING", logger="adamerging.datasets"):
         chosen = ds.read_split(task, tmp_path, test_dir=ds.parse_test_split("test")[task])
     assert chosen.source == str(base / "test") and len(chosen) == 6
-    assert chosen.record()["chosen_by"] == "--test-split" and chosen.record()["test_split"] == "test"
+    assert (
+        chosen.record()["chosen_by"] == "--test-split" and chosen.record()["test_split"] == "test"
+    )
     assert not [r for r in caplog.records if "test split candidate" in r.getMessage()]
     # one folder only: no ambiguity, no warning about it
     import shutil
+
     shutil.rmtree(base / "val")
     caplog.clear()
     with caplog.at_level("WARNING", logger="adamerging.datasets"):
@@ -147,10 +176,17 @@ def test_ambiguous_test_split_warns_names_the_folder_and_is_recorded(tmp_path: P
 def test_test_split_flag_values() -> None:
     assert ds.parse_test_split(None) == {}
     assert ds.parse_test_split("test") == {"SUN397": "test", "DTD": "test"}
-    assert ds.parse_test_split("val, eurosat=val,RESISC45=test") == {"SUN397": "val", "DTD": "val", "EuroSAT": "val", "RESISC45": "test"}
+    assert ds.parse_test_split("val, eurosat=val,RESISC45=test") == {
+        "SUN397": "val",
+        "DTD": "val",
+        "EuroSAT": "val",
+        "RESISC45": "test",
+    }
     with pytest.raises(ds.DatasetError, match="MNIST: has a single test split"):
         ds.parse_test_split("MNIST=val")
-    with pytest.raises(ds.DatasetError, match=r"DTD: --test-split 'train' .*expected one of val, test"):
+    with pytest.raises(
+        ds.DatasetError, match=r"DTD: --test-split 'train' .*expected one of val, test"
+    ):
         ds.parse_test_split("DTD=train")
     with pytest.raises(ds.DatasetError, match="unknown task"):
         ds.parse_test_split("Flowers=val")
@@ -163,10 +199,14 @@ def test_validation_split_of_eurosat_and_resisc45_only_when_chosen(tmp_path: Pat
     (base / "test").rename(base / "val")
     with pytest.raises(ds.DatasetError, match=r"EuroSAT_splits/test"):
         ds.read_split("EuroSAT", tmp_path)  # never guessed
-    assert ds.read_split("EuroSAT", tmp_path, test_dir="val").record()["source"] == str(base / "val")
+    assert ds.read_split("EuroSAT", tmp_path, test_dir="val").record()["source"] == str(
+        base / "val"
+    )
     lists = ds.task_folder("RESISC45", tmp_path)
     (lists / "resisc45-test.txt").rename(lists / "resisc45-val.txt")
-    assert ds.read_split("RESISC45", tmp_path, test_dir="val").source == str(lists / "resisc45-val.txt")
+    assert ds.read_split("RESISC45", tmp_path, test_dir="val").source == str(
+        lists / "resisc45-val.txt"
+    )
 
 
 def test_test_set_size_differing_from_the_paper_warns(tmp_path: Path, caplog) -> None:
@@ -174,7 +214,12 @@ def test_test_set_size_differing_from_the_paper_warns(tmp_path: Path, caplog) ->
     with caplog.at_level("WARNING", logger="adamerging.datasets"):
         split = ds.read_split("MNIST", tmp_path)
     notes = [r.getMessage() for r in caplog.records if "the paper's test set" in r.getMessage()]
-    assert len(notes) == 1 and "MNIST: read 30 test images" in notes[0] and "10000" in notes[0] and split.source in notes[0]
+    assert (
+        len(notes) == 1
+        and "MNIST: read 30 test images" in notes[0]
+        and "10000" in notes[0]
+        and split.source in notes[0]
+    )
     assert split.record()["n_images"] == 30 and split.record()["paper_n_images"] == 10000
     write_fake_dataset("MNIST", tmp_path / "full", n_per_class=1000, image_size=2)
     caplog.clear()
@@ -182,7 +227,9 @@ def test_test_set_size_differing_from_the_paper_warns(tmp_path: Path, caplog) ->
         assert len(ds.read_split("MNIST", tmp_path / "full")) == 10000
     assert not caplog.records
     # a miniature benchmark (classnames.txt) is small by design: no warning
-    (ds.task_folder("MNIST", tmp_path) / "classnames.txt").write_text("".join(f"{i}\n" for i in range(10)))
+    (ds.task_folder("MNIST", tmp_path) / "classnames.txt").write_text(
+        "".join(f"{i}\n" for i in range(10))
+    )
     caplog.clear()
     with caplog.at_level("WARNING", logger="adamerging.datasets"):
         ds.read_split("MNIST", tmp_path)
@@ -192,7 +239,9 @@ def test_test_set_size_differing_from_the_paper_warns(tmp_path: Path, caplog) ->
 def test_two_different_cars_annotation_copies_warn(tmp_path: Path, caplog) -> None:
     base = write_fake_dataset("Cars", tmp_path, n_per_class=1, num_classes=4)
     (base / "classnames.txt").write_text("a\nb\nc\nd\n")
-    (base / "devkit" / "cars_test_annos_withlabels.mat").write_bytes((base / "cars_test_annos_withlabels.mat").read_bytes())
+    (base / "devkit" / "cars_test_annos_withlabels.mat").write_bytes(
+        (base / "cars_test_annos_withlabels.mat").read_bytes()
+    )
     with caplog.at_level("WARNING", logger="adamerging.datasets"):
         ds.read_split("Cars", tmp_path)
     assert not caplog.records  # identical copies: nothing to choose
@@ -200,8 +249,11 @@ def test_two_different_cars_annotation_copies_warn(tmp_path: Path, caplog) -> No
     with caplog.at_level("WARNING", logger="adamerging.datasets"):
         split = ds.read_split("Cars", tmp_path)
     assert split.source == str(base / "cars_test_annos_withlabels.mat")
-    assert any("two different labelled test annotation files" in r.getMessage() and split.source in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        "two different labelled test annotation files" in r.getMessage()
+        and split.source in r.getMessage()
+        for r in caplog.records
+    )
 
 
 # ----- overrides ----------------------------------------------------------------------------------
@@ -241,9 +293,14 @@ def test_label_only_tasks_check_labels_against_names(tmp_path: Path) -> None:
 def test_eurosat_unknown_folder_needs_classnames_txt(tmp_path: Path) -> None:
     base = write_fake_dataset("EuroSAT", tmp_path, n_per_class=1, num_classes=3)
     assert ds.read_split("EuroSAT", tmp_path).classnames == [
-        "annual crop land", "forest", "brushland or shrubland"]
+        "annual crop land",
+        "forest",
+        "brushland or shrubland",
+    ]
     (base / "test" / "Glacier").mkdir()
-    (base / "test" / "Glacier" / "x.jpg").write_bytes((base / "test" / "Forest" / "img_0000.jpg").read_bytes())
+    (base / "test" / "Glacier" / "x.jpg").write_bytes(
+        (base / "test" / "Forest" / "img_0000.jpg").read_bytes()
+    )
     with pytest.raises(ds.DatasetError, match="Glacier"):
         ds.read_split("EuroSAT", tmp_path)
 
@@ -276,7 +333,10 @@ def test_missing_mnist_message(tmp_path: Path) -> None:
     with pytest.raises(ds.DatasetError) as err:
         ds.read_split("MNIST", tmp_path)
     msg = str(err.value)
-    assert f"expected {tmp_path / 'MNIST' / 'raw' / 't10k-images-idx3-ubyte'} (torchvision's MNIST layout)" in msg
+    assert (
+        f"expected {tmp_path / 'MNIST' / 'raw' / 't10k-images-idx3-ubyte'} (torchvision's MNIST"
+        " layout)" in msg
+    )
     assert f"{tmp_path / 'MNIST'} exists but is empty" in msg
 
 
@@ -339,9 +399,18 @@ def test_preprocess_shape_and_centre_crop(tmp_path: Path) -> None:
     from PIL import Image
 
     Image.fromarray(_stripes(16, 8)).save(tmp_path / "wide.png")
-    Image.fromarray(np.ascontiguousarray(_stripes(16, 8).transpose(1, 0, 2))).save(tmp_path / "tall.png")  # rows striped
-    split = ds.Split("DTD", "test", ["a"], np.zeros(2, np.int64),
-                     [str(tmp_path / "wide.png"), str(tmp_path / "tall.png")], str(tmp_path))
+    # rows striped
+    Image.fromarray(np.ascontiguousarray(_stripes(16, 8).transpose(1, 0, 2))).save(
+        tmp_path / "tall.png"
+    )
+    split = ds.Split(
+        "DTD",
+        "test",
+        ["a"],
+        np.zeros(2, np.int64),
+        [str(tmp_path / "wide.png"), str(tmp_path / "tall.png")],
+        str(tmp_path),
+    )
     out = ds.preprocess_images(split, 8, num_workers=1)
     assert out.shape == (2, 3, 8, 8) and str(out.dtype) == "torch.uint8"
     # 16x8 -> shorter side already 8, centre crop keeps columns 4..11: all green.
@@ -359,11 +428,15 @@ def test_preprocess_matches_torchvision_clip_transform(tmp_path: Path) -> None:
     for i, (w, h) in enumerate([(37, 20), (20, 45), (30, 30), (11, 13)]):
         paths.append(str(tmp_path / f"{i}.png"))
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(paths[-1])
-    Image.fromarray(rng.integers(0, 256, (25, 17), dtype=np.uint8), mode="L").save(tmp_path / "g.png")
+    Image.fromarray(rng.integers(0, 256, (25, 17), dtype=np.uint8), mode="L").save(
+        tmp_path / "g.png"
+    )
     paths.append(str(tmp_path / "g.png"))
     split = ds.Split("DTD", "test", ["a"], np.zeros(len(paths), np.int64), paths, str(tmp_path))
     ours = ds.preprocess_images(split, 16, num_workers=2)
-    tf = T.Compose([T.Resize(16, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(16), T.PILToTensor()])
+    tf = T.Compose(
+        [T.Resize(16, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(16), T.PILToTensor()]
+    )
     for i, p in enumerate(paths):
         ref = tf(Image.open(p).convert("RGB"))
         assert (ours[i] == ref).all(), p
@@ -382,7 +455,8 @@ def test_cache_reused_and_rebuilt(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     base = write_fake_dataset("EuroSAT", data, n_per_class=2, num_classes=3, image_size=10)
     split = ds.read_split("EuroSAT", data)
     first = ds.preprocess_images(split, 8, cache_dir=cache)
-    assert sorted(os.listdir(cache)) == ["EuroSAT_test_8.json", "EuroSAT_test_8.npy"]  # no temp files left
+    # no temp files left
+    assert sorted(os.listdir(cache)) == ["EuroSAT_test_8.json", "EuroSAT_test_8.npy"]
     meta = json.loads((cache / "EuroSAT_test_8.json").read_text())
     assert meta["n"] == 6 and meta["fingerprint"]["size"] == 8
 
@@ -396,11 +470,14 @@ def test_cache_reused_and_rebuilt(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     # Another size is another cache file: it must decode.
     with pytest.raises(ds.DatasetError, match="decoded"):
         ds.preprocess_images(split, 9, cache_dir=cache)
-    assert not [f for f in os.listdir(cache) if f.startswith(".")]  # the failed build left no temp file
+    # the failed build left no temp file
+    assert not [f for f in os.listdir(cache) if f.startswith(".")]
 
     # One more image changes the fingerprint: rebuilt.
     (base / "test" / "Forest" / "img_0000.jpg").replace(base / "test" / "Forest" / "img_0009.jpg")
-    (base / "test" / "Forest" / "img_0010.jpg").write_bytes((base / "test" / "Forest" / "img_0001.jpg").read_bytes())
+    (base / "test" / "Forest" / "img_0010.jpg").write_bytes(
+        (base / "test" / "Forest" / "img_0001.jpg").read_bytes()
+    )
     grown = ds.read_split("EuroSAT", data)
     with pytest.raises(ds.DatasetError, match="decoded"):
         ds.preprocess_images(grown, 8, cache_dir=cache)
@@ -410,7 +487,9 @@ def test_cache_reused_and_rebuilt(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert (rebuilt == ds.preprocess_images(grown, 8)).all()
 
 
-def test_array_cache_fingerprint_sees_pixels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_array_cache_fingerprint_sees_pixels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     write_fake_dataset("SVHN", tmp_path / "data", n_per_class=1)
     split = ds.read_split("SVHN", tmp_path / "data")
     first = ds.preprocess_images(split, 8, cache_dir=tmp_path / "cache")

@@ -1,8 +1,10 @@
-"""The documentation's relative links resolve: every linked file exists, and every #anchor names a heading.
+"""The documentation's relative links resolve: every linked file exists, and every #anchor names a
+heading.
 
-Covers README.md, docs/*.md and the other READMEs of the repository (benchmarks/, checkpoints/, data/,
-src/adamerging/mini/DESIGN.md). External links (http, mailto) are not followed.
+Covers README.md, docs/*.md and the other READMEs of the repository (benchmarks/, checkpoints/,
+data/, src/adamerging/mini/DESIGN.md). External links (http, mailto) are not followed.
 """
+
 from __future__ import annotations
 
 import re
@@ -16,8 +18,13 @@ FENCE = re.compile(r"^```.*?^```", re.S | re.M)
 
 
 def doc_files() -> list[Path]:
-    """Every markdown page a reader is sent to: README.md, docs/, and the READMEs beside code and data."""
-    found = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "src" / "adamerging" / "mini" / "DESIGN.md"]
+    """Every markdown page a reader is sent to: README.md, docs/, and the READMEs beside code and
+    data."""
+    found = [
+        ROOT / "README.md",
+        *sorted((ROOT / "docs").glob("*.md")),
+        ROOT / "src" / "adamerging" / "mini" / "DESIGN.md",
+    ]
     found += [ROOT / d / "README.md" for d in ("benchmarks", "checkpoints", "data")]
     return [p for p in found if p.is_file()]
 
@@ -58,13 +65,19 @@ def test_relative_links_resolve(page: Path):
 
 
 def test_the_link_check_can_fail(tmp_path: Path):
-    (tmp_path / "a.md").write_text("# Top\n\n## A section\n[ok](#a-section) [ok](b.md#top) [bad](c.md) [bad](b.md#nowhere)\n")
+    (tmp_path / "a.md").write_text(
+        "# Top\n\n## A section\n[ok](#a-section) [ok](b.md#top) [bad](c.md) [bad](b.md#nowhere)\n"
+    )
     (tmp_path / "b.md").write_text("# Top\n")
     assert broken_links(tmp_path / "a.md") == ["c.md", "b.md#nowhere"]
 
 
 def test_every_docs_page_is_reachable_from_the_readme():
-    linked = {(ROOT / t.partition("#")[0]).resolve() for t in links(ROOT / "README.md") if not re.match(r"^[a-z]+:", t)}
+    linked = {
+        (ROOT / t.partition("#")[0]).resolve()
+        for t in links(ROOT / "README.md")
+        if not re.match(r"^[a-z]+:", t)
+    }
     missing = [p.name for p in sorted((ROOT / "docs").glob("*.md")) if p.resolve() not in linked]
     assert missing == []
 

@@ -3,6 +3,7 @@
 Fixtures (tests/hf_fixtures.py) are random-weight `transformers` models of a small architecture and
 their open_clip twins; the full-size checks build the real architectures on the meta device.
 """
+
 from __future__ import annotations
 
 import json
@@ -10,6 +11,7 @@ import os
 import socket
 from pathlib import Path
 
+import hf_fixtures as F
 import pytest
 import torch
 
@@ -18,10 +20,13 @@ from adamerging import hf, hf_export
 from adamerging.checkpoints import CheckpointError
 from adamerging.models import create_clip, encoder_state_dict
 
-import hf_fixtures as F
-
 transformers = pytest.importorskip("transformers")
-from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig, CLIPVisionModelWithProjection  # noqa: E402
+from transformers import (  # noqa: E402
+    CLIPConfig,
+    CLIPModel,
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
+)  # noqa: E402
 
 TOL = 1e-5
 
@@ -52,7 +57,7 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", refuse)
 
 
-# ---------------------------------------------------------------------------------------------- conversion
+# conversion ---------------------------------------------------------------------------------------
 
 
 def test_converted_hf_clip_gives_the_same_features_in_open_clip(hf_model):
@@ -89,7 +94,9 @@ def test_qkv_are_stacked_in_q_k_v_order(hf_model):
     w = oc_sd["visual.transformer.resblocks.1.attn.in_proj_weight"]
     d = F.V_WIDTH
     for i, name in enumerate(("q_proj", "k_proj", "v_proj")):
-        assert torch.equal(w[i * d:(i + 1) * d], sd[f"vision_model.encoder.layers.1.self_attn.{name}.weight"])
+        assert torch.equal(
+            w[i * d : (i + 1) * d], sd[f"vision_model.encoder.layers.1.self_attn.{name}.weight"]
+        )
     assert torch.equal(oc_sd["visual.proj"], sd["visual_projection.weight"].t())
     assert torch.equal(oc_sd["text_projection"], sd["text_projection.weight"].t())
 
@@ -102,7 +109,10 @@ def test_legacy_position_ids_are_dropped_and_unknown_keys_refused(hf_model):
     sd["vision_model.encoder.layers.0.mystery.weight"] = torch.zeros(1)
     with pytest.raises(CheckpointError, match="mystery"):
         hf.hf_to_open_clip(sd)
-    del sd["vision_model.encoder.layers.0.mystery.weight"], sd["text_model.encoder.layers.1.self_attn.k_proj.bias"]
+    del (
+        sd["vision_model.encoder.layers.0.mystery.weight"],
+        sd["text_model.encoder.layers.1.self_attn.k_proj.bias"],
+    )
     with pytest.raises(CheckpointError, match="k_proj"):
         hf.hf_to_open_clip(sd)
 
@@ -110,13 +120,15 @@ def test_legacy_position_ids_are_dropped_and_unknown_keys_refused(hf_model):
 def test_config_is_checked_against_the_weights(hf_model):
     sd = hf_model.state_dict()
     with pytest.raises(CheckpointError, match="2 vision layers, the config says 3"):
-        hf.hf_to_open_clip(sd, F.clip_config(vision_config={**F.VISION_CONFIG, "num_hidden_layers": 3}).to_dict())
+        hf.hf_to_open_clip(
+            sd, F.clip_config(vision_config={**F.VISION_CONFIG, "num_hidden_layers": 3}).to_dict()
+        )
     gelu = F.clip_config(vision_config={**F.VISION_CONFIG, "hidden_act": "gelu"}).to_dict()
     with pytest.raises(ValueError, match="quick_gelu"):
         hf.hf_to_open_clip(sd, gelu)
 
 
-# ---------------------------------------------------------------------------------------------- vision-only
+# vision-only --------------------------------------------------------------------------------------
 
 
 def test_vision_model_with_projection_gives_the_same_image_features():
@@ -124,17 +136,24 @@ def test_vision_model_with_projection_gives_the_same_image_features():
     oc_sd = hf.hf_to_open_clip(model.state_dict(), model.config.to_dict())
     oc = F.open_clip_model()
     assert list(oc_sd) == [k for k in oc.state_dict() if k.startswith("visual.")]
-    oc.visual.load_state_dict({k[len("visual."):]: v for k, v in oc_sd.items()}, strict=True)
+    oc.visual.load_state_dict({k[len("visual.") :]: v for k, v in oc_sd.items()}, strict=True)
     with torch.no_grad():
-        torch.testing.assert_close(oc.encode_image(F.images()), model(pixel_values=F.images()).image_embeds, rtol=0, atol=TOL)
+        torch.testing.assert_close(
+            oc.encode_image(F.images()),
+            model(pixel_values=F.images()).image_embeds,
+            rtol=0,
+            atol=TOL,
+        )
 
 
 @pytest.mark.parametrize("layout", ["transformers5", "transformers4"])
 def test_vision_model_without_projection_is_filled_from_the_pretrained(layout):
     model = F.hf_vision(with_projection=False, seed=4)
     sd = dict(model.state_dict())
-    assert "embeddings.patch_embedding.weight" in sd  # transformers >= 5 saves CLIPVisionModel unprefixed
-    if layout == "transformers4":  # FusionBench's files: `vision_model.` prefix, position_ids buffer
+    # transformers >= 5 saves CLIPVisionModel unprefixed
+    assert "embeddings.patch_embedding.weight" in sd
+    # FusionBench's files: `vision_model.` prefix, position_ids buffer
+    if layout == "transformers4":
         sd = {"vision_model." + k: v for k, v in sd.items()}
         sd["vision_model.embeddings.position_ids"] = torch.arange(17)[None]
     partial = hf.hf_to_open_clip(sd, model.config.to_dict())
@@ -144,7 +163,7 @@ def test_vision_model_without_projection_is_filled_from_the_pretrained(layout):
     full = hf.fill_from(partial, pretrained)
     assert list(full) == list(pretrained)
     for k, v in full.items():
-        source = partial.get(k[len("model."):], pretrained[k])
+        source = partial.get(k[len("model.") :], pretrained[k])
         assert v is source
     assert full["model.visual.proj"] is pretrained["model.visual.proj"]
     assert full["model.text_projection"] is pretrained["model.text_projection"]
@@ -156,10 +175,10 @@ def test_vision_model_without_projection_is_filled_from_the_pretrained(layout):
     # A whole CLIPModel passes through (its text transformer is not part of the encoder layout).
     whole = F.open_clip_model(seed=6).state_dict()
     filled = hf.fill_from(whole, pretrained)
-    assert all(filled[k] is whole[k[len("model."):]] for k in pretrained)
+    assert all(filled[k] is whole[k[len("model.") :]] for k in pretrained)
 
 
-# ---------------------------------------------------------------------------------------------- folders
+# folders ------------------------------------------------------------------------------------------
 
 
 def test_saved_hf_folder_loads(tmp_path: Path, hf_model):
@@ -218,19 +237,31 @@ def test_exported_merged_encoder_loads_in_transformers(tmp_path: Path, hf_model)
     config = hf_model.config.to_dict()
     # A merged image encoder as --save-merged writes it (model.*, no text transformer).
     folder = hf_export.save_hf_checkpoint(tmp_path / "merged", encoder_state_dict(oc), config)
-    assert json.loads((folder / "config.json").read_text())["architectures"] == ["CLIPVisionModelWithProjection"]
+    assert json.loads((folder / "config.json").read_text())["architectures"] == [
+        "CLIPVisionModelWithProjection"
+    ]
     vision = CLIPVisionModelWithProjection.from_pretrained(folder).eval()
     with torch.no_grad():
-        torch.testing.assert_close(vision(pixel_values=F.images()).image_embeds, oc.encode_image(F.images()), rtol=0, atol=TOL)
+        torch.testing.assert_close(
+            vision(pixel_values=F.images()).image_embeds,
+            oc.encode_image(F.images()),
+            rtol=0,
+            atol=TOL,
+        )
     # A whole CLIP exports as a CLIPModel and reads back unchanged.
     folder = hf_export.save_hf_checkpoint(tmp_path / "full", oc.state_dict(), config)
     full = CLIPModel.from_pretrained(folder).eval()
     with torch.no_grad():
-        torch.testing.assert_close(F.features(full.get_text_features(input_ids=F.tokens())), oc.encode_text(F.tokens()), rtol=0, atol=TOL)
+        torch.testing.assert_close(
+            F.features(full.get_text_features(input_ids=F.tokens())),
+            oc.encode_text(F.tokens()),
+            rtol=0,
+            atol=TOL,
+        )
     assert _same(hf.load_hf_checkpoint(folder), oc.state_dict())
 
 
-# ---------------------------------------------------------------------------------------------- real architectures
+# real architectures -------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", ["ViT-B-32", "ViT-B-16", "ViT-L-14"])
@@ -238,20 +269,29 @@ def test_real_configs_name_their_open_clip_model(name: str):
     config = CLIPConfig(**F.REAL_CONFIGS[name])
     assert hf.hf_model_name(config.to_dict()) == name
     assert hf.hf_model_name(config) == name  # a PretrainedConfig object works too
-    vision_only = CLIPVisionConfig(**F.REAL_CONFIGS[name]["vision_config"]).to_dict()  # FusionBench's config.json
+    # FusionBench's config.json
+    vision_only = CLIPVisionConfig(**F.REAL_CONFIGS[name]["vision_config"]).to_dict()
     assert hf.hf_model_name(vision_only) == name
 
 
 def test_model_name_uses_transformers_defaults_and_legacy_keys():
-    assert hf.hf_model_name({"model_type": "clip_vision_model"}) == "ViT-B-32"  # omitted fields = defaults
+    # omitted fields = defaults
+    assert hf.hf_model_name({"model_type": "clip_vision_model"}) == "ViT-B-32"
     legacy = {"model_type": "clip", "vision_config": {}, "vision_config_dict": {"patch_size": 16}}
     assert hf.hf_model_name(legacy) == "ViT-B-16"  # *_config_dict overrides, as in transformers
 
 
 def test_unknown_architectures_and_activations_are_clear_errors():
     with pytest.raises(ValueError, match="336 px.*ViT-L-14"):
-        hf.hf_model_name({"model_type": "clip_vision_model", "hidden_size": 1024, "patch_size": 14,
-                          "num_hidden_layers": 24, "image_size": 336})
+        hf.hf_model_name(
+            {
+                "model_type": "clip_vision_model",
+                "hidden_size": 1024,
+                "patch_size": 14,
+                "num_hidden_layers": 24,
+                "image_size": 336,
+            }
+        )
     with pytest.raises(ValueError, match="hidden_act='gelu'"):
         hf.hf_model_name({"model_type": "clip_vision_model", "hidden_act": "gelu"})
     with pytest.raises(ValueError, match="text config"):
@@ -269,7 +309,7 @@ def test_full_size_keys_and_shapes_map_onto_open_clip(name: str):
     assert sorted(shapes(hf_export.open_clip_to_hf(oc_sd))) == sorted(shapes(hf_sd))
 
 
-# ---------------------------------------------------------------------------------------------- configs from open_clip, fixtures
+# configs from open_clip, fixtures -----------------------------------------------------------------
 
 
 def test_config_from_open_clip_builds_the_same_model_in_transformers():
@@ -278,8 +318,18 @@ def test_config_from_open_clip_builds_the_same_model_in_transformers():
     model = CLIPModel(CLIPConfig(**config)).eval()
     model.load_state_dict(hf_export.open_clip_to_hf(oc.state_dict()), strict=True)
     with torch.no_grad():
-        torch.testing.assert_close(F.features(model.get_image_features(pixel_values=F.images())), oc.encode_image(F.images()), rtol=0, atol=TOL)
-        torch.testing.assert_close(F.features(model.get_text_features(input_ids=F.tokens())), oc.encode_text(F.tokens()), rtol=0, atol=TOL)
+        torch.testing.assert_close(
+            F.features(model.get_image_features(pixel_values=F.images())),
+            oc.encode_image(F.images()),
+            rtol=0,
+            atol=TOL,
+        )
+        torch.testing.assert_close(
+            F.features(model.get_text_features(input_ids=F.tokens())),
+            oc.encode_text(F.tokens()),
+            rtol=0,
+            atol=TOL,
+        )
 
 
 @pytest.mark.parametrize("name", ["ViT-B-32", "ViT-B-16", "ViT-L-14"])
@@ -298,12 +348,17 @@ def test_random_hf_checkpoints_load_into_the_encoder_layout(tmp_path: Path):
 
     folder, clip, experts = F.write_random_hf_checkpoints(tmp_path, "mini", ["A", "B"])
     reference = encoder_state_dict(create_clip("mini"))
-    theta0 = to_encoder_entries(hf.load_weights(folder / "zeroshot"), reference, folder / "zeroshot")
+    theta0 = to_encoder_entries(
+        hf.load_weights(folder / "zeroshot"), reference, folder / "zeroshot"
+    )
     assert _same(theta0, {k: v.float() for k, v in encoder_state_dict(clip).items()})
     for task, expert in experts.items():
         path = folder / task / "finetuned"
-        assert json.loads((path / "config.json").read_text())["architectures"] == ["CLIPVisionModel"]
-        _, info = CLIPVisionModel.from_pretrained(path, output_loading_info=True)  # transformers reads it as FusionBench's
+        assert json.loads((path / "config.json").read_text())["architectures"] == [
+            "CLIPVisionModel"
+        ]
+        # transformers reads it as FusionBench's
+        _, info = CLIPVisionModel.from_pretrained(path, output_loading_info=True)
         assert not info["missing_keys"] and not info["unexpected_keys"]
         partial = hf.load_weights(path)
         assert "visual.proj" not in partial
@@ -318,7 +373,8 @@ HF_TASKS = {"SVHN": 10, "MNIST": 10}
 
 
 def run(method, argv):
-    from adamerging.pipeline import parse_config, run as run_config
+    from adamerging.pipeline import parse_config
+    from adamerging.pipeline import run as run_config
 
     return run_config(method, parse_config(method, argv))
 
@@ -335,46 +391,101 @@ def hf_vit_b32(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("method", ["task_arithmetic", "ties_merging", "task_wise_adamerging", "task_wise_adamergingpp",
-                                    "layer_wise_adamerging", "layer_wise_adamergingpp"])
+@pytest.mark.parametrize(
+    "method",
+    [
+        "task_arithmetic",
+        "ties_merging",
+        "task_wise_adamerging",
+        "task_wise_adamergingpp",
+        "layer_wise_adamerging",
+        "layer_wise_adamergingpp",
+    ],
+)
 def test_all_six_scripts_run_on_hf_vit_b32(hf_vit_b32, method):
 
     root = hf_vit_b32
-    result = run(method, ["--model", "ViT-B-32", "--checkpoints", str(root / "checkpoints" / "hf"), "--checkpoint-format", "hf",
-                          "--data-location", str(root / "data"), "--results-dir", str(root / "results"), "--tasks", "SVHN,MNIST",
-                          "--steps", "1", "--batch-size-adapt", "2", "--no-progress", "--overwrite"])
+    result = run(
+        method,
+        [
+            "--model",
+            "ViT-B-32",
+            "--checkpoints",
+            str(root / "checkpoints" / "hf"),
+            "--checkpoint-format",
+            "hf",
+            "--data-location",
+            str(root / "data"),
+            "--results-dir",
+            str(root / "results"),
+            "--tasks",
+            "SVHN,MNIST",
+            "--steps",
+            "1",
+            "--batch-size-adapt",
+            "2",
+            "--no-progress",
+            "--overwrite",
+        ],
+    )
     assert set(result["accuracy"]) == set(HF_TASKS)
-    rows = 158 if "layer_wise" in method else 1   # HF rows map to the same 158 canonical entries
+    rows = 158 if "layer_wise" in method else 1  # HF rows map to the same 158 canonical entries
     assert len(result["coefficients"]["values"]) == rows
 
 
 def test_user_tasks_and_experts_by_path(tmp_path):
-    from PIL import Image
     import numpy as np
     from model_fixtures import write_random_checkpoints
+    from PIL import Image
 
-    folder = write_random_checkpoints(tmp_path / "ckpt", "mini", {"Shapes": 2, "Colors": 3}, heads={"Shapes": False, "Colors": False})
+    folder = write_random_checkpoints(
+        tmp_path / "ckpt",
+        "mini",
+        {"Shapes": 2, "Colors": 3},
+        heads={"Shapes": False, "Colors": False},
+    )
     rng = np.random.default_rng(0)
-    for task, classes in {"Shapes": ["circle", "square"], "Colors": ["red", "green", "blue"]}.items():
+    for task, classes in {
+        "Shapes": ["circle", "square"],
+        "Colors": ["red", "green", "blue"],
+    }.items():
         for c in classes:
             (tmp_path / task / "test" / c).mkdir(parents=True)
             for i in range(3):
-                Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(tmp_path / task / "test" / c / f"{i}.png")
+                Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(
+                    tmp_path / task / "test" / c / f"{i}.png"
+                )
     (tmp_path / "Colors" / "templates.txt").write_text("a {c} thing.\n")
-    result = run("task_arithmetic", ["--model", "mini", "--checkpoints", str(tmp_path / "ckpt"), "--results-dir", str(tmp_path / "res"),
-                                     "--task", f"Shapes={tmp_path / 'Shapes'}", "--task", f"Colors={tmp_path / 'Colors'}",
-                                     "--finetuned", f"Shapes={folder / 'Shapes' / 'finetuned.pt'}", "--no-progress"])
+    result = run(
+        "task_arithmetic",
+        [
+            "--model",
+            "mini",
+            "--checkpoints",
+            str(tmp_path / "ckpt"),
+            "--results-dir",
+            str(tmp_path / "res"),
+            "--task",
+            f"Shapes={tmp_path / 'Shapes'}",
+            "--task",
+            f"Colors={tmp_path / 'Colors'}",
+            "--finetuned",
+            f"Shapes={folder / 'Shapes' / 'finetuned.pt'}",
+            "--no-progress",
+        ],
+    )
     assert result["tasks"] == ["Shapes", "Colors"]
     with pytest.raises(ValueError, match="NAME=VALUE"):
         run("task_arithmetic", ["--model", "mini", "--task", "Shapes"])
 
 
 def test_save_format_hf_writes_a_folder_transformers_loads_with_the_same_image_features(tmp_path):
+    from model_fixtures import mini_argv, write_mini_problem
+    from transformers import CLIPVisionModel
+
     from adamerging.merged_encoder import MergedEncoder
     from adamerging.pipeline import parse_config
     from adamerging.problem import load_problem
-    from model_fixtures import mini_argv, write_mini_problem
-    from transformers import CLIPVisionModel
 
     root = write_mini_problem(tmp_path, n_per_class=1)
     out = tmp_path / "merged_hf"
@@ -382,7 +493,8 @@ def test_save_format_hf_writes_a_folder_transformers_loads_with_the_same_image_f
     result = run("task_arithmetic", argv)
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
     model = CLIPVisionModelWithProjection.from_pretrained(out, local_files_only=True).eval()
-    assert CLIPVisionModel.from_pretrained(out, local_files_only=True) is not None  # the tower alone loads too
+    # the tower alone loads too
+    assert CLIPVisionModel.from_pretrained(out, local_files_only=True) is not None
     # Our encoder at the run's lambdas, on the run's normalised test images.
     problem = load_problem(parse_config("task_arithmetic", argv))
     merged = MergedEncoder(problem.clip.visual, problem.theta0, problem.tau, problem.entries, "cpu")
@@ -397,42 +509,90 @@ def test_save_format_hf_writes_a_folder_transformers_loads_with_the_same_image_f
 def _clip_with_other_text_tower(clip: torch.nn.Module) -> torch.nn.Module:
     """A CLIP with `clip`'s image tower (mini) and a narrower, shallower text tower."""
     import open_clip
-    other = open_clip.CLIP(embed_dim=128, vision_cfg=dict(image_size=32, layers=4, width=128, patch_size=8),
-                           text_cfg=dict(context_length=16, vocab_size=49408, width=64, heads=2, layers=1), quick_gelu=True)
+
+    other = open_clip.CLIP(
+        embed_dim=128,
+        vision_cfg=dict(image_size=32, layers=4, width=128, patch_size=8),
+        text_cfg=dict(context_length=16, vocab_size=49408, width=64, heads=2, layers=1),
+        quick_gelu=True,
+    )
     other.visual.load_state_dict(clip.visual.state_dict())
     return other
 
 
 def test_hf_clipmodel_with_another_text_tower_merges_when_heads_are_given(tmp_path, caplog):
     from fake_data import write_fake_dataset
+
     from adamerging.task_vectors_format import save_classification_head
 
     tasks = {"MNIST": 10, "SVHN": 10}
     folder, clip, _ = F.write_random_hf_checkpoints(tmp_path / "ckpt", "mini", list(tasks))
     for task, n in tasks.items():
         write_fake_dataset(task, tmp_path / "data", n_per_class=1, image_size=8)
-        save_classification_head(torch.nn.functional.normalize(torch.randn(n, 128), dim=1) * 100, folder / f"head_{task}.pt")
-    argv = ["--model", "mini", "--checkpoints", str(tmp_path / "ckpt"), "--checkpoint-format", "hf", "--data-location",
-            str(tmp_path / "data"), "--tasks", "MNIST,SVHN", "--no-progress", "--overwrite"]
+        save_classification_head(
+            torch.nn.functional.normalize(torch.randn(n, 128), dim=1) * 100,
+            folder / f"head_{task}.pt",
+        )
+    argv = [
+        "--model",
+        "mini",
+        "--checkpoints",
+        str(tmp_path / "ckpt"),
+        "--checkpoint-format",
+        "hf",
+        "--data-location",
+        str(tmp_path / "data"),
+        "--tasks",
+        "MNIST,SVHN",
+        "--no-progress",
+        "--overwrite",
+    ]
     same = run("task_arithmetic", [*argv, "--results-dir", str(tmp_path / "same")])
-    hf_export.save_hf_checkpoint(folder / "zeroshot", _clip_with_other_text_tower(clip).state_dict(),
-                          hf_export.hf_config_from_open_clip(_clip_with_other_text_tower(clip)))
+    hf_export.save_hf_checkpoint(
+        folder / "zeroshot",
+        _clip_with_other_text_tower(clip).state_dict(),
+        hf_export.hf_config_from_open_clip(_clip_with_other_text_tower(clip)),
+    )
     with caplog.at_level("WARNING", logger="adamerging.hf"):
         other = run("task_arithmetic", [*argv, "--results-dir", str(tmp_path / "other")])
     assert other["accuracy"] == same["accuracy"]  # the image tower is all that is merged
     notes = [r.getMessage() for r in caplog.records if "text tower" in r.getMessage()]
-    assert notes and "width 64, 1 layers" in notes[0] and "width 128, 2 layers" in notes[0] and "zeroshot" in notes[0]
+    assert (
+        notes
+        and "width 64, 1 layers" in notes[0]
+        and "width 128, 2 layers" in notes[0]
+        and "zeroshot" in notes[0]
+    )
     # without the heads, it says up front what is needed instead of a shape error
     (folder / "head_SVHN.pt").unlink()
     with pytest.raises(CheckpointError) as e:
         run("task_arithmetic", [*argv, "--results-dir", str(tmp_path / "other")])
     message = str(e.value)
-    assert "\n" not in message and "text tower" in message and "['SVHN']" in message and "head_<Task>.pt" in message
+    assert (
+        "\n" not in message
+        and "text tower" in message
+        and "['SVHN']" in message
+        and "head_<Task>.pt" in message
+    )
 
 
 def _hf_argv(root, checkpoints, *extra):
-    return ["--model", "ViT-B-32", "--checkpoints", str(checkpoints), "--checkpoint-format", "hf", "--data-location", str(root / "data"),
-            "--results-dir", str(root / "refused"), "--tasks", "SVHN,MNIST", "--no-progress", *extra]
+    return [
+        "--model",
+        "ViT-B-32",
+        "--checkpoints",
+        str(checkpoints),
+        "--checkpoint-format",
+        "hf",
+        "--data-location",
+        str(root / "data"),
+        "--results-dir",
+        str(root / "refused"),
+        "--tasks",
+        "SVHN,MNIST",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def _refused_from_the_command_line(argv, capsys) -> str:
@@ -447,11 +607,18 @@ def _refused_from_the_command_line(argv, capsys) -> str:
     return err
 
 
-def test_hf_folders_that_do_not_belong_to_the_run_are_refused_with_one_line(hf_vit_b32, tmp_path, capsys):
+def test_hf_folders_that_do_not_belong_to_the_run_are_refused_with_one_line(
+    hf_vit_b32, tmp_path, capsys
+):
     root = hf_vit_b32
     folder = root / "checkpoints" / "hf"
     # the same Hugging Face folder for two tasks
-    err = _refused_from_the_command_line(_hf_argv(root, folder, "--finetuned", f"MNIST={folder / 'ViT-B-32' / 'SVHN' / 'finetuned'}"), capsys)
+    err = _refused_from_the_command_line(
+        _hf_argv(
+            root, folder, "--finetuned", f"MNIST={folder / 'ViT-B-32' / 'SVHN' / 'finetuned'}"
+        ),
+        capsys,
+    )
     assert "SVHN and MNIST load the same expert" in err and "--allow-duplicate-experts" in err
     # a CLIPVisionModel of another initialisation (not fine-tuned from this zeroshot/)
     torch.manual_seed(7)
@@ -459,10 +626,16 @@ def test_hf_folders_that_do_not_belong_to_the_run_are_refused_with_one_line(hf_v
     config = hf_export.hf_config_from_open_clip(other)
     visual = {k: v for k, v in other.state_dict().items() if k.startswith("visual.")}
     hf_export.save_hf_checkpoint(tmp_path / "foreign", visual, config, vision_projection=False)
-    err = _refused_from_the_command_line(_hf_argv(root, folder, "--finetuned", f"MNIST={tmp_path / 'foreign'}"), capsys)
-    assert err.startswith("error: MNIST: ||tau|| / ||theta_0|| = 1.") and "foreign was not fine-tuned from" in err
+    err = _refused_from_the_command_line(
+        _hf_argv(root, folder, "--finetuned", f"MNIST={tmp_path / 'foreign'}"), capsys
+    )
+    assert (
+        err.startswith("error: MNIST: ||tau|| / ||theta_0|| = 1.")
+        and "foreign was not fine-tuned from" in err
+    )
     assert not (root / "refused").exists()
-    # a task-vectors head of another architecture's width beside the Hugging Face folders (ViT-L/14's 768 vs 512)
+    # a task-vectors head of another architecture's width beside the Hugging Face folders
+    # (ViT-L/14's 768 vs 512)
     from adamerging.task_vectors_format import save_classification_head
 
     mixed = tmp_path / "mixed" / "ViT-B-32"
@@ -471,11 +644,18 @@ def test_hf_folders_that_do_not_belong_to_the_run_are_refused_with_one_line(hf_v
         (mixed / name).symlink_to(folder / "ViT-B-32" / name)
     save_classification_head(torch.randn(10, 768), mixed / "head_SVHN.pt")
     err = _refused_from_the_command_line(_hf_argv(root, tmp_path / "mixed"), capsys)
-    assert err == (f"error: {mixed / 'head_SVHN.pt'}: the head is 768 wide, the ViT-B-32 image encoder's features are 512: a head of "
-                   "another architecture; rebuild the heads from the text tower with --rebuild-heads (full CLIP weights: --clip-weights)")
-    # the same folders with --rebuild-heads: the head file is ignored, every head comes from zeroshot/'s text tower
+    assert (
+        err
+        == f"error: {mixed / 'head_SVHN.pt'}: the head is 768 wide, the ViT-B-32 image encoder's"
+        " features are 512: a head of another architecture; rebuild the heads from the text"
+        " tower with --rebuild-heads (full CLIP weights: --clip-weights)"
+    )
+    # the same folders with --rebuild-heads: the head file is ignored, every head comes from
+    # zeroshot/'s text tower
     result = run("task_arithmetic", _hf_argv(root, tmp_path / "mixed", "--rebuild-heads"))
     assert set(result["accuracy"]) == {"SVHN", "MNIST"}
     heads = result["provenance"]["files"]["heads"]
-    assert all(h["built_from_text_tower"]["format"] == "Hugging Face folder" for h in heads.values())
+    assert all(
+        h["built_from_text_tower"]["format"] == "Hugging Face folder" for h in heads.values()
+    )
     assert result["provenance"]["files"]["finetuned"]["SVHN"]["format"] == "Hugging Face folder"

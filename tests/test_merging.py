@@ -1,12 +1,25 @@
 """Task Arithmetic, TIES and the merge function against obviously-correct dense references."""
+
 import itertools
 import json
 
 import pytest
 import torch
 
-from adamerging.merging import (CoefficientTable, constant_table, elect_and_select, is_zero_view, load_table, merge, merge_entry,
-                                published_table, task_vectors, ties_select, trim_top_k, zero_task_vectors)
+from adamerging.merging import (
+    CoefficientTable,
+    constant_table,
+    elect_and_select,
+    is_zero_view,
+    load_table,
+    merge,
+    merge_entry,
+    published_table,
+    task_vectors,
+    ties_select,
+    trim_top_k,
+    zero_task_vectors,
+)
 
 
 def _reference_ties(tvs: list[dict], k: float, combine: str) -> list[dict]:
@@ -24,7 +37,13 @@ def _reference_ties(tvs: list[dict], k: float, combine: str) -> list[dict]:
     total = sum(sign)
     majority = (total > 0) - (total < 0)
     sign = [s if s != 0 else majority for s in sign]
-    selected = [[x if (sign[i] > 0 and x > 0) or (sign[i] < 0 and x < 0) else 0.0 for i, x in enumerate(row)] for row in trimmed]
+    selected = [
+        [
+            x if (sign[i] > 0 and x > 0) or (sign[i] < 0 and x < 0) else 0.0
+            for i, x in enumerate(row)
+        ]
+        for row in trimmed
+    ]
     if combine == "mean":
         counts = [max(1, sum(1 for row in selected if row[i] != 0)) for i in range(d)]
         selected = [[x / counts[i] for i, x in enumerate(row)] for row in selected]
@@ -33,7 +52,7 @@ def _reference_ties(tvs: list[dict], k: float, combine: str) -> list[dict]:
         sd, offset = {}, 0
         for key in keys:
             n = tvs[0][key].numel()
-            sd[key] = torch.tensor(row[offset:offset + n]).reshape(tvs[0][key].shape)
+            sd[key] = torch.tensor(row[offset : offset + n]).reshape(tvs[0][key].shape)
             offset += n
         out.append(sd)
     return out
@@ -45,8 +64,14 @@ def _stack(tvs):
 
 def _small_problem(seed=0, tasks=3):
     g = torch.Generator().manual_seed(seed)
-    theta0 = {"b.weight": torch.randn(3, 2, generator=g), "a.bias": torch.randn(4, generator=g), "c": torch.randn(1, generator=g)}
-    finetuned = [{k: v + torch.randn(v.shape, generator=g) for k, v in theta0.items()} for _ in range(tasks)]
+    theta0 = {
+        "b.weight": torch.randn(3, 2, generator=g),
+        "a.bias": torch.randn(4, generator=g),
+        "c": torch.randn(1, generator=g),
+    }
+    finetuned = [
+        {k: v + torch.randn(v.shape, generator=g) for k, v in theta0.items()} for _ in range(tasks)
+    ]
     return theta0, finetuned
 
 
@@ -81,7 +106,8 @@ def test_ties_keeps_ties_at_cutoff_and_uses_majority_for_zero_sums():
     ours = ties_select(_stack(tvs), 0.3, "sum")
     for t in range(2):
         torch.testing.assert_close(ours["w"][t], ref[t]["w"])
-    # k = 10 - int(3) = 7th smallest |x| of task 0 is 2.0: the three 2.0 entries survive (ties kept).
+    # k = 10 - int(3) = 7th smallest |x| of task 0 is 2.0: the three 2.0 entries survive (ties
+    # kept).
     assert ours["w"][0][1:4].tolist() == [2.0, 2.0, 2.0]
     # entry 0 sums to 0: the majority sign (+) wins, so task 0's +1 is kept and task 1's -1 zeroed.
     assert ours["w"][0][0] == 1.0 and ours["w"][1][0] == 0.0
@@ -99,8 +125,12 @@ def test_layer_wise_rows_apply_to_their_entries():
     entries = list(theta0)
     lambdas = torch.tensor([[0.0, 0.0, 0.0], [0.5, 0.1, 0.9], [1.0, 0.0, 0.0]])
     merged = merge(theta0, tau, lambdas, entries)
-    torch.testing.assert_close(merged["b.weight"], theta0["b.weight"])  # all-zero row: theta_0 untouched
-    torch.testing.assert_close(merged["a.bias"], theta0["a.bias"] + 0.5 * tau["a.bias"][0] + 0.1 * tau["a.bias"][1] + 0.9 * tau["a.bias"][2])
+    # all-zero row: theta_0 untouched
+    torch.testing.assert_close(merged["b.weight"], theta0["b.weight"])
+    torch.testing.assert_close(
+        merged["a.bias"],
+        theta0["a.bias"] + 0.5 * tau["a.bias"][0] + 0.1 * tau["a.bias"][1] + 0.9 * tau["a.bias"][2],
+    )
     torch.testing.assert_close(merged["c"], finetuned[0]["c"])
 
 
@@ -121,9 +151,14 @@ def test_task_vectors_name_the_mismatch():
 
 
 def test_published_tables_have_the_papers_shapes():
-    for method, model, rows in [("lw_adamerging", "ViT-B-32", 158), ("lw_adamergingpp", "ViT-L-14", 302), ("tw_adamerging", "ViT-B-32", 1)]:
+    for method, model, rows in [
+        ("lw_adamerging", "ViT-B-32", 158),
+        ("lw_adamergingpp", "ViT-L-14", 302),
+        ("tw_adamerging", "ViT-B-32", 1),
+    ]:
         table = published_table(method, model)
-        assert tuple(table.lambdas.shape) == (rows, 8)   # the pretrained column (all 1) is checked and dropped
+        # the pretrained column (all 1) is checked and dropped
+        assert tuple(table.lambdas.shape) == (rows, 8)
     with pytest.raises(ValueError, match="published"):
         published_table("lw_adamerging", "mini")
 
@@ -157,11 +192,16 @@ def test_merge_entry_is_theta0_plus_the_lambda_weighted_task_vectors():
     assert torch.equal(merged, 1.0 * theta0_j + torch.tensordot(lambdas_j, tau_j, dims=1))
 
 
-
 @pytest.mark.parametrize("shape", [(), (7,), (33, 5), (4, 3, 2, 2)])
-def test_merge_entry_in_place_add_is_bit_identical_to_the_tensordot_form_in_value_and_gradient(shape):
+def test_merge_entry_in_place_add_is_bit_identical_to_the_tensordot_form_in_value_and_gradient(
+    shape,
+):
     g = torch.Generator().manual_seed(1)
-    theta0_j, tau_j, upstream = torch.randn(shape, generator=g), torch.randn((3, *shape), generator=g), torch.randn(shape, generator=g)
+    theta0_j, tau_j, upstream = (
+        torch.randn(shape, generator=g),
+        torch.randn((3, *shape), generator=g),
+        torch.randn(shape, generator=g),
+    )
     raw = torch.rand(3, generator=g).requires_grad_(True)
     before = theta0_j.clone()
     merged = merge_entry(theta0_j, raw.clamp(0, 1), tau_j)
@@ -169,24 +209,43 @@ def test_merge_entry_in_place_add_is_bit_identical_to_the_tensordot_form_in_valu
     reference_raw = raw.detach().clone().requires_grad_(True)
     reference = theta0_j + torch.tensordot(reference_raw.clamp(0, 1), tau_j, dims=1)
     reference.backward(upstream)
-    assert merged.shape == theta0_j.shape and torch.equal(merged, reference) and torch.equal(raw.grad, reference_raw.grad)
+    assert (
+        merged.shape == theta0_j.shape
+        and torch.equal(merged, reference)
+        and torch.equal(raw.grad, reference_raw.grad)
+    )
     assert torch.equal(theta0_j, before)  # theta_0 is read, never written
+
 
 def test_table_json_keeps_the_pretrained_column_and_rejects_one_that_is_not_1(tmp_path):
     table = CoefficientTable(torch.tensor([[0.25, 0.5]]), ["A", "B"])
     data = table.to_json()
-    assert data["columns"] == ["pretrained", "A", "B"] and data["values"] == [[1.0, 0.25, 0.5]] and data["granularity"] == "task-wise"
+    assert (
+        data["columns"] == ["pretrained", "A", "B"]
+        and data["values"] == [[1.0, 0.25, 0.5]]
+        and data["granularity"] == "task-wise"
+    )
     assert torch.equal(CoefficientTable.from_json(data).lambdas, table.lambdas)
-    legacy = {"columns": ["pretrained", "A"], "rows": ["k0", "k1"], "values": [[1.0, 0.1], [1.0, 0.2]]}  # before rows -> entries
+    # before rows -> entries
+    legacy = {
+        "columns": ["pretrained", "A"],
+        "rows": ["k0", "k1"],
+        "values": [[1.0, 0.1], [1.0, 0.2]],
+    }
     assert CoefficientTable.from_json(legacy).entries == ["k0", "k1"]
-    with pytest.raises(ValueError, match=r"t\.json: the pretrained column must be 1.*row 1 has 0\.5"):
+    with pytest.raises(
+        ValueError, match=r"t\.json: the pretrained column must be 1.*row 1 has 0\.5"
+    ):
         path = tmp_path / "t.json"
-        path.write_text(json.dumps({"columns": ["pretrained", "A"], "values": [[1.0, 0.1], [0.5, 0.2]]}))
+        path.write_text(
+            json.dumps({"columns": ["pretrained", "A"], "values": [[1.0, 0.1], [0.5, 0.2]]})
+        )
         load_table(path)
 
 
 def _dense_ties(tau: dict, k: float, combine: str) -> dict:
-    """The previous dense implementation: one flattened [T, D] copy, `trim_top_k` + `elect_and_select`."""
+    """The previous dense implementation: one flattened [T, D] copy, `trim_top_k` +
+    `elect_and_select`."""
     keys = sorted(tau)
     num_tasks = next(iter(tau.values())).shape[0]
     flat = torch.cat([tau[key].reshape(num_tasks, -1) for key in keys], dim=1)
@@ -196,17 +255,23 @@ def _dense_ties(tau: dict, k: float, combine: str) -> dict:
     out, offset = {}, 0
     for key in keys:
         n = tau[key][0].numel()
-        out[key] = selected[:, offset:offset + n].reshape(tau[key].shape)
+        out[key] = selected[:, offset : offset + n].reshape(tau[key].shape)
         offset += n
     return out
 
 
 def _tied_problem(seed: int, tasks: int = 4):
-    """Small integer-valued task vectors: many ties at the cut-off, many exactly-zero sign sums, exact zeros
-    inside entries, and two text-side leftovers that no expert changed (stored as zero views)."""
+    """Small integer-valued task vectors: many ties at the cut-off, many exactly-zero sign sums,
+    exact zeros inside entries, and two text-side leftovers that no expert changed (stored as zero
+    views)."""
     g = torch.Generator().manual_seed(seed)
-    shapes = {"model.visual.conv1.weight": (5, 3, 2, 2), "model.visual.ln_pre.bias": (7,), "model.visual.proj": (6, 4),
-              "model.token_embedding.weight": (9, 4), "model.ln_final.bias": (4,)}
+    shapes = {
+        "model.visual.conv1.weight": (5, 3, 2, 2),
+        "model.visual.ln_pre.bias": (7,),
+        "model.visual.proj": (6, 4),
+        "model.token_embedding.weight": (9, 4),
+        "model.ln_final.bias": (4,),
+    }
     theta0 = {key: torch.randn(shape, generator=g) for key, shape in shapes.items()}
     theta0["model.visual.count"] = torch.tensor([3])  # integer buffer: no task vector
     finetuned = []
@@ -227,7 +292,9 @@ def _tied_problem(seed: int, tasks: int = 4):
 def test_low_memory_ties_equals_dense_exactly(seed, k, combine):
     theta0, finetuned = _tied_problem(seed)
     tau = task_vectors(theta0, iter(finetuned), tasks=["a", "b", "c", "d"])  # one expert at a time
-    assert is_zero_view(tau["model.token_embedding.weight"]) and is_zero_view(tau["model.ln_final.bias"])
+    assert is_zero_view(tau["model.token_embedding.weight"]) and is_zero_view(
+        tau["model.ln_final.bias"]
+    )
     assert "model.visual.count" not in tau
     dense_input = {key: t.contiguous() for key, t in tau.items()}  # the zero leftovers materialised
     expected = _dense_ties(dense_input, k, combine)
@@ -238,14 +305,20 @@ def test_low_memory_ties_equals_dense_exactly(seed, k, combine):
         for key in tau:
             assert torch.equal(ours[key], expected[key]), (key, inplace)
         assert is_zero_view(ours["model.token_embedding.weight"])
-        assert (ours["model.visual.proj"] is source["model.visual.proj"]) == inplace  # written in place or not
-    assert any(bool((t == 0).all()) is False for t in expected.values())  # the selection kept something
+        # written in place or not
+        assert (ours["model.visual.proj"] is source["model.visual.proj"]) == inplace
+    # the selection kept something
+    assert any(bool((t == 0).all()) is False for t in expected.values())
 
 
 def test_low_memory_ties_majority_sign_and_cutoff_inside_the_zero_leftovers():
-    # D = 12 (4 stored + 8 implicit zeros); k = 0.5 -> kth = 6 falls among the zeros: cut-off 0, all kept.
-    # Entry 0 sums to 0; the majority of the elected signs (2 negative, 1 positive) is negative.
-    tau = {"w": torch.tensor([[1.0, -2.0, -1.0, 0.5], [-1.0, 1.0, -1.0, 0.0]]), "z": zero_task_vectors(2, (8,))}
+    # D = 12 (4 stored + 8 implicit zeros); k = 0.5 -> kth = 6 falls among the zeros: cut-off 0, all
+    # kept. Entry 0 sums to 0; the majority of the elected signs (2 negative, 1 positive) is
+    # negative.
+    tau = {
+        "w": torch.tensor([[1.0, -2.0, -1.0, 0.5], [-1.0, 1.0, -1.0, 0.0]]),
+        "z": zero_task_vectors(2, (8,)),
+    }
     dense = _dense_ties({key: t.contiguous() for key, t in tau.items()}, 0.5, "sum")
     ours = ties_select(tau, 0.5, "sum")
     assert torch.equal(ours["w"], dense["w"]) and torch.equal(ours["z"], dense["z"])
@@ -258,6 +331,8 @@ def test_task_vectors_store_untouched_entries_as_zero_views_and_merge_them():
     leftover = tau["model.token_embedding.weight"]
     assert leftover.shape == (4, 9, 4) and leftover.untyped_storage().nbytes() == 4
     merged = merge(theta0, tau, constant_table(["a", "b", "c", "d"], 0.3).lambdas)
-    assert torch.equal(merged["model.token_embedding.weight"], theta0["model.token_embedding.weight"])
+    assert torch.equal(
+        merged["model.token_embedding.weight"], theta0["model.token_embedding.weight"]
+    )
     with pytest.raises(ValueError, match="expected 4 fine-tuned models, got 3"):
         task_vectors(theta0, iter(finetuned[:3]), tasks=["a", "b", "c", "d"])

@@ -1,4 +1,6 @@
-"""The mini benchmark builder (`python -m adamerging.mini.build --quick`): files, layouts, formats."""
+"""The mini benchmark builder (`python -m adamerging.mini.build --quick`): files, layouts,
+formats."""
+
 from __future__ import annotations
 
 import json
@@ -9,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import adamerging  # noqa: F401
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,9 +24,26 @@ def quick_build(tmp_path_factory):
     data, ckpt = base / "data", base / "ckpt"
     env = dict(__import__("os").environ, PYTHONPATH=str(ROOT / "src"))
     proc = subprocess.run(
-        [sys.executable, "-m", "adamerging.mini.build", "--quick", "--data-root", str(data), "--checkpoints", str(ckpt),
-         "--threads", "1", "--rebuild", "--artefacts", str(base / "artefacts")],
-        cwd=base, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "adamerging.mini.build",
+            "--quick",
+            "--data-root",
+            str(data),
+            "--checkpoints",
+            str(ckpt),
+            "--threads",
+            "1",
+            "--rebuild",
+            "--artefacts",
+            str(base / "artefacts"),
+        ],
+        cwd=base,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return data, ckpt, proc.stdout
@@ -54,16 +73,36 @@ def test_layouts_on_disk(quick_build):
     data, ckpt, _ = quick_build
     tasks = _tasks(ckpt)
     expect = {
-        "MNIST": ["MNIST/raw/train-images-idx3-ubyte", "MNIST/raw/train-labels-idx1-ubyte",
-                  "MNIST/raw/t10k-images-idx3-ubyte", "MNIST/raw/t10k-labels-idx1-ubyte"],
+        "MNIST": [
+            "MNIST/raw/train-images-idx3-ubyte",
+            "MNIST/raw/train-labels-idx1-ubyte",
+            "MNIST/raw/t10k-images-idx3-ubyte",
+            "MNIST/raw/t10k-labels-idx1-ubyte",
+        ],
         "SVHN": ["svhn/train_32x32.mat", "svhn/test_32x32.mat"],
-        "GTSRB": ["gtsrb/GT-final_test.csv", "gtsrb/GTSRB/Training/00000", "gtsrb/GTSRB/Final_Test/Images/00000.ppm"],
-        "EuroSAT": ["EuroSAT_splits/train/Forest", "EuroSAT_splits/test/SeaLake", "EuroSAT_splits/val/River"],
+        "GTSRB": [
+            "gtsrb/GT-final_test.csv",
+            "gtsrb/GTSRB/Training/00000",
+            "gtsrb/GTSRB/Final_Test/Images/00000.ppm",
+        ],
+        "EuroSAT": [
+            "EuroSAT_splits/train/Forest",
+            "EuroSAT_splits/test/SeaLake",
+            "EuroSAT_splits/val/River",
+        ],
         "DTD": ["dtd/train", "dtd/val"],
         "SUN397": ["sun397/train", "sun397/val"],
     }
-    dirs = {"SUN397": "sun397", "EuroSAT": "EuroSAT_splits", "SVHN": "svhn", "GTSRB": "gtsrb", "MNIST": "MNIST",
-            "DTD": "dtd", "Cars": "stanford_cars", "RESISC45": "resisc45"}
+    dirs = {
+        "SUN397": "sun397",
+        "EuroSAT": "EuroSAT_splits",
+        "SVHN": "svhn",
+        "GTSRB": "gtsrb",
+        "MNIST": "MNIST",
+        "DTD": "dtd",
+        "Cars": "stanford_cars",
+        "RESISC45": "resisc45",
+    }
     for t in tasks:
         for rel in expect.get(t, []):
             assert (data / rel).exists(), rel
@@ -93,7 +132,9 @@ def test_checkpoint_files(quick_build):
     full = C.load_state_dict(ckpt / "clip_pretrained.safetensors")
     assert any(k.startswith("transformer.") for k in full) and "visual.conv1.weight" in full
     zs = C.load_state_dict(ckpt / "zeroshot.pt")
-    assert "model.visual.conv1.weight" in zs and not any(k.startswith("model.transformer.") for k in zs)
+    assert "model.visual.conv1.weight" in zs and not any(
+        k.startswith("model.transformer.") for k in zs
+    )
     for t in tasks:
         ft = C.load_state_dict(ckpt / t / "finetuned.pt")
         assert list(ft) == list(zs)
@@ -116,18 +157,23 @@ def test_read_back_with_project_readers(quick_build):
             s = D.read_split(t, data, split)
             assert len(s) > 0 and len(s.classnames) == head.num_classes
             assert s.labels.min() >= 0 and s.labels.max() < head.num_classes
-        assert D.task_templates(t, data) == (data / D.TASK_DIRS[t] / "templates.txt").read_text().splitlines()
+        assert (
+            D.task_templates(t, data)
+            == (data / D.TASK_DIRS[t] / "templates.txt").read_text().splitlines()
+        )
 
 
 def test_class_order_matches_folders(quick_build):
-    """Readers number folder classes in sorted folder order: classnames.txt must follow that order."""
+    """Readers number folder classes in sorted folder order: classnames.txt must follow that
+    order."""
     data, ckpt, _ = quick_build
     from adamerging import datasets as D
-
     from adamerging.mini import layouts
 
     for t in _tasks(ckpt):
-        sub = {"SUN397": "sun397/train", "DTD": "dtd/train", "EuroSAT": "EuroSAT_splits/train"}.get(t)
+        sub = {"SUN397": "sun397/train", "DTD": "dtd/train", "EuroSAT": "EuroSAT_splits/train"}.get(
+            t
+        )
         if sub is None:
             continue
         folders = sorted(p.name for p in (data / sub).iterdir() if p.is_dir())
@@ -138,9 +184,9 @@ def test_class_order_matches_folders(quick_build):
 
 
 def test_reported_zeroshot_accuracy_reproduces_from_files(quick_build):
-    """Accuracy of the zero-shot encoder + head on the test files equals the builder's own number."""
+    """Accuracy of the zero-shot encoder + head on the test files equals the builder's own
+    number."""
     data, ckpt, _ = quick_build
-    import torch.nn.functional as F
     from adamerging import checkpoints as C
     from adamerging import datasets as D
     from adamerging import heads as H
@@ -157,7 +203,11 @@ def test_reported_zeroshot_accuracy_reproduces_from_files(quick_build):
         with torch.no_grad():
             pred = H.load_head(ckpt / f"head_{t}.pt")(clip.encode_image(x)).argmax(1).numpy()
         acc = float((pred == s.labels).mean())
-        assert abs(acc - report["per_task"][t]["zeroshot"]) <= 1.5 / len(s), (t, acc, report["per_task"][t]["zeroshot"])
+        assert abs(acc - report["per_task"][t]["zeroshot"]) <= 1.5 / len(s), (
+            t,
+            acc,
+            report["per_task"][t]["zeroshot"],
+        )
 
 
 def test_models_and_heads_roundtrip(quick_build):
@@ -168,7 +218,9 @@ def test_models_and_heads_roundtrip(quick_build):
     from adamerging import models as M
 
     clip = M.create_clip("mini")
-    M.load_clip_weights(clip, dict(C.load_state_dict(ckpt / "clip_pretrained.safetensors")), "pretrained")
+    M.load_clip_weights(
+        clip, dict(C.load_state_dict(ckpt / "clip_pretrained.safetensors")), "pretrained"
+    )
     tok = M.get_tokenizer("mini")
     t = _tasks(ckpt)[0]
     names, templates = D.read_split(t, data, "test").classnames, D.task_templates(t, data)
@@ -178,9 +230,11 @@ def test_models_and_heads_roundtrip(quick_build):
 
 @pytest.mark.parametrize("task", ["SVHN", "DTD", "SUN397", "EuroSAT", "GTSRB", "MNIST"])
 def test_every_writer_reads_back(tmp_path, task):
-    """Each layout writer (including tasks the final design does not use) round-trips through read_split."""
+    """Each layout writer (including tasks the final design does not use) round-trips through
+    read_split."""
     from adamerging import datasets as D
-    from adamerging.mini import layouts, tasks as T
+    from adamerging.mini import layouts
+    from adamerging.mini import tasks as T
 
     gen, names, templates = T.EVAL_TASKS[task]
     splits = {s: gen(np.random.default_rng(i), 30, s) for i, s in enumerate(["train", "test"])}
@@ -196,18 +250,21 @@ def test_every_writer_reads_back(tmp_path, task):
 
 
 def test_build_takes_the_extra_stand_in_tasks_and_names_an_unknown_one(tmp_path):
-    """`--tasks` wires the SVHN and DTD stand-ins to the build; a task without a stand-in is a one-line error."""
-    from adamerging.mini import build as B, tasks as T
+    """`--tasks` wires the SVHN and DTD stand-ins to the build; a task without a stand-in is a
+    one-line error."""
+    from adamerging.mini import build as B
+    from adamerging.mini import tasks as T
 
     assert {"SVHN", "DTD"} <= set(T.EVAL_TASKS) and not {"SVHN", "DTD"} & set(B.FULL["tasks"])
     with pytest.raises(ValueError, match=r"no mini stand-in for \['Cars'\]"):
         B.build(tmp_path / "data", tmp_path / "ckpt", quick=True, tasks=["MNIST", "Cars"])
-    assert not (tmp_path / "ckpt").exists()                                   # rejected before anything is written
+    # rejected before anything is written
+    assert not (tmp_path / "ckpt").exists()
 
 
 def test_build_from_artefacts_equals_the_rebuild_byte_for_byte(quick_build, tmp_path):
-    """The default build loads the base and task vectors that `--rebuild` wrote, skips pretraining and
-    fine-tuning, and writes the very same checkpoint files."""
+    """The default build loads the base and task vectors that `--rebuild` wrote, skips pretraining
+    and fine-tuning, and writes the very same checkpoint files."""
     from adamerging.mini import artefacts as A
 
     data, ckpt, _ = quick_build
@@ -215,20 +272,44 @@ def test_build_from_artefacts_equals_the_rebuild_byte_for_byte(quick_build, tmp_
     assert A.verify(art) == []
     env = dict(__import__("os").environ, PYTHONPATH=str(ROOT / "src"))
     proc = subprocess.run(
-        [sys.executable, "-m", "adamerging.mini.build", "--quick", "--data-root", str(tmp_path / "data"),
-         "--checkpoints", str(tmp_path / "ckpt"), "--threads", "1", "--artefacts", str(art)],
-        env=env, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "adamerging.mini.build",
+            "--quick",
+            "--data-root",
+            str(tmp_path / "data"),
+            "--checkpoints",
+            str(tmp_path / "ckpt"),
+            "--threads",
+            "1",
+            "--artefacts",
+            str(art),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "committed artefacts" in proc.stdout and "pool done" not in proc.stdout
-    files = sorted(p.relative_to(ckpt) for p in ckpt.rglob("*") if p.is_file() and p.name != "build_report.json")
+    files = sorted(
+        p.relative_to(ckpt)
+        for p in ckpt.rglob("*")
+        if p.is_file() and p.name != "build_report.json"
+    )
     assert len(files) >= 10
     for rel in files:
         assert (tmp_path / "ckpt" / rel).read_bytes() == (ckpt / rel).read_bytes(), rel
     old = json.loads((ckpt / "build_report.json").read_text())
     new = json.loads((tmp_path / "ckpt" / "build_report.json").read_text())
     assert new["data_sha256"] == old["data_sha256"] and new["per_task"] == {
-        t: dict(r, expert_source="committed task vector") for t, r in old["per_task"].items()}
-    assert (old["multitask"]["source"], new["multitask"]["source"]) == ("fine-tuned", "committed task vector")
+        t: dict(r, expert_source="committed task vector") for t, r in old["per_task"].items()
+    }
+    assert (old["multitask"]["source"], new["multitask"]["source"]) == (
+        "fine-tuned",
+        "committed task vector",
+    )
     assert new["multitask"]["accuracy"] == old["multitask"]["accuracy"]
     # an altered artefact is caught by its hash
     victim = A.tau_path(old["tasks"][0], art)
@@ -242,18 +323,24 @@ def test_committed_artefacts_match_their_hashes_and_size_limits():
     assert A.verify() == []
     manifest = A.read_manifest()
     assert set(manifest["expert_keys"]) == set(manifest["tasks"]) and manifest["multitask_key"]
-    assert {f"tau_{t}.safetensors" for t in [*manifest["tasks"], "multitask"]} | {"base_visual.safetensors", "base_text.safetensors"} \
-        == set(manifest["files"])
+    assert {f"tau_{t}.safetensors" for t in [*manifest["tasks"], "multitask"]} | {
+        "base_visual.safetensors",
+        "base_text.safetensors",
+    } == set(manifest["files"])
 
 
 def test_committed_base_and_experts_are_trained():
-    """Not random weights: the committed base's text-tower heads beat chance on fresh test images of every
-    committed task, and each expert (theta_0 + its task vector) beats the zero-shot head on its task."""
+    """Not random weights: the committed base's text-tower heads beat chance on fresh test images of
+    every committed task, and each expert (theta_0 + its task vector) beats the zero-shot head on
+    its task."""
     import torch.nn.functional as F
 
     from adamerging import heads as H
     from adamerging import models as M
-    from adamerging.mini import artefacts as A, layouts, tasks as T, train as TR
+    from adamerging.mini import artefacts as A
+    from adamerging.mini import layouts
+    from adamerging.mini import tasks as T
+    from adamerging.mini import train as TR
 
     clip = A.load_base(M.create_clip("mini"))
     tok = M.get_tokenizer("mini")
@@ -276,10 +363,12 @@ def test_committed_base_and_experts_are_trained():
 
 
 def test_every_pickle_of_the_build_loads_with_plain_torch_load_and_open_clip_only(quick_build):
-    """The task-vectors code and the authors' code read the mini checkpoints as they read the public ones."""
+    """The task-vectors code and the authors' code read the mini checkpoints as they read the public
+    ones."""
+    from test_checkpoints import load_without_this_package
+
     from adamerging import checkpoints as C
     from adamerging import models as M
-    from test_checkpoints import load_without_this_package
 
     data, ckpt, _ = quick_build
     encoders = [ckpt / "zeroshot.pt", *(ckpt / t / "finetuned.pt" for t in _tasks(ckpt))]
@@ -293,13 +382,20 @@ def test_every_pickle_of_the_build_loads_with_plain_torch_load_and_open_clip_onl
     heads = sorted(ckpt.glob("head_*.pt"))
     got = load_without_this_package(encoders + heads, features, images)
     for path in encoders:
-        assert got[str(path)]["same_features"] is True and "open_clip.transformer.QuickGELU" in got[str(path)]["classes"], path
-    assert all(got[str(h)]["classes"] == ["src.modeling.ClassificationHead"] for h in heads) and len(heads) == len(_tasks(ckpt))
+        assert (
+            got[str(path)]["same_features"] is True
+            and "open_clip.transformer.QuickGELU" in got[str(path)]["classes"]
+        ), path
+    assert all(
+        got[str(h)]["classes"] == ["src.modeling.ClassificationHead"] for h in heads
+    ) and len(heads) == len(_tasks(ckpt))
 
 
-def test_add_missing_fine_tunes_only_the_multi_task_model_on_the_committed_base(quick_build, tmp_path):
-    """`--add-missing` keeps the base and experts and adds the multi-task model's task vector: the same file
-    `--rebuild` wrote on this machine, with the manifest's hashes updated."""
+def test_add_missing_fine_tunes_only_the_multi_task_model_on_the_committed_base(
+    quick_build, tmp_path
+):
+    """`--add-missing` keeps the base and experts and adds the multi-task model's task vector: the
+    same file `--rebuild` wrote on this machine, with the manifest's hashes updated."""
     import shutil
 
     from adamerging.mini import artefacts as A
@@ -311,20 +407,53 @@ def test_add_missing_fine_tunes_only_the_multi_task_model_on_the_committed_base(
     made = A.tau_path("multitask", art).read_bytes()
     A.tau_path("multitask", art).unlink()
     manifest = A.read_manifest(art)
-    (art / A.MANIFEST).write_text(json.dumps({k: v for k, v in manifest.items() if k != "multitask_key"}))
+    (art / A.MANIFEST).write_text(
+        json.dumps({k: v for k, v in manifest.items() if k != "multitask_key"})
+    )
     with pytest.raises(ValueError, match="--add-missing"):
-        B.build(tmp_path / "data", tmp_path / "ckpt", quick=True, threads=1, rebuild=True, artefacts=art, add_missing=True)
+        B.build(
+            tmp_path / "data",
+            tmp_path / "ckpt",
+            quick=True,
+            threads=1,
+            rebuild=True,
+            artefacts=art,
+            add_missing=True,
+        )
     env = dict(__import__("os").environ, PYTHONPATH=str(ROOT / "src"))
     proc = subprocess.run(
-        [sys.executable, "-m", "adamerging.mini.build", "--quick", "--data-root", str(tmp_path / "data"),
-         "--checkpoints", str(tmp_path / "ckpt"), "--threads", "1", "--artefacts", str(art), "--add-missing"],
-        env=env, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "adamerging.mini.build",
+            "--quick",
+            "--data-root",
+            str(tmp_path / "data"),
+            "--checkpoints",
+            str(tmp_path / "ckpt"),
+            "--threads",
+            "1",
+            "--artefacts",
+            str(art),
+            "--add-missing",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "pool done" not in proc.stdout and "multi-task model (fine-tuned)" in proc.stdout
     assert A.tau_path("multitask", art).read_bytes() == made and A.verify(art) == []
     after = A.read_manifest(art)
-    assert after["multitask_key"] == manifest["multitask_key"] and after["base_key"] == manifest["base_key"]
-    assert set(after["files"]) == set(manifest["files"]) and after["made_with"] == manifest["made_with"]
+    assert (
+        after["multitask_key"] == manifest["multitask_key"]
+        and after["base_key"] == manifest["base_key"]
+    )
+    assert (
+        set(after["files"]) == set(manifest["files"])
+        and after["made_with"] == manifest["made_with"]
+    )
 
 
 def test_a_missing_package_of_the_mini_extra_is_one_line(monkeypatch, capsys):
@@ -333,32 +462,66 @@ def test_a_missing_package_of_the_mini_extra_is_one_line(monkeypatch, capsys):
     from adamerging.mini import build as B
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "skimage" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "skimage" else real(name, *a)
+    )
     with pytest.raises(SystemExit) as exit_:
         B.main(["--quick"])
     assert exit_.value.code == 2
-    assert capsys.readouterr().err.strip() == 'error: the mini benchmark needs scikit-image: pip install -e ".[mini]" (or: pip install scikit-image)'
+    assert (
+        capsys.readouterr().err.strip()
+        == 'error: the mini benchmark needs scikit-image: pip install -e ".[mini]" (or: pip install'
+        " scikit-image)"
+    )
 
 
 def test_results_made_on_a_quick_build_say_so(quick_build, tmp_path):
     data, ckpt, _ = quick_build
     (tmp_path / "ckpt").mkdir()
-    (tmp_path / "ckpt" / "mini").symlink_to(ckpt)   # the runs read <checkpoints>/<model>/
+    (tmp_path / "ckpt" / "mini").symlink_to(ckpt)  # the runs read <checkpoints>/<model>/
     env = dict(__import__("os").environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1")
     results = tmp_path / "results"
-    run = subprocess.run([sys.executable, "-m", "adamerging", "zeroshot", "--model", "mini", "--checkpoints", str(tmp_path / "ckpt"),
-                          "--data-location", str(data), "--cache-dir", str(tmp_path / "cache"), "--results-dir", str(results),
-                          "--device", "cpu", "--no-progress"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "adamerging",
+            "zeroshot",
+            "--model",
+            "mini",
+            "--checkpoints",
+            str(tmp_path / "ckpt"),
+            "--data-location",
+            str(data),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--results-dir",
+            str(results),
+            "--device",
+            "cpu",
+            "--no-progress",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert "quick mini build" in run.stderr
     saved = json.loads((results / "mini" / "zeroshot.json").read_text())
     assert saved["provenance"]["mini_build"]["quick"] is True
-    assert saved["provenance"]["mini_build"]["config_hash"] == json.loads((ckpt / "build_report.json").read_text())["config_hash"]
+    assert (
+        saved["provenance"]["mini_build"]["config_hash"]
+        == json.loads((ckpt / "build_report.json").read_text())["config_hash"]
+    )
 
     from adamerging import reporting
+
     reporting.main(["--model", "mini", "--results-dir", str(results)])
     assert "Zero-shot: made on a quick mini build" in (results / "mini" / "table.md").read_text()
-    saved["provenance"]["mini_build"]["quick"] = False   # the same result from a full build: no warning
+    # the same result from a full build: no warning
+    saved["provenance"]["mini_build"]["quick"] = False
     (results / "mini" / "zeroshot.json").write_text(json.dumps(saved))
     reporting.main(["--model", "mini", "--results-dir", str(results)])
     assert "quick" not in (results / "mini" / "table.md").read_text()

@@ -1,21 +1,23 @@
 """Architecture facts the real checkpoints depend on."""
+
 import json
 import subprocess
 import sys
 from importlib import resources
 
+import open_clip
 import pytest
 import torch
 
-from adamerging.models import create_clip, encoder_state_dict
-from adamerging.models import load_encoder_weights
 from adamerging._torchvision_compat import ensure_torchvision_importable
-import open_clip
+from adamerging.models import create_clip, encoder_state_dict, load_encoder_weights
 
 
 @pytest.mark.parametrize("model", ["ViT-B-32", "ViT-B-16", "ViT-L-14"])
 def test_canonical_entry_order_matches_the_checkpoints(model):
-    canonical = json.loads(resources.files("adamerging.data").joinpath("canonical_entry_order.json").read_text())[model]
+    canonical = json.loads(
+        resources.files("adamerging.data").joinpath("canonical_entry_order.json").read_text()
+    )[model]
     clip = create_clip(model, device="meta")  # shapes only, no memory
     ours = [(k, list(v.shape)) for k, v in encoder_state_dict(clip).items()]
     assert ours == [(e["key"], e["shape"]) for e in canonical]
@@ -27,7 +29,9 @@ def test_activation_is_quick_gelu():
     clip = create_clip("ViT-B-32", device="meta")
     acts = {type(block.mlp.gelu).__name__ for block in clip.visual.transformer.resblocks}
     assert acts == {"QuickGELU"}
-    assert type(create_clip("mini").visual.transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU"
+    assert (
+        type(create_clip("mini").visual.transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU"
+    )
 
 
 def test_load_encoder_weights_names_missing_and_mismatched_keys():
@@ -46,23 +50,36 @@ def test_torchvision_shim_is_idempotent_and_open_clip_imports_in_a_fresh_process
     ensure_torchvision_importable()
     code = "import adamerging, torchvision, open_clip; print(open_clip.__version__)"
     src = str(resources.files("adamerging").parent)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": src, "PATH": ""})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": src, "PATH": ""},
+    )
     assert out.returncode == 0, out.stderr
     assert open_clip.__version__ in out.stdout
 
 
 def test_the_shim_leaves_a_working_torchvision_alone(tmp_path):
-    """A torchvision whose own extension defines torchvision::nms on import (torchvision 0.29's `_C_stable.so`,
-    stood in for by a package that defines the schema itself) must import after `adamerging`: defining the
-    schema first would collide with it (a process abort with the real extension)."""
+    """A torchvision whose own extension defines torchvision::nms on import (torchvision 0.29's
+    `_C_stable.so`, stood in for by a package that defines the schema itself) must import after
+    `adamerging`: defining the schema first would collide with it (a process abort with the real
+    extension)."""
     fake = tmp_path / "torchvision"
     fake.mkdir()
     (fake / "__init__.py").write_text(
-        "import torch\n_LIB = torch.library.Library('torchvision', 'DEF')\n"
-        "_LIB.define('nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor')\n__version__ = 'fake'\n")
+        "import torch\n_LIB = torch.library.Library('torchvision', 'DEF')\n_LIB.define('nms(Tensor"
+        " dets, Tensor scores, float iou_threshold) -> Tensor')\n__version__ = 'fake'\n"
+    )
     src = str(resources.files("adamerging").parent)
-    code = "import adamerging, torchvision; print(torchvision.__version__, torch.ops.torchvision.nms)"
-    out = subprocess.run([sys.executable, "-c", "import torch; " + code], capture_output=True, text=True,
-                         env={"PYTHONPATH": f"{tmp_path}:{src}", "PATH": ""})
+    code = (
+        "import adamerging, torchvision; print(torchvision.__version__, torch.ops.torchvision.nms)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", "import torch; " + code],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": f"{tmp_path}:{src}", "PATH": ""},
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.startswith("fake")

@@ -7,26 +7,29 @@ without its pretrained column), the per-step losses and the accuracies (%). Any 
 the merge, the objective or the optimizer moves these numbers; the tolerances only absorb float32
 differences between CPUs (lambdas to 1e-5, losses to 1e-5 relative; accuracies on 40 images exact).
 """
+
 import json
 from pathlib import Path
 
 import pytest
 import torch
-
-from test_pipeline import _argv, mini, run  # noqa: F401  (module fixture)
+from test_pipeline import _argv, run
 
 PINNED = json.loads((Path(__file__).parent / "pinned_mini_runs.json").read_text())
 
 
 @pytest.mark.parametrize("method", list(PINNED))
-def test_short_run_reproduces_the_pinned_lambdas_losses_and_accuracies(mini, method):  # noqa: F811
+def test_short_run_reproduces_the_pinned_lambdas_losses_and_accuracies(mini, method):
     pinned = PINNED[method]
     result = run(method, _argv(mini, *pinned["flags"]))
     lambdas = torch.tensor([row[1:] for row in result["coefficients"]["values"]])
     torch.testing.assert_close(lambdas, torch.tensor(pinned["lambdas"]), rtol=0, atol=1e-5)
     trajectory = result["adaptation"]["trajectory"]
     losses = [s["loss"] for s in trajectory if "loss" in s]
-    assert losses == pytest.approx([s["loss"] for s in pinned["trajectory"] if "loss" in s], rel=1e-5)
-    assert [(s["step"], s["accuracy"]) for s in trajectory if "accuracy" in s] == \
-           [(s["step"], s["accuracy"]) for s in pinned["trajectory"] if "accuracy" in s]
+    assert losses == pytest.approx(
+        [s["loss"] for s in pinned["trajectory"] if "loss" in s], rel=1e-5
+    )
+    assert [(s["step"], s["accuracy"]) for s in trajectory if "accuracy" in s] == [
+        (s["step"], s["accuracy"]) for s in pinned["trajectory"] if "accuracy" in s
+    ]
     assert result["accuracy"] == pinned["accuracy"]

@@ -1,4 +1,5 @@
 """The entry scripts end to end on random-weight checkpoints and tiny fake datasets."""
+
 import json
 import os
 import subprocess
@@ -7,21 +8,16 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from adamerging.checkpoints import load_checkpoint
-from adamerging.merging import load_table, merge
-from adamerging import pipeline
-from adamerging.pipeline import METHODS, parse_config
 from fake_data import write_fake_dataset
-from model_fixtures import MINI_TASKS, mini_argv, write_mini_problem, write_random_checkpoints
+from model_fixtures import MINI_TASKS, mini_argv, write_random_checkpoints
+
+from adamerging import pipeline
+from adamerging.checkpoints import load_checkpoint
+from adamerging.merging import load_table
+from adamerging.pipeline import METHODS, parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = MINI_TASKS
-
-
-@pytest.fixture(scope="module")
-def mini(tmp_path_factory):
-    return write_mini_problem(tmp_path_factory.mktemp("mini"), n_per_class=4)
 
 
 def _argv(root, *extra, tasks="MNIST,SVHN,EuroSAT"):
@@ -40,12 +36,16 @@ def test_every_method_runs_and_writes_a_complete_result(mini, method):
     assert saved["accuracy"].keys() == set(TASKS) and saved["tasks"] == list(TASKS)
     assert abs(saved["average"] - sum(saved["accuracy"].values()) / 3) < 1e-9
     assert all(0 <= a <= 100 for a in saved["accuracy"].values())
-    assert saved["config"]["seed"] == 0 and "torch" in saved["versions"] and saved["timings_s"]["total"] > 0
-    if METHODS[method].rule:   # data-based merges and the multi-task model have no lambdas table
+    assert (
+        saved["config"]["seed"] == 0
+        and "torch" in saved["versions"]
+        and saved["timings_s"]["total"] > 0
+    )
+    if METHODS[method].rule:  # data-based merges and the multi-task model have no lambdas table
         assert saved["coefficients"] is None and "merge_rule" in saved
     elif method != "individual":
         values = torch.tensor(saved["coefficients"]["values"])
-        rows = 62 if "layer_wise" in method else 1   # the mini encoder has 62 entries
+        rows = 62 if "layer_wise" in method else 1  # the mini encoder has 62 entries
         assert tuple(values.shape) == (rows, 4) and (values[:, 0] == 1).all()
     if "adamerging" in method:
         adapt = saved["adaptation"]
@@ -69,11 +69,15 @@ def test_learned_table_reloads_and_gives_the_same_accuracies(mini):
     table_file = mini / "results" / "mini" / "layer_wise_adamerging.json"
     assert load_table(table_file).lambdas.shape == (62, 3)
     before = table_file.read_bytes()
-    reloaded = run("layer_wise_adamerging", _argv(mini, "--coefficients", str(table_file)))   # with --overwrite
+    # with --overwrite
+    reloaded = run("layer_wise_adamerging", _argv(mini, "--coefficients", str(table_file)))
     assert reloaded["accuracy"] == pytest.approx(learned["accuracy"])
     assert reloaded["coefficients"]["values"] == learned["coefficients"]["values"]
     # the reload has a result of its own: the file it read is untouched, and it names that file
-    assert table_file.read_bytes() == before and reloaded["result_name"] == "layer_wise_adamerging_reloaded"
+    assert (
+        table_file.read_bytes() == before
+        and reloaded["result_name"] == "layer_wise_adamerging_reloaded"
+    )
     assert reloaded["provenance"]["files"]["coefficients"]["path"] == str(table_file)
 
 
@@ -85,9 +89,12 @@ def test_save_merged_writes_a_plain_state_dict(mini, tmp_path, suffix):
         sd = torch.load(out, weights_only=True)  # loadable without this repo
     else:
         from safetensors.torch import load_file
+
         sd = load_file(str(out))
     theta0 = load_checkpoint(mini / "checkpoints/mini/zeroshot.pt").state_dict
-    experts = [load_checkpoint(mini / f"checkpoints/mini/{t}/finetuned.pt").state_dict for t in TASKS]
+    experts = [
+        load_checkpoint(mini / f"checkpoints/mini/{t}/finetuned.pt").state_dict for t in TASKS
+    ]
     key = "model.visual.proj"
     expected = theta0[key] + 0.3 * sum(e[key] - theta0[key] for e in experts)
     torch.testing.assert_close(sd[key], expected)
@@ -118,44 +125,92 @@ def test_existing_result_is_kept_without_overwrite(mini):
 
 def test_scripts_run_as_commands(mini):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, str(ROOT / "src" / "main_task_arithmetic.py"), *_argv(mini)],
-                         capture_output=True, text=True, env=env, cwd=mini)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "src" / "main_task_arithmetic.py"), *_argv(mini)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=mini,
+    )
     assert out.returncode == 0, out.stderr
     assert "| Task Arithmetic |" in out.stdout
-    bad = subprocess.run([sys.executable, str(ROOT / "src" / "main_ties_merging.py"), *_argv(mini, tasks="GTSRB")],
-                         capture_output=True, text=True, env=env, cwd=mini)
+    bad = subprocess.run(
+        [sys.executable, str(ROOT / "src" / "main_ties_merging.py"), *_argv(mini, tasks="GTSRB")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=mini,
+    )
     assert bad.returncode == 2 and "GTSRB" in bad.stderr and "Traceback" not in bad.stderr
-    helptext = subprocess.run([sys.executable, str(ROOT / "src" / "main_layer_wise_adamerging.py"), "--help"],
-                              capture_output=True, text=True, env=env)
-    for flag in ["--model", "--checkpoints", "--data-location", "--results-dir", "--tasks", "--device", "--batch-size",
-                 "--seed", "--save-merged", "--steps", "--lr", "--init", "--batch-size-adapt", "--batches-per-step",
-                 "--no-clamp", "--eval-every", "--coefficients"]:
+    helptext = subprocess.run(
+        [sys.executable, str(ROOT / "src" / "main_layer_wise_adamerging.py"), "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    for flag in [
+        "--model",
+        "--checkpoints",
+        "--data-location",
+        "--results-dir",
+        "--tasks",
+        "--device",
+        "--batch-size",
+        "--seed",
+        "--save-merged",
+        "--steps",
+        "--lr",
+        "--init",
+        "--batch-size-adapt",
+        "--batches-per-step",
+        "--no-clamp",
+        "--eval-every",
+        "--coefficients",
+    ]:
         assert flag in helptext.stdout
 
 
 def test_vit_b32_user_story(tmp_path):
     """The real ViT-B/32 architecture (random weights) in the task-vectors layout: TA, TIES and the
-    authors' published layer-wise table (158 rows) run, and published rows that are 0 leave theta_0."""
+    authors' published layer-wise table (158 rows) run, and published rows that are 0 leave theta_0.
+    """
     tasks = {"SVHN": 10, "MNIST": 10}
     write_random_checkpoints(tmp_path / "checkpoints", "ViT-B-32", tasks, scale=0.01)
     for task in tasks:
         write_fake_dataset(task, tmp_path / "data", n_per_class=1, image_size=16)
-    argv = ["--model", "ViT-B-32", "--checkpoints", str(tmp_path / "checkpoints"), "--data-location", str(tmp_path / "data"),
-            "--results-dir", str(tmp_path / "results"), "--tasks", "SVHN,MNIST", "--no-progress"]
+    argv = [
+        "--model",
+        "ViT-B-32",
+        "--checkpoints",
+        str(tmp_path / "checkpoints"),
+        "--data-location",
+        str(tmp_path / "data"),
+        "--results-dir",
+        str(tmp_path / "results"),
+        "--tasks",
+        "SVHN,MNIST",
+        "--no-progress",
+    ]
     for method in ("task_arithmetic", "ties_merging"):
         result = run(method, argv)
         assert set(result["accuracy"]) == set(tasks)
         assert (tmp_path / "results" / "ViT-B-32" / f"{method}.json").exists()
     merged_path = tmp_path / "lw.safetensors"
-    published = run("layer_wise_adamerging", argv + ["--coefficients", "published", "--save-merged", str(merged_path)])
+    published = run(
+        "layer_wise_adamerging",
+        argv + ["--coefficients", "published", "--save-merged", str(merged_path)],
+    )
     values = torch.tensor(published["coefficients"]["values"])
     assert values.shape == (158, 3)
     from safetensors.torch import load_file
+
     merged = load_file(str(merged_path))
     theta0 = load_checkpoint(tmp_path / "checkpoints/ViT-B-32/zeroshot.pt").state_dict
     keys = list(theta0)
     zero_rows = [j for j in range(158) if (values[j, 1:] == 0).all()]
-    moved_rows = [j for j in range(158) if (values[j, 1:] > 0).all() and keys[j].startswith("model.visual.")]
+    moved_rows = [
+        j for j in range(158) if (values[j, 1:] > 0).all() and keys[j].startswith("model.visual.")
+    ]
     assert zero_rows and moved_rows
     for j in zero_rows:
         assert torch.equal(merged[keys[j]], theta0[keys[j]]), keys[j]
@@ -165,6 +220,7 @@ def test_vit_b32_user_story(tmp_path):
 
 def test_results_table_collects_methods_in_paper_order(mini):
     from adamerging.reporting import main as table_main
+
     run("task_arithmetic", _argv(mini))
     run("zeroshot", _argv(mini))
     table_main(["--model", "mini", "--results-dir", str(mini / "results")])
@@ -173,31 +229,39 @@ def test_results_table_collects_methods_in_paper_order(mini):
     assert "| method | MNIST | SVHN | EuroSAT | Avg |" in text
 
 
-def test_a_run_prints_its_normalized_accuracy_when_the_experts_result_is_there(mini, tmp_path, capsys):
+def test_a_run_prints_its_normalized_accuracy_when_the_experts_result_is_there(
+    mini, tmp_path, capsys
+):
     argv = _argv(mini, "--results-dir", str(tmp_path / "results"))
     run("task_arithmetic", argv)
-    assert "Norm." not in capsys.readouterr().out          # no individual.json yet
+    assert "Norm." not in capsys.readouterr().out  # no individual.json yet
     individual = run("individual", argv)
-    assert "Norm." not in capsys.readouterr().out          # the experts are the reference, not normalized
+    # the experts are the reference, not normalized
+    assert "Norm." not in capsys.readouterr().out
     ta = run("task_arithmetic", argv)
     out = capsys.readouterr().out
     norm = sum(100 * ta["accuracy"][t] / individual["accuracy"][t] for t in TASKS) / len(TASKS)
     assert "| method | MNIST | SVHN | EuroSAT | Avg | Norm. |" in out and f" | {norm:.1f} |" in out
     run("task_arithmetic", [*argv, "--tasks", "MNIST,SVHN"])
-    assert "Norm." in capsys.readouterr().out              # a subset of the experts' tasks: still normalized
+    # a subset of the experts' tasks: still normalized
+    assert "Norm." in capsys.readouterr().out
     saved = tmp_path / "results" / "mini" / "individual.json"
     experts = json.loads(saved.read_text())
-    experts["test_data"]["SVHN"]["n_images"] += 1           # the experts were scored on other SVHN test data
+    # the experts were scored on other SVHN test data
+    experts["test_data"]["SVHN"]["n_images"] += 1
     saved.write_text(json.dumps(experts))
     run("task_arithmetic", argv)
     assert "Norm." not in capsys.readouterr().out
 
 
 def test_generalization_corruption_and_data_fraction_flags(mini):
-    gen = run("layer_wise_adamerging", _argv(mini, "--steps", "2", "--eval-tasks", "EuroSAT", tasks="MNIST,SVHN"))
+    gen = run(
+        "layer_wise_adamerging",
+        _argv(mini, "--steps", "2", "--eval-tasks", "EuroSAT", tasks="MNIST,SVHN"),
+    )
     assert gen["tasks"] == ["MNIST", "SVHN"] and gen["eval_tasks"] == ["EuroSAT"]
     assert set(gen["accuracy"]) == {"MNIST", "SVHN", "EuroSAT"}
-    assert len(gen["coefficients"]["values"][0]) == 3              # only the seen tasks are merged
+    assert len(gen["coefficients"]["values"][0]) == 3  # only the seen tasks are merged
     assert gen["average"] == pytest.approx((gen["accuracy"]["MNIST"] + gen["accuracy"]["SVHN"]) / 2)
     assert gen["unseen_average"] == gen["accuracy"]["EuroSAT"]
     clean = run("task_arithmetic", _argv(mini))
@@ -205,12 +269,17 @@ def test_generalization_corruption_and_data_fraction_flags(mini):
     assert noisy["config"]["corruption"] == "gaussian_noise"
     assert set(noisy["accuracy"]) == set(clean["accuracy"])
     from adamerging.problem import load_problem
-    problems = [load_problem(parse_config("task_arithmetic", _argv(mini, *extra)))
-                for extra in ([], ["--corruption", "gaussian_noise"])]
+
+    problems = [
+        load_problem(parse_config("task_arithmetic", _argv(mini, *extra)))
+        for extra in ([], ["--corruption", "gaussian_noise"])
+    ]
     for clean_task, noisy_task in zip(problems[0].data, problems[1].data):
         assert clean_task.images.shape == noisy_task.images.shape
-        assert (clean_task.images.float() - noisy_task.images.float()).abs().mean() > 5  # the images really changed
-    few = run("task_wise_adamerging", _argv(mini, "--steps", "2", "--adapt-fraction", "0.1"))  # 4 images per task
+        # the images really changed
+        assert (clean_task.images.float() - noisy_task.images.float()).abs().mean() > 5
+    # 4 images per task
+    few = run("task_wise_adamerging", _argv(mini, "--steps", "2", "--adapt-fraction", "0.1"))
     assert few["config"]["adapt_fraction"] == 0.1
     with pytest.raises(ValueError, match="adapt-fraction"):
         run("task_wise_adamerging", _argv(mini, "--steps", "1", "--adapt-fraction", "0"))
@@ -218,15 +287,30 @@ def test_generalization_corruption_and_data_fraction_flags(mini):
         run("task_arithmetic", _argv(mini, "--corruption", "fog"))
 
 
-def test_results_record_each_tasks_test_data_and_the_test_split_flag_reaches_the_reader(mini, tmp_path):
+def test_results_record_each_tasks_test_data_and_the_test_split_flag_reaches_the_reader(
+    mini, tmp_path
+):
     import shutil
+
     from adamerging.datasets import DatasetError
+
     result = run("task_arithmetic", _argv(mini, "--eval-tasks", "EuroSAT", tasks="MNIST,SVHN"))
     saved = json.loads((mini / "results" / "mini" / "task_arithmetic.json").read_text())
-    assert saved["test_data"] == result["test_data"] and set(saved["test_data"]) == {"MNIST", "SVHN", "EuroSAT"}
+    assert saved["test_data"] == result["test_data"] and set(saved["test_data"]) == {
+        "MNIST",
+        "SVHN",
+        "EuroSAT",
+    }
     for task, record in saved["test_data"].items():
-        assert record["split"] == "test" and record["n_images"] == 40 and Path(record["source"]).exists(), (task, record)
-    assert saved["test_data"]["EuroSAT"]["test_split"] == "test" and saved["test_data"]["EuroSAT"]["chosen_by"] == "default"
+        assert (
+            record["split"] == "test"
+            and record["n_images"] == 40
+            and Path(record["source"]).exists()
+        ), (task, record)
+    assert (
+        saved["test_data"]["EuroSAT"]["test_split"] == "test"
+        and saved["test_data"]["EuroSAT"]["chosen_by"] == "default"
+    )
     # EuroSAT's validation copy, chosen by flag (one image fewer, so the count shows which was read)
     euro = mini / "data" / "EuroSAT_splits"
     shutil.copytree(euro / "test", euro / "val")
@@ -234,7 +318,10 @@ def test_results_record_each_tasks_test_data_and_the_test_split_flag_reaches_the
         next(p for p in sorted((euro / "val").rglob("*")) if p.is_file()).unlink()
         chosen = run("task_arithmetic", _argv(mini, "--test-split", "EuroSAT=val", tasks="EuroSAT"))
         assert chosen["test_data"]["EuroSAT"]["source"] == str(euro / "val")
-        assert chosen["test_data"]["EuroSAT"]["n_images"] == 39 and chosen["test_data"]["EuroSAT"]["chosen_by"] == "--test-split"
+        assert (
+            chosen["test_data"]["EuroSAT"]["n_images"] == 39
+            and chosen["test_data"]["EuroSAT"]["chosen_by"] == "--test-split"
+        )
     finally:
         shutil.rmtree(euro / "val")
     with pytest.raises(DatasetError, match="MNIST: has a single test split"):
@@ -243,8 +330,15 @@ def test_results_record_each_tasks_test_data_and_the_test_split_flag_reaches_the
 
 def test_ddp_and_open_clip_training_checkpoint_experts_merge_like_plain_ones(mini, tmp_path):
     from adamerging.problem import load_task_vectors
+
     plain = load_checkpoint(mini / "checkpoints/mini/MNIST/finetuned.pt").state_dict
-    torch.save({"epoch": 2, "name": "ft", "state_dict": {"module." + k: v for k, v in plain.items()}}, tmp_path / "epoch_2.pt")
-    configs = [parse_config("task_arithmetic", _argv(mini, *extra)) for extra in ([], ["--finetuned", f"MNIST={tmp_path / 'epoch_2.pt'}"])]
+    torch.save(
+        {"epoch": 2, "name": "ft", "state_dict": {"module." + k: v for k, v in plain.items()}},
+        tmp_path / "epoch_2.pt",
+    )
+    configs = [
+        parse_config("task_arithmetic", _argv(mini, *extra))
+        for extra in ([], ["--finetuned", f"MNIST={tmp_path / 'epoch_2.pt'}"])
+    ]
     reference, wrapped = (load_task_vectors(c) for c in configs)
     assert all(torch.equal(reference.tau[k], wrapped.tau[k]) for k in reference.tau)

@@ -1,4 +1,5 @@
 """`python -m adamerging.prepare`: fake official downloads -> reader layouts, counts, atomicity."""
+
 from __future__ import annotations
 
 import sys
@@ -19,7 +20,9 @@ from fake_downloads import write_fake_downloads  # noqa: E402
 def _prepared(task: str, tmp_path: Path, **kw) -> tuple[dict, Path, int]:
     info = write_fake_downloads(task, tmp_path / "downloads", tmp_path / "scratch", **kw)
     data = tmp_path / "data"
-    with pytest.warns(UserWarning, match=rf"^{task}: \d+ test images, the paper used {ds.paper_size_text(task)}"):
+    with pytest.warns(
+        UserWarning, match=rf"^{task}: \d+ test images, the paper used {ds.paper_size_text(task)}"
+    ):
         n = prepare.prepare_task(task, tmp_path / "downloads", data)
     return info, data, n
 
@@ -34,7 +37,8 @@ def test_official_downloads_become_the_reader_layout(tmp_path: Path, task: str) 
     for split in ("test", "train"):
         got = ds.read_split(task, data, split)
         want = read_expected(task, info["root"], split)
-        if task == "DTD" and split == "train":  # train1 + val1 of the archive: the same images, renamed
+        # train1 + val1 of the archive: the same images, renamed
+        if task == "DTD" and split == "train":
             assert sorted(got.labels.tolist()) == sorted(want["labels"])
             continue
         assert got.labels.tolist() == want["labels"] and got.classnames == want["classnames"], split
@@ -45,8 +49,12 @@ def test_official_downloads_become_the_reader_layout(tmp_path: Path, task: str) 
 
 def test_kaggle_cars_nesting(tmp_path: Path) -> None:
     info, data, n = _prepared("Cars", tmp_path, kaggle=True)
-    assert (data / "stanford_cars" / "cars_test").is_dir() and not (data / "stanford_cars" / "cars_test" / "cars_test").exists()
-    assert ds.read_split("Cars", data).labels.tolist() == read_expected("Cars", info["root"])["labels"]
+    assert (data / "stanford_cars" / "cars_test").is_dir() and not (
+        data / "stanford_cars" / "cars_test" / "cars_test"
+    ).exists()
+    assert (
+        ds.read_split("Cars", data).labels.tolist() == read_expected("Cars", info["root"])["labels"]
+    )
 
 
 def test_eurosat_split_sizes_and_disjointness(tmp_path: Path) -> None:
@@ -55,12 +63,19 @@ def test_eurosat_split_sizes_and_disjointness(tmp_path: Path) -> None:
     assert n == sum(c // 10 for c in counts.values())
     members = {}
     for split in ("train", "val", "test"):
-        s = ds.read_split("EuroSAT", data, "test", test_dir=split) if split != "train" else ds.read_split("EuroSAT", data, "train")
+        s = (
+            ds.read_split("EuroSAT", data, "test", test_dir=split)
+            if split != "train"
+            else ds.read_split("EuroSAT", data, "train")
+        )
         members[split] = {Path(p).name for p in s.images}
     assert sum(len(v) for v in members.values()) == sum(counts.values())
     assert not (members["train"] & members["test"]) and not (members["val"] & members["test"])
     # 27,000 real images (3000 / 2500 / 2000 per class) give exactly the paper's 2,700.
-    real = {f"C{i}": [f"{i}_{k}.jpg" for k in range(c)] for i, c in enumerate([3000] * 5 + [2500] * 4 + [2000])}
+    real = {
+        f"C{i}": [f"{i}_{k}.jpg" for k in range(c)]
+        for i, c in enumerate([3000] * 5 + [2500] * 4 + [2000])
+    }
     sizes = {s: sum(len(v) for v in per.values()) for s, per in prepare.eurosat_split(real).items()}
     assert sizes == {"train": 21600, "val": 2700, "test": 2700}
     assert prepare.eurosat_split(real) == prepare.eurosat_split(real)  # seeded
@@ -86,7 +101,9 @@ def test_missing_download_is_named_and_nothing_written(tmp_path: Path) -> None:
     write_fake_downloads("RESISC45", tmp_path / "downloads", tmp_path / "scratch")
     (tmp_path / "downloads" / "resisc45-test.txt").unlink()
     data = tmp_path / "data"
-    with pytest.raises(prepare.PrepareError, match=r"RESISC45: expected resisc45-test.txt in .*downloads"):
+    with pytest.raises(
+        prepare.PrepareError, match=r"RESISC45: expected resisc45-test.txt in .*downloads"
+    ):
         prepare.prepare_task("RESISC45", tmp_path / "downloads", data)
     assert not (data / "resisc45").exists()
     _no_leftovers(data)
@@ -103,15 +120,29 @@ def test_existing_folder_needs_overwrite(tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         prepare.prepare_task("SVHN", tmp_path / "downloads", data, overwrite=True)
-    assert not (data / "svhn" / "mine.txt").exists() and (data / "svhn" / "test_32x32.mat").is_file()
+    assert (
+        not (data / "svhn" / "mine.txt").exists() and (data / "svhn" / "test_32x32.mat").is_file()
+    )
     _no_leftovers(data)
 
 
-def test_cli_prints_counts_and_warns_per_task(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_cli_prints_counts_and_warns_per_task(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     write_fake_downloads("MNIST", tmp_path / "downloads", tmp_path / "scratch")
-    rc = prepare.main(["MNIST,SVHN", "--downloads", str(tmp_path / "downloads"), "--data-location", str(tmp_path / "data")])
+    rc = prepare.main(
+        [
+            "MNIST,SVHN",
+            "--downloads",
+            str(tmp_path / "downloads"),
+            "--data-location",
+            str(tmp_path / "data"),
+        ]
+    )
     out, err = capsys.readouterr()
     assert rc == 1  # SVHN's files are missing
     assert "MNIST" in out and "test images (paper: 10000)" in out and "WARNING: MNIST:" in out
     assert "SVHN: expected test_32x32.mat" in err
-    assert (tmp_path / "data" / "MNIST" / "raw").is_dir() and not (tmp_path / "data" / "svhn").exists()
+    assert (tmp_path / "data" / "MNIST" / "raw").is_dir() and not (
+        tmp_path / "data" / "svhn"
+    ).exists()

@@ -1,6 +1,8 @@
 """Property tests (hypothesis) for the merge function and TIES on random small tensors."""
+
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from adamerging.merging import elect_and_select, merge, trim_top_k
@@ -9,8 +11,14 @@ floats = st.floats(-4, 4, allow_nan=False, width=32)
 small = st.integers(1, 5)
 
 
-def matrices(rows=st.integers(1, 4), cols=st.integers(1, 30)):
-    return st.tuples(rows, cols).flatmap(lambda s: arrays("float32", s, elements=floats)).map(torch.from_numpy)
+def matrices(rows=None, cols=None):
+    rows = st.integers(1, 4) if rows is None else rows
+    cols = st.integers(1, 30) if cols is None else cols
+    return (
+        st.tuples(rows, cols)
+        .flatmap(lambda s: arrays("float32", s, elements=floats))
+        .map(torch.from_numpy)
+    )
 
 
 @settings(max_examples=60, deadline=None)
@@ -26,7 +34,8 @@ def test_trim_keeps_the_largest_and_is_idempotent(x, k):
     assert torch.equal(trim_top_k(t, k), t)
     kept = t != 0
     for row, krow in zip(x, kept):
-        if krow.any() and (~krow).any():  # everything kept is at least as large as everything dropped
+        # everything kept is at least as large as everything dropped
+        if krow.any() and (~krow).any():
             assert row[krow].abs().min() >= row[~krow].abs().max()
         assert krow.sum() >= min(int(row.numel() * k), int((row != 0).sum()))
 
@@ -40,10 +49,12 @@ def test_sign_election_invariants(x):
     decided = column_sum != 0
     assert torch.equal(sign[decided], torch.sign(column_sum[decided]))
     nz = selected != 0
-    assert torch.equal(torch.sign(selected)[nz], sign.expand_as(selected)[nz])   # survivors agree with the election
-    assert torch.equal(selected[nz], x[nz])                                      # and are unchanged
+    # survivors agree with the election
+    assert torch.equal(torch.sign(selected)[nz], sign.expand_as(selected)[nz])
+    assert torch.equal(selected[nz], x[nz])  # and are unchanged
     agree = torch.sign(x) == sign
-    assert torch.equal(nz, agree & (x != 0))                                     # every agreeing entry survives
+    # every agreeing entry survives
+    assert torch.equal(nz, agree & (x != 0))
 
 
 @settings(max_examples=40, deadline=None)
@@ -56,4 +67,6 @@ def test_merge_is_affine_in_the_lambdas(tasks, rows, alpha, seed):
     combined = merge(theta0, tau, alpha * c1 + (1 - alpha) * c2)
     m1, m2 = merge(theta0, tau, c1), merge(theta0, tau, c2)
     for k in theta0:
-        torch.testing.assert_close(combined[k], alpha * m1[k] + (1 - alpha) * m2[k], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            combined[k], alpha * m1[k] + (1 - alpha) * m2[k], rtol=1e-4, atol=1e-4
+        )

@@ -1,13 +1,15 @@
 """Interrupted and failing AdaMerging runs lose nothing; speed options keep the maths."""
+
 import dataclasses
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from test_adaptation import _problem
+from test_pipeline import ROOT, _argv, run
 
 from adamerging.adaptation import AdaptationStopped, ResumeError, adamerge
 from adamerging.config import RESUMABLE, RunConfig
@@ -18,15 +20,31 @@ from adamerging.merging import CoefficientTable
 from adamerging.pipeline import _state_io
 from adamerging.problem import TaskData
 from adamerging.reporting import require_finite
-from test_adaptation import _problem
-from test_pipeline import ROOT, _argv, mini, run  # noqa: F401  (module fixture)
 
 
 def _adapt(problem, steps, **kw):
     clip, theta0, tau, entries, data, normalize = problem
-    config = RunConfig(steps=steps, no_progress=True, **{"lr": 0.02, "device": "cpu", **{k: v for k, v in kw.items() if k in RunConfig.__dataclass_fields__}})
-    merged = MergedEncoder(clip.visual, theta0, tau, entries, "cpu", checkpointing=config.checkpointing)
-    return adamerge(merged, data, kw.get("normalize", normalize), config, "layer-wise", resume=kw.get("resume"), save_state=kw.get("save_state"))
+    config = RunConfig(
+        steps=steps,
+        no_progress=True,
+        **{
+            "lr": 0.02,
+            "device": "cpu",
+            **{k: v for k, v in kw.items() if k in RunConfig.__dataclass_fields__},
+        },
+    )
+    merged = MergedEncoder(
+        clip.visual, theta0, tau, entries, "cpu", checkpointing=config.checkpointing
+    )
+    return adamerge(
+        merged,
+        data,
+        kw.get("normalize", normalize),
+        config,
+        "layer-wise",
+        resume=kw.get("resume"),
+        save_state=kw.get("save_state"),
+    )
 
 
 def test_ctrl_c_saves_state_and_resume_equals_an_uninterrupted_run():
@@ -40,39 +58,66 @@ def test_ctrl_c_saves_state_and_resume_equals_an_uninterrupted_run():
         if calls["n"] == 3:  # during step 3
             raise KeyboardInterrupt
         return normalize(x)
+
     saved = []
     with pytest.raises(KeyboardInterrupt):
         _adapt(problem, 5, normalize=interrupting, save_state=saved.append)
     assert saved[-1]["step"] == 2
     resumed = _adapt(problem, 5, resume=saved[-1])
     assert torch.equal(resumed.table.lambdas, full.table.lambdas)
-    assert [r["loss"] for r in resumed.trajectory if "loss" in r] == [r["loss"] for r in full.trajectory if "loss" in r]
+    assert [r["loss"] for r in resumed.trajectory if "loss" in r] == [
+        r["loss"] for r in full.trajectory if "loss" in r
+    ]
 
 
 def test_nan_loss_at_the_start_stops_with_step_number_and_saves_nothing():
     clip, theta0, tau, entries, data, normalize = _problem()
-    bad = [TaskData(t.name, t.images, Head(torch.full_like(t.head.weight, float("nan"))), t.labels) for t in data[:1]] + data[1:]
+    bad = [
+        TaskData(t.name, t.images, Head(torch.full_like(t.head.weight, float("nan"))), t.labels)
+        for t in data[:1]
+    ] + data[1:]
     saved = []
-    with pytest.raises(AdaptationStopped, match="step 1.*NaN.*initial lambdas.*nothing saved: check the inputs"):
+    with pytest.raises(
+        AdaptationStopped, match="step 1.*NaN.*initial lambdas.*nothing saved: check the inputs"
+    ):
         _adapt((clip, theta0, tau, entries, bad, normalize), 3, save_state=saved.append)
     assert saved == []  # the initial lambdas never gave a finite loss: no state is "good"
 
 
-def test_huge_lr_stop_keeps_the_last_finite_state_and_a_resume_with_a_lower_lr_finishes(mini):  # noqa: F811
-    # lr 1e8 without the clamp: step 1 (at the initial lambdas) is finite and moves lambdas to ~1e8, step 2 is NaN
+def test_huge_lr_stop_keeps_the_last_finite_state_and_a_resume_with_a_lower_lr_finishes(
+    mini,
+):
+    # lr 1e8 without the clamp: step 1 (at the initial lambdas) is finite and moves lambdas to ~1e8,
+    # step 2 is NaN
     with pytest.raises(AdaptationStopped, match="step 2.*NaN.*state of step 0.*--resume"):
-        run("layer_wise_adamerging", _argv(mini, "--steps", "6", "--lr", "1e8", "--no-clamp", "--save-every", "1"))
+        run(
+            "layer_wise_adamerging",
+            _argv(mini, "--steps", "6", "--lr", "1e8", "--no-clamp", "--save-every", "1"),
+        )
     state = torch.load(mini / "results/mini/layer_wise_adamerging.state.pt", weights_only=True)
     assert state["step"] == 0 and torch.equal(state["raw"], torch.full_like(state["raw"], 0.3))
     assert state["optimizer"]["state"] == {}  # Adam's state before step 1's update
-    resumed = run("layer_wise_adamerging", _argv(mini, "--steps", "6", "--lr", "1e-3", "--no-clamp", "--resume"))
-    values = torch.tensor(resumed["coefficients"]["values"])[:, 1:]  # column 0: the pretrained model
+    resumed = run(
+        "layer_wise_adamerging",
+        _argv(mini, "--steps", "6", "--lr", "1e-3", "--no-clamp", "--resume"),
+    )
+    # column 0: the pretrained model
+    values = torch.tensor(resumed["coefficients"]["values"])[:, 1:]
     assert torch.isfinite(values).all() and (values - 0.3).abs().max() <= 6 * 1e-3 * 1.01
-    assert [r["step"] for r in resumed["adaptation"]["trajectory"] if "loss" in r] == [1, 2, 3, 4, 5, 6]
-    assert resumed["adaptation"]["segments"] == [{"steps": [1, 6], "lr": 1e-3, "precision": "fp32", "device": "cpu"}]
+    assert [r["step"] for r in resumed["adaptation"]["trajectory"] if "loss" in r] == [
+        1,
+        2,
+        3,
+        4,
+        5,
+        6,
+    ]
+    assert resumed["adaptation"]["segments"] == [
+        {"steps": [1, 6], "lr": 1e-3, "precision": "fp32", "device": "cpu"}
+    ]
 
 
-def test_resume_with_a_new_lr_uses_it_and_records_it_per_step_range(mini):  # noqa: F811
+def test_resume_with_a_new_lr_uses_it_and_records_it_per_step_range(mini):
     state_file = mini / "results/mini/task_wise_adamerging.state.pt"
     run("task_wise_adamerging", _argv(mini, "--steps", "3", "--lr", "0.05"))
     before = torch.load(state_file, weights_only=True)
@@ -81,11 +126,17 @@ def test_resume_with_a_new_lr_uses_it_and_records_it_per_step_range(mini):  # no
     assert [g["lr"] for g in after["optimizer"]["param_groups"]] == [1e-6]
     # Adam moves each coefficient by about lr per step: 3 steps at 1e-6, not at the saved 0.05
     assert 0 < (after["raw"] - before["raw"]).abs().max() < 1e-4
-    assert resumed["adaptation"]["segments"] == [{"steps": [1, 3], "lr": 0.05, "precision": "fp32", "device": "cpu"},
-                                                 {"steps": [4, 6], "lr": 1e-6, "precision": "fp32", "device": "cpu"}]
-    assert resumed["config"]["lr"] is None and resumed["config"]["steps"] == 6  # no single lr was used throughout
-    with pytest.raises(ResumeError, match=r"task_wise_adamerging\.state\.pt: cannot resume: the saved run used --seed 0, "
-                                          r"this one --seed 1; rerun without --resume"):
+    assert resumed["adaptation"]["segments"] == [
+        {"steps": [1, 3], "lr": 0.05, "precision": "fp32", "device": "cpu"},
+        {"steps": [4, 6], "lr": 1e-6, "precision": "fp32", "device": "cpu"},
+    ]
+    # no single lr was used throughout
+    assert resumed["config"]["lr"] is None and resumed["config"]["steps"] == 6
+    with pytest.raises(
+        ResumeError,
+        match=r"task_wise_adamerging\.state\.pt: cannot resume: the saved run used --seed 0, "
+        r"this one --seed 1; rerun without --resume",
+    ):
         run("task_wise_adamerging", _argv(mini, "--steps", "8", "--resume", "--seed", "1"))
 
 
@@ -93,28 +144,55 @@ def test_resume_refuses_other_settings_older_states_and_fewer_steps():
     problem = _problem()
     saved = []
     _adapt(problem, 2, save_state=saved.append)
-    with pytest.raises(ResumeError, match=r"used --seed 0, --batch-size-adapt 16, no --no-clamp, this one --seed 1, "
-                                          r"--batch-size-adapt 8, --no-clamp; rerun without --resume or with the same settings$"):
+    with pytest.raises(
+        ResumeError,
+        match=r"used --seed 0, --batch-size-adapt 16, no --no-clamp, this one --seed 1, "
+        r"--batch-size-adapt 8, --no-clamp; rerun without --resume or with the same settings$",
+    ):
         _adapt(problem, 4, resume=saved[-1], seed=1, batch_size_adapt=8, no_clamp=True)
     with pytest.raises(ResumeError, match="holds no run settings"):
         _adapt(problem, 4, resume={k: v for k, v in saved[-1].items() if k != "config"})
     with pytest.raises(ResumeError, match="at step 2, past --steps 1; pass --steps 2 or more"):
         _adapt(problem, 1, resume=saved[-1])
     # lr, steps, cadence and speed options may change
-    assert _adapt(problem, 3, resume=saved[-1], lr=0.01, eval_every=1, adapt_mode="per-task").segments[-1]["steps"] == [3, 3]
+    assert _adapt(
+        problem, 3, resume=saved[-1], lr=0.01, eval_every=1, adapt_mode="per-task"
+    ).segments[-1]["steps"] == [3, 3]
 
 
 def test_every_config_setting_is_either_resumable_or_checked():
     fixed = {f.name for f in dataclasses.fields(RunConfig)} - RESUMABLE
-    assert {"model", "tasks", "seed", "batch_size_adapt", "batches_per_step", "objective", "init", "no_clamp", "adapt_fraction",
-            "corruption", "test_split", "ties_k", "ties_combine", "coefficients", "lam", "data_format"} <= fixed
+    assert {
+        "model",
+        "tasks",
+        "seed",
+        "batch_size_adapt",
+        "batches_per_step",
+        "objective",
+        "init",
+        "no_clamp",
+        "adapt_fraction",
+        "corruption",
+        "test_split",
+        "ties_k",
+        "ties_combine",
+        "coefficients",
+        "lam",
+        "data_format",
+    } <= fixed
     assert RESUMABLE < {f.name for f in dataclasses.fields(RunConfig)}
 
 
 def test_nothing_non_finite_is_written_as_a_state_or_a_result(tmp_path):
     _, _, save = _state_io(RunConfig(results_dir=str(tmp_path), model="mini"), "x", Ranks())
     table = CoefficientTable(torch.tensor([[0.3, float("inf")]]), ["A", "B"])
-    with pytest.raises(ValueError, match=r"refusing to write the AdaMerging state .*x\.state\.pt: table\.values\[0\]\[2\] is NaN/inf"):
+    with pytest.raises(
+        ValueError,
+        match=(
+            r"refusing to write the AdaMerging state .*x\.state\.pt: table\.values\[0\]\[2\] is"
+            r" NaN/inf"
+        ),
+    ):
         save({"step": 1, "raw": torch.zeros(1, 2), "table": table})
     assert not (tmp_path / "mini" / "x.state.pt").exists()
     with pytest.raises(ValueError, match=r"accuracy\.A is NaN/inf"):
@@ -127,15 +205,18 @@ def test_activation_checkpointing_and_bf16_keep_the_result():
     ckpt = _adapt(problem, 3, checkpointing=True)
     torch.testing.assert_close(ckpt.table.lambdas, plain.table.lambdas, rtol=0, atol=1e-6)
     bf16 = _adapt(problem, 3, precision="bf16")
-    # Adam moves every coefficient by about +-lr per step whatever the gradient's size, so single entries
-    # with near-zero gradients may differ in sign; the table as a whole and the losses must agree.
+    # Adam moves every coefficient by about +-lr per step whatever the gradient's size, so single
+    # entries with near-zero gradients may differ in sign; the table as a whole and the losses must
+    # agree.
     assert (bf16.table.lambdas - plain.table.lambdas).abs().mean() < 0.01
     losses = lambda r: torch.tensor([x["loss"] for x in r.trajectory if "loss" in x])  # noqa: E731
     torch.testing.assert_close(losses(bf16), losses(plain), rtol=0.03, atol=0)
 
 
-def test_pipeline_resume_continues_to_the_same_table(mini):  # noqa: F811
-    full = run("layer_wise_adamerging", _argv(mini, "--steps", "6", "--lr", "0.05", "--save-every", "2"))
+def test_pipeline_resume_continues_to_the_same_table(mini):
+    full = run(
+        "layer_wise_adamerging", _argv(mini, "--steps", "6", "--lr", "0.05", "--save-every", "2")
+    )
     run("layer_wise_adamerging", _argv(mini, "--steps", "3", "--lr", "0.05"))
     resumed = run("layer_wise_adamerging", _argv(mini, "--steps", "6", "--lr", "0.05", "--resume"))
     assert resumed["coefficients"]["values"] == full["coefficients"]["values"]
@@ -143,25 +224,60 @@ def test_pipeline_resume_continues_to_the_same_table(mini):  # noqa: F811
     assert state["step"] == 6
 
 
-def test_torchrun_two_processes_learn_the_same_coefficients(mini, tmp_path):  # noqa: F811
+def test_torchrun_two_processes_learn_the_same_coefficients(mini, tmp_path):
     # with the diagnostics: each rank measures its own tasks, rank 0 gathers them
-    common = _argv(mini, "--steps", "4", "--lr", "0.05", "--diagnose", "--diagnose-samples", "8", "--diagnose-lambdas", "0,0.5,1")
+    common = _argv(
+        mini,
+        "--steps",
+        "4",
+        "--lr",
+        "0.05",
+        "--diagnose",
+        "--diagnose-samples",
+        "8",
+        "--diagnose-lambdas",
+        "0,0.5,1",
+    )
     single = run("layer_wise_adamerging", common)
     argv = [a if a != str(mini / "results") else str(tmp_path) for a in common]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          str(ROOT / "src" / "main_layer_wise_adamerging.py"), *argv],
-                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(ROOT / "src" / "main_layer_wise_adamerging.py"),
+            *argv,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     multi = json.loads((tmp_path / "mini" / "layer_wise_adamerging.json").read_text())
-    torch.testing.assert_close(torch.tensor(multi["coefficients"]["values"]), torch.tensor(single["coefficients"]["values"]), rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        torch.tensor(multi["coefficients"]["values"]),
+        torch.tensor(single["coefficients"]["values"]),
+        rtol=0,
+        atol=1e-5,
+    )
     assert multi["accuracy"] == pytest.approx(single["accuracy"])
-    spearman = lambda r: {**r["diagnostics"]["spearman"]["per_task"], "pooled": r["diagnostics"]["spearman"]["pooled"]}  # noqa: E731
+
+    def spearman(r):
+        return {
+            **r["diagnostics"]["spearman"]["per_task"],
+            "pooled": r["diagnostics"]["spearman"]["pooled"],
+        }  # noqa: E731
+
     assert spearman(multi) == pytest.approx(spearman(single), abs=1e-6, nan_ok=True)
     assert multi["diagnostics"]["verdict"] == single["diagnostics"]["verdict"]
 
 
-def test_same_seed_same_coefficients_and_accuracies(mini):  # noqa: F811
+def test_same_seed_same_coefficients_and_accuracies(mini):
     a = run("task_wise_adamergingpp", _argv(mini, "--steps", "3", "--lr", "0.05", "--seed", "7"))
     b = run("task_wise_adamergingpp", _argv(mini, "--steps", "3", "--lr", "0.05", "--seed", "7"))
     assert a["coefficients"] == b["coefficients"] and a["accuracy"] == b["accuracy"]

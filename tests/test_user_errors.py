@@ -1,15 +1,16 @@
 """Mistakes a new user makes get one actionable line, before any work is done."""
+
 import os
 import stat
 
 import pytest
 import torch
+from model_fixtures import mini_argv, write_mini_problem
 
 from adamerging import pipeline
 from adamerging.checkpoints import atomic_write
 from adamerging.merging import published_table
 from adamerging.pipeline import parse_config
-from model_fixtures import mini_argv, write_mini_problem
 
 
 def _run(argv: list[str]) -> dict:
@@ -23,7 +24,9 @@ def root(tmp_path_factory):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_a_gpu_and_an_unknown_device_are_one_line_errors(root):
-    with pytest.raises(ValueError, match=r"^--device cuda: this torch .* sees no CUDA device; use --device cpu$"):
+    with pytest.raises(
+        ValueError, match=r"^--device cuda: this torch .* sees no CUDA device; use --device cpu$"
+    ):
         _run(mini_argv(root, "--device", "cuda"))
     with pytest.raises(ValueError, match=r"^--device 'gpu' is not a torch device"):
         _run(mini_argv(root, "--device", "gpu"))
@@ -32,7 +35,10 @@ def test_cuda_without_a_gpu_and_an_unknown_device_are_one_line_errors(root):
 def test_repeated_and_unknown_task_names_are_refused(root):
     with pytest.raises(ValueError, match="--tasks lists MNIST more than once"):
         _run(mini_argv(root, tasks="MNIST,mnist"))
-    with pytest.raises(ValueError, match=r"'Foo' is not one of the paper's tasks .* --task Foo=DIR and --finetuned Foo=PATH"):
+    with pytest.raises(
+        ValueError,
+        match=r"'Foo' is not one of the paper's tasks .* --task Foo=DIR and --finetuned Foo=PATH",
+    ):
         _run(mini_argv(root, tasks="MNIST,Foo"))
 
 
@@ -52,7 +58,13 @@ def test_abbreviated_flags_are_not_taken_for_others():
 
 
 def test_published_tables_name_the_models_they_exist_for():
-    with pytest.raises(ValueError, match=r"no published coefficients for lw_adamerging on mini: .* for ViT-B-16, ViT-B-32, ViT-L-14 only"):
+    with pytest.raises(
+        ValueError,
+        match=(
+            r"no published coefficients for lw_adamerging on mini: .* for ViT-B-16, ViT-B-32,"
+            r" ViT-L-14 only"
+        ),
+    ):
         published_table("lw_adamerging", "mini")
 
 
@@ -68,5 +80,7 @@ def test_written_files_get_the_mode_open_would_give(tmp_path):
 
 def test_a_hugging_face_export_to_a_file_name_is_refused_before_the_run(root, tmp_path):
     with pytest.raises(ValueError, match=r"--save-format hf writes a folder .* names a file"):
-        _run(mini_argv(root, "--save-merged", str(tmp_path / "m.safetensors"), "--save-format", "hf"))
+        _run(
+            mini_argv(root, "--save-merged", str(tmp_path / "m.safetensors"), "--save-format", "hf")
+        )
     assert not (tmp_path / "m.safetensors").exists()

@@ -1,4 +1,5 @@
 """Users' own tasks: ImageFolder-style folders (`--task NAME=DIR`)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,7 +30,9 @@ def test_image_folder_task_reads_classes_labels_and_paths(tmp_path: Path):
     assert split.classnames == ["axolotl", "dog", "tabby cat"]  # sorted folders, `_` -> space
     assert split.labels.tolist() == [0, 1, 1, 1, 2, 2]
     assert split.labels.dtype == np.int64
-    assert [Path(p).parent.name for p in split.images] == ["axolotl"] + ["dog"] * 3 + ["tabby_cat"] * 2
+    assert [Path(p).parent.name for p in split.images] == ["axolotl"] + ["dog"] * 3 + [
+        "tabby_cat"
+    ] * 2
     images = ds.preprocess_images(split, 16, tmp_path / "cache", num_workers=1)
     assert tuple(images.shape) == (6, 3, 16, 16)
     assert ds.user_task_templates(folder) == list(ds.DEFAULT_USER_TEMPLATES)

@@ -1,4 +1,5 @@
-"""Let `import torchvision` (and so `import open_clip`) work where torchvision's compiled ops cannot load.
+"""Let `import torchvision` (and so `import open_clip`) work where torchvision's compiled ops cannot
+load.
 
 A torchvision wheel built for CUDA, installed beside a CPU-only torch (the only torchvision that
 matches torch 2.13.0 on PyPI is such a build), cannot load its compiled extension; its import then
@@ -9,6 +10,7 @@ file is called), nothing else happens. Only on that one error are the two schema
 kernels), the half-imported modules dropped and the import repeated; everything except those
 detection ops then works.
 """
+
 from __future__ import annotations
 
 import sys
@@ -20,7 +22,8 @@ _MISSING_OP = "torchvision::nms"
 
 
 def ensure_torchvision_importable() -> None:
-    """Import torchvision; define `torchvision::nms` / `torchvision::qnms` first if its extension cannot load.
+    """Import torchvision; define `torchvision::nms` / `torchvision::qnms` first if its extension
+    cannot load.
 
     Any other import error (torchvision absent, a broken install) is left for the importer to meet.
     """
@@ -29,6 +32,7 @@ def ensure_torchvision_importable() -> None:
         return
     try:
         import torchvision  # noqa: F401
+
         return
     except RuntimeError as e:
         if _MISSING_OP not in str(e):

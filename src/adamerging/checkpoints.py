@@ -7,9 +7,11 @@ other class becomes an inert stand-in (an object that just keeps its pickled att
 that tries to *call* something outside a short allow-list is refused. Parameters and buffers are
 then collected from the stand-ins into a state dict, in the module's own order.
 
-Plain state dicts (weights-only `.pt`, `.safetensors`) load too; the writers here produce plain state
-dicts and write every file atomically (the task-vectors pickles are written by `task_vectors_format`).
+Plain state dicts (weights-only `.pt`, `.safetensors`) load too; the writers here produce plain
+state dicts and write every file atomically (the task-vectors pickles are written by
+`task_vectors_format`).
 """
+
 from __future__ import annotations
 
 import _compat_pickle
@@ -26,12 +28,12 @@ import tarfile
 import tempfile
 import types
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
-
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +58,8 @@ _SAFE_CALLABLES: dict[tuple[str, str], Any] = {
     ("builtins", "list"): list,
     ("builtins", "dict"): dict,
 }
-# Classes whose pickled form is a call with plain arguments (enum members in torchvision transforms);
-# calling their stand-in only records the arguments.
+# Classes whose pickled form is a call with plain arguments (enum members in torchvision
+# transforms); calling their stand-in only records the arguments.
 _INERT_CALLS = {
     ("torchvision.transforms.functional", "InterpolationMode"),
     ("torchvision.transforms.transforms", "InterpolationMode"),
@@ -73,8 +75,8 @@ class _StandInMeta(type):
             obj.__dict__["_pickled_args"] = args
             return obj
         raise CheckpointError(
-            f"refused to call {cls._pickled_module}.{cls._pickled_name}: checkpoints may only rebuild "
-            "tensors and containers, and this one tries to run code"
+            f"refused to call {cls._pickled_module}.{cls._pickled_name}: checkpoints may only"
+            " rebuild tensors and containers, and this one tries to run code"
         )
 
 
@@ -88,7 +90,11 @@ class _StandIn(metaclass=_StandInMeta):
         return object.__new__(cls)
 
     def __setstate__(self, state: Any) -> None:
-        if isinstance(state, tuple) and len(state) == 2 and (state[0] is None or isinstance(state[0], dict)):
+        if (
+            isinstance(state, tuple)
+            and len(state) == 2
+            and (state[0] is None or isinstance(state[0], dict))
+        ):
             state = {**(state[0] or {}), **(state[1] or {})}
         if isinstance(state, dict):
             self.__dict__.update(state)
@@ -105,7 +111,9 @@ _stand_ins: dict[tuple[str, str], type] = {}
 def _stand_in(module: str, name: str) -> type:
     key = (module, name)
     if key not in _stand_ins:
-        _stand_ins[key] = _StandInMeta(name, (_StandIn,), {"_pickled_module": module, "_pickled_name": name})
+        _stand_ins[key] = _StandInMeta(
+            name, (_StandIn,), {"_pickled_module": module, "_pickled_name": name}
+        )
     return _stand_ins[key]
 
 
@@ -122,13 +130,26 @@ _LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 _C_UNPICKLER_PERSISTENT_LOAD = pickle.Unpickler.__dict__["persistent_load"]
 # Storage classes the legacy tar container names in its storage list (torch maps them to dtypes).
 _STORAGE_TYPES = frozenset(
-    f"{kind}Storage" for kind in ("Double", "Float", "Half", "BFloat16", "Long", "Int", "Short", "Char", "Byte", "Bool")
+    f"{kind}Storage"
+    for kind in (
+        "Double",
+        "Float",
+        "Half",
+        "BFloat16",
+        "Long",
+        "Int",
+        "Short",
+        "Char",
+        "Byte",
+        "Bool",
+    )
 )
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
-        # Protocol-2 pickles name Python 2 modules (`__builtin__.set`); map them as pickle itself does.
+        # Protocol-2 pickles name Python 2 modules (`__builtin__.set`); map them as pickle itself
+        # does.
         if (module, name) in _compat_pickle.NAME_MAPPING:
             module, name = _compat_pickle.NAME_MAPPING[(module, name)]
         module = _compat_pickle.IMPORT_MAPPING.get(module, module)
@@ -142,10 +163,11 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return torch.serialization.StorageType(name)
         return _stand_in(module, name)
 
-    # torch's legacy loaders (`_use_new_zipfile_serialization=False`, and the older tar container) hand
-    # each pickled module class, with the source text saved beside it, to `_check_container_source`,
-    # which runs `inspect` on the class and fails on a stand-in (AttributeError 'dump_patches'). The
-    # zip loader skips that check; skipping it here too makes every container load the same way.
+    # torch's legacy loaders (`_use_new_zipfile_serialization=False`, and the older tar container)
+    # hand each pickled module class, with the source text saved beside it, to
+    # `_check_container_source`, which runs `inspect` on the class and fails on a stand-in
+    # (AttributeError 'dump_patches'). The zip loader skips that check; skipping it here too makes
+    # every container load the same way.
     @property
     def persistent_load(self) -> Any:
         return _C_UNPICKLER_PERSISTENT_LOAD.__get__(self)
@@ -154,10 +176,14 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def persistent_load(self, torch_persistent_load: Any) -> None:
         def without_source_check(saved_id: Any) -> Any:
             if isinstance(saved_id, tuple) and saved_id:
-                kind = saved_id[0].decode("ascii") if isinstance(saved_id[0], bytes) else saved_id[0]
-                if kind == "module" and len(saved_id) == 4:  # ("module", class, source file, source)
+                kind = (
+                    saved_id[0].decode("ascii") if isinstance(saved_id[0], bytes) else saved_id[0]
+                )
+                # ("module", class, source file, source)
+                if kind == "module" and len(saved_id) == 4:
                     return saved_id[1]
-                if isinstance(kind, type) and len(saved_id) == 3:  # tar container: (class, file, source)
+                # tar container: (class, file, source)
+                if isinstance(kind, type) and len(saved_id) == 3:
                     return saved_id[0]
             return torch_persistent_load(saved_id)
 
@@ -173,12 +199,14 @@ _restricted_pickle.__dict__["__name__"] = "adamerging_restricted_pickle"
 
 @dataclass
 class LoadedCheckpoint:
-    """What `load_checkpoint` read: the tensors in the file's order, the container kind, and the plain
-    top-level attributes of a pickled module (e.g. the `normalize` flag of task-vectors' heads)."""
+    """What `load_checkpoint` read: the tensors in the file's order, the container kind, and the
+    plain top-level attributes of a pickled module (e.g. the `normalize` flag of task-vectors'
+    heads)."""
 
-    state_dict: "collections.OrderedDict[str, torch.Tensor]"
+    state_dict: collections.OrderedDict[str, torch.Tensor]
     kind: str  # "module:<module>.<Class>" for pickled modules, "state_dict" otherwise
-    attributes: dict[str, Any] = field(default_factory=dict)  # plain top-level attributes (e.g. normalize)
+    # plain top-level attributes (e.g. normalize)
+    attributes: dict[str, Any] = field(default_factory=dict)
 
 
 def _module_state_dict(obj: Any, prefix: str, out: dict[str, torch.Tensor]) -> None:
@@ -203,7 +231,9 @@ def _is_module_stand_in(obj: Any) -> bool:
 def _check_tensors(sd: dict[str, Any], path: Path) -> None:
     for key, value in sd.items():
         if not isinstance(value, torch.Tensor):
-            raise CheckpointError(f"{path}: entry {key!r} is a {type(value).__name__}, expected a tensor")
+            raise CheckpointError(
+                f"{path}: entry {key!r} is a {type(value).__name__}, expected a tensor"
+            )
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             raise CheckpointError(f"{path}: entry {key!r} contains NaN or inf values")
 
@@ -213,7 +243,8 @@ def sniff_format(path: str | Path) -> str:
 
     Tells apart torch.save's zip container (torch >= 1.6), its legacy container (magic number
     0x1950a86a20f9469cfc6c first; torch < 1.6 or `_use_new_zipfile_serialization=False`), the older
-    tar container, safetensors, and the usual failed downloads: Git LFS pointers, HTML pages, empty files.
+    tar container, safetensors, and the usual failed downloads: Git LFS pointers, HTML pages, empty
+    files.
     """
     try:
         with open(path, "rb") as f:
@@ -246,9 +277,9 @@ def sniff_format(path: str | Path) -> str:
 def return_freed_memory() -> bool:
     """Give the C heap's free pages back to the system (glibc `malloc_trim(0)`); True where it ran.
 
-    Unpickling a checkpoint puts its tensors below glibc's mmap threshold (most weight matrices, once
-    the threshold has adapted) on the C heap; when an expert is released after its task vector is
-    taken, those pages stay in the process as free heap (measured: 0.9 GB on ViT-B/32 x 8 tasks)
+    Unpickling a checkpoint puts its tensors below glibc's mmap threshold (most weight matrices,
+    once the threshold has adapted) on the C heap; when an expert is released after its task vector
+    is taken, those pages stay in the process as free heap (measured: 0.9 GB on ViT-B/32 x 8 tasks)
     unless trimmed. No-op (False) on a C library without malloc_trim (macOS, musl).
     """
     name = ctypes.util.find_library("c")
@@ -289,12 +320,14 @@ def file_backed(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
-    """Read a task-vectors pickled module, a weights-only `.pt` state dict, or a `.safetensors` file.
+    """Read a task-vectors pickled module, a weights-only `.pt` state dict, or a `.safetensors`
+    file.
 
     Every container `torch.load` reads loads the same way, with no code from the file run: the zip
-    container (torch >= 1.6) and the legacy one (torch < 1.6 or `_use_new_zipfile_serialization=False`),
-    pickle protocols 2 to 5. An open_clip training checkpoint (`{"epoch", "state_dict", ...}`) is
-    unwrapped and a DistributedDataParallel `module.` prefix removed (both logged as warnings).
+    container (torch >= 1.6) and the legacy one (torch < 1.6 or
+    `_use_new_zipfile_serialization=False`), pickle protocols 2 to 5. An open_clip training
+    checkpoint (`{"epoch", "state_dict", ...}`) is unwrapped and a DistributedDataParallel `module.`
+    prefix removed (both logged as warnings).
 
     Returns the entries in the file's order (a pickled module: `nn.Module.state_dict` order).
     Raises CheckpointError (one line, naming the file) for a missing, unreadable (with the format it
@@ -317,33 +350,56 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
         _check_tensors(sd, path)
         return LoadedCheckpoint(sd, "state_dict")
     try:
-        obj = torch.load(path, map_location="cpu", pickle_module=_restricted_pickle, weights_only=False)
+        obj = torch.load(
+            path, map_location="cpu", pickle_module=_restricted_pickle, weights_only=False
+        )
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
-    except (pickle.UnpicklingError, EOFError, RuntimeError, zipfile.BadZipFile, ValueError, KeyError, AttributeError,
-            TypeError, IndexError, tarfile.TarError, struct.error) as e:
-        detail = " ".join(str(e).split())[:300]  # torch's messages can span lines; keep errors one line
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        RuntimeError,
+        zipfile.BadZipFile,
+        ValueError,
+        KeyError,
+        AttributeError,
+        TypeError,
+        IndexError,
+        tarfile.TarError,
+        struct.error,
+    ) as e:
+        # torch's messages can span lines; keep errors one line
+        detail = " ".join(str(e).split())[:300]
         looks = sniff_format(path)
         if looks == _LOOKS_SAFETENSORS:
             looks += " (give it the .safetensors suffix)"
         raise CheckpointError(
-            f"{path}: not a readable PyTorch checkpoint; it looks like {looks} ({type(e).__name__}: {detail})"
+            f"{path}: not a readable PyTorch checkpoint; it looks like {looks} ({type(e).__name__}:"
+            f" {detail})"
         ) from e
     if _is_module_stand_in(obj):
         sd: collections.OrderedDict[str, torch.Tensor] = collections.OrderedDict()
         _module_state_dict(obj, "", sd)
-        attributes = {k: v for k, v in obj.__dict__.items() if isinstance(v, (bool, int, float, str))}
+        attributes = {
+            k: v for k, v in obj.__dict__.items() if isinstance(v, (bool, int, float, str))
+        }
         kind = f"module:{type(obj)._pickled_module}.{type(obj)._pickled_name}"
     elif isinstance(obj, dict):
         if "state_dict" in obj and isinstance(obj["state_dict"], dict):
             # open_clip's training checkpoint {"epoch", "name", "state_dict", "optimizer", ...}
             others = sorted(str(k) for k in obj if k != "state_dict")
-            log.warning("%s: a training checkpoint (also holds %s): using its 'state_dict'", path, ", ".join(others[:6]))
+            log.warning(
+                "%s: a training checkpoint (also holds %s): using its 'state_dict'",
+                path,
+                ", ".join(others[:6]),
+            )
             obj = obj["state_dict"]
         sd = collections.OrderedDict(obj)
         attributes, kind = {}, "state_dict"
     else:
-        raise CheckpointError(f"{path}: holds a {type(obj).__name__}, expected a module or a state dict")
+        raise CheckpointError(
+            f"{path}: holds a {type(obj).__name__}, expected a module or a state dict"
+        )
     if not sd:
         raise CheckpointError(f"{path}: holds no tensors")
     sd = _strip_ddp_prefix(sd, path)
@@ -351,13 +407,20 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     return LoadedCheckpoint(sd, kind, attributes)
 
 
-def _strip_ddp_prefix(sd: "collections.OrderedDict[str, Any]", path: Path) -> "collections.OrderedDict[str, Any]":
-    """Entries saved from a DistributedDataParallel wrapper are named `module.<name>`: drop the prefix,
-    as open_clip's `load_state_dict` does (it checks the first key; here every key must carry it)."""
+def _strip_ddp_prefix(
+    sd: collections.OrderedDict[str, Any], path: Path
+) -> collections.OrderedDict[str, Any]:
+    """Entries saved from a DistributedDataParallel wrapper are named `module.<name>`: drop the
+    prefix, as open_clip's `load_state_dict` does (it checks the first key; here every key must
+    carry it)."""
     if not all(isinstance(k, str) and k.startswith(_DDP_PREFIX) for k in sd):
         return sd
-    log.warning("%s: entries are prefixed %r (saved from DistributedDataParallel): prefix removed", path, _DDP_PREFIX)
-    return collections.OrderedDict((k[len(_DDP_PREFIX):], v) for k, v in sd.items())
+    log.warning(
+        "%s: entries are prefixed %r (saved from DistributedDataParallel): prefix removed",
+        path,
+        _DDP_PREFIX,
+    )
+    return collections.OrderedDict((k[len(_DDP_PREFIX) :], v) for k, v in sd.items())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -386,7 +449,8 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[Any]:
 
 
 def save_state_dict(state_dict: dict[str, torch.Tensor], path: str | Path) -> None:
-    """A plain state dict: `.safetensors`, or a `.pt` that loads with `torch.load(weights_only=True)`."""
+    """A plain state dict: `.safetensors`, or a `.pt` that loads with
+    `torch.load(weights_only=True)`."""
     path = Path(path)
     sd = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
     if path.suffix == ".safetensors":
@@ -400,7 +464,7 @@ def save_state_dict(state_dict: dict[str, torch.Tensor], path: str | Path) -> No
             torch.save(collections.OrderedDict(sd), f)
 
 
-def load_state_dict(path: str | Path) -> "collections.OrderedDict[str, torch.Tensor]":
-    """The tensors of any checkpoint `load_checkpoint` reads, in the file's order (attributes dropped).
-    Raises CheckpointError as `load_checkpoint` does."""
+def load_state_dict(path: str | Path) -> collections.OrderedDict[str, torch.Tensor]:
+    """The tensors of any checkpoint `load_checkpoint` reads, in the file's order (attributes
+    dropped). Raises CheckpointError as `load_checkpoint` does."""
     return load_checkpoint(path).state_dict

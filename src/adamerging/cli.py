@@ -1,17 +1,19 @@
-"""The one command-line error handler of every script: a user mistake prints one line, never a traceback.
+"""The one command-line error handler of every script: a user mistake prints one line, never a
+traceback.
 
-Used by every command: the method scripts (`pipeline.main`), `src/diagnose.py`, `python -m adamerging.experiments`
-and, for usage lines (`command_name`), prepare, download, the mini build and the report.
-Exit codes: 0 done; 2 a user error (missing file, unreadable checkpoint or dataset, bad value or key);
-3 a run that stopped early with its state saved (`RunStopped`, e.g. AdaMerging's non-finite-loss guard),
-or that ran out of device memory; 130 interrupted (Ctrl-C; the message may say where the state was saved).
-The torchrun process group, if any, is left at exit.
+Used by every command: the method scripts (`pipeline.main`), `src/diagnose.py`, `python -m
+adamerging.experiments` and, for usage lines (`command_name`), prepare, download, the mini build and
+the report. Exit codes: 0 done; 2 a user error (missing file, unreadable checkpoint or dataset, bad
+value or key); 3 a run that stopped early with its state saved (`RunStopped`, e.g. AdaMerging's
+non-finite-loss guard), or that ran out of device memory; 130 interrupted (Ctrl-C; the message may
+say where the state was saved). The torchrun process group, if any, is left at exit.
 """
+
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from .checkpoints import CheckpointError
 from .datasets import DatasetError
@@ -22,8 +24,15 @@ EXIT_USER_ERROR = 2
 EXIT_STOPPED = 3
 EXIT_INTERRUPTED = 130
 
-# What a user can cause and fix from the message alone (a wrong path, flag value, task or entry name).
-USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, CheckpointError, DatasetError, ValueError, KeyError)
+# What a user can cause and fix from the message alone (a wrong path, flag value, task or entry
+# name).
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    FileNotFoundError,
+    CheckpointError,
+    DatasetError,
+    ValueError,
+    KeyError,
+)
 
 
 class RunStopped(RuntimeError):
@@ -35,8 +44,9 @@ class RunStopped(RuntimeError):
 
 
 def command_name(module: str, *words: str) -> str:
-    """The command as the user typed it, for usage lines: the installed command (`adamerging-prepare`), a
-    script's file name (`main_task_arithmetic.py`), else `python -m <module>`; then `words` (an experiment).
+    """The command as the user typed it, for usage lines: the installed command
+    (`adamerging-prepare`), a script's file name (`main_task_arithmetic.py`), else `python -m
+    <module>`; then `words` (an experiment).
 
     `module`: the dotted module run by `python -m` (`adamerging.prepare`). Read from sys.argv[0].
     """
@@ -56,10 +66,11 @@ def error_message(error: BaseException) -> str:
 
 
 def run_cli(command: Callable[[list[str]], object], argv: Sequence[str] | None = None) -> None:
-    """Run `command(argv)` (default: sys.argv[1:]) and turn the errors a user can fix into one line and an exit code.
+    """Run `command(argv)` (default: sys.argv[1:]) and turn the errors a user can fix into one line
+    and an exit code.
 
-    Anything else (a bug) keeps its traceback. Raises SystemExit with EXIT_INTERRUPTED, EXIT_STOPPED or
-    EXIT_USER_ERROR; returns normally when the command succeeds.
+    Anything else (a bug) keeps its traceback. Raises SystemExit with EXIT_INTERRUPTED, EXIT_STOPPED
+    or EXIT_USER_ERROR; returns normally when the command succeeds.
     """
     try:
         command(sys.argv[1:] if argv is None else list(argv))
@@ -69,9 +80,13 @@ def run_cli(command: Callable[[list[str]], object], argv: Sequence[str] | None =
     except (RunStopped, *USER_ERRORS) as e:
         print(f"error: {error_message(e)}", file=sys.stderr)
         sys.exit(EXIT_STOPPED if isinstance(e, RunStopped) else EXIT_USER_ERROR)
-    except OUT_OF_MEMORY as e:  # outside an AdaMerging step (which saves its state and names its own setting)
-        print(f"error: out of memory ({out_of_memory_summary(e)}): lower --batch-size (the evaluation batch), or merge fewer "
-              "tasks per run (--tasks)", file=sys.stderr)
+    # outside an AdaMerging step (which saves its state and names its own setting)
+    except OUT_OF_MEMORY as e:
+        print(
+            f"error: out of memory ({out_of_memory_summary(e)}): lower --batch-size (the evaluation"
+            " batch), or merge fewer tasks per run (--tasks)",
+            file=sys.stderr,
+        )
         sys.exit(EXIT_STOPPED)
     finally:
         shutdown()

@@ -1,12 +1,13 @@
 """The 7 test-image corruptions of the paper's robustness experiment, at one fixed severity, seeded.
 
 They follow ImageNet-C's definitions (Hendrycks & Dietterich, 2019) at about its severity 3, written
-with numpy / PIL / scipy and applied to the preprocessed uint8 images ([N, 3, S, S], after resize and
-centre crop), so they scale with the image size. `spatter` is simplified: ImageNet-C's version
+with numpy / PIL / scipy and applied to the preprocessed uint8 images ([N, 3, S, S], after resize
+and centre crop), so they scale with the image size. `spatter` is simplified: ImageNet-C's version
 (liquid or mud splashes from several filtered noise layers) becomes a single filtered-noise mask of
 muddy brown blended into the image; it keeps the character (occluding irregular blobs), not the
 exact statistics.
 """
+
 from __future__ import annotations
 
 import io
@@ -16,7 +17,15 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-CORRUPTIONS = ("motion_blur", "impulse_noise", "gaussian_noise", "pixelate", "spatter", "contrast", "jpeg_compression")
+CORRUPTIONS = (
+    "motion_blur",
+    "impulse_noise",
+    "gaussian_noise",
+    "pixelate",
+    "spatter",
+    "contrast",
+    "jpeg_compression",
+)
 
 
 def _float(x: np.ndarray) -> np.ndarray:
@@ -28,14 +37,14 @@ def _uint8(x: np.ndarray) -> np.ndarray:
 
 
 def gaussian_noise(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Additive Gaussian noise, std 0.18 on the [0, 1] scale (ImageNet-C severity 3), independent per
-    value; uint8 [N, 3, S, S] -> uint8 [N, 3, S, S], clipped."""
+    """Additive Gaussian noise, std 0.18 on the [0, 1] scale (ImageNet-C severity 3), independent
+    per value; uint8 [N, 3, S, S] -> uint8 [N, 3, S, S], clipped."""
     return _uint8(_float(x) + rng.normal(0.0, 0.18, size=x.shape).astype(np.float32))
 
 
 def impulse_noise(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Salt-and-pepper noise: 4.5 % of the values set to 0 and 4.5 % to 255, independently per channel
-    (ImageNet-C severity 3, amount 0.09); uint8 [N, 3, S, S] -> uint8 [N, 3, S, S]."""
+    """Salt-and-pepper noise: 4.5 % of the values set to 0 and 4.5 % to 255, independently per
+    channel (ImageNet-C severity 3, amount 0.09); uint8 [N, 3, S, S] -> uint8 [N, 3, S, S]."""
     # salt and pepper on 9 % of the values (ImageNet-C severity 3)
     out = x.copy()
     u = rng.random(x.shape)
@@ -58,30 +67,38 @@ def _per_image(x: np.ndarray, fn) -> np.ndarray:
 
 def pixelate(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Box-downsampled to half the side (at least 1 pixel) and upsampled back with nearest neighbour
-    (factor 0.5, ImageNet-C's severity 2 value); deterministic (`rng` unused); uint8 [N, 3, S, S] (square
+    (factor 0.5, ImageNet-C's severity 2 value); deterministic (`rng` unused); uint8 [N, 3, S, S]
+    (square
     images) -> uint8 [N, 3, S, S]."""
     size = x.shape[-1]
     small = max(1, int(size * 0.5))
 
     def one(img):
         pil = Image.fromarray(img.transpose(1, 2, 0))
-        return np.asarray(pil.resize((small, small), Image.BOX).resize((size, size), Image.NEAREST)).transpose(2, 0, 1)
+        return np.asarray(
+            pil.resize((small, small), Image.BOX).resize((size, size), Image.NEAREST)
+        ).transpose(2, 0, 1)
+
     return _per_image(x, one)
 
 
 def jpeg_compression(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Each image round-tripped through PIL's JPEG encoder at quality 15 (ImageNet-C severity 3);
     deterministic (`rng` unused); uint8 [N, 3, S, S] -> uint8 [N, 3, S, S]."""
+
     def one(img):
         buffer = io.BytesIO()
         Image.fromarray(img.transpose(1, 2, 0)).save(buffer, format="JPEG", quality=15)
-        return np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")).transpose(2, 0, 1)
+        return np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")).transpose(
+            2, 0, 1
+        )
+
     return _per_image(x, one)
 
 
 def motion_blur(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Linear motion blur: a line kernel of odd length about 7 % of the side (at least 3 pixels, 15 at
-    224), rotated by a per-image angle uniform in [-45, 45] degrees, convolved with each channel
+    """Linear motion blur: a line kernel of odd length about 7 % of the side (at least 3 pixels, 15
+    at 224), rotated by a per-image angle uniform in [-45, 45] degrees, convolved with each channel
     (edges replicated); uint8 [N, 3, S, S] -> uint8 [N, 3, S, S]."""
     size = x.shape[-1]
     length = max(3, int(round(size * 0.07)) | 1)  # odd kernel, ~15 px at 224
@@ -93,6 +110,7 @@ def motion_blur(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         kernel /= kernel.sum()
         f = _float(img)
         return _uint8(np.stack([ndimage.convolve(c, kernel, mode="nearest") for c in f]))
+
     return _per_image(x, one)
 
 
@@ -104,13 +122,27 @@ def spatter(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     mud = np.array([63, 42, 20], np.float32).reshape(3, 1, 1) / 255.0
 
     def one(img):
-        noise = ndimage.gaussian_filter(rng.normal(0.65, 0.3, (size, size)), sigma=max(1.0, size / 56))
+        noise = ndimage.gaussian_filter(
+            rng.normal(0.65, 0.3, (size, size)), sigma=max(1.0, size / 56)
+        )
         mask = np.clip((noise - 0.68) * 6.0, 0.0, 1.0)[None]  # irregular blobs covering ~10-20 %
         return _uint8(_float(img) * (1 - mask) + mud * mask)
+
     return _per_image(x, one)
 
 
-_FUNCTIONS = {f.__name__: f for f in (motion_blur, impulse_noise, gaussian_noise, pixelate, spatter, contrast, jpeg_compression)}
+_FUNCTIONS = {
+    f.__name__: f
+    for f in (
+        motion_blur,
+        impulse_noise,
+        gaussian_noise,
+        pixelate,
+        spatter,
+        contrast,
+        jpeg_compression,
+    )
+}
 
 
 def corrupt(images: torch.Tensor, name: str, seed: int = 0) -> torch.Tensor:

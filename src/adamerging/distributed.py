@@ -5,6 +5,7 @@ the coefficient gradients (a few thousand numbers) are summed over ranks, so eve
 same Adam update and holds the same table. Batch sampling draws for all tasks on every rank, so the
 batches are exactly those of a single-process run with the same seed.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,8 @@ from .device import check_device, check_local_ranks, set_precision
 
 @dataclass(frozen=True)
 class Ranks:
-    """This process's rank and the world size (0 and 1 without torchrun); `active` when more than one
-    process takes part, `is_main` on rank 0 (the one that logs and writes results)."""
+    """This process's rank and the world size (0 and 1 without torchrun); `active` when more than
+    one process takes part, `is_main` on rank 0 (the one that logs and writes results)."""
 
     rank: int = 0
     world: int = 1
@@ -52,9 +53,10 @@ class Ranks:
 
 
 def init_from_env(device: str) -> tuple[Ranks, str]:
-    """Check `device` (`device.check_device`), join the process group torchrun describes (WORLD_SIZE > 1);
-    returns the ranks and this rank's device (its own GPU, cuda:LOCAL_RANK). ValueError (one line) for a
-    bad device, or more processes on this node than it has GPUs. Every entry point calls it first."""
+    """Check `device` (`device.check_device`), join the process group torchrun describes (WORLD_SIZE
+    > 1); returns the ranks and this rank's device (its own GPU, cuda:LOCAL_RANK). ValueError (one
+    line) for a bad device, or more processes on this node than it has GPUs. Every entry point calls
+    it first."""
     check_device(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
@@ -72,8 +74,9 @@ def init_from_env(device: str) -> tuple[Ranks, str]:
 
 
 def setup(device: str, precision: str) -> tuple[Ranks, str, dict]:
-    """Every entry point's first step: `init_from_env(device)`, then the float32 flags of `precision`
-    (`device.set_precision`). Returns (ranks, this rank's device, the numerics record)."""
+    """Every entry point's first step: `init_from_env(device)`, then the float32 flags of
+    `precision` (`device.set_precision`). Returns (ranks, this rank's device, the numerics
+    record)."""
     ranks, device = init_from_env(device)
     return ranks, device, set_precision(precision, device)
 

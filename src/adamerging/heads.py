@@ -1,9 +1,10 @@
 """Zero-shot classification heads: loaded from `head_<Task>.pt`, or built from the text tower."""
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +26,7 @@ class Head:
         logits = features @ self.weight.t()
         return logits + self.bias if self.bias is not None else logits
 
-    def to(self, device: str | torch.device) -> "Head":
+    def to(self, device: str | torch.device) -> Head:
         bias = self.bias.to(device) if self.bias is not None else None
         return Head(self.weight.to(device), bias, self.normalize)
 
@@ -35,10 +36,10 @@ class Head:
 
 
 def load_head(path: str | Path) -> Head:
-    """A `head_<Task>.pt` (task-vectors' pickled ClassificationHead, or any state dict `load_checkpoint`
-    reads) as a float32 Head: weight [C, d], bias [C] if present, `normalize` from the pickled attribute
-    (default True).
-    Raises CheckpointError when the file does not load or has no 2-D `weight`."""
+    """A `head_<Task>.pt` (task-vectors' pickled ClassificationHead, or any state dict
+    `load_checkpoint` reads) as a float32 Head: weight [C, d], bias [C] if present, `normalize` from
+    the pickled attribute (default True). Raises CheckpointError when the file does not load or has
+    no 2-D `weight`."""
     return head_from_checkpoint(load_checkpoint(path), path)
 
 
@@ -46,13 +47,24 @@ def head_from_checkpoint(ckpt: LoadedCheckpoint, path: str | Path) -> Head:
     """`load_head` of an already read checkpoint (`path` names it in the error)."""
     sd = ckpt.state_dict
     if "weight" not in sd or sd["weight"].dim() != 2:
-        raise CheckpointError(f"{path}: a head needs a 2-D 'weight' entry [classes, dim]; found {list(sd)[:5]}")
-    return Head(sd["weight"].float(), sd["bias"].float() if "bias" in sd else None, bool(ckpt.attributes.get("normalize", True)))
+        raise CheckpointError(
+            f"{path}: a head needs a 2-D 'weight' entry [classes, dim]; found {list(sd)[:5]}"
+        )
+    return Head(
+        sd["weight"].float(),
+        sd["bias"].float() if "bias" in sd else None,
+        bool(ckpt.attributes.get("normalize", True)),
+    )
 
 
 @torch.no_grad()
-def zeroshot_weights(clip_model: torch.nn.Module, tokenizer: Callable[[list[str]], torch.Tensor], classnames: Sequence[str],
-                     templates: Sequence[str], device: str | torch.device = "cpu") -> torch.Tensor:
+def zeroshot_weights(
+    clip_model: torch.nn.Module,
+    tokenizer: Callable[[list[str]], torch.Tensor],
+    classnames: Sequence[str],
+    templates: Sequence[str],
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
     """Per class: encode every template, L2-normalise each, average, L2-normalise; stack; times
     exp(logit_scale). Exactly task-vectors' head construction. Returns [C, d]."""
     clip_model = clip_model.to(device).eval()

@@ -1,40 +1,47 @@
-"""Local copies of Hugging Face image-classification datasets (FusionBench's copies of the 8 tasks).
+"""Local copies of Hugging Face image-classification datasets (FusionBench's copies of the 8
+tasks).
 
 Two on-disk forms are read, with pyarrow (no `datasets` dependency):
 
 - a hub snapshot (`huggingface-cli download --repo-type dataset <repo> --local-dir DIR`): parquet
   shards named `<split>-NNNNN-of-NNNNN.parquet` (under `data/` or a config folder), the class names
-  in the dataset card `README.md`, YAML front matter `dataset_info.features[label].dtype.class_label.names`;
+  in the dataset card `README.md`, YAML front matter
+  `dataset_info.features[label].dtype.class_label.names`;
 - a `datasets.save_to_disk` folder: `dataset_dict.json`, `<split>/data-*.arrow` (Arrow IPC streams)
   and `<split>/dataset_info.json` whose `features.label.names` lists the class names.
 
 The image column holds encoded files (`{"bytes": ..., "path": ...}`, the `datasets` Image feature);
-they stay encoded in memory (`EncodedImages`) and are decoded by the same preprocessing as image files.
-This module only parses; mapping the dataset's class order onto a head's order is in `datasets.py`.
+they stay encoded in memory (`EncodedImages`) and are decoded by the same preprocessing as image
+files. This module only parses; mapping the dataset's class order onto a head's order is in
+`datasets.py`.
 
 Repository names (`HF_DATASET_REPOS`) follow FusionBench's test-set configs
-(github.com/tanganke/fusion_bench, `config/dataset/image_classification/test/<task>.yaml`, read 2026-11):
-`tanganke/{sun397,stanford_cars,resisc45,eurosat,gtsrb,dtd}`, and the hub's own `svhn` (config
-`cropped_digits`) and `mnist`, which the hub now serves as `ufldl-stanford/svhn` and `ylecun/mnist`.
-What the hub's pages show (huggingface.co/datasets/..., read 2026-11, not downloaded): tanganke/gtsrb's
-card names its 43 classes with the CLIP prompt names of zeroshot_prompts.json, in class-id order;
-tanganke/sun397 names them like "abbey", "airplane cabin" (test: 19.9k rows, 18 shards);
-tanganke/stanford_cars starts "AM General Hummer SUV 2000", "Acura RL Sedan 2012" (cars_meta.mat's
-first two). The other cards were not checked: the label mapping (datasets.map_labels_to_head)
-never assumes names or orders and refuses what it cannot match by name.
+(github.com/tanganke/fusion_bench, `config/dataset/image_classification/test/<task>.yaml`, read
+2026-11): `tanganke/{sun397,stanford_cars,resisc45,eurosat,gtsrb,dtd}`, and the hub's own `svhn`
+(config `cropped_digits`) and `mnist`, which the hub now serves as `ufldl-stanford/svhn` and
+`ylecun/mnist`. What the hub's pages show (huggingface.co/datasets/..., read 2026-11, not
+downloaded): tanganke/gtsrb's card names its 43 classes with the CLIP prompt names of
+zeroshot_prompts.json, in class-id order; tanganke/sun397 names them like "abbey", "airplane cabin"
+(test: 19.9k rows, 18 shards); tanganke/stanford_cars starts "AM General Hummer SUV 2000", "Acura
+RL Sedan 2012" (cars_meta.mat's first two). The other cards were not checked: the label mapping
+(datasets.map_labels_to_head) never assumes names or orders and refuses what it cannot match by
+name.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
-# Task -> (hub dataset repo, config folder inside the repo or None), after FusionBench (see module doc).
+# Task -> (hub dataset repo, config folder inside the repo or None), after FusionBench (see module
+# doc).
 HF_DATASET_REPOS: dict[str, tuple[str, str | None]] = {
     "SUN397": ("tanganke/sun397", None),
     "Cars": ("tanganke/stanford_cars", None),
@@ -48,11 +55,13 @@ HF_DATASET_REPOS: dict[str, tuple[str, str | None]] = {
 
 
 class HFDatasetError(ValueError):
-    """A Hugging Face dataset folder is missing a split, its class names or its image / label columns."""
+    """A Hugging Face dataset folder is missing a split, its class names or its image / label
+    columns."""
 
 
 class EncodedImages(Sequence[bytes]):
-    """The encoded image files of one split (PNG / JPEG bytes), kept in their Arrow buffers (no copy)."""
+    """The encoded image files of one split (PNG / JPEG bytes), kept in their Arrow buffers (no
+    copy)."""
 
     def __init__(self, chunks: list[Any]) -> None:
         self._chunks = chunks  # pyarrow BinaryArray / LargeBinaryArray pieces, in row order
@@ -96,7 +105,8 @@ class HFSplit:
 
 
 def is_hf_dataset(folder: str | Path) -> bool:
-    """True if `folder` looks like a local Hugging Face dataset (hub snapshot or save_to_disk folder)."""
+    """True if `folder` looks like a local Hugging Face dataset (hub snapshot or save_to_disk
+    folder)."""
     folder = Path(folder)
     if (folder / "dataset_dict.json").is_file() or (folder / "dataset_info.json").is_file():
         return True
@@ -104,13 +114,18 @@ def is_hf_dataset(folder: str | Path) -> bool:
 
 
 def _shard_split(path: Path) -> str:
-    # Hub shards: `test-00000-of-00001.parquet` (or `test.parquet`); the split is the name before the index.
+    # Hub shards: `test-00000-of-00001.parquet` (or `test.parquet`); the split is the name before
+    # the index.
     return re.sub(r"(-\d{5}-of-\d{5})?$", "", path.stem)
 
 
 def _parquet_shards(folder: Path, split: str) -> list[Path]:
-    shards = sorted(p for p in folder.rglob("*.parquet") if _shard_split(p) == split or p.parent.name == split)
-    return [p for p in shards if not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+    shards = sorted(
+        p for p in folder.rglob("*.parquet") if _shard_split(p) == split or p.parent.name == split
+    )
+    return [
+        p for p in shards if not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    ]
 
 
 def _card_classnames(card: Path) -> list[str] | None:
@@ -142,22 +157,31 @@ def _info_classnames(info_path: Path) -> list[str] | None:
     """ClassLabel names from a save_to_disk `dataset_info.json`."""
     info = json.loads(info_path.read_text(encoding="utf-8"))
     for feature in (info.get("features") or {}).values():
-        if isinstance(feature, dict) and feature.get("_type") == "ClassLabel" and feature.get("names"):
+        if (
+            isinstance(feature, dict)
+            and feature.get("_type") == "ClassLabel"
+            and feature.get("names")
+        ):
             return [str(n) for n in feature["names"]]
     return None
 
 
 def _columns(table: Any, where: str) -> tuple[str, str]:
-    """(image column, label column): the struct column with `bytes`, and `label` (else the one integer column)."""
+    """(image column, label column): the struct column with `bytes`, and `label` (else the one
+    integer column)."""
     import pyarrow as pa
 
-    images = [f.name for f in table.schema if pa.types.is_struct(f.type) and f.type.get_field_index("bytes") >= 0]
+    images = [
+        f.name
+        for f in table.schema
+        if pa.types.is_struct(f.type) and f.type.get_field_index("bytes") >= 0
+    ]
     ints = [f.name for f in table.schema if pa.types.is_integer(f.type)]
     label = "label" if "label" in ints else (ints[0] if len(ints) == 1 else None)
     if not images or label is None:
         raise HFDatasetError(
-            f"{where}: expected an image column (struct with 'bytes') and an integer 'label' column; "
-            f"found {[f'{f.name}: {f.type}' for f in table.schema]}"
+            f"{where}: expected an image column (struct with 'bytes') and an integer 'label'"
+            f" column; found {[f'{f.name}: {f.type}' for f in table.schema]}"
         )
     return images[0], label
 
@@ -177,30 +201,44 @@ def read_hf_folder(folder: str | Path, split: str = "test") -> HFSplit:
         shards = sorted(split_dir.glob("data-*.arrow"))
         info = split_dir / "dataset_info.json"
         if not shards or not info.is_file():
-            raise HFDatasetError(f"{folder}: save_to_disk folder without {split_dir}/data-*.arrow + dataset_info.json")
+            raise HFDatasetError(
+                f"{folder}: save_to_disk folder without {split_dir}/data-*.arrow +"
+                " dataset_info.json"
+            )
         tables = []
         for p in shards:
             with pa.memory_map(str(p)) as src:
                 tables.append(pa.ipc.open_stream(src).read_all())
         classnames = _info_classnames(info)
-        names_from, source = info, f"Hugging Face save_to_disk {split_dir}/data-*.arrow ({len(shards)} shards)"
+        names_from, source = (
+            info,
+            f"Hugging Face save_to_disk {split_dir}/data-*.arrow ({len(shards)} shards)",
+        )
     else:
         shards = _parquet_shards(folder, split)
         if not shards:
             found = sorted(str(p.relative_to(folder)) for p in folder.rglob("*.parquet"))[:6]
-            raise HFDatasetError(f"{folder}: no parquet shards of split {split!r} ({split}-*.parquet); found {found}")
+            raise HFDatasetError(
+                f"{folder}: no parquet shards of split {split!r} ({split}-*.parquet); found {found}"
+            )
         tables = [pq.read_table(p) for p in shards]
         card = folder / "README.md"
         classnames = _card_classnames(card) if card.is_file() else None
-        names_from, source = card, f"Hugging Face parquet {shards[0].parent}/{split}-*.parquet ({len(shards)} shards)"
+        names_from, source = (
+            card,
+            f"Hugging Face parquet {shards[0].parent}/{split}-*.parquet ({len(shards)} shards)",
+        )
     if classnames is None:
-        raise HFDatasetError(f"{names_from}: no ClassLabel names (dataset_info features, dtype class_label) found")
+        raise HFDatasetError(
+            f"{names_from}: no ClassLabel names (dataset_info features, dtype class_label) found"
+        )
     image_col, label_col = _columns(tables[0], str(shards[0]))
     table = pa.concat_tables(tables)
     labels = table.column(label_col).to_numpy().astype(np.int64)
     if len(labels) and (labels.min() < 0 or labels.max() >= len(classnames)):
         raise HFDatasetError(
-            f"{source}: labels range over [{labels.min()}, {labels.max()}] but {names_from} names {len(classnames)} classes"
+            f"{source}: labels range over [{labels.min()}, {labels.max()}] but {names_from} names"
+            f" {len(classnames)} classes"
         )
     # flatten() (unlike field()) honours a sliced chunk's offset.
     bytes_index = table.schema.field(image_col).type.get_field_index("bytes")

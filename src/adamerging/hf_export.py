@@ -5,19 +5,32 @@ renames the tensors, `hf_config_from_open_clip` describes the model, and `save_h
 `config.json` + `model.safetensors` that `transformers` loads directly (`--save-merged DIR
 --save-format hf`). Like `hf`, it needs neither `transformers` nor the network.
 """
+
 from __future__ import annotations
 
 import json
 from collections import OrderedDict
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
 from .checkpoints import CheckpointError, atomic_write
+
 # The key tables live in `hf` only (one place for the mapping); the export reads them backwards.
-from .hf import (_BLOCK, _QKV, _TEXT_DEFAULTS, _TOP, _TOWERS, _TRANSPOSED, _VISION_DEFAULTS, CONFIG_FILE, _check_activation,
-                 _sub_config)
+from .hf import (
+    _BLOCK,
+    _QKV,
+    _TEXT_DEFAULTS,
+    _TOP,
+    _TOWERS,
+    _TRANSPOSED,
+    _VISION_DEFAULTS,
+    CONFIG_FILE,
+    _check_activation,
+    _sub_config,
+)
 
 _BLOCK_INVERSE = {oc: hf for hf, oc in _BLOCK.items()}
 
@@ -32,17 +45,43 @@ def hf_config_from_open_clip(clip_model: torch.nn.Module) -> dict[str, Any]:
     grid = int(round((visual.positional_embedding.shape[0] - 1) ** 0.5))
     t_width = int(clip_model.token_embedding.weight.shape[1])
     embed = int(visual.proj.shape[1])
-    vision = dict(_VISION_DEFAULTS, hidden_size=width, intermediate_size=int(visual.transformer.resblocks[0].mlp.c_fc.weight.shape[0]),
-                  num_hidden_layers=len(visual.transformer.resblocks), num_attention_heads=int(visual.transformer.resblocks[0].attn.num_heads),
-                  image_size=grid * patch, patch_size=patch, projection_dim=embed, model_type="clip_vision_model")
-    text = dict(_TEXT_DEFAULTS, vocab_size=int(clip_model.token_embedding.weight.shape[0]), hidden_size=t_width,
-                intermediate_size=int(text_block.mlp.c_fc.weight.shape[0]), num_hidden_layers=len(clip_model.transformer.resblocks),
-                num_attention_heads=int(text_block.attn.num_heads), max_position_embeddings=int(clip_model.positional_embedding.shape[0]),
-                projection_dim=embed, bos_token_id=49406, eos_token_id=49407, model_type="clip_text_model")
-    return {"architectures": ["CLIPModel"], "model_type": "clip", "projection_dim": embed,
-            "logit_scale_init_value": 2.6592, "vision_config": vision, "text_config": text}
+    vision = dict(
+        _VISION_DEFAULTS,
+        hidden_size=width,
+        intermediate_size=int(visual.transformer.resblocks[0].mlp.c_fc.weight.shape[0]),
+        num_hidden_layers=len(visual.transformer.resblocks),
+        num_attention_heads=int(visual.transformer.resblocks[0].attn.num_heads),
+        image_size=grid * patch,
+        patch_size=patch,
+        projection_dim=embed,
+        model_type="clip_vision_model",
+    )
+    text = dict(
+        _TEXT_DEFAULTS,
+        vocab_size=int(clip_model.token_embedding.weight.shape[0]),
+        hidden_size=t_width,
+        intermediate_size=int(text_block.mlp.c_fc.weight.shape[0]),
+        num_hidden_layers=len(clip_model.transformer.resblocks),
+        num_attention_heads=int(text_block.attn.num_heads),
+        max_position_embeddings=int(clip_model.positional_embedding.shape[0]),
+        projection_dim=embed,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        model_type="clip_text_model",
+    )
+    return {
+        "architectures": ["CLIPModel"],
+        "model_type": "clip",
+        "projection_dim": embed,
+        "logit_scale_init_value": 2.6592,
+        "vision_config": vision,
+        "text_config": text,
+    }
 
-def open_clip_to_hf(oc_sd: Mapping[str, torch.Tensor], config: Mapping[str, Any] | None = None) -> "OrderedDict[str, torch.Tensor]":
+
+def open_clip_to_hf(
+    oc_sd: Mapping[str, torch.Tensor], config: Mapping[str, Any] | None = None
+) -> OrderedDict[str, torch.Tensor]:
     """The inverse of `hf_to_open_clip`: open_clip CLIP keys -> Hugging Face keys.
 
     Also takes the task-vectors encoder layout (`model.*`, as `--save-merged` writes). With the text
@@ -52,12 +91,12 @@ def open_clip_to_hf(oc_sd: Mapping[str, torch.Tensor], config: Mapping[str, Any]
     """
     if config is not None:
         _check_activation(config)
-    sd = {k[len("model."):] if k.startswith("model.") else k: v for k, v in oc_sd.items()}
+    sd = {k[len("model.") :] if k.startswith("model.") else k: v for k, v in oc_sd.items()}
     sd.pop("attn_mask", None)
     sd.pop("logit_bias", None)
     full = any(k.startswith("transformer.resblocks.") for k in sd)
     inverse = {oc: hf for hf, oc in {**_TOP, **_TRANSPOSED}.items()}
-    out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+    out: OrderedDict[str, torch.Tensor] = OrderedDict()
     for key, value in sd.items():
         if not full and not key.startswith("visual."):
             continue
@@ -67,7 +106,7 @@ def open_clip_to_hf(oc_sd: Mapping[str, torch.Tensor], config: Mapping[str, Any]
             continue
         for hf_prefix, oc_prefix in _TOWERS.items():
             if key.startswith(oc_prefix):
-                index, _, rest = key[len(oc_prefix):].partition(".")
+                index, _, rest = key[len(oc_prefix) :].partition(".")
                 if rest in ("attn.in_proj_weight", "attn.in_proj_bias"):
                     kind = rest.rsplit("_", 1)[1]
                     for name, chunk in zip(_QKV, value.chunk(3, dim=0)):
@@ -80,13 +119,21 @@ def open_clip_to_hf(oc_sd: Mapping[str, torch.Tensor], config: Mapping[str, Any]
             raise CheckpointError(f"not an open_clip CLIP key: {key!r}")
     return out
 
-def save_hf_checkpoint(folder: str | Path, oc_sd: Mapping[str, torch.Tensor], config: Mapping[str, Any],
-                       *, vision_projection: bool = True) -> Path:
+
+def save_hf_checkpoint(
+    folder: str | Path,
+    oc_sd: Mapping[str, torch.Tensor],
+    config: Mapping[str, Any],
+    *,
+    vision_projection: bool = True,
+) -> Path:
     """Write an open_clip (or `model.*` encoder) state dict as a Hugging Face folder that
     `transformers` loads: a `CLIPModel` when the text transformer is there, otherwise a
     `CLIPVisionModelWithProjection` (e.g. a merged image encoder), or with `vision_projection=False`
     a `CLIPVisionModel` (FusionBench's layout). `config`: the source model's config.json dict (a
-    CLIPModel or vision config; see also `hf_config_from_open_clip`); its sizes must match the weights."""
+    CLIPModel or vision config; see also `hf_config_from_open_clip`); its sizes must match the
+    weights.
+    """
     from safetensors.torch import save
 
     hf_sd = open_clip_to_hf(oc_sd, config)
@@ -97,8 +144,17 @@ def save_hf_checkpoint(folder: str | Path, oc_sd: Mapping[str, torch.Tensor], co
         projection_dim = int(dict(config).get("projection_dim", vision["projection_dim"]))
         if not vision_projection:
             hf_sd.pop("visual_projection.weight", None)
-        arch = "CLIPVisionModelWithProjection" if "visual_projection.weight" in hf_sd else "CLIPVisionModel"
-        out_config = {**vision, "projection_dim": projection_dim, "model_type": "clip_vision_model", "architectures": [arch]}
+        arch = (
+            "CLIPVisionModelWithProjection"
+            if "visual_projection.weight" in hf_sd
+            else "CLIPVisionModel"
+        )
+        out_config = {
+            **vision,
+            "projection_dim": projection_dim,
+            "model_type": "clip_vision_model",
+            "architectures": [arch],
+        }
     folder = Path(folder)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in hf_sd.items()}
     with atomic_write(folder / "model.safetensors") as f:

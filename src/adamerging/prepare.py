@@ -1,4 +1,5 @@
-"""`python -m adamerging.prepare TASK|all --downloads DIR --data-location DIR`: official downloads -> reader layouts.
+"""`python -m adamerging.prepare TASK|all --downloads DIR --data-location DIR`: official downloads
+-> reader layouts.
 
 Put what each dataset's official source gives you (archives as downloaded, or the folders they
 extract to) in one `--downloads` folder; this builds the task-vectors layout of SPEC.md ("Data")
@@ -30,6 +31,7 @@ Split definitions and where they come from (each preparer's docstring has the de
 - DTD: `dtd-r1.0.1.tar.gz` (robots.ox.ac.uk/~vgg/data/dtd); split 1 as in task-vectors issue #1
   (after PAINT): `train1` + `val1` -> `train/`, `test1` -> `val/`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,28 +42,34 @@ import shutil
 import sys
 import tempfile
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 from . import datasets as ds
 from .cli import command_name
 
-
 # What to download for each task (printed when something is missing).
 DOWNLOADS: dict[str, str] = {
     "SUN397": "SUN397.tar.gz and Partitions.zip (vision.princeton.edu/projects/2010/SUN/)",
-    "Cars": "car_devkit.tgz, cars_train.tgz, cars_test.tgz, cars_test_annos_withlabels.mat (or the Kaggle copy)",
+    "Cars": (
+        "car_devkit.tgz, cars_train.tgz, cars_test.tgz, cars_test_annos_withlabels.mat (or the"
+        " Kaggle copy)"
+    ),
     "RESISC45": "NWPU-RESISC45 (extracted folder, .zip or .tar) and resisc45-{train,val,test}.txt",
     "EuroSAT": "EuroSAT.zip / EuroSAT_RGB.zip (the RGB version, github.com/phelber/EuroSAT)",
     "SVHN": "test_32x32.mat (and train_32x32.mat) from ufldl.stanford.edu/housenumbers",
-    "GTSRB": "GTSRB_Final_Test_Images.zip and GTSRB_Final_Test_GT.zip (optional: GTSRB_Final_Training_Images.zip)",
+    "GTSRB": (
+        "GTSRB_Final_Test_Images.zip and GTSRB_Final_Test_GT.zip (optional:"
+        " GTSRB_Final_Training_Images.zip)"
+    ),
     "MNIST": "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz (optional: train-*)",
     "DTD": "dtd-r1.0.1.tar.gz (robots.ox.ac.uk/~vgg/data/dtd/)",
 }
 
 
 class PrepareError(Exception):
-    """A download is missing or not in the official form (the message names the file and what was expected)."""
+    """A download is missing or not in the official form (the message names the file and what was
+    expected)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -96,13 +104,18 @@ class Inputs:
             try:
                 # filter="data" (tar only): no members outside `target`, no devices or links out.
                 is_zip = path.suffix.lower() == ".zip"
-                shutil.unpack_archive(str(path), str(target), **({} if is_zip else {"filter": "data"}))
+                shutil.unpack_archive(
+                    str(path), str(target), **({} if is_zip else {"filter": "data"})
+                )
             except (shutil.ReadError, ValueError, OSError) as e:
-                raise PrepareError(f"{self.task}: cannot unpack {path} ({e}); expected {DOWNLOADS[self.task]}") from e
+                raise PrepareError(
+                    f"{self.task}: cannot unpack {path} ({e}); expected {DOWNLOADS[self.task]}"
+                ) from e
             self._unpacked.add(path)
 
     def find(self, *names: str) -> Path | None:
-        """The first of `names` found as a file under the downloads (or unpacked archives), else None."""
+        """The first of `names` found as a file under the downloads (or unpacked archives), else
+        None."""
         for name in names:
             path = self._search(name, want_dir=False)
             if path is not None:
@@ -132,14 +145,18 @@ class Inputs:
         raise self.missing(f"{name}/" + (f" holding {containing}" if containing else ""))
 
     def missing(self, what: str) -> PrepareError:
-        found = sorted(p.name for p in self.downloads.iterdir())[:12] if self.downloads.is_dir() else []
+        found = (
+            sorted(p.name for p in self.downloads.iterdir())[:12] if self.downloads.is_dir() else []
+        )
         return PrepareError(
-            f"{self.task}: expected {what} in {self.downloads} (downloads: {DOWNLOADS[self.task]}); found {found}"
+            f"{self.task}: expected {what} in {self.downloads} (downloads: {DOWNLOADS[self.task]});"
+            f" found {found}"
         )
 
 
 def _place(src: Path, dst: Path) -> None:
-    """Hard-link `src` to `dst` (same file system), else copy: the user's downloads stay untouched."""
+    """Hard-link `src` to `dst` (same file system), else copy: the user's downloads stay
+    untouched."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.link(src, dst)
@@ -147,17 +164,25 @@ def _place(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def _place_listed(task: str, images_dir: Path, names: list[str], out_dir: Path, rename: Callable[[str], str]) -> None:
+def _place_listed(
+    task: str, images_dir: Path, names: list[str], out_dir: Path, rename: Callable[[str], str]
+) -> None:
     """Place each listed image `images_dir/<name>` at `out_dir/<rename(name)>`; all must exist."""
     missing = [n for n in names if not (images_dir / n).is_file()]
     if missing:
-        raise PrepareError(f"{task}: {len(missing)} listed images are not in {images_dir}, e.g. {missing[:3]}")
+        raise PrepareError(
+            f"{task}: {len(missing)} listed images are not in {images_dir}, e.g. {missing[:3]}"
+        )
     for n in names:
         _place(images_dir / n, out_dir / rename(n))
 
 
 def _list_lines(path: Path) -> list[str]:
-    return [line.strip().lstrip("/") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [
+        line.strip().lstrip("/")
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -166,28 +191,43 @@ def _list_lines(path: Path) -> list[str]:
 
 
 def prepare_sun397(inp: Inputs, out: Path) -> None:
-    """SUN397 partition 1: `Training_01.txt` -> `train/`, `Testing_01.txt` -> `val/` (19,850 test images).
+    """SUN397 partition 1: `Training_01.txt` -> `train/`, `Testing_01.txt` -> `val/` (19,850 test
+    images).
 
     Lines are like `/a/abbey/sun_xxx.jpg` or `/b/bow_window/indoor/sun_xxx.jpg`; the class folder is
     the path's folders joined by `_` (`a_abbey`, `b_bow_window_indoor`), as the task-vectors reader
     expects (class name = folder minus its 2-character prefix). Sources: Xiao et al., SUN database
-    (vision.princeton.edu/projects/2010/SUN/, Partitions.zip); task-vectors issue #1 for the archive.
+    (vision.princeton.edu/projects/2010/SUN/, Partitions.zip); task-vectors issue #1 for the
+    archive.
     """
     inp.unpack("SUN397.tar.gz", "SUN397.tar", "Partitions.zip")
     images = inp.folder("SUN397", containing="a")
     for list_name, split in (("Training_01.txt", "train"), ("Testing_01.txt", "val")):
         names = _list_lines(inp.file(list_name))
-        _place_listed("SUN397", images, names, out / split, lambda n: f"{'_'.join(n.split('/')[:-1])}/{n.split('/')[-1]}")
+        _place_listed(
+            "SUN397",
+            images,
+            names,
+            out / split,
+            lambda n: f"{'_'.join(n.split('/')[:-1])}/{n.split('/')[-1]}",
+        )
 
 
 def prepare_cars(inp: Inputs, out: Path) -> None:
-    """Stanford Cars: `devkit/*.mat`, `cars_test_annos_withlabels.mat`, `cars_{train,test}/` (8,041 test images).
+    """Stanford Cars: `devkit/*.mat`, `cars_test_annos_withlabels.mat`, `cars_{train,test}/` (8,041
+    test images).
 
     Source: Krause et al. 2013 (ai.stanford.edu/~jkrause/cars/car_dataset.html); the labelled test
     annotations were published separately (cars_test_annos_withlabels.mat). Kaggle's copy nests the
     image folders twice (`cars_test/cars_test/`) and the devkit as `car_devkit/devkit/`: both found.
     """
-    inp.unpack("car_devkit.tgz", "cars_train.tgz", "cars_test.tgz", "archive.zip", "stanford-cars-dataset.zip")
+    inp.unpack(
+        "car_devkit.tgz",
+        "cars_train.tgz",
+        "cars_test.tgz",
+        "archive.zip",
+        "stanford-cars-dataset.zip",
+    )
     devkit = inp.folder("devkit", containing="cars_meta.mat")
     for name in ("cars_meta.mat", "cars_train_annos.mat", "cars_test_annos.mat"):
         if (devkit / name).is_file():
@@ -206,17 +246,23 @@ def prepare_cars(inp: Inputs, out: Path) -> None:
 
 
 def prepare_resisc45(inp: Inputs, out: Path) -> None:
-    """RESISC45: `NWPU-RESISC45/<class>/*.jpg` + `resisc45-{train,val,test}.txt` (6,300 test images).
+    """RESISC45: `NWPU-RESISC45/<class>/*.jpg` + `resisc45-{train,val,test}.txt` (6,300 test
+    images).
 
     Source: Cheng et al. 2017 (the images; the official archive is a .rar: extract it first, e.g.
-    `unrar x NWPU-RESISC45.rar`); split lists of Neumann et al. 2019 (remote_sensing_representations,
+    `unrar x NWPU-RESISC45.rar`); split lists of Neumann et al. 2019
+    (remote_sensing_representations,
     storage.googleapis.com/remote_sensing_representations/resisc45-{train,val,test}.txt).
     """
     inp.unpack("NWPU-RESISC45.zip", "NWPU-RESISC45.tar", "NWPU-RESISC45.tar.gz")
     images = inp.folder("NWPU-RESISC45", containing="airplane")
     listed: set[str] = set()
     for split in ("train", "val", "test"):
-        path = inp.file(f"resisc45-{split}.txt") if split == "test" else inp.find(f"resisc45-{split}.txt")
+        path = (
+            inp.file(f"resisc45-{split}.txt")
+            if split == "test"
+            else inp.find(f"resisc45-{split}.txt")
+        )
         if path is None:
             continue
         _place(path, out / path.name)
@@ -227,11 +273,17 @@ def prepare_resisc45(inp: Inputs, out: Path) -> None:
                 _place(f, out / "NWPU-RESISC45" / cls / f.name)
     missing = sorted(listed - {p.name for p in (out / "NWPU-RESISC45").rglob("*")})
     if missing:
-        raise PrepareError(f"RESISC45: the split lists name {len(missing)} images not in {images}, e.g. {missing[:3]}")
+        raise PrepareError(
+            f"RESISC45: the split lists name {len(missing)} images not in {images}, e.g."
+            f" {missing[:3]}"
+        )
 
 
-def eurosat_split(files_per_class: dict[str, list[str]], seed: int = 0) -> dict[str, dict[str, list[str]]]:
-    """Seeded per-class split: 10 % test, 10 % val, the rest train (of 27,000: 21,600 / 2,700 / 2,700).
+def eurosat_split(
+    files_per_class: dict[str, list[str]], seed: int = 0
+) -> dict[str, dict[str, list[str]]]:
+    """Seeded per-class split: 10 % test, 10 % val, the rest train (of 27,000: 21,600 / 2,700 /
+    2,700).
 
     task-vectors issue #1: "we randomly split the downloaded data into train/validation/test
     (21,600/2,700/2,700 samples)"; the lists were not published, so this split has their sizes, not
@@ -240,22 +292,33 @@ def eurosat_split(files_per_class: dict[str, list[str]], seed: int = 0) -> dict[
     out: dict[str, dict[str, list[str]]] = {"train": {}, "val": {}, "test": {}}
     for cls, files in sorted(files_per_class.items()):
         order = sorted(files)
-        random.Random(f"{seed}-{cls}").shuffle(order)  # per-class seed: independent of the other classes
+        # per-class seed: independent of the other classes
+        random.Random(f"{seed}-{cls}").shuffle(order)
         k = len(order) // 10
-        out["test"][cls], out["val"][cls], out["train"][cls] = sorted(order[:k]), sorted(order[k : 2 * k]), sorted(order[2 * k :])
+        out["test"][cls], out["val"][cls], out["train"][cls] = (
+            sorted(order[:k]),
+            sorted(order[k : 2 * k]),
+            sorted(order[2 * k :]),
+        )
     return out
 
 
 def prepare_eurosat(inp: Inputs, out: Path) -> None:
-    """EuroSAT RGB -> `EuroSAT_splits/{train,val,test}/<Class>/` with `eurosat_split` (2,700 test images).
+    """EuroSAT RGB -> `EuroSAT_splits/{train,val,test}/<Class>/` with `eurosat_split` (2,700 test
+    images).
 
     Source: Helber et al. 2019 (github.com/phelber/EuroSAT; EuroSAT.zip holds `2750/<Class>/`,
     EuroSAT_RGB.zip `EuroSAT_RGB/<Class>/`); split sizes from task-vectors issue #1.
     """
     inp.unpack("EuroSAT.zip", "EuroSAT_RGB.zip")
     images = inp.folder("AnnualCrop").parent
-    classes = {p.name: [f.name for f in p.iterdir() if f.suffix.lower() in (".jpg", ".jpeg", ".png", ".tif")]
-               for p in sorted(images.iterdir()) if p.is_dir()}
+    classes = {
+        p.name: [
+            f.name for f in p.iterdir() if f.suffix.lower() in (".jpg", ".jpeg", ".png", ".tif")
+        ]
+        for p in sorted(images.iterdir())
+        if p.is_dir()
+    }
     for split, per_class in eurosat_split(classes).items():
         for cls, names in per_class.items():
             for n in names:
@@ -263,7 +326,8 @@ def prepare_eurosat(inp: Inputs, out: Path) -> None:
 
 
 def prepare_svhn(inp: Inputs, out: Path) -> None:
-    """SVHN: `{train,test}_32x32.mat` copied as is (26,032 test images). Source: Netzer et al. 2011."""
+    """SVHN: `{train,test}_32x32.mat` copied as is (26,032 test images). Source: Netzer et al.
+    2011."""
     _place(inp.file("test_32x32.mat"), out / "test_32x32.mat")
     train = inp.find("train_32x32.mat")
     if train is not None:
@@ -271,13 +335,16 @@ def prepare_svhn(inp: Inputs, out: Path) -> None:
 
 
 def prepare_gtsrb(inp: Inputs, out: Path) -> None:
-    """GTSRB final test set: `GTSRB/Final_Test/Images/*.ppm` + `GT-final_test.csv` (12,630 test images).
+    """GTSRB final test set: `GTSRB/Final_Test/Images/*.ppm` + `GT-final_test.csv` (12,630 test
+    images).
 
     Source: Stallkamp et al. 2012 (benchmark.ini.rub.de; the test archive's own csv has no ClassId,
     the labels come in GTSRB_Final_Test_GT.zip). Training images, if given, go to torchvision's
     `GTSRB/Training/000CC/` (from the archive's `Final_Training/Images/000CC/`).
     """
-    inp.unpack("GTSRB_Final_Test_Images.zip", "GTSRB_Final_Test_GT.zip", "GTSRB_Final_Training_Images.zip")
+    inp.unpack(
+        "GTSRB_Final_Test_Images.zip", "GTSRB_Final_Test_GT.zip", "GTSRB_Final_Training_Images.zip"
+    )
     test_images = inp.folder("Images", containing="00000.ppm")
     for f in sorted(test_images.iterdir()):
         if f.suffix.lower() == ".ppm":
@@ -291,11 +358,15 @@ def prepare_gtsrb(inp: Inputs, out: Path) -> None:
 
 
 def prepare_mnist(inp: Inputs, out: Path) -> None:
-    """MNIST: the idx files into torchvision's `MNIST/raw/` (10,000 test images). Source: LeCun et al. 1998."""
+    """MNIST: the idx files into torchvision's `MNIST/raw/` (10,000 test images). Source: LeCun et
+    al. 1998."""
     for prefix in ("t10k", "train"):
         for kind in ("images-idx3", "labels-idx1"):
             stem = f"{prefix}-{kind}-ubyte"
-            found = inp.find(f"{stem}.gz", stem) if prefix == "train" else inp.file(f"{stem}.gz", stem)  # train: optional
+            # train: optional
+            found = (
+                inp.find(f"{stem}.gz", stem) if prefix == "train" else inp.file(f"{stem}.gz", stem)
+            )
             if found is not None:
                 _place(found, out / "raw" / found.name)
 
@@ -317,8 +388,14 @@ def prepare_dtd(inp: Inputs, out: Path) -> None:
 
 
 PREPARERS: dict[str, Callable[[Inputs, Path], None]] = {
-    "SUN397": prepare_sun397, "Cars": prepare_cars, "RESISC45": prepare_resisc45, "EuroSAT": prepare_eurosat,
-    "SVHN": prepare_svhn, "GTSRB": prepare_gtsrb, "MNIST": prepare_mnist, "DTD": prepare_dtd,
+    "SUN397": prepare_sun397,
+    "Cars": prepare_cars,
+    "RESISC45": prepare_resisc45,
+    "EuroSAT": prepare_eurosat,
+    "SVHN": prepare_svhn,
+    "GTSRB": prepare_gtsrb,
+    "MNIST": prepare_mnist,
+    "DTD": prepare_dtd,
 }
 
 
@@ -329,7 +406,8 @@ PREPARERS: dict[str, Callable[[Inputs, Path], None]] = {
 
 @contextlib.contextmanager
 def _temp_root(data_location: Path, task: str) -> Iterator[Path]:
-    """A temp folder beside the final one (same file system: the final rename is atomic), always removed."""
+    """A temp folder beside the final one (same file system: the final rename is atomic), always
+    removed."""
     data_location.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".prepare-{task}-", dir=data_location))
     try:
@@ -338,14 +416,16 @@ def _temp_root(data_location: Path, task: str) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def prepare_task(task: str, downloads: str | Path, data_location: str | Path, *, overwrite: bool = False) -> int:
+def prepare_task(
+    task: str, downloads: str | Path, data_location: str | Path, *, overwrite: bool = False
+) -> int:
     """Build one task's folder under `data_location` from `downloads`; returns its test-image count.
 
-    The folder is assembled in a temp folder, read back with datasets.read_split (so the methods will
-    read it) and only then renamed into place. An existing task folder is kept unless `overwrite`.
-    A count other than the paper's (datasets.PAPER_TEST_SIZES; SUN397's partition 1 has 50 x 397 = 19850)
-    gives a warning naming the task.
-    Raises PrepareError (missing / malformed downloads) or datasets.DatasetError (layout does not read back).
+    The folder is assembled in a temp folder, read back with datasets.read_split (so the methods
+    will read it) and only then renamed into place. An existing task folder is kept unless
+    `overwrite`. A count other than the paper's (datasets.PAPER_TEST_SIZES; SUN397's partition 1 has
+    50 x 397 = 19850) gives a warning naming the task. Raises PrepareError (missing / malformed
+    downloads) or datasets.DatasetError (layout does not read back).
     """
     name = ds.canonical_task(task)
     downloads, data_location = Path(downloads).expanduser(), Path(data_location).expanduser()
@@ -370,22 +450,40 @@ def prepare_task(task: str, downloads: str | Path, data_location: str | Path, *,
             os.replace(built, final)
     expected = ds.paper_size_mismatch(name, n)
     if expected is not None:
-        warnings.warn(f"{name}: {n} test images, the paper used {expected}; check the downloads", stacklevel=2)
+        warnings.warn(
+            f"{name}: {n} test images, the paper used {expected}; check the downloads", stacklevel=2
+        )
     return n
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry: prepare each named task; prints one line per task, errors to stderr; exit 1 if any failed."""
+    """CLI entry: prepare each named task; prints one line per task, errors to stderr; exit 1 if any
+    failed."""
     p = argparse.ArgumentParser(
         prog=command_name("adamerging.prepare"),
-        description="Turn the official dataset downloads into the folder layouts the readers expect (standard splits).",
+        description=(
+            "Turn the official dataset downloads into the folder layouts the readers expect"
+            " (standard splits)."
+        ),
     )
-    p.add_argument("tasks", help=f"a task ({', '.join(ds.TASKS)}), a comma-separated list, or 'all'")
-    p.add_argument("--downloads", required=True, help="folder holding the downloaded archives / extracted folders")
-    p.add_argument("--data-location", default="data", help="root of the prepared datasets (default: data)")
+    p.add_argument(
+        "tasks", help=f"a task ({', '.join(ds.TASKS)}), a comma-separated list, or 'all'"
+    )
+    p.add_argument(
+        "--downloads",
+        required=True,
+        help="folder holding the downloaded archives / extracted folders",
+    )
+    p.add_argument(
+        "--data-location", default="data", help="root of the prepared datasets (default: data)"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing task folder")
     args = p.parse_args(argv)
-    tasks = list(ds.TASKS) if args.tasks.strip().lower() == "all" else [t for t in args.tasks.split(",") if t.strip()]
+    tasks = (
+        list(ds.TASKS)
+        if args.tasks.strip().lower() == "all"
+        else [t for t in args.tasks.split(",") if t.strip()]
+    )
     failed = 0
     for task in tasks:
         try:
@@ -394,7 +492,10 @@ def main(argv: list[str] | None = None) -> int:
                 n = prepare_task(task, args.downloads, args.data_location, overwrite=args.overwrite)
             name = ds.canonical_task(task)
             note = "".join(f"  WARNING: {w.message}" for w in caught)
-            print(f"{name:9s} {n:6d} test images (paper: {ds.paper_size_text(name)}) -> {ds.task_folder(name, args.data_location)}{note}")
+            print(
+                f"{name:9s} {n:6d} test images (paper: {ds.paper_size_text(name)}) ->"
+                f" {ds.task_folder(name, args.data_location)}{note}"
+            )
         except (PrepareError, ds.DatasetError) as e:
             failed += 1
             print(f"error: {e}", file=sys.stderr)

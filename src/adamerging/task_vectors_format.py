@@ -1,18 +1,20 @@
 """Writing checkpoints in the task-vectors pickle format, as the public checkpoints are.
 
-The task-vectors format needs the classes `src.modeling.ImageEncoder` and `ClassificationHead`; these
-mirror the originals and are registered under that module name only while saving, so files written
-here look exactly like the public checkpoints (`checkpoints.load_checkpoint` reads them without
-importing these classes). Used for the mini benchmark's checkpoints and the cache of built heads.
+The task-vectors format needs the classes `src.modeling.ImageEncoder` and `ClassificationHead`;
+these mirror the originals and are registered under that module name only while saving, so files
+written here look exactly like the public checkpoints (`checkpoints.load_checkpoint` reads them
+without importing these classes). Used for the mini benchmark's checkpoints and the cache of built
+heads.
 """
+
 from __future__ import annotations
 
 import contextlib
 import copy
 import sys
 import types
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -44,7 +46,9 @@ class ClassificationHead(torch.nn.Linear):
         super().__init__(input_size, output_size)
         self.normalize = normalize
         self.weight = torch.nn.Parameter(weights.clone())
-        self.bias = torch.nn.Parameter(biases.clone() if biases is not None else torch.zeros_like(self.bias))
+        self.bias = torch.nn.Parameter(
+            biases.clone() if biases is not None else torch.zeros_like(self.bias)
+        )
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         if self.normalize:
@@ -60,7 +64,9 @@ def _as_src_modeling() -> Iterator[None]:
     modeling = types.ModuleType("src.modeling")
     modeling.ImageEncoder, modeling.ClassificationHead = ImageEncoder, ClassificationHead
     package.modeling = modeling
-    originals = {cls: (cls.__module__, cls.__qualname__) for cls in (ImageEncoder, ClassificationHead)}
+    originals = {
+        cls: (cls.__module__, cls.__qualname__) for cls in (ImageEncoder, ClassificationHead)
+    }
     sys.modules["src"], sys.modules["src.modeling"] = package, modeling
     for cls in originals:
         cls.__module__ = "src.modeling"
@@ -77,10 +83,13 @@ def _as_src_modeling() -> Iterator[None]:
 
 
 def save_image_encoder(clip_model: torch.nn.Module, path: str | Path) -> None:
-    """Write a CLIP's image encoder as a task-vectors `ImageEncoder` pickle (text transformer deleted).
+    """Write a CLIP's image encoder as a task-vectors `ImageEncoder` pickle (text transformer
+    deleted).
 
-    Every class the pickle names is task-vectors' `src.modeling.ImageEncoder`, open_clip's or torch's
-    (open_clip's QuickGELU, not `models.QuickGELU`), so the task-vectors and AdaMerging code load it."""
+    Every class the pickle names is task-vectors' `src.modeling.ImageEncoder`, open_clip's or
+    torch's (open_clip's QuickGELU, not `models.QuickGELU`), so the task-vectors and AdaMerging code
+    load it.
+    """
     clip_model = copy.deepcopy(clip_model).cpu()
     use_open_clip_quick_gelu(clip_model)
     encoder = ImageEncoder(clip_model)
@@ -89,7 +98,8 @@ def save_image_encoder(clip_model: torch.nn.Module, path: str | Path) -> None:
 
 
 def save_classification_head(weight: torch.Tensor, path: str | Path) -> None:
-    """Write a zero-shot head ([C, d] weights, zero bias, normalize=True) as a task-vectors pickle."""
+    """Write a zero-shot head ([C, d] weights, zero bias, normalize=True) as a task-vectors
+    pickle."""
     head = ClassificationHead(True, weight.detach().cpu().float())
     with _as_src_modeling(), atomic_write(path) as f:
         torch.save(head, f)

@@ -17,12 +17,36 @@ loss, accuracy, correlation and binning of a merged model), `run` (`run_diagnost
 `Problem`), `report` (JSON, printed summary, markdown), `plots` (PNGs), `command` (src/diagnose.py,
 the only part that loads a problem). Nothing here imports the pipeline.
 """
+
 from ..provenance import task_vector_stats
-from .checks import (TRUSTWORTHY, Check, Thresholds, accuracy_tolerance, check_correlation, check_cross_task, check_lambda_alignment,
-                     spearman, verdict)
+from .checks import (
+    TRUSTWORTHY,
+    Check,
+    Thresholds,
+    accuracy_tolerance,
+    check_correlation,
+    check_cross_task,
+    check_lambda_alignment,
+    spearman,
+    verdict,
+)
 from .measure import binned_means, correlation_report, entropy_and_loss, sample_tasks
 from .run import run_diagnostics
 
-__all__ = ["TRUSTWORTHY", "Check", "Thresholds", "accuracy_tolerance", "binned_means", "check_correlation", "check_cross_task",
-           "check_lambda_alignment", "correlation_report", "entropy_and_loss", "run_diagnostics", "sample_tasks", "spearman",
-           "task_vector_stats", "verdict"]
+__all__ = [
+    "TRUSTWORTHY",
+    "Check",
+    "Thresholds",
+    "accuracy_tolerance",
+    "binned_means",
+    "check_correlation",
+    "check_cross_task",
+    "check_lambda_alignment",
+    "correlation_report",
+    "entropy_and_loss",
+    "run_diagnostics",
+    "sample_tasks",
+    "spearman",
+    "task_vector_stats",
+    "verdict",
+]

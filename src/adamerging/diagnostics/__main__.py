@@ -1,4 +1,6 @@
-"""`python -m adamerging.diagnostics [flags]`: the diagnostics' command line (as src/diagnose.py)."""
+"""`python -m adamerging.diagnostics [flags]`: the diagnostics' command line (as
+src/diagnose.py)."""
+
 from .command import main
 
 main()

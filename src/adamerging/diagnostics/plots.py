@@ -1,4 +1,6 @@
-"""The diagnostics' four PNG plots: entropy vs loss, the cross-task effect, the lambda sweep, the task vectors."""
+"""The diagnostics' four PNG plots: entropy vs loss, the cross-task effect, the lambda sweep, the
+task vectors."""
+
 from __future__ import annotations
 
 import math
@@ -35,12 +37,25 @@ def plot_report(report: dict, folder: Path, stem: str) -> dict[str, str]:
         names = tasks if t == "pooled" else [t]
         for j, name in enumerate(names):
             s = report["per_sample"][name]
-            ax.scatter(s["entropy"], s["loss"], s=6, alpha=0.4, color=f"C{j % 10}" if t == "pooled" else "C0", label=name if t == "pooled" else "samples")
+            ax.scatter(
+                s["entropy"],
+                s["loss"],
+                s=6,
+                alpha=0.4,
+                color=f"C{j % 10}" if t == "pooled" else "C0",
+                label=name if t == "pooled" else "samples",
+            )
         h = np.concatenate([report["per_sample"][x]["entropy"] for x in names])
-        l = np.concatenate([report["per_sample"][x]["loss"] for x in names])
-        binned = binned_means(h, l)
+        ce = np.concatenate([report["per_sample"][x]["loss"] for x in names])
+        binned = binned_means(h, ce)
         if len(binned) > 1:
-            ax.plot([b["entropy"] for b in binned], [b["loss"] for b in binned], "k-o", ms=3, label="binned mean (entropy deciles)")
+            ax.plot(
+                [b["entropy"] for b in binned],
+                [b["loss"] for b in binned],
+                "k-o",
+                ms=3,
+                label="binned mean (entropy deciles)",
+            )
         rho = report["spearman"]["pooled"] if t == "pooled" else report["spearman"]["per_task"][t]
         ax.set_title(f"{t}: Spearman {fmt(rho, '.2f')}", fontsize=9)
         ax.set_xlabel("entropy (nats)")
@@ -52,11 +67,30 @@ def plot_report(report: dict, folder: Path, stem: str) -> dict[str, str]:
     ct, x, w = report["cross_task"], np.arange(len(tasks)), 0.38
     fig = figure(max(6, 1.1 * len(tasks) + 2), 6.5, layout=None)
     fig.suptitle(f"Do the other tasks' vectors raise a task's entropy? (lambda {report['lam']:g})")
-    for k, (key, ylabel) in enumerate([("entropy", "mean entropy (nats)"), ("accuracy", "accuracy (%)")]):
+    for k, (key, ylabel) in enumerate(
+        [("entropy", "mean entropy (nats)"), ("accuracy", "accuracy (%)")]
+    ):
         ax = fig.add_subplot(2, 1, k + 1)
-        ax.bar(x - w / 2, [ct[t][f"{key}_alone"] for t in tasks], w, label=f"theta_0 + {report['lam']:g} tau_task")
-        ax.bar(x + w / 2, [ct[t][f"{key}_merged"] for t in tasks], w, label=f"theta_0 + {report['lam']:g} sum_t tau_t")
-        ax.set_xticks(x, [t + ("" if report["checks"][t]["cross_task"]["passed"] else " (fails)") for t in tasks], fontsize=8)
+        ax.bar(
+            x - w / 2,
+            [ct[t][f"{key}_alone"] for t in tasks],
+            w,
+            label=f"theta_0 + {report['lam']:g} tau_task",
+        )
+        ax.bar(
+            x + w / 2,
+            [ct[t][f"{key}_merged"] for t in tasks],
+            w,
+            label=f"theta_0 + {report['lam']:g} sum_t tau_t",
+        )
+        ax.set_xticks(
+            x,
+            [
+                t + ("" if report["checks"][t]["cross_task"]["passed"] else " (fails)")
+                for t in tasks
+            ],
+            fontsize=8,
+        )
         ax.set_ylabel(ylabel)
         ax.set_title(key, fontsize=9)
         ax.legend(fontsize=7)
@@ -67,22 +101,39 @@ def plot_report(report: dict, folder: Path, stem: str) -> dict[str, str]:
     lam = np.asarray(sw["lambdas"])
     nrows, ncols = _grid(len(tasks) + 1)
     fig = figure(3.8 * ncols, 3.2 * nrows, layout=None)
-    fig.suptitle("Entropy and accuracy along Task Arithmetic's lambda (theta_0 + lambda sum_t tau_t)")
+    fig.suptitle(
+        "Entropy and accuracy along Task Arithmetic's lambda (theta_0 + lambda sum_t tau_t)"
+    )
     for k, t in enumerate([*tasks, "mean over tasks"]):
         ax = fig.add_subplot(nrows, ncols, k + 1)
-        h = np.mean([sw["entropy"][x] for x in tasks], axis=0) if k == len(tasks) else np.asarray(sw["entropy"][t])
-        a = np.mean([sw["accuracy"][x] for x in tasks], axis=0) if k == len(tasks) else np.asarray(sw["accuracy"][t])
+        h = (
+            np.mean([sw["entropy"][x] for x in tasks], axis=0)
+            if k == len(tasks)
+            else np.asarray(sw["entropy"][t])
+        )
+        a = (
+            np.mean([sw["accuracy"][x] for x in tasks], axis=0)
+            if k == len(tasks)
+            else np.asarray(sw["accuracy"][t])
+        )
         lines = ax.plot(lam, h, "C0-o", ms=3, label="mean entropy")
         ax.axvline(lam[np.argmin(h)], color="C0", ls="--", lw=1)
         ax2 = ax.twinx()
         lines += ax2.plot(lam, a, "C1-s", ms=3, label="accuracy")
         ax2.axvline(lam[np.argmax(a)], color="C1", ls=":", lw=1)
-        ok = "" if k == len(tasks) else ("" if report["checks"][t]["lambda"]["passed"] else " (fails)")
+        ok = (
+            ""
+            if k == len(tasks)
+            else ("" if report["checks"][t]["lambda"]["passed"] else " (fails)")
+        )
         ax.set_title(f"{t}{ok}", fontsize=9)
         ax.set_xlabel("lambda")
         ax.set_ylabel("entropy (nats)", color="C0")
         ax2.set_ylabel("accuracy (%)", color="C1")
-        markers = [Line2D([], [], color="C0", ls="--", lw=1, label="lambda at min entropy"), Line2D([], [], color="C1", ls=":", lw=1, label="lambda at max accuracy")]
+        markers = [
+            Line2D([], [], color="C0", ls="--", lw=1, label="lambda at min entropy"),
+            Line2D([], [], color="C1", ls=":", lw=1, label="lambda at max accuracy"),
+        ]
         ax.legend(handles=lines + markers, fontsize=6)
     keep(fig, "lambda_sweep")
 
@@ -109,4 +160,3 @@ def plot_report(report: dict, folder: Path, stem: str) -> dict[str, str]:
     fig.colorbar(im, ax=ax, label="cosine")
     keep(fig, "task_vectors")
     return files
-

@@ -1,4 +1,5 @@
 """`python -m adamerging.experiments EXPERIMENT [flags]`."""
+
 from .command import main
 
 main()

@@ -1,31 +1,35 @@
-"""The committed artefacts of the mini benchmark: the pretrained base and the experts' task vectors.
+"""The committed artefacts of the mini benchmark: the pretrained base and the experts' task
+vectors.
 
-Pretraining the tiny CLIP is the slow (about 12 minutes on one core) and machine-dependent part of the
-build: float32 sums run in a different order on another CPU or thread count, and 2,000 optimiser steps
-amplify the last-bit differences into different weights. So the base and the experts are committed here,
-as the project's own build produced them (`python -m adamerging.mini.build --rebuild` regenerates them from
-scratch), and the default build only draws the data, loads these files and writes the checkpoints:
+Pretraining the tiny CLIP is the slow (about 12 minutes on one core) and machine-dependent part of
+the build: float32 sums run in a different order on another CPU or thread count, and 2,000
+optimiser steps amplify the last-bit differences into different weights. So the base and the
+experts are committed here, as the project's own build produced them (`python -m
+adamerging.mini.build --rebuild` regenerates them from scratch), and the default build only draws
+the data, loads these files and writes the checkpoints:
 
     base_visual.safetensors   the image tower, float32 (theta_0's visual entries)
-    base_text.safetensors     the text side, float32; of the 49,408 x 128 token embedding only the rows of
-                              tokens that some caption or prompt uses are stored (`token_ids`, `token_rows`);
-                              every other row is zero in the base (they never receive a gradient and never
-                              enter any computation; zeroing them keeps the files small)
-    tau_<Task>.safetensors    each expert's visual task vector (fine-tuned minus pretrained), float16: the
-                              expert is theta_0 + tau in float32 (the rounding is part of the expert's
-                              definition, so every machine gets the same expert)
+    base_text.safetensors     the text side, float32; of the 49,408 x 128 token embedding only the
+                              rows of tokens that some caption or prompt uses are stored
+                              (`token_ids`, `token_rows`); every other row is zero in the base
+                              (they never receive a gradient and never enter any computation;
+                              zeroing them keeps the files small)
+    tau_<Task>.safetensors    each expert's visual task vector (fine-tuned minus pretrained),
+                              float16: the expert is theta_0 + tau in float32 (the rounding is part
+                              of the expert's definition, so every machine gets the same expert)
     manifest.json             settings hashes, sha256 and size of every file, and how they were made
 
-Errors: `ArtefactError` (one line naming the file and what is wrong) when a file is missing, altered or
-does not fit the `mini` architecture.
+Errors: `ArtefactError` (one line naming the file and what is wrong) when a file is missing, altered
+or does not fit the `mini` architecture.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import platform
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import torch
 
@@ -47,26 +51,32 @@ def sha256(path: Path) -> str:
 
 
 def used_token_ids(tokenizer, texts: Iterable[str]) -> torch.Tensor:
-    """Sorted unique token ids [K] (int64) that tokenizing `texts` produces, padding id 0 included."""
+    """Sorted unique token ids [K] (int64) that tokenizing `texts` produces, padding id 0
+    included."""
     ids = tokenizer(sorted(set(texts)))
     return torch.unique(ids.flatten())
 
 
 def prune_token_embedding(clip: torch.nn.Module, token_ids: torch.Tensor) -> None:
-    """Zero, in place, every token-embedding row of `clip` outside `token_ids` (rows no text ever reads)."""
+    """Zero, in place, every token-embedding row of `clip` outside `token_ids` (rows no text ever
+    reads)."""
     with torch.no_grad():
         keep = torch.zeros(clip.token_embedding.weight.shape[0], dtype=torch.bool)
         keep[token_ids] = True
         clip.token_embedding.weight[~keep] = 0.0
 
 
-def save_base(clip: torch.nn.Module, token_ids: torch.Tensor, folder: Path = ARTEFACT_DIR) -> list[Path]:
+def save_base(
+    clip: torch.nn.Module, token_ids: torch.Tensor, folder: Path = ARTEFACT_DIR
+) -> list[Path]:
     """Write the pretrained `clip` (token rows outside `token_ids` must already be zero) as
     base_visual / base_text safetensors in `folder`; returns the paths."""
     folder.mkdir(parents=True, exist_ok=True)
     sd = clip.state_dict()
     visual = {k: v for k, v in sd.items() if k.startswith("visual.")}
-    text = {k: v for k, v in sd.items() if not k.startswith("visual.") and k != "token_embedding.weight"}
+    text = {
+        k: v for k, v in sd.items() if not k.startswith("visual.") and k != "token_embedding.weight"
+    }
     text["token_ids"] = token_ids.to(torch.int64)
     text["token_rows"] = sd["token_embedding.weight"][token_ids]
     paths = [folder / "base_visual.safetensors", folder / "base_text.safetensors"]
@@ -76,26 +86,32 @@ def save_base(clip: torch.nn.Module, token_ids: torch.Tensor, folder: Path = ART
 
 
 def load_base(clip: torch.nn.Module, folder: Path = ARTEFACT_DIR) -> torch.nn.Module:
-    """Load the committed base into `clip` (a fresh `models.create_clip("mini")`), in place; returns it.
-    Raises ArtefactError naming the file when a key or shape does not fit."""
+    """Load the committed base into `clip` (a fresh `models.create_clip("mini")`), in place; returns
+    it. Raises ArtefactError naming the file when a key or shape does not fit."""
     from safetensors.torch import load_file
 
     sd = {}
     for name in ("base_visual.safetensors", "base_text.safetensors"):
         path = folder / name
         if not path.exists():
-            raise ArtefactError(f"{path}: missing; run `python -m adamerging.mini.build --rebuild` to regenerate it")
+            raise ArtefactError(
+                f"{path}: missing; run `python -m adamerging.mini.build --rebuild` to regenerate it"
+            )
         sd.update(load_file(str(path)))
     ids, rows = sd.pop("token_ids", None), sd.pop("token_rows", None)
     if ids is None or rows is None:
-        raise ArtefactError(f"{folder / 'base_text.safetensors'}: no token_ids / token_rows entries")
+        raise ArtefactError(
+            f"{folder / 'base_text.safetensors'}: no token_ids / token_rows entries"
+        )
     emb = torch.zeros_like(clip.token_embedding.weight)
     emb[ids] = rows
     sd["token_embedding.weight"] = emb
     try:
         clip.load_state_dict(sd, strict=True)
     except RuntimeError as e:
-        raise ArtefactError(f"{folder}: the base does not fit the mini architecture: {str(e).splitlines()[0]}") from e
+        raise ArtefactError(
+            f"{folder}: the base does not fit the mini architecture: {str(e).splitlines()[0]}"
+        ) from e
     clip.eval()
     return clip
 
@@ -123,7 +139,9 @@ def load_task_vector(task: str, folder: Path = ARTEFACT_DIR) -> dict[str, torch.
 
     path = tau_path(task, folder)
     if not path.exists():
-        raise ArtefactError(f"{path}: missing; run `python -m adamerging.mini.build --rebuild` to regenerate it")
+        raise ArtefactError(
+            f"{path}: missing; run `python -m adamerging.mini.build --rebuild` to regenerate it"
+        )
     return {k: v.to(torch.float32) for k, v in load_file(str(path)).items()}
 
 
@@ -134,7 +152,10 @@ def read_manifest(folder: Path = ARTEFACT_DIR) -> dict:
 
 
 def _files(folder: Path) -> dict:
-    return {p.name: dict(sha256=sha256(p), bytes=p.stat().st_size) for p in sorted(folder.glob("*.safetensors"))}
+    return {
+        p.name: dict(sha256=sha256(p), bytes=p.stat().st_size)
+        for p in sorted(folder.glob("*.safetensors"))
+    }
 
 
 def made_with() -> dict:
@@ -154,13 +175,14 @@ def write_manifest(folder: Path, info: dict) -> dict:
 
 
 def add_to_manifest(folder: Path, info: dict) -> dict:
-    """The manifest with `info` added and every file's sha256 and size recomputed; what it says about
-    how the earlier files were made is kept."""
+    """The manifest with `info` added and every file's sha256 and size recomputed; what it says
+    about how the earlier files were made is kept."""
     return _write(folder, dict(read_manifest(folder), **info, files=_files(folder)))
 
 
 def verify(folder: Path = ARTEFACT_DIR) -> list[str]:
-    """Problems with the committed files (missing, altered, over the size limits); [] when all is well."""
+    """Problems with the committed files (missing, altered, over the size limits); [] when all is
+    well."""
     manifest = read_manifest(folder)
     if not manifest:
         return [f"{folder / MANIFEST}: missing"]

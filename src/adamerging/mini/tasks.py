@@ -6,6 +6,7 @@ set of caption phrases (drawn from the same vocabulary the evaluation prompts us
 generator; concepts appear there in other styles, with a subset of the classes, or in other words,
 so that zero-shot transfer to the evaluation tasks is partial (a miniature of web pretraining).
 """
+
 from __future__ import annotations
 
 import math
@@ -29,7 +30,8 @@ def _balanced(rng, n, k):
 
 
 def _per_label(rng, n, classes, draw):
-    """n images over `classes` balanced labels (shuffled first), each drawn by draw(rng, label) -> uint8 [S, S, 3]."""
+    """n images over `classes` balanced labels (shuffled first), each drawn by draw(rng, label) ->
+    uint8 [S, S, 3]."""
     labels = _balanced(rng, n, classes)
     return _stack([draw(rng, k) for k in labels], labels)
 
@@ -37,8 +39,8 @@ def _per_label(rng, n, classes, draw):
 # ================================================================================================
 # evaluation tasks
 def gen_mnist(rng: np.random.Generator, n: int, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """MNIST stand-in: real digits from the held-out half of mnist_halves() (never in pretraining), from
-    fixed disjoint subsets (40 % for split "test", the rest for any other split), drawn without
+    """MNIST stand-in: real digits from the held-out half of mnist_halves() (never in pretraining),
+    from fixed disjoint subsets (40 % for split "test", the rest for any other split), drawn without
     replacement, resized bilinearly to 32x32 and repeated to RGB. Returns (uint8 [m, 32, 32, 3],
     int64 [m]) with m = min(n, subset size); labels not balanced."""
     _, (X, y) = g.mnist_halves()  # held-out half: never seen in pretraining
@@ -63,16 +65,23 @@ def _svhn_image(rng, k):
     stroke = int(rng.integers(0, 2))
     for side in (-1, 1):  # neighbouring digits of the house number, partly cut off
         if rng.random() < 0.7:
-            g.render_printed(d, str(rng.integers(10)), cx + side * size * rng.uniform(0.65, 0.8), cy,
-                             size, fg, stroke)
+            g.render_printed(
+                d,
+                str(rng.integers(10)),
+                cx + side * size * rng.uniform(0.65, 0.8),
+                cy,
+                size,
+                fg,
+                stroke,
+            )
     g.render_printed(d, str(k), cx, cy, size, fg, stroke)
     return g._finish(rng, img, blur=rng.uniform(0, 0.8), noise=5, bright=(0.7, 1.1))
 
 
 def gen_svhn(rng: np.random.Generator, n: int, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """SVHN stand-in: a printed digit (the label) between partly cut-off neighbours, on a solid, gradient
-    or photo background, blurred, noised, brightness 0.7-1.1. Returns (uint8 [n, 32, 32, 3], int64 [n]), 10
-    balanced labels; `split` is unused (the rng makes the splits differ)."""
+    """SVHN stand-in: a printed digit (the label) between partly cut-off neighbours, on a solid,
+    gradient or photo background, blurred, noised, brightness 0.7-1.1. Returns (uint8 [n, 32, 32,
+    3], int64 [n]), 10 balanced labels; `split` is unused (the rng makes the splits differ)."""
     return _per_label(rng, n, 10, _svhn_image)
 
 
@@ -85,26 +94,45 @@ def _gtsrb_image(rng, k):
 
 
 def gen_gtsrb(rng: np.random.Generator, n: int, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """GTSRB stand-in: one of the 10 generators.SIGNS on a photo crop, blurred, noised, brightness 0.35-1.15.
-    Returns (uint8 [n, 32, 32, 3], int64 [n]), balanced labels; `split` is unused."""
+    """GTSRB stand-in: one of the 10 generators.SIGNS on a photo crop, blurred, noised, brightness
+    0.35-1.15. Returns (uint8 [n, 32, 32, 3], int64 [n]), balanced labels; `split` is unused."""
     return _per_label(rng, n, len(g.SIGNS), _gtsrb_image)
 
 
 def _dtd_image(rng, k):
     c0, c1 = g._rand_color(rng), g._rand_color(rng)
-    img = g.texture(rng, g.DTD_KINDS[k], c0, c1, period=rng.uniform(10, 22), angle=rng.uniform(0, math.pi), jitter=0.2)
+    img = g.texture(
+        rng,
+        g.DTD_KINDS[k],
+        c0,
+        c1,
+        period=rng.uniform(10, 22),
+        angle=rng.uniform(0, math.pi),
+        jitter=0.2,
+    )
     return g._finish(rng, img, blur=rng.uniform(0, 1.0), noise=10)
 
 
 def gen_dtd(rng: np.random.Generator, n: int, split: str) -> tuple[np.ndarray, np.ndarray]:
     """DTD stand-in: one of the 10 generators.DTD_KINDS textures in two random colours (period 10-22
-    pixels, random angle, jittered mask). Returns (uint8 [n, 32, 32, 3], int64 [n]), balanced labels;
+    pixels, random angle, jittered mask). Returns (uint8 [n, 32, 32, 3], int64 [n]), balanced
+    labels;
     `split` is unused."""
     return _per_label(rng, n, len(g.DTD_KINDS), _dtd_image)
 
 
-EUROSAT = ["annual crop land", "forest", "brushland or shrubland", "highway or road", "industrial buildings",
-           "pasture land", "permanent crop land", "residential buildings", "river", "lake or sea"]
+EUROSAT = [
+    "annual crop land",
+    "forest",
+    "brushland or shrubland",
+    "highway or road",
+    "industrial buildings",
+    "pasture land",
+    "permanent crop land",
+    "residential buildings",
+    "river",
+    "lake or sea",
+]
 
 
 def _aerial(rng, k):
@@ -112,8 +140,10 @@ def _aerial(rng, k):
     if k == 0:  # annual crop: patches of striped fields
         a = np.zeros((S, S, 3))
         cut = rng.integers(16, 48)
-        for sl, ang in [((slice(0, cut), slice(None)), rng.uniform(0, math.pi)),
-                        ((slice(cut, S), slice(None)), rng.uniform(0, math.pi))]:
+        for sl, ang in [
+            ((slice(0, cut), slice(None)), rng.uniform(0, math.pi)),
+            ((slice(cut, S), slice(None)), rng.uniform(0, math.pi)),
+        ]:
             u = (xx * math.cos(ang) + yy * math.sin(ang)) / rng.uniform(3, 6)
             m = (np.sin(2 * math.pi * u) > 0).astype(np.float64)
             c0 = g._jitter_color(rng, (120, 150, 60), 30)
@@ -122,7 +152,9 @@ def _aerial(rng, k):
     elif k == 1:
         a = g.terrain(rng, "forest")
     elif k == 2:  # brushland: blotches of grass and soil
-        t = (g._noise_field(rng, S, 6) > 0.5).astype(np.float64) * 0.7 + 0.3 * g._noise_field(rng, S, 2)
+        t = (g._noise_field(rng, S, 6) > 0.5).astype(np.float64) * 0.7 + 0.3 * g._noise_field(
+            rng, S, 2
+        )
         a = g._mix(g._jitter_color(rng, (110, 120, 60)), g._jitter_color(rng, (150, 130, 90)), t)
     elif k == 3:  # highway
         a = g.terrain(rng, ["grass", "soil", "sand"][rng.integers(3)])
@@ -131,7 +163,11 @@ def _aerial(rng, k):
         ang = rng.uniform(0, math.pi)
         c, s_ = math.cos(ang) * 60, math.sin(ang) * 60
         cx, cy = rng.uniform(20, 44, 2)
-        d.line([(cx - c, cy - s_), (cx + c, cy + s_)], fill=g._jitter_color(rng, (110, 110, 110)), width=10)
+        d.line(
+            [(cx - c, cy - s_), (cx + c, cy + s_)],
+            fill=g._jitter_color(rng, (110, 110, 110)),
+            width=10,
+        )
         d.line([(cx - c, cy - s_), (cx + c, cy + s_)], fill=(230, 230, 230), width=1)
         a = np.asarray(im, dtype=np.float64)
     elif k == 4:  # industrial: large grey / white roofs
@@ -162,7 +198,9 @@ def _aerial(rng, k):
         step = int(rng.integers(9, 13))
         for yv in range(0, S, step):
             for xv in range(0, S, step):
-                roof = g._jitter_color(rng, [(170, 70, 50), (120, 120, 130), (200, 190, 170)][rng.integers(3)])
+                roof = g._jitter_color(
+                    rng, [(170, 70, 50), (120, 120, 130), (200, 190, 170)][rng.integers(3)]
+                )
                 d.rectangle([xv + 1, yv + 1, xv + step - 4, yv + step - 4], fill=roof)
         a = np.asarray(im, dtype=np.float64)
     elif k == 8:  # river through land
@@ -177,37 +215,70 @@ def _aerial(rng, k):
         a = g.terrain(rng, "water")
         if rng.random() < 0.5:
             ang = rng.uniform(0, 2 * math.pi)
-            m = ((xx - 32) * math.cos(ang) + (yy - 32) * math.sin(ang) > rng.uniform(14, 26)).astype(np.float64)
+            m = (
+                (xx - 32) * math.cos(ang) + (yy - 32) * math.sin(ang) > rng.uniform(14, 26)
+            ).astype(np.float64)
             a = a * (1 - m[..., None]) + g.terrain(rng, "sand") * m[..., None]
     return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
 
 
 def gen_eurosat(rng: np.random.Generator, n: int, split: str) -> tuple[np.ndarray, np.ndarray]:
     """EuroSAT stand-in: top-down land-cover views of the 10 EUROSAT classes (fields, forest, roads,
-    roofs, water...). Returns (uint8 [n, 32, 32, 3], int64 [n]), balanced labels; `split` is unused."""
+    roofs, water...). Returns (uint8 [n, 32, 32, 3], int64 [n]), balanced labels; `split` is unused.
+    """
     labels = _balanced(rng, n, 10)
-    imgs = [g._finish(rng, _aerial(rng, int(k)), blur=rng.uniform(0, 0.8), noise=6, bright=(0.8, 1.1))
-            for k in labels]
+    imgs = [
+        g._finish(rng, _aerial(rng, int(k)), blur=rng.uniform(0, 0.8), noise=6, bright=(0.8, 1.1))
+        for k in labels
+    ]
     return _stack(imgs, labels)
 
 
-SCENES = ["beach", "desert", "forest", "mountain", "ocean", "snowfield", "night sky", "city skyline", "field",
-          "lake"]
+SCENES = [
+    "beach",
+    "desert",
+    "forest",
+    "mountain",
+    "ocean",
+    "snowfield",
+    "night sky",
+    "city skyline",
+    "field",
+    "lake",
+]
 
 
 def _scene(rng, k, flat=False):
-    """Side-view landscape. flat=True: the pool's simplified style (flat colour bands, no objects)."""
+    """Side-view landscape. flat=True: the pool's simplified style (flat colour bands, no
+    objects)."""
     yy, xx = np.mgrid[0:S, 0:S].astype(np.float64)
     h = rng.uniform(22, 36)  # horizon
-    tex = (lambda name: g.terrain(rng, name)) if not flat else (
-        lambda name: np.ones((S, S, 3)) * np.asarray(g._jitter_color(rng, g.TERRAIN[name][1], 15)))
+    tex = (
+        (lambda name: g.terrain(rng, name))
+        if not flat
+        else (
+            lambda name: (
+                np.ones((S, S, 3)) * np.asarray(g._jitter_color(rng, g.TERRAIN[name][1], 15))
+            )
+        )
+    )
     sky = tex("sky")
     if k == 6:
         sky = np.ones((S, S, 3)) * np.asarray(g._jitter_color(rng, (15, 20, 50), 10))
     a = sky.copy()
     below = yy > h + (0 if flat else 2 * np.sin(xx / rng.uniform(5, 12)))
-    ground = {0: "water", 1: "sand", 2: "forest", 3: "rock", 4: "water", 5: "snow", 6: "forest", 7: "rock",
-              8: "grass", 9: "water"}[k]
+    ground = {
+        0: "water",
+        1: "sand",
+        2: "forest",
+        3: "rock",
+        4: "water",
+        5: "snow",
+        6: "forest",
+        7: "rock",
+        8: "grass",
+        9: "water",
+    }[k]
     gr = tex(ground)
     if k == 0:  # beach: water band then sand
         sand = tex("sand")
@@ -228,12 +299,21 @@ def _scene(rng, k, flat=False):
         for _ in range(rng.integers(6, 12)):
             x, b = rng.uniform(0, S), rng.uniform(h, S)
             hh = rng.uniform(10, 22)
-            d.polygon([(x, b - hh), (x - hh / 3, b), (x + hh / 3, b)], fill=g._jitter_color(rng, (20, 80, 30)))
+            d.polygon(
+                [(x, b - hh), (x - hh / 3, b), (x + hh / 3, b)],
+                fill=g._jitter_color(rng, (20, 80, 30)),
+            )
     elif k == 3:  # peaks
         for _ in range(rng.integers(1, 3)):
             x, hh = rng.uniform(5, 59), rng.uniform(18, 30)
-            d.polygon([(x, h - hh), (x - hh, h + 2), (x + hh, h + 2)], fill=g._jitter_color(rng, (110, 105, 100)))
-            d.polygon([(x, h - hh), (x - hh * 0.3, h - hh * 0.7), (x + hh * 0.3, h - hh * 0.7)], fill=(245, 245, 250))
+            d.polygon(
+                [(x, h - hh), (x - hh, h + 2), (x + hh, h + 2)],
+                fill=g._jitter_color(rng, (110, 105, 100)),
+            )
+            d.polygon(
+                [(x, h - hh), (x - hh * 0.3, h - hh * 0.7), (x + hh * 0.3, h - hh * 0.7)],
+                fill=(245, 245, 250),
+            )
     elif k == 6:  # stars and moon
         for _ in range(rng.integers(8, 20)):
             x, y = rng.uniform(0, S), rng.uniform(0, h)
@@ -259,7 +339,9 @@ def _scene(rng, k, flat=False):
     elif k == 9:  # tree line on the far shore
         for x in np.arange(rng.uniform(-4, 0), S, rng.uniform(3, 6)):
             hh = rng.uniform(4, 9)
-            d.polygon([(x, h - hh), (x - 3, h), (x + 3, h)], fill=g._jitter_color(rng, (25, 80, 30)))
+            d.polygon(
+                [(x, h - hh), (x - 3, h), (x + 3, h)], fill=g._jitter_color(rng, (25, 80, 30))
+            )
     elif k == 4:  # waves
         for _ in range(rng.integers(3, 8)):
             y, x = rng.uniform(h + 3, S), rng.uniform(0, S)
@@ -273,34 +355,52 @@ def gen_sun397(rng: np.random.Generator, n: int, split: str) -> tuple[np.ndarray
     """SUN397 stand-in: side-view landscapes of the 10 SCENES (sky, horizon, ground and objects).
     Returns (uint8 [n, 32, 32, 3], int64 [n]), balanced labels; `split` is unused."""
     labels = _balanced(rng, n, len(SCENES))
-    imgs = [g._finish(rng, _scene(rng, int(k)), blur=rng.uniform(0, 0.8), noise=6, bright=(0.7, 1.15))
-            for k in labels]
+    imgs = [
+        g._finish(rng, _scene(rng, int(k)), blur=rng.uniform(0, 0.8), noise=6, bright=(0.7, 1.15))
+        for k in labels
+    ]
     return _stack(imgs, labels)
 
 
 # name -> (generator, classnames, templates). Templates follow the real tasks' but stay short.
 EVAL_TASKS = {
     "SUN397": (gen_sun397, SCENES, ["a photo of a {c}.", "a photo of the {c}."]),
-    "EuroSAT": (gen_eurosat, EUROSAT, ["a centered satellite photo of {c}.", "a satellite photo of the {c}."]),
+    "EuroSAT": (
+        gen_eurosat,
+        EUROSAT,
+        ["a centered satellite photo of {c}.", "a satellite photo of the {c}."],
+    ),
     "SVHN": (gen_svhn, [str(i) for i in range(10)], ['a photo of the number: "{c}".']),
     "GTSRB": (gen_gtsrb, g.SIGNS, ['a photo of a "{c}" traffic sign.', 'a "{c}" traffic sign.']),
     "MNIST": (gen_mnist, [str(i) for i in range(10)], ['a photo of the number: "{c}".']),
-    "DTD": (gen_dtd, g.DTD_KINDS, ["a photo of a {c} texture.", "a photo of a {c} pattern.",
-                                   "a photo of the {c} texture."]),
+    "DTD": (
+        gen_dtd,
+        g.DTD_KINDS,
+        ["a photo of a {c} texture.", "a photo of a {c} pattern.", "a photo of the {c} texture."],
+    ),
 }
 CANONICAL = ["SUN397", "Cars", "RESISC45", "EuroSAT", "SVHN", "GTSRB", "MNIST", "DTD"]
 
 
 # ================================================================================================
 # pretraining pool (never the evaluation images; MNIST digits from the other half)
-POOL_TEMPLATES = ["a photo of {c}.", "a picture of {c}.", "an image of {c}.", "{c}.", "a photo of the {c}.",
-                  "a small photo of {c}."]
+POOL_TEMPLATES = [
+    "a photo of {c}.",
+    "a picture of {c}.",
+    "an image of {c}.",
+    "{c}.",
+    "a photo of the {c}.",
+    "a small photo of {c}.",
+]
 POOL_COLORS = ["red", "green", "blue", "yellow", "orange", "purple", "white", "black"]
 
 
-def pool_shapes(rng: np.random.Generator, n: int) -> tuple[tuple[np.ndarray, np.ndarray], list[str]]:
-    """Pool group: coloured shapes (8 POOL_COLORS x 10 generators.SHAPES, e.g. "red circle") on random
-    backgrounds. Returns ((uint8 [n, 32, 32, 3], int64 [n]), the 80 caption phrases); balanced."""
+def pool_shapes(
+    rng: np.random.Generator, n: int
+) -> tuple[tuple[np.ndarray, np.ndarray], list[str]]:
+    """Pool group: coloured shapes (8 POOL_COLORS x 10 generators.SHAPES, e.g. "red circle") on
+    random backgrounds. Returns ((uint8 [n, 32, 32, 3], int64 [n]), the 80 caption phrases);
+    balanced."""
     k = len(POOL_COLORS) * len(g.SHAPES)
     labels = _balanced(rng, n, k)
     imgs = []
@@ -309,33 +409,62 @@ def pool_shapes(rng: np.random.Generator, n: int) -> tuple[tuple[np.ndarray, np.
         img = g.background(rng)
         d = ImageDraw.Draw(img)
         r = rng.uniform(10, 24)
-        g.draw_shape(d, shp, S / 2 + rng.uniform(-10, 10), S / 2 + rng.uniform(-10, 10), r,
-                     fill=g._jitter_color(rng, g.COLORS[col], 20), outline=g._rand_color(rng),
-                     rot=rng.uniform(-0.2, 0.2))
+        g.draw_shape(
+            d,
+            shp,
+            S / 2 + rng.uniform(-10, 10),
+            S / 2 + rng.uniform(-10, 10),
+            r,
+            fill=g._jitter_color(rng, g.COLORS[col], 20),
+            outline=g._rand_color(rng),
+            rot=rng.uniform(-0.2, 0.2),
+        )
         imgs.append(g._finish(rng, img, blur=rng.uniform(0, 0.8), noise=5))
     names = [f"{c} {s}" for c in POOL_COLORS for s in g.SHAPES]
     return _stack(imgs, labels), names
 
 
-def pool_handwritten(rng: np.random.Generator, n: int) -> tuple[tuple[np.ndarray, np.ndarray], list[str]]:
-    """Pool group: MNIST digits from the pretraining half of mnist_halves() (drawn with replacement),
-    half in MNIST's own style (light strokes on a dark ground, centred), half recoloured, scaled, shifted
-    and rotated over random backgrounds. Returns ((uint8 [n, 32, 32, 3],
+def pool_handwritten(
+    rng: np.random.Generator, n: int
+) -> tuple[tuple[np.ndarray, np.ndarray], list[str]]:
+    """Pool group: MNIST digits from the pretraining half of mnist_halves() (drawn with
+    replacement), half in MNIST's own style (light strokes on a dark ground, centred), half
+    recoloured, scaled, shifted and rotated over random backgrounds. Returns ((uint8 [n, 32, 32, 3],
     int64 [n]), ["a handwritten zero", ...]); labels as drawn, not balanced."""
     (X, y), _ = g.mnist_halves()
     idx = rng.integers(0, len(X), n)
     imgs = []
     for i in idx:
-        if rng.random() < 0.5:  # the scanned style MNIST itself has: light strokes on a dark ground, centred
+        # the scanned style MNIST itself has: light strokes on a dark ground, centred
+        if rng.random() < 0.5:
             grey = int(rng.integers(0, 40))
-            bg, fg = g.Image.new("RGB", (S, S), (grey, grey, grey)), g._jitter_color(rng, (245, 245, 245), 10)
-            img = g.render_handwritten(rng, X[i], fg, bg, rng.uniform(0.8, 1.0), rng.uniform(-2, 2),
-                                       rng.uniform(-2, 2), rng.uniform(-10, 10))
+            bg, fg = (
+                g.Image.new("RGB", (S, S), (grey, grey, grey)),
+                g._jitter_color(rng, (245, 245, 245), 10),
+            )
+            img = g.render_handwritten(
+                rng,
+                X[i],
+                fg,
+                bg,
+                rng.uniform(0.8, 1.0),
+                rng.uniform(-2, 2),
+                rng.uniform(-2, 2),
+                rng.uniform(-10, 10),
+            )
         else:
             bg = g.background(rng, "solid" if rng.random() < 0.5 else None)
             fg = g._rand_color(rng)
-            img = g.render_handwritten(rng, X[i], fg, bg, rng.uniform(0.6, 1.0), rng.uniform(-6, 6),
-                                       rng.uniform(-6, 6), rng.uniform(-20, 20))
+            img = g.render_handwritten(
+                rng,
+                X[i],
+                fg,
+                bg,
+                rng.uniform(0.6, 1.0),
+                rng.uniform(-6, 6),
+                rng.uniform(-6, 6),
+                rng.uniform(-20, 20),
+            )
         imgs.append(g._finish(rng, img, blur=rng.uniform(0, 0.8), noise=5))
     return _stack(imgs, y[idx]), [f"a handwritten {w}" for w in DIGIT_WORDS]
 
@@ -343,7 +472,9 @@ def pool_handwritten(rng: np.random.Generator, n: int) -> tuple[tuple[np.ndarray
 PRINTED = [str(i) for i in range(10)] + [str(10 * i) for i in range(1, 10)]
 
 
-def pool_printed(rng: np.random.Generator, n: int) -> tuple[tuple[np.ndarray, np.ndarray], list[str]]:
+def pool_printed(
+    rng: np.random.Generator, n: int
+) -> tuple[tuple[np.ndarray, np.ndarray], list[str]]:
     """Pool group: printed numbers (PRINTED: 0-9 and 10-90) on plain backgrounds. Returns
     ((uint8 [n, 32, 32, 3], int64 [n]), ['the number: "0"', ...]); balanced."""
     labels = _balanced(rng, n, len(PRINTED))
@@ -351,17 +482,33 @@ def pool_printed(rng: np.random.Generator, n: int) -> tuple[tuple[np.ndarray, np
     for lab in labels:
         light = rng.random() < 0.5
         colour = rng.random() < 0.5
-        bgc = g._rand_color(rng) if colour else g._jitter_color(rng, (235, 235, 235) if light else (20, 20, 20), 15)
-        fgc = g._rand_color(rng) if colour else g._jitter_color(rng, (20, 20, 20) if light else (235, 235, 235))
+        bgc = (
+            g._rand_color(rng)
+            if colour
+            else g._jitter_color(rng, (235, 235, 235) if light else (20, 20, 20), 15)
+        )
+        fgc = (
+            g._rand_color(rng)
+            if colour
+            else g._jitter_color(rng, (20, 20, 20) if light else (235, 235, 235))
+        )
         img = g.Image.new("RGB", (S, S), bgc)
         d = ImageDraw.Draw(img)
-        g.render_printed(d, PRINTED[lab], S / 2 + rng.uniform(-4, 4), S / 2 + rng.uniform(-4, 4),
-                         int(rng.integers(26, 44)), fgc)
+        g.render_printed(
+            d,
+            PRINTED[lab],
+            S / 2 + rng.uniform(-4, 4),
+            S / 2 + rng.uniform(-4, 4),
+            int(rng.integers(26, 44)),
+            fgc,
+        )
         imgs.append(g._finish(rng, img, noise=3))
     return _stack(imgs, labels), [f'the number: "{p}"' for p in PRINTED]
 
 
-def pool_arrows(rng: np.random.Generator, n: int) -> tuple[tuple[np.ndarray, np.ndarray], list[str]]:
+def pool_arrows(
+    rng: np.random.Generator, n: int
+) -> tuple[tuple[np.ndarray, np.ndarray], list[str]]:
     """Pool group: arrows pointing left, right, up or down on random backgrounds. Returns
     ((uint8 [n, 32, 32, 3], int64 [n]), ["an arrow pointing left", ...]); balanced."""
     dirs = ["left", "right", "up", "down"]
@@ -370,8 +517,14 @@ def pool_arrows(rng: np.random.Generator, n: int) -> tuple[tuple[np.ndarray, np.
     for lab in labels:
         img = g.background(rng)
         d = ImageDraw.Draw(img)
-        g.draw_arrow(d, S / 2 + rng.uniform(-8, 8), S / 2 + rng.uniform(-8, 8), rng.uniform(12, 24), dirs[lab],
-                     g._rand_color(rng))
+        g.draw_arrow(
+            d,
+            S / 2 + rng.uniform(-8, 8),
+            S / 2 + rng.uniform(-8, 8),
+            rng.uniform(12, 24),
+            dirs[lab],
+            g._rand_color(rng),
+        )
         imgs.append(g._finish(rng, img, noise=4))
     return _stack(imgs, labels), [f"an arrow pointing {d}" for d in dirs]
 
@@ -379,7 +532,9 @@ def pool_arrows(rng: np.random.Generator, n: int) -> tuple[tuple[np.ndarray, np.
 POOL_PATTERNS = list(g.DTD_KINDS)
 
 
-def pool_patterns(rng: np.random.Generator, n: int) -> tuple[tuple[np.ndarray, np.ndarray], list[str]]:
+def pool_patterns(
+    rng: np.random.Generator, n: int
+) -> tuple[tuple[np.ndarray, np.ndarray], list[str]]:
     """Pool group: the DTD pattern kinds in named colours, without mask jitter or blur. Returns
     ((uint8 [n, 32, 32, 3], int64 [n]), ["a banded pattern", ...]); balanced."""
     labels = _balanced(rng, n, len(POOL_PATTERNS))
@@ -387,7 +542,14 @@ def pool_patterns(rng: np.random.Generator, n: int) -> tuple[tuple[np.ndarray, n
     for lab in labels:
         c0 = g._jitter_color(rng, g.COLORS[POOL_COLORS[rng.integers(8)]], 10)
         c1 = g._jitter_color(rng, g.COLORS[POOL_COLORS[rng.integers(8)]], 10)
-        img = g.texture(rng, POOL_PATTERNS[lab], c0, c1, period=rng.uniform(10, 22), angle=rng.uniform(0, math.pi))
+        img = g.texture(
+            rng,
+            POOL_PATTERNS[lab],
+            c0,
+            c1,
+            period=rng.uniform(10, 22),
+            angle=rng.uniform(0, math.pi),
+        )
         imgs.append(g._finish(rng, img))
     return _stack(imgs, labels), [f"a {p} pattern" for p in POOL_PATTERNS]
 
@@ -395,19 +557,32 @@ def pool_patterns(rng: np.random.Generator, n: int) -> tuple[tuple[np.ndarray, n
 POOL_TERRAIN = ["water", "grass", "forest", "sand", "snow", "rock", "soil", "sky"]
 
 
-def pool_terrain(rng: np.random.Generator, n: int) -> tuple[tuple[np.ndarray, np.ndarray], list[str]]:
+def pool_terrain(
+    rng: np.random.Generator, n: int
+) -> tuple[tuple[np.ndarray, np.ndarray], list[str]]:
     """Pool group: close-up land-cover textures (POOL_TERRAIN). Returns ((uint8 [n, 32, 32, 3],
     int64 [n]), ["close up water", ...]); balanced."""
     labels = _balanced(rng, n, len(POOL_TERRAIN))
-    imgs = [g._finish(rng, Image.fromarray(np.clip(g.terrain(rng, POOL_TERRAIN[lab], jit=30), 0, 255)
-                                            .astype(np.uint8)), noise=5, bright=(0.8, 1.1)) for lab in labels]
+    imgs = [
+        g._finish(
+            rng,
+            Image.fromarray(
+                np.clip(g.terrain(rng, POOL_TERRAIN[lab], jit=30), 0, 255).astype(np.uint8)
+            ),
+            noise=5,
+            bright=(0.8, 1.1),
+        )
+        for lab in labels
+    ]
     return _stack(imgs, labels), [f"close up {t}" for t in POOL_TERRAIN]
 
 
 POOL_SCENES = ["beach", "desert", "ocean", "snowfield", "night sky", "field"]
 
 
-def pool_scenes(rng: np.random.Generator, n: int) -> tuple[tuple[np.ndarray, np.ndarray], list[str]]:
+def pool_scenes(
+    rng: np.random.Generator, n: int
+) -> tuple[tuple[np.ndarray, np.ndarray], list[str]]:
     """Pool group: 6 of the SCENES in the flat style (colour bands, no objects). Returns
     ((uint8 [n, 32, 32, 3], int64 [n]), ["a drawing of a beach", ...]); balanced."""
     ks = [SCENES.index(s) for s in POOL_SCENES]
@@ -416,36 +591,61 @@ def pool_scenes(rng: np.random.Generator, n: int) -> tuple[tuple[np.ndarray, np.
     return _stack(imgs, labels), [f"a drawing of a {s}" for s in POOL_SCENES]
 
 
-def pool_photos(rng: np.random.Generator, n: int) -> tuple[tuple[np.ndarray, np.ndarray], list[str]]:
+def pool_photos(
+    rng: np.random.Generator, n: int
+) -> tuple[tuple[np.ndarray, np.ndarray], list[str]]:
     """Pool group: random crops of the generators.photos(), one label per photo. Returns
     ((uint8 [n, 32, 32, 3], int64 [n]), ["a cat", ...]); balanced."""
     names = list(g.photos())
     labels = _balanced(rng, n, len(names))
     imgs = [g._finish(rng, g.photo_crop(rng, names[lab]), noise=3) for lab in labels]
-    nice = {"chelsea": "cat", "coffee": "cup of coffee", "immunohistochemistry": "tissue sample",
-            "hubble_deep_field": "galaxy", "camera": "cameraman", "china": "temple", "flower": "flower"}
+    nice = {
+        "chelsea": "cat",
+        "coffee": "cup of coffee",
+        "immunohistochemistry": "tissue sample",
+        "hubble_deep_field": "galaxy",
+        "camera": "cameraman",
+        "china": "temple",
+        "flower": "flower",
+    }
     return _stack(imgs, labels), [f"a {nice.get(k, k)}" for k in names]
 
 
-def pool_numerals(rng: np.random.Generator, n: int) -> tuple[tuple[np.ndarray, np.ndarray], list[str]]:
-    """Pool group: the pretraining half's handwritten digits (as pool_handwritten) captioned with the numeral,
-    ['the number: "0"', ...], the phrase the MNIST / SVHN prompts use. Returns ((uint8 [n, 32, 32, 3],
-    int64 [n]), the 10 caption phrases)."""
+def pool_numerals(
+    rng: np.random.Generator, n: int
+) -> tuple[tuple[np.ndarray, np.ndarray], list[str]]:
+    """Pool group: the pretraining half's handwritten digits (as pool_handwritten) captioned with
+    the numeral, ['the number: "0"', ...], the phrase the MNIST / SVHN prompts use. Returns ((uint8
+    [n, 32, 32, 3], int64 [n]), the 10 caption phrases)."""
     data, _ = pool_handwritten(rng, n)
     return data, [f'the number: "{i}"' for i in range(10)]
 
 
-POOL_AERIAL = ["annual crop land", "highway or road", "industrial buildings", "river", "lake or sea"]
+POOL_AERIAL = [
+    "annual crop land",
+    "highway or road",
+    "industrial buildings",
+    "river",
+    "lake or sea",
+]
 
 
-def pool_aerial(rng: np.random.Generator, n: int) -> tuple[tuple[np.ndarray, np.ndarray], list[str]]:
-    """Pool group: 5 of the 10 EUROSAT classes (POOL_AERIAL) seen from above in a coarse style (drawn like the
-    EuroSAT stand-in, then pixelated to 16x16 blocks). Returns ((uint8 [n, 32, 32, 3], int64 [n]),
-    ["satellite view of annual crop land", ...]); balanced."""
+def pool_aerial(
+    rng: np.random.Generator, n: int
+) -> tuple[tuple[np.ndarray, np.ndarray], list[str]]:
+    """Pool group: 5 of the 10 EUROSAT classes (POOL_AERIAL) seen from above in a coarse style
+    (drawn like the EuroSAT stand-in, then pixelated to 16x16 blocks). Returns ((uint8 [n, 32, 32,
+    3], int64 [n]), ["satellite view of annual crop land", ...]); balanced."""
     ks = [EUROSAT.index(c) for c in POOL_AERIAL]
     labels = _balanced(rng, n, len(ks))
-    imgs = [g._finish(rng, _aerial(rng, ks[lab]).resize((16, 16), Image.BOX).resize((S, S), Image.NEAREST), noise=4)
-            for lab in labels]
+    imgs = [
+        g._finish(
+            rng,
+            _aerial(rng, ks[lab]).resize((16, 16), Image.BOX).resize((S, S), Image.NEAREST),
+            noise=4,
+        )
+        for lab in labels
+    ]
     return _stack(imgs, labels), [f"satellite view of {c}" for c in POOL_AERIAL]
 
 

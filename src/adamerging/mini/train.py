@@ -1,16 +1,18 @@
 """Pretraining the tiny CLIP and fine-tuning the experts (CPU, seeded)."""
+
 from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
+import open_clip
 import torch
 import torch.nn.functional as F
 
 from .. import _torchvision_compat  # noqa: F401
-import open_clip
 
 # The CLIP validation normalisation (what the pipeline's Normalizer applies to the same images).
 MEAN = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
@@ -18,14 +20,15 @@ STD = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
 
 
 def to_tensor(images_uint8: np.ndarray) -> torch.Tensor:
-    """uint8 [N,32,32,3] -> normalised float [N,3,32,32] (CLIP's mean/std, as open_clip's val transform)."""
+    """uint8 [N,32,32,3] -> normalised float [N,3,32,32] (CLIP's mean/std, as open_clip's val
+    transform)."""
     x = torch.from_numpy(np.ascontiguousarray(images_uint8)).permute(0, 3, 1, 2).float().div_(255.0)
     return (x - MEAN) / STD
 
 
 def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
-    """Learning rate at `step`: linear warmup to `base` over the first `warmup` steps, then half a cosine
-    down to 0 at `total` steps."""
+    """Learning rate at `step`: linear warmup to `base` over the first `warmup` steps, then half a
+    cosine down to 0 at `total` steps."""
     if step < warmup:
         return base * (step + 1) / warmup
     p = (step - warmup) / max(1, total - warmup)
@@ -37,17 +40,27 @@ def encode_text_norm(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tens
     return F.normalize(model.encode_text(tokens), dim=-1)
 
 
-def pretrain(model: torch.nn.Module, tokenizer: Callable[[list[str]], torch.Tensor], pool: list[dict[str, Any]],
-             steps: int, batch: int = 128, lr: float = 1e-3, wd: float = 0.1, warmup: int = 100, seed: int = 0,
-             log: Callable[[str], Any] = print, max_scale: float = 100.0,
-             fixed_scale: float | None = None) -> list[float]:
-    """Image-text pretraining with label-set negatives (UniCL-style): each image's caption competes with
-    all captions of its group, every caption drawn with a random template each step.
+def pretrain(
+    model: torch.nn.Module,
+    tokenizer: Callable[[list[str]], torch.Tensor],
+    pool: list[dict[str, Any]],
+    steps: int,
+    batch: int = 128,
+    lr: float = 1e-3,
+    wd: float = 0.1,
+    warmup: int = 100,
+    seed: int = 0,
+    log: Callable[[str], Any] = print,
+    max_scale: float = 100.0,
+    fixed_scale: float | None = None,
+) -> list[float]:
+    """Image-text pretraining with label-set negatives (UniCL-style): each image's caption competes
+    with all captions of its group, every caption drawn with a random template each step.
 
-    pool: list of dicts {images uint8, labels, names (caption phrases), templates}.
-    AdamW with cosine_lr; the logit scale is clamped to at most `max_scale`, or fixed to `fixed_scale`
-    (then not trained). Trains `model` in place and leaves it in eval mode. Returns the loss of every
-    step (cross-entropy per image, nats).
+    pool: list of dicts {images uint8, labels, names (caption phrases), templates}. AdamW with
+    cosine_lr; the logit scale is clamped to at most `max_scale`, or fixed to `fixed_scale` (then
+    not trained). Trains `model` in place and leaves it in eval mode. Returns the loss of every step
+    (cross-entropy per image, nats).
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -58,7 +71,9 @@ def pretrain(model: torch.nn.Module, tokenizer: Callable[[list[str]], torch.Tens
         with torch.no_grad():
             model.logit_scale.fill_(math.log(fixed_scale))
         model.logit_scale.requires_grad_(False)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=wd)
+    opt = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=wd
+    )
     model.train()
     t0 = time.time()
     from tqdm import tqdm
@@ -83,7 +98,9 @@ def pretrain(model: torch.nn.Module, tokenizer: Callable[[list[str]], torch.Tens
             te = encode_text_norm(model, tokenizer([tpl.replace("{c}", n) for n in p["names"]]))
             m = torch.from_numpy(gs == gi)
             logits = scale * f[m] @ te.t()
-            loss = loss + F.cross_entropy(logits, torch.from_numpy(Y[idx][gs == gi]), reduction="sum")
+            loss = loss + F.cross_entropy(
+                logits, torch.from_numpy(Y[idx][gs == gi]), reduction="sum"
+            )
         loss = loss / batch
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -92,20 +109,33 @@ def pretrain(model: torch.nn.Module, tokenizer: Callable[[list[str]], torch.Tens
             model.logit_scale.clamp_(0, math.log(max_scale))
         hist.append(loss.item())
         if (step + 1) % 250 == 0:
-            log(f"  pretrain step {step + 1}/{steps} loss {np.mean(hist[-250:]):.3f} ({time.time() - t0:.0f}s)")
+            log(
+                f"  pretrain step {step + 1}/{steps} loss {np.mean(hist[-250:]):.3f}"
+                f" ({time.time() - t0:.0f}s)"
+            )
     model.eval()
     return hist
 
 
-def finetune_visual(visual: torch.nn.Module, heads: Sequence[torch.Tensor], data: Sequence[tuple[np.ndarray, np.ndarray]],
-                    steps: int, batch: int = 64, lr: float = 5e-4, wd: float = 0.01, warmup: int | None = None,
-                    seed: int = 0) -> torch.nn.Module:
-    """Task-vectors recipe: fine-tune the image tower with the zero-shot heads frozen (CE, AdamW, cosine).
+def finetune_visual(
+    visual: torch.nn.Module,
+    heads: Sequence[torch.Tensor],
+    data: Sequence[tuple[np.ndarray, np.ndarray]],
+    steps: int,
+    batch: int = 64,
+    lr: float = 5e-4,
+    wd: float = 0.01,
+    warmup: int | None = None,
+    seed: int = 0,
+) -> torch.nn.Module:
+    """Task-vectors recipe: fine-tune the image tower with the zero-shot heads frozen (CE, AdamW,
+    cosine).
 
-    One task: an expert. Several (traditional multi-task learning): every step draws `batch` images of
-    each task and minimises the mean of the tasks' losses, so each task sees what its expert saw.
-    heads[i]: [C, d] (logits = normalised features @ head.T); data[i]: images uint8 [N, 32, 32, 3], labels
-    int64 [N]; warmup defaults to steps / 10. Trains `visual` in place and returns it, in eval mode.
+    One task: an expert. Several (traditional multi-task learning): every step draws `batch` images
+    of each task and minimises the mean of the tasks' losses, so each task sees what its expert saw.
+    heads[i]: [C, d] (logits = normalised features @ head.T); data[i]: images uint8 [N, 32, 32, 3],
+    labels int64 [N]; warmup defaults to steps / 10. Trains `visual` in place and returns it, in
+    eval mode.
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -121,7 +151,8 @@ def finetune_visual(visual: torch.nn.Module, heads: Sequence[torch.Tensor], data
             idx = rng.integers(0, len(images), batch)
             f = F.normalize(visual(to_tensor(images[idx])), dim=-1)
             losses.append(F.cross_entropy(f @ head_w.t(), y[idx]))
-        loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()  # one task: exactly the expert's loss
+        # one task: exactly the expert's loss
+        loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

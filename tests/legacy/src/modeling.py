@@ -1,5 +1,7 @@
 """Test-only mirror of task-vectors' `src/modeling.py`, so fixtures are pickled exactly like the
-public checkpoints (`torch.save(module)` of these classes). The loader under test never imports it."""
+public checkpoints (`torch.save(module)` of these classes). The loader under test never imports it.
+"""
+
 import torch
 
 

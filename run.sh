@@ -26,4 +26,4 @@ for script in task_arithmetic ties_merging task_wise_adamerging task_wise_adamer
 done
 
 echo "== results/mini/table.md"
-$PY -m adamerging.reporting --model mini
+$PY -m adamerging report --model mini

@@ -32,24 +32,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import torch  # noqa: E402
 
 import adamerging  # noqa: E402,F401  (first: its THP_MEM_ALLOC_ENABLE default must precede torch, as in the scripts)
-from adamerging.adaptation import Lambdas, adamerge, softmax_entropy  # noqa: E402
-from adamerging.config import RunConfig  # noqa: E402
-from adamerging.device import (
-    autocast,  # noqa: E402
-    set_precision,  # noqa: E402
-)
-from adamerging.evaluation import Normalizer  # noqa: E402
-from adamerging.heads import Head  # noqa: E402
-from adamerging.merged_encoder import MergedEncoder  # noqa: E402
-from adamerging.merging import zero_task_vectors  # noqa: E402
-from adamerging.models import (
+from adamerging.merging.encoder import MergedEncoder  # noqa: E402
+from adamerging.merging.task_vectors import zero_task_vectors  # noqa: E402
+from adamerging.methods.adamerging import Lambdas, adamerge, softmax_entropy  # noqa: E402
+from adamerging.models.clip import (  # noqa: E402
     VISUAL_PREFIX,
     create_clip,
     encoder_state_dict,
     image_size,
     normalization,
-)  # noqa: E402
-from adamerging.problem import TaskData  # noqa: E402
+)
+from adamerging.models.evaluation import Normalizer  # noqa: E402
+from adamerging.models.heads import Head  # noqa: E402
+from adamerging.run.config import RunConfig  # noqa: E402
+from adamerging.run.problem import TaskData  # noqa: E402
+from adamerging.runtime.device import autocast, set_precision
 
 
 def sync(device: torch.device) -> None:

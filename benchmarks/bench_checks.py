@@ -7,7 +7,7 @@ Writes (once, into --workdir) random-weight checkpoints in the public task-vecto
 bench_memory.py does, then on one torch thread, min over --repeats:
 - `load_task_vectors_s`: the whole loading (checkpoints -> theta_0 and task vectors, with the
   checks), the file hashes already cached (every run after the first);
-- `norms_and_cosines_s`: `provenance.task_vector_stats` over the loaded task vectors (every run);
+- `norms_and_cosines_s`: `stats.task_vector_stats` over the loaded task vectors (every run);
 - `hash_files_s`: sha256 of every checkpoint file read from the page cache (the first run only: a
   background thread, overlapping the loading; later runs find the hashes in the cache).
 Random weights: the numbers are time, not accuracy. Not part of the test suite.
@@ -36,9 +36,10 @@ def main(argv=None) -> dict:
     import torch
     from bench_memory import TASKS, prepare
 
-    from adamerging.pipeline import parse_config
-    from adamerging.problem import load_task_vectors
-    from adamerging.provenance import FileHashes, task_vector_stats
+    from adamerging.checkpoints.hashing import FileHashes
+    from adamerging.commands.pipeline import parse_config
+    from adamerging.merging.stats import task_vector_stats
+    from adamerging.run.experts import load_task_vectors
 
     torch.set_num_threads(1)
     work = Path(args.workdir)

@@ -32,6 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_memory  # noqa: E402
 
+from adamerging.datasets.preprocessing import preprocess_images  # noqa: E402
+from adamerging.datasets.splits import read_task_split  # noqa: E402
+
 
 def fusionbench_child(args) -> None:
     """The FusionBench side, in this (separate-environment) process."""
@@ -44,11 +47,10 @@ def fusionbench_child(args) -> None:
         get_layer_wise_weights,
     )
 
-    from adamerging import datasets as ds
-    from adamerging.checkpoints import load_checkpoint
-    from adamerging.evaluation import Normalizer
-    from adamerging.heads import load_head
-    from adamerging.models import VISUAL_PREFIX, create_clip, image_size, normalization
+    from adamerging.checkpoints.loading import load_checkpoint
+    from adamerging.models.clip import VISUAL_PREFIX, create_clip, image_size, normalization
+    from adamerging.models.evaluation import Normalizer
+    from adamerging.models.heads import load_head
 
     torch.manual_seed(0)
     folder = Path(args.workdir) / "checkpoints" / args.model
@@ -79,9 +81,9 @@ def fusionbench_child(args) -> None:
     normalize = Normalizer(mean, std, "cpu")
     data = {}
     for task in tasks:
-        split = ds.read_task_split(task, Path(args.workdir) / "data", "test")
+        split = read_task_split(task, Path(args.workdir) / "data", "test")
         data[task] = (
-            ds.preprocess_images(split, image_size(clip)),
+            preprocess_images(split, image_size(clip)),
             load_head(folder / f"head_{task}.pt"),
         )
     optimizer = torch.optim.Adam([module.merge_weight], lr=1e-3)

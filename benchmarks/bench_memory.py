@@ -134,9 +134,9 @@ def prepare(model: str, workdir: Path, num_tasks: int, seed: int = 0) -> None:
     import torch
     from fake_data import write_fake_dataset
 
-    from adamerging.datasets import TASK_DIRS
-    from adamerging.models import create_clip
-    from adamerging.task_vectors_format import save_classification_head, save_image_encoder
+    from adamerging.datasets.tasks import TASK_DIRS
+    from adamerging.models.clip import create_clip
+    from adamerging.models.task_vectors_format import save_classification_head, save_image_encoder
 
     torch.manual_seed(seed)
     folder = workdir / "checkpoints" / model

@@ -6,7 +6,7 @@ it was.
 
 Random theta_0, task vectors and dL/dtheta on the model's visual entries; a layer-wise lambdas table
 (`adaptation.Lambdas`, clamped in the forward as in a step). Rows:
-- engine: `merging.merge_entry`, what `MergedEncoder.params` calls once per step;
+- engine: `task_vectors.merge_entry`, what `MergedEncoder.params` calls once per step;
 - tensordot + add: theta_0 + tensordot(lambdas_j, tau_j), the formula before the in-place add (one
   more full-size temporary per entry, which on the CPU is mostly page faults of fresh memory);
 - c[0] * theta_0 + ...: the pre-redesign formula with the pretrained coefficient (always 1) in the
@@ -28,15 +28,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import torch  # noqa: E402
 
 import adamerging  # noqa: E402,F401  (first: its THP_MEM_ALLOC_ENABLE default must precede torch, as in the scripts)
-from adamerging.adaptation import Lambdas  # noqa: E402
-from adamerging.merging import merge_entry  # noqa: E402
-from adamerging.models import VISUAL_PREFIX, create_clip, encoder_state_dict  # noqa: E402
+from adamerging.merging.task_vectors import merge_entry  # noqa: E402
+from adamerging.methods.adamerging import Lambdas  # noqa: E402
+from adamerging.models.clip import VISUAL_PREFIX, create_clip, encoder_state_dict  # noqa: E402
 
 # (theta0_j, lambdas_j, tau_j) -> theta_j
 Merge = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 VARIANTS: dict[str, Merge] = {
-    "engine: merging.merge_entry": merge_entry,
+    "engine: task_vectors.merge_entry": merge_entry,
     "tensordot + add (before)": lambda theta0, lam, tau: theta0 + torch.tensordot(lam, tau, dims=1),
     "c[0] * theta_0 + ... (pre-redesign)": lambda theta0, lam, tau: (
         (lam.sum() * 0 + 1) * theta0 + torch.tensordot(lam, tau, dims=1)

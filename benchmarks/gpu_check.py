@@ -43,19 +43,19 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import torch  # noqa: E402
 
-from adamerging.adaptation import (  # noqa: E402
+from adamerging.merging.encoder import MergedEncoder  # noqa: E402
+from adamerging.methods.adamerging import (  # noqa: E402
     AdaMerging,
     AdaptationStopped,
     Lambdas,
     adamerge,
     adamerging_step,
     plan_for,
-)  # noqa: E402
-from adamerging.config import RunConfig  # noqa: E402
-from adamerging.device import numerics, set_precision  # noqa: E402
-from adamerging.evaluation import Normalizer, evaluate_accuracy  # noqa: E402
-from adamerging.merged_encoder import MergedEncoder  # noqa: E402
-from adamerging.problem import TaskData  # noqa: E402
+)
+from adamerging.models.evaluation import Normalizer, evaluate_accuracy  # noqa: E402
+from adamerging.run.config import RunConfig  # noqa: E402
+from adamerging.run.problem import TaskData  # noqa: E402
+from adamerging.runtime.device import numerics, set_precision  # noqa: E402
 
 # Acceptance bounds of the correctness section (relative loss difference, minimum gradient cosine)
 BOUNDS = {

@@ -4,7 +4,7 @@ its loss, on a labeled sample of each task's test split, and writes results/<mod
     python src/diagnose.py --model ViT-B-32 [--samples 256] [--lambdas 0,0.1,...,1.0]
 """
 
-from adamerging.diagnostics.command import main
+from adamerging.commands.diagnose import main
 
 if __name__ == "__main__":
     main()

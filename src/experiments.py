@@ -6,7 +6,7 @@ EXPERIMENT: main-table, published, entropy-loss, coefficients, generalization, r
 ablations or all.
 """
 
-from adamerging.experiments import main
+from adamerging.commands.experiments import main
 
 if __name__ == "__main__":
     main()

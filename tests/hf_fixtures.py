@@ -128,7 +128,7 @@ def hf_vision(with_projection: bool, seed: int = 0):
 
 
 def open_clip_model(seed: int | None = None) -> torch.nn.Module:
-    """The matching open_clip CLIP (QuickGELU, as models.create_clip builds the OpenAI models)."""
+    """The matching open_clip CLIP (QuickGELU, as clip.create_clip builds the OpenAI models)."""
     vision = dict(
         image_size=IMAGE_SIZE,
         layers=V_LAYERS,
@@ -179,8 +179,8 @@ def write_random_hf_checkpoints(root, model: str, tasks, scale: float = 0.05, se
     """
     from pathlib import Path
 
-    from adamerging import hf_export
-    from adamerging.models import create_clip
+    from adamerging.checkpoints import hf_export
+    from adamerging.models.clip import create_clip
 
     torch.manual_seed(seed)
     folder = Path(root) / model

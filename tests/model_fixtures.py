@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from adamerging.checkpoints import save_state_dict
-from adamerging.models import create_clip
-from adamerging.task_vectors_format import save_classification_head, save_image_encoder
+from adamerging.checkpoints.loading import save_state_dict
+from adamerging.models.clip import create_clip
+from adamerging.models.task_vectors_format import save_classification_head, save_image_encoder
 
 
 def _perturbed(clip: torch.nn.Module, model: str, scale: float) -> torch.nn.Module:

@@ -4,20 +4,21 @@ learning."""
 import pytest
 import torch
 
-from adamerging.adaptation import Lambdas, adamerge, softmax_entropy
-from adamerging.config import RunConfig
-from adamerging.evaluation import Normalizer
-from adamerging.heads import Head
-from adamerging.merged_encoder import MergedEncoder
-from adamerging.merging import merge, published_table
-from adamerging.models import (
+from adamerging.merging.encoder import MergedEncoder
+from adamerging.merging.tables import published_table
+from adamerging.merging.task_vectors import merge
+from adamerging.methods.adamerging import Lambdas, adamerge, softmax_entropy
+from adamerging.models.clip import (
     VISUAL_PREFIX,
     create_clip,
     encoder_state_dict,
     load_encoder_weights,
     normalization,
 )
-from adamerging.problem import TaskData
+from adamerging.models.evaluation import Normalizer
+from adamerging.models.heads import Head
+from adamerging.run.config import RunConfig
+from adamerging.run.problem import TaskData
 
 
 def _problem(model="mini", tasks=2, classes=4, images=32, scale=0.02, seed=0):

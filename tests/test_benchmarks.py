@@ -84,8 +84,8 @@ def test_bench_memory_prepares_checkpoints_the_methods_load_and_passes_valid_fla
     bench.prepare("mini", tmp_path, num_tasks=1)
     assert bench.prepared_tasks("mini", tmp_path) == 1
     sys.path.insert(0, str(bench.ROOT / "src"))
-    from adamerging.pipeline import parse_config
-    from adamerging.problem import load_problem
+    from adamerging.commands.pipeline import parse_config
+    from adamerging.run.problem import load_problem
 
     args = bench.argparse.Namespace(
         num_tasks=1,
@@ -102,7 +102,7 @@ def test_bench_memory_prepares_checkpoints_the_methods_load_and_passes_valid_fla
     # the checkpoints it writes load (with TIES vectors too)
     problem = load_problem(config, "ties", {})
     assert problem.tasks == bench.TASKS[:1]
-    from adamerging.train_data import train_samples
+    from adamerging.run.train_data import train_samples
 
     # the train split
     assert config.train_images == 32 and [

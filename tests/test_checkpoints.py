@@ -9,9 +9,10 @@ import pytest
 import torch
 
 import adamerging  # noqa: F401  (torchvision shim)
-from adamerging.checkpoints import CheckpointError, load_checkpoint, save_state_dict
-from adamerging.models import create_clip, encoder_state_dict
-from adamerging.task_vectors_format import save_classification_head, save_image_encoder
+from adamerging.checkpoints.loading import load_checkpoint, save_state_dict
+from adamerging.models.clip import create_clip, encoder_state_dict
+from adamerging.models.task_vectors_format import save_classification_head, save_image_encoder
+from adamerging.runtime.errors import CheckpointError
 
 LEGACY = Path(__file__).parent / "legacy"
 
@@ -510,15 +511,15 @@ def load_without_this_package(paths, features=None, images=None) -> dict:
 def test_written_pickles_load_with_plain_torch_load_and_open_clip_only(tmp_path):
     from model_fixtures import mini_argv, write_mini_problem
 
-    from adamerging.pipeline import parse_config, run
+    from adamerging.commands.pipeline import parse_config, run
 
     clip = create_clip("mini")
     # the lean activation is in use here
-    assert any(type(m).__module__ == "adamerging.models" for m in clip.modules())
+    assert any(type(m).__module__ == "adamerging.models.clip" for m in clip.modules())
     save_image_encoder(clip, tmp_path / "zeroshot.pt")
     save_classification_head(torch.randn(3, 128), tmp_path / "head.pt")
     # the caller's model is left as it was
-    assert any(type(m).__module__ == "adamerging.models" for m in clip.modules())
+    assert any(type(m).__module__ == "adamerging.models.clip" for m in clip.modules())
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         features = clip.encode_image(images)

@@ -7,10 +7,9 @@ from pathlib import Path
 import pytest
 
 import adamerging
-from adamerging.checkpoints import CheckpointError
-from adamerging.cli import RunStopped, command_name, run_cli
-from adamerging.config import RunConfig
-from adamerging.datasets import DatasetError
+from adamerging.run.config import RunConfig
+from adamerging.runtime.cli import command_name, run_cli
+from adamerging.runtime.errors import CheckpointError, DatasetError, RunStopped
 
 
 def _raise(error: BaseException):
@@ -64,7 +63,7 @@ def test_a_bug_keeps_its_traceback_and_success_passes_the_arguments():
 
 
 def test_a_saved_run_is_reused_only_for_an_equal_config():
-    from adamerging.experiments.common import same_run
+    from adamerging.commands.experiments.common import same_run
 
     config = RunConfig(model="mini", steps=5, tasks="MNIST,SVHN")
     saved = {
@@ -89,7 +88,7 @@ def test_a_misspelled_method_is_named_with_the_nearest_ones(capsys):
         main(["task_aritmetic", "--model", "mini"])
     err = capsys.readouterr().err.strip()
     assert exit_.value.code == 2 and len(err.splitlines()) == 1
-    assert "unknown method 'task_aritmetic'; did you mean task_arithmetic" in err
+    assert "unknown method or command 'task_aritmetic'; did you mean task_arithmetic" in err
 
 
 @pytest.mark.parametrize(
@@ -97,15 +96,21 @@ def test_a_misspelled_method_is_named_with_the_nearest_ones(capsys):
     [
         # the installed command
         ("/env/bin/adamerging-prepare", "adamerging-prepare"),
-        # python -m
-        (str(Path(adamerging.__file__).parent / "prepare.py"), "python -m adamerging.prepare"),
+        # the installed main command, `adamerging prepare`
+        ("/env/bin/adamerging", "adamerging prepare"),
+        # python -m adamerging prepare, or python -m adamerging.datasets.prepare
+        (str(Path(adamerging.__file__).parent / "__main__.py"), "python -m adamerging prepare"),
+        (
+            str(Path(adamerging.__file__).parent / "datasets" / "prepare.py"),
+            "python -m adamerging prepare",
+        ),
         # a script, as argparse names it
         ("src/main_task_arithmetic.py", "main_task_arithmetic.py"),
         # python -c / embedded
-        ("-c", "python -m adamerging.prepare"),
+        ("-c", "python -m adamerging prepare"),
     ],
 )
 def test_usage_lines_name_the_command_as_typed(monkeypatch, argv0, expected):
     monkeypatch.setattr("sys.argv", [argv0, "--help"])
-    assert command_name("adamerging.prepare") == expected
-    assert command_name("adamerging.prepare", "x") == expected + " x"
+    assert command_name("adamerging prepare") == expected
+    assert command_name("adamerging prepare", "x") == expected + " x"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from adamerging.config import RunConfig, build_parser, config_from_namespace
-from adamerging.pipeline import METHODS, parse_config
+from adamerging.commands.pipeline import METHODS, parse_config
+from adamerging.run.config import RunConfig, build_parser, config_from_namespace
 
 
 def test_no_flags_give_the_dataclass_defaults_and_every_field_has_a_flag():
@@ -72,7 +72,7 @@ def test_bad_values_are_one_line_errors():
 
 
 def test_every_method_is_described_by_registry_facts():
-    from adamerging.pipeline import MERGE_RULES
+    from adamerging.commands.pipeline import MERGE_RULES
 
     for m in METHODS.values():
         assert m.vectors in ("plain", "ties", "none") and m.granularity in (

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from adamerging.corruptions import CORRUPTIONS, corrupt
+from adamerging.datasets.corruptions import CORRUPTIONS, corrupt
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,13 @@ from model_fixtures import MINI_TASKS, mini_argv, write_mini_problem, write_rand
 from torch import nn
 from torch.func import functional_call
 
-from adamerging import pipeline
-from adamerging.checkpoints import load_checkpoint
-from adamerging.datasets import DatasetError
-from adamerging.fisher import FisherAverage, batches, fisher_diagonal
-from adamerging.models import create_clip
-from adamerging.regmean import RegMeanSums, attention_context, gram_sums, linear_inputs
-from adamerging.train_data import sample_indices
+from adamerging.checkpoints.loading import load_checkpoint
+from adamerging.commands import pipeline
+from adamerging.methods.fisher import FisherAverage, batches, fisher_diagonal
+from adamerging.methods.regmean import RegMeanSums, attention_context, gram_sums, linear_inputs
+from adamerging.models.clip import create_clip
+from adamerging.run.train_data import sample_indices
+from adamerging.runtime.errors import DatasetError
 
 
 def _two_layer(seed: int) -> tuple[nn.Module, dict[str, torch.Tensor]]:
@@ -348,9 +348,9 @@ def test_activation_checkpointing_gives_the_same_fisher_and_coefficients_are_ref
 def test_the_data_based_methods_hold_no_task_vectors_and_read_every_expert_file_first(
     mini, tmp_path
 ):
-    from adamerging.merged_encoder import MergedEncoder
-    from adamerging.merging import is_zero_view
-    from adamerging.problem import load_task_vectors
+    from adamerging.merging.encoder import MergedEncoder
+    from adamerging.merging.task_vectors import is_zero_view
+    from adamerging.run.experts import load_task_vectors
 
     config = pipeline.parse_config("regmean", mini_argv(mini))
     assert (

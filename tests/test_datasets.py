@@ -14,15 +14,28 @@ import numpy as np
 import pytest
 
 import adamerging  # noqa: F401  (before torchvision: installs the compat shim)
-from adamerging import datasets as ds
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fake_data import read_expected, write_fake_dataset  # noqa: E402
 
-TASKS = ds.TASKS
+from adamerging.datasets import preprocessing
+from adamerging.datasets.labels import task_templates
+from adamerging.datasets.preprocessing import _load_image, preprocess_images
+from adamerging.datasets.splits import parse_test_split, read_split
+from adamerging.datasets.tasks import (
+    PAPER_TEST_SIZES,
+    TASK_DIRS,
+    TASKS,
+    Split,
+    canonical_task,
+    task_folder,
+)
+from adamerging.runtime.errors import DatasetError
+
+TASKS = TASKS
 
 
-def _check_against_expected(split: ds.Split, root: Path, which: str) -> None:
+def _check_against_expected(split: Split, root: Path, which: str) -> None:
     exp = read_expected(split.task, root, which)
     assert len(split) == exp["n"]
     assert split.labels.dtype == np.int64
@@ -46,7 +59,7 @@ def _check_against_expected(split: ds.Split, root: Path, which: str) -> None:
 @pytest.mark.parametrize("task", TASKS)
 def test_test_split_reads_back(tmp_path: Path, task: str, layout: str) -> None:
     write_fake_dataset(task, tmp_path, n_per_class=1 if task == "Cars" else 2, layout=layout)
-    split = ds.read_split(task, tmp_path, "test")
+    split = read_split(task, tmp_path, "test")
     assert split.task == task and split.split == "test"
     _check_against_expected(split, tmp_path, "test")
     full = {
@@ -65,17 +78,17 @@ def test_test_split_reads_back(tmp_path: Path, task: str, layout: str) -> None:
 @pytest.mark.parametrize("task", TASKS)
 def test_train_split_reads_back(tmp_path: Path, task: str) -> None:
     write_fake_dataset(task, tmp_path, n_per_class=1, split="both")
-    _check_against_expected(ds.read_split(task, tmp_path, "train"), tmp_path, "train")
-    _check_against_expected(ds.read_split(task, tmp_path, "test"), tmp_path, "test")
+    _check_against_expected(read_split(task, tmp_path, "train"), tmp_path, "train")
+    _check_against_expected(read_split(task, tmp_path, "test"), tmp_path, "test")
 
 
 def test_task_lookup_is_case_insensitive(tmp_path: Path) -> None:
     write_fake_dataset("MNIST", tmp_path, n_per_class=1)
-    assert ds.read_split("mnist", tmp_path).task == "MNIST"
-    assert ds.read_split("MNIST", tmp_path).task == "MNIST"
-    assert ds.canonical_task("eurosat") == "EuroSAT"
-    with pytest.raises(ds.DatasetError) as err:
-        ds.read_split("ImageNet", tmp_path)
+    assert read_split("mnist", tmp_path).task == "MNIST"
+    assert read_split("MNIST", tmp_path).task == "MNIST"
+    assert canonical_task("eurosat") == "EuroSAT"
+    with pytest.raises(DatasetError) as err:
+        read_split("ImageNet", tmp_path)
     for t in TASKS:
         assert t in str(err.value)
 
@@ -89,7 +102,7 @@ def test_cars_labels_are_one_based_in_the_mat(tmp_path: Path) -> None:
     ]
     stored = np.asarray([int(a["class"]) for a in annos])
     assert stored.min() == 1 and stored.max() == 5
-    split = ds.read_split("Cars", tmp_path)
+    split = read_split("Cars", tmp_path)
     assert split.labels.tolist() == (stored - 1).tolist()
     assert split.classnames[3] == "Make3 Model 3 2003"  # cars_meta.mat name, `_` -> space
 
@@ -101,7 +114,7 @@ def test_svhn_label_10_means_zero(tmp_path: Path) -> None:
     mat = scipy.io.loadmat(base / "test_32x32.mat")
     y = mat["y"].reshape(-1)
     assert (y == 10).sum() == 3 and (y == 0).sum() == 0
-    split = ds.read_split("SVHN", tmp_path)
+    split = read_split("SVHN", tmp_path)
     assert (split.labels[y == 10] == 0).all()
     assert (split.labels[y != 10] == y[y != 10]).all()
     np.testing.assert_array_equal(split.images[5], mat["X"][:, :, :, 5])
@@ -109,13 +122,13 @@ def test_svhn_label_10_means_zero(tmp_path: Path) -> None:
 
 def test_mnist_gz_files(tmp_path: Path) -> None:
     base = write_fake_dataset("MNIST", tmp_path, n_per_class=2)
-    before = ds.read_split("MNIST", tmp_path)
+    before = read_split("MNIST", tmp_path)
     for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
         raw = base / "raw" / name
         with gzip.open(f"{raw}.gz", "wb") as f:
             f.write(raw.read_bytes())
         raw.unlink()
-    after = ds.read_split("MNIST", tmp_path)
+    after = read_split("MNIST", tmp_path)
     np.testing.assert_array_equal(after.labels, before.labels)
     np.testing.assert_array_equal(after.images, before.images)
     # grayscale replicated to 3 channels
@@ -125,8 +138,8 @@ def test_mnist_gz_files(tmp_path: Path) -> None:
 def test_test_dir_choice_when_both_layouts_exist(tmp_path: Path) -> None:
     write_fake_dataset("DTD", tmp_path, n_per_class=1, num_classes=3, layout="task_vectors")
     write_fake_dataset("DTD", tmp_path, n_per_class=2, num_classes=3, layout="fork")
-    assert ds.read_split("DTD", tmp_path).source.endswith("val")  # task-vectors' folder first
-    picked = ds.read_split("DTD", tmp_path, test_dir="test")
+    assert read_split("DTD", tmp_path).source.endswith("val")  # task-vectors' folder first
+    picked = read_split("DTD", tmp_path, test_dir="test")
     assert picked.source.endswith("test") and len(picked) == 6
 
 
@@ -136,9 +149,9 @@ def test_ambiguous_test_split_warns_names_the_folder_and_is_recorded(
 ) -> None:
     write_fake_dataset(task, tmp_path, n_per_class=1, num_classes=3, layout="task_vectors")
     write_fake_dataset(task, tmp_path, n_per_class=2, num_classes=3, layout="fork")
-    base = ds.task_folder(task, tmp_path)
+    base = task_folder(task, tmp_path)
     with caplog.at_level("WARNING", logger="adamerging.datasets"):
-        default = ds.read_split(task, tmp_path)
+        default = read_split(task, tmp_path)
     assert default.source == str(base / "val") and len(default) == 3  # the current default is kept
     notes = [r.getMessage() for r in caplog.records if "test split candidate" in r.getMessage()]
     assert (
@@ -152,12 +165,12 @@ def test_ambiguous_test_split_warns_names_the_folder_and_is_recorded(
         "test_split": "val",
         "chosen_by": "default",
         "paper_n_images": (
-            list(ds.PAPER_TEST_SIZES[task]) if task == "SUN397" else ds.PAPER_TEST_SIZES[task][0]
+            list(PAPER_TEST_SIZES[task]) if task == "SUN397" else PAPER_TEST_SIZES[task][0]
         ),
     }
     caplog.clear()
     with caplog.at_level("WARNING", logger="adamerging.datasets"):
-        chosen = ds.read_split(task, tmp_path, test_dir=ds.parse_test_split("test")[task])
+        chosen = read_split(task, tmp_path, test_dir=parse_test_split("test")[task])
     assert chosen.source == str(base / "test") and len(chosen) == 6
     assert (
         chosen.record()["chosen_by"] == "--test-split" and chosen.record()["test_split"] == "test"
@@ -169,42 +182,40 @@ def test_ambiguous_test_split_warns_names_the_folder_and_is_recorded(
     shutil.rmtree(base / "val")
     caplog.clear()
     with caplog.at_level("WARNING", logger="adamerging.datasets"):
-        assert ds.read_split(task, tmp_path).source == str(base / "test")
+        assert read_split(task, tmp_path).source == str(base / "test")
     assert not [r for r in caplog.records if "test split candidate" in r.getMessage()]
 
 
 def test_test_split_flag_values() -> None:
-    assert ds.parse_test_split(None) == {}
-    assert ds.parse_test_split("test") == {"SUN397": "test", "DTD": "test"}
-    assert ds.parse_test_split("val, eurosat=val,RESISC45=test") == {
+    assert parse_test_split(None) == {}
+    assert parse_test_split("test") == {"SUN397": "test", "DTD": "test"}
+    assert parse_test_split("val, eurosat=val,RESISC45=test") == {
         "SUN397": "val",
         "DTD": "val",
         "EuroSAT": "val",
         "RESISC45": "test",
     }
-    with pytest.raises(ds.DatasetError, match="MNIST: has a single test split"):
-        ds.parse_test_split("MNIST=val")
+    with pytest.raises(DatasetError, match="MNIST: has a single test split"):
+        parse_test_split("MNIST=val")
     with pytest.raises(
-        ds.DatasetError, match=r"DTD: --test-split 'train' .*expected one of val, test"
+        DatasetError, match=r"DTD: --test-split 'train' .*expected one of val, test"
     ):
-        ds.parse_test_split("DTD=train")
-    with pytest.raises(ds.DatasetError, match="unknown task"):
-        ds.parse_test_split("Flowers=val")
+        parse_test_split("DTD=train")
+    with pytest.raises(DatasetError, match="unknown task"):
+        parse_test_split("Flowers=val")
 
 
 def test_validation_split_of_eurosat_and_resisc45_only_when_chosen(tmp_path: Path) -> None:
     for task in ("EuroSAT", "RESISC45"):
         write_fake_dataset(task, tmp_path, n_per_class=1)
-    base = ds.task_folder("EuroSAT", tmp_path)
+    base = task_folder("EuroSAT", tmp_path)
     (base / "test").rename(base / "val")
-    with pytest.raises(ds.DatasetError, match=r"EuroSAT_splits/test"):
-        ds.read_split("EuroSAT", tmp_path)  # never guessed
-    assert ds.read_split("EuroSAT", tmp_path, test_dir="val").record()["source"] == str(
-        base / "val"
-    )
-    lists = ds.task_folder("RESISC45", tmp_path)
+    with pytest.raises(DatasetError, match=r"EuroSAT_splits/test"):
+        read_split("EuroSAT", tmp_path)  # never guessed
+    assert read_split("EuroSAT", tmp_path, test_dir="val").record()["source"] == str(base / "val")
+    lists = task_folder("RESISC45", tmp_path)
     (lists / "resisc45-test.txt").rename(lists / "resisc45-val.txt")
-    assert ds.read_split("RESISC45", tmp_path, test_dir="val").source == str(
+    assert read_split("RESISC45", tmp_path, test_dir="val").source == str(
         lists / "resisc45-val.txt"
     )
 
@@ -212,7 +223,7 @@ def test_validation_split_of_eurosat_and_resisc45_only_when_chosen(tmp_path: Pat
 def test_test_set_size_differing_from_the_paper_warns(tmp_path: Path, caplog) -> None:
     write_fake_dataset("MNIST", tmp_path, n_per_class=3)
     with caplog.at_level("WARNING", logger="adamerging.datasets"):
-        split = ds.read_split("MNIST", tmp_path)
+        split = read_split("MNIST", tmp_path)
     notes = [r.getMessage() for r in caplog.records if "the paper's test set" in r.getMessage()]
     assert (
         len(notes) == 1
@@ -224,15 +235,15 @@ def test_test_set_size_differing_from_the_paper_warns(tmp_path: Path, caplog) ->
     write_fake_dataset("MNIST", tmp_path / "full", n_per_class=1000, image_size=2)
     caplog.clear()
     with caplog.at_level("WARNING", logger="adamerging.datasets"):
-        assert len(ds.read_split("MNIST", tmp_path / "full")) == 10000
+        assert len(read_split("MNIST", tmp_path / "full")) == 10000
     assert not caplog.records
     # a miniature benchmark (classnames.txt) is small by design: no warning
-    (ds.task_folder("MNIST", tmp_path) / "classnames.txt").write_text(
+    (task_folder("MNIST", tmp_path) / "classnames.txt").write_text(
         "".join(f"{i}\n" for i in range(10))
     )
     caplog.clear()
     with caplog.at_level("WARNING", logger="adamerging.datasets"):
-        ds.read_split("MNIST", tmp_path)
+        read_split("MNIST", tmp_path)
     assert not caplog.records
 
 
@@ -243,11 +254,11 @@ def test_two_different_cars_annotation_copies_warn(tmp_path: Path, caplog) -> No
         (base / "cars_test_annos_withlabels.mat").read_bytes()
     )
     with caplog.at_level("WARNING", logger="adamerging.datasets"):
-        ds.read_split("Cars", tmp_path)
+        read_split("Cars", tmp_path)
     assert not caplog.records  # identical copies: nothing to choose
     (base / "devkit" / "cars_test_annos_withlabels.mat").write_bytes(b"other")
     with caplog.at_level("WARNING", logger="adamerging.datasets"):
-        split = ds.read_split("Cars", tmp_path)
+        split = read_split("Cars", tmp_path)
     assert split.source == str(base / "cars_test_annos_withlabels.mat")
     assert any(
         "two different labelled test annotation files" in r.getMessage()
@@ -261,38 +272,38 @@ def test_two_different_cars_annotation_copies_warn(tmp_path: Path, caplog) -> No
 
 def test_classnames_override(tmp_path: Path) -> None:
     base = write_fake_dataset("SUN397", tmp_path, n_per_class=1, num_classes=3)
-    assert ds.read_split("SUN397", tmp_path).classnames == ["abbey", "airplane cabin", "bedroom"]
+    assert read_split("SUN397", tmp_path).classnames == ["abbey", "airplane cabin", "bedroom"]
     (base / "classnames.txt").write_text("one\ntwo\nthree\n")
-    assert ds.read_split("SUN397", tmp_path).classnames == ["one", "two", "three"]
+    assert read_split("SUN397", tmp_path).classnames == ["one", "two", "three"]
     (base / "classnames.txt").write_text("one\ntwo\n")
-    with pytest.raises(ds.DatasetError, match="classnames.txt"):
-        ds.read_split("SUN397", tmp_path)
+    with pytest.raises(DatasetError, match="classnames.txt"):
+        read_split("SUN397", tmp_path)
 
 
 def test_fewer_classes_than_fixed_list_needs_classnames_txt(tmp_path: Path) -> None:
     base = write_fake_dataset("RESISC45", tmp_path, n_per_class=1, num_classes=5)
-    with pytest.raises(ds.DatasetError, match=r"found 5 class folders.*45 names.*classnames\.txt"):
-        ds.read_split("RESISC45", tmp_path)
+    with pytest.raises(DatasetError, match=r"found 5 class folders.*45 names.*classnames\.txt"):
+        read_split("RESISC45", tmp_path)
     names = ["plane", "port", "diamond", "court", "beach"]
     (base / "classnames.txt").write_text("\n".join(names))
-    split = ds.read_split("RESISC45", tmp_path)
+    split = read_split("RESISC45", tmp_path)
     assert split.classnames == names
     assert split.labels.tolist() == read_expected("RESISC45", tmp_path)["labels"]
 
 
 def test_label_only_tasks_check_labels_against_names(tmp_path: Path) -> None:
     base = write_fake_dataset("GTSRB", tmp_path, n_per_class=1, num_classes=4)
-    assert len(ds.read_split("GTSRB", tmp_path).classnames) == 43  # labels 0..3 fit the fixed list
+    assert len(read_split("GTSRB", tmp_path).classnames) == 43  # labels 0..3 fit the fixed list
     (base / "classnames.txt").write_text("a\nb\nc\nd\n")
-    assert ds.read_split("GTSRB", tmp_path).classnames == ["a", "b", "c", "d"]
+    assert read_split("GTSRB", tmp_path).classnames == ["a", "b", "c", "d"]
     (base / "classnames.txt").write_text("a\nb\nc\n")
-    with pytest.raises(ds.DatasetError, match=r"range over \[0, 3\].*3 names"):
-        ds.read_split("GTSRB", tmp_path)
+    with pytest.raises(DatasetError, match=r"range over \[0, 3\].*3 names"):
+        read_split("GTSRB", tmp_path)
 
 
 def test_eurosat_unknown_folder_needs_classnames_txt(tmp_path: Path) -> None:
     base = write_fake_dataset("EuroSAT", tmp_path, n_per_class=1, num_classes=3)
-    assert ds.read_split("EuroSAT", tmp_path).classnames == [
+    assert read_split("EuroSAT", tmp_path).classnames == [
         "annual crop land",
         "forest",
         "brushland or shrubland",
@@ -301,19 +312,19 @@ def test_eurosat_unknown_folder_needs_classnames_txt(tmp_path: Path) -> None:
     (base / "test" / "Glacier" / "x.jpg").write_bytes(
         (base / "test" / "Forest" / "img_0000.jpg").read_bytes()
     )
-    with pytest.raises(ds.DatasetError, match="Glacier"):
-        ds.read_split("EuroSAT", tmp_path)
+    with pytest.raises(DatasetError, match="Glacier"):
+        read_split("EuroSAT", tmp_path)
 
 
 def test_templates(tmp_path: Path) -> None:
     base = write_fake_dataset("MNIST", tmp_path, n_per_class=1)
-    assert ds.task_templates("mnist", tmp_path) == ['a photo of the number: "{c}".']
-    assert len(ds.task_templates("Cars", tmp_path / "nowhere")) == 8  # built-ins need no data
+    assert task_templates("mnist", tmp_path) == ['a photo of the number: "{c}".']
+    assert len(task_templates("Cars", tmp_path / "nowhere")) == 8  # built-ins need no data
     (base / "templates.txt").write_text("a {c}.\na digit {c}.\n")
-    assert ds.task_templates("MNIST", tmp_path) == ["a {c}.", "a digit {c}."]
+    assert task_templates("MNIST", tmp_path) == ["a {c}.", "a digit {c}."]
     (base / "templates.txt").write_text("a {c}.\nno placeholder\n")
-    with pytest.raises(ds.DatasetError, match="placeholder"):
-        ds.task_templates("MNIST", tmp_path)
+    with pytest.raises(DatasetError, match="placeholder"):
+        task_templates("MNIST", tmp_path)
 
 
 # ----- errors -------------------------------------------------------------------------------------
@@ -321,17 +332,17 @@ def test_templates(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("task", TASKS)
 def test_missing_dataset_names_expected_path(tmp_path: Path, task: str) -> None:
-    with pytest.raises(ds.DatasetError) as err:
-        ds.read_split(task, tmp_path)
+    with pytest.raises(DatasetError) as err:
+        read_split(task, tmp_path)
     msg = str(err.value)
-    assert msg.startswith(f"{task}: expected {tmp_path / ds.TASK_DIRS[task]}")
+    assert msg.startswith(f"{task}: expected {tmp_path / TASK_DIRS[task]}")
     assert "not found" in msg and str(tmp_path) in msg
 
 
 def test_missing_mnist_message(tmp_path: Path) -> None:
     (tmp_path / "MNIST").mkdir()
-    with pytest.raises(ds.DatasetError) as err:
-        ds.read_split("MNIST", tmp_path)
+    with pytest.raises(DatasetError) as err:
+        read_split("MNIST", tmp_path)
     msg = str(err.value)
     assert (
         f"expected {tmp_path / 'MNIST' / 'raw' / 't10k-images-idx3-ubyte'} (torchvision's MNIST"
@@ -342,8 +353,8 @@ def test_missing_mnist_message(tmp_path: Path) -> None:
 
 def test_missing_sun397_mentions_both_layouts(tmp_path: Path) -> None:
     (tmp_path / "sun397" / "train").mkdir(parents=True)
-    with pytest.raises(ds.DatasetError) as err:
-        ds.read_split("SUN397", tmp_path)
+    with pytest.raises(DatasetError) as err:
+        read_split("SUN397", tmp_path)
     msg = str(err.value)
     assert str(tmp_path / "sun397" / "val") in msg and str(tmp_path / "sun397" / "test") in msg
     assert "train" in msg  # what was found instead
@@ -352,35 +363,35 @@ def test_missing_sun397_mentions_both_layouts(tmp_path: Path) -> None:
 def test_empty_class_folder(tmp_path: Path) -> None:
     base = write_fake_dataset("DTD", tmp_path, n_per_class=1, num_classes=3)
     (base / "val" / "zz_empty").mkdir()
-    with pytest.raises(ds.DatasetError, match=str(base / "val" / "zz_empty")):
-        ds.read_split("DTD", tmp_path)
+    with pytest.raises(DatasetError, match=str(base / "val" / "zz_empty")):
+        read_split("DTD", tmp_path)
 
 
 def test_train_and_test_classes_must_agree(tmp_path: Path) -> None:
     write_fake_dataset("DTD", tmp_path, n_per_class=1, num_classes=3, split="test")
     write_fake_dataset("DTD", tmp_path, n_per_class=1, num_classes=4, split="train")
-    with pytest.raises(ds.DatasetError, match="differ"):
-        ds.read_split("DTD", tmp_path)
+    with pytest.raises(DatasetError, match="differ"):
+        read_split("DTD", tmp_path)
 
 
 def test_split_file_listing_missing_image(tmp_path: Path) -> None:
     base = write_fake_dataset("RESISC45", tmp_path, n_per_class=1)
     gone = base / "NWPU-RESISC45" / "beach" / "beach_001.jpg"
     gone.unlink()
-    with pytest.raises(ds.DatasetError, match=str(gone)):
-        ds.read_split("RESISC45", tmp_path)
+    with pytest.raises(DatasetError, match=str(gone)):
+        read_split("RESISC45", tmp_path)
     gbase = write_fake_dataset("GTSRB", tmp_path, n_per_class=1, num_classes=3)
     gone = gbase / "GTSRB" / "Final_Test" / "Images" / "00001.ppm"
     gone.unlink()
-    with pytest.raises(ds.DatasetError, match=str(gone)):
-        ds.read_split("GTSRB", tmp_path)
+    with pytest.raises(DatasetError, match=str(gone)):
+        read_split("GTSRB", tmp_path)
 
 
 def test_cars_unlabelled_annotations_rejected(tmp_path: Path) -> None:
     base = write_fake_dataset("Cars", tmp_path, n_per_class=1, num_classes=3)
     (base / "devkit" / "cars_test_annos.mat").replace(base / "cars_test_annos_withlabels.mat")
-    with pytest.raises(ds.DatasetError, match="'class'"):
-        ds.read_split("Cars", tmp_path)
+    with pytest.raises(DatasetError, match="'class'"):
+        read_split("Cars", tmp_path)
 
 
 # ----- preprocessing ------------------------------------------------------------------------------
@@ -403,7 +414,7 @@ def test_preprocess_shape_and_centre_crop(tmp_path: Path) -> None:
     Image.fromarray(np.ascontiguousarray(_stripes(16, 8).transpose(1, 0, 2))).save(
         tmp_path / "tall.png"
     )
-    split = ds.Split(
+    split = Split(
         "DTD",
         "test",
         ["a"],
@@ -411,7 +422,7 @@ def test_preprocess_shape_and_centre_crop(tmp_path: Path) -> None:
         [str(tmp_path / "wide.png"), str(tmp_path / "tall.png")],
         str(tmp_path),
     )
-    out = ds.preprocess_images(split, 8, num_workers=1)
+    out = preprocess_images(split, 8, num_workers=1)
     assert out.shape == (2, 3, 8, 8) and str(out.dtype) == "torch.uint8"
     # 16x8 -> shorter side already 8, centre crop keeps columns 4..11: all green.
     assert (out[0, 1] == 255).all() and (out[0, 0] == 0).all() and (out[0, 2] == 0).all()
@@ -432,8 +443,8 @@ def test_preprocess_matches_torchvision_clip_transform(tmp_path: Path) -> None:
         tmp_path / "g.png"
     )
     paths.append(str(tmp_path / "g.png"))
-    split = ds.Split("DTD", "test", ["a"], np.zeros(len(paths), np.int64), paths, str(tmp_path))
-    ours = ds.preprocess_images(split, 16, num_workers=2)
+    split = Split("DTD", "test", ["a"], np.zeros(len(paths), np.int64), paths, str(tmp_path))
+    ours = preprocess_images(split, 16, num_workers=2)
     tf = T.Compose(
         [T.Resize(16, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(16), T.PILToTensor()]
     )
@@ -444,8 +455,8 @@ def test_preprocess_matches_torchvision_clip_transform(tmp_path: Path) -> None:
 
 def test_preprocess_array_images(tmp_path: Path) -> None:
     write_fake_dataset("MNIST", tmp_path, n_per_class=1, image_size=6)
-    split = ds.read_split("MNIST", tmp_path)
-    out = ds.preprocess_images(split, 12, progress=True)
+    split = read_split("MNIST", tmp_path)
+    out = preprocess_images(split, 12, progress=True)
     assert out.shape == (10, 3, 12, 12)
     assert (out[:, 0] == out[:, 1]).all()
 
@@ -453,8 +464,8 @@ def test_preprocess_array_images(tmp_path: Path) -> None:
 def test_cache_reused_and_rebuilt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data, cache = tmp_path / "data", tmp_path / "cache"
     base = write_fake_dataset("EuroSAT", data, n_per_class=2, num_classes=3, image_size=10)
-    split = ds.read_split("EuroSAT", data)
-    first = ds.preprocess_images(split, 8, cache_dir=cache)
+    split = read_split("EuroSAT", data)
+    first = preprocess_images(split, 8, cache_dir=cache)
     # no temp files left
     assert sorted(os.listdir(cache)) == ["EuroSAT_test_8.json", "EuroSAT_test_8.npy"]
     meta = json.loads((cache / "EuroSAT_test_8.json").read_text())
@@ -463,13 +474,13 @@ def test_cache_reused_and_rebuilt(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     def boom(item):  # any decode now fails: a cache hit must not decode
         raise RuntimeError("decoded")
 
-    monkeypatch.setattr(ds, "_load_image", boom)
-    again = ds.preprocess_images(split, 8, cache_dir=cache)
+    monkeypatch.setattr(preprocessing, "_load_image", boom)
+    again = preprocess_images(split, 8, cache_dir=cache)
     assert (again == first).all() and again.shape == (6, 3, 8, 8)
 
     # Another size is another cache file: it must decode.
-    with pytest.raises(ds.DatasetError, match="decoded"):
-        ds.preprocess_images(split, 9, cache_dir=cache)
+    with pytest.raises(DatasetError, match="decoded"):
+        preprocess_images(split, 9, cache_dir=cache)
     # the failed build left no temp file
     assert not [f for f in os.listdir(cache) if f.startswith(".")]
 
@@ -478,25 +489,25 @@ def test_cache_reused_and_rebuilt(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     (base / "test" / "Forest" / "img_0010.jpg").write_bytes(
         (base / "test" / "Forest" / "img_0001.jpg").read_bytes()
     )
-    grown = ds.read_split("EuroSAT", data)
-    with pytest.raises(ds.DatasetError, match="decoded"):
-        ds.preprocess_images(grown, 8, cache_dir=cache)
+    grown = read_split("EuroSAT", data)
+    with pytest.raises(DatasetError, match="decoded"):
+        preprocess_images(grown, 8, cache_dir=cache)
     monkeypatch.undo()
-    rebuilt = ds.preprocess_images(grown, 8, cache_dir=cache)
+    rebuilt = preprocess_images(grown, 8, cache_dir=cache)
     assert rebuilt.shape == (7, 3, 8, 8)
-    assert (rebuilt == ds.preprocess_images(grown, 8)).all()
+    assert (rebuilt == preprocess_images(grown, 8)).all()
 
 
 def test_array_cache_fingerprint_sees_pixels(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     write_fake_dataset("SVHN", tmp_path / "data", n_per_class=1)
-    split = ds.read_split("SVHN", tmp_path / "data")
-    first = ds.preprocess_images(split, 8, cache_dir=tmp_path / "cache")
+    split = read_split("SVHN", tmp_path / "data")
+    first = preprocess_images(split, 8, cache_dir=tmp_path / "cache")
     split.images[0] = 255 - split.images[0]
     calls = []
-    real = ds._load_image
-    monkeypatch.setattr(ds, "_load_image", lambda item: calls.append(1) or real(item))
-    second = ds.preprocess_images(split, 8, cache_dir=tmp_path / "cache")
+    real = _load_image
+    monkeypatch.setattr(preprocessing, "_load_image", lambda item: calls.append(1) or real(item))
+    second = preprocess_images(split, 8, cache_dir=tmp_path / "cache")
     assert len(calls) == 10  # rebuilt
     assert (second[1:] == first[1:]).all() and not (second[0] == first[0]).all()

@@ -11,10 +11,10 @@ import torch
 from test_adaptation import _problem
 from test_pipeline import _argv, run
 
-import adamerging.adaptation as adaptation
-from adamerging import cli, distributed, pipeline
-from adamerging import device as device_mod
-from adamerging.adaptation import (
+import adamerging.methods.adamerging as adaptation
+from adamerging.commands import pipeline
+from adamerging.merging.encoder import MergedEncoder
+from adamerging.methods.adamerging import (
     AdaMerging,
     AdaptationStopped,
     Lambdas,
@@ -24,11 +24,14 @@ from adamerging.adaptation import (
     parts_of,
     plan_for,
 )
-from adamerging.config import RunConfig
-from adamerging.distributed import Ranks
-from adamerging.evaluation import Normalizer, accuracy, evaluate_accuracy, predict
-from adamerging.merged_encoder import MergedEncoder
-from adamerging.problem import TaskData
+from adamerging.models.evaluation import Normalizer, accuracy, evaluate_accuracy, predict
+from adamerging.run.config import RunConfig
+from adamerging.run.problem import TaskData
+from adamerging.runtime import device as device_mod
+from adamerging.runtime import distributed
+from adamerging.runtime.cli import run_cli
+from adamerging.runtime.distributed import Ranks
+from adamerging.runtime.errors import EXIT_STOPPED, EXIT_USER_ERROR
 
 
 def _config(**kw) -> RunConfig:
@@ -240,7 +243,7 @@ def test_out_of_memory_through_the_scripts_is_one_line_exit_3_and_resumable(
     with pytest.raises(SystemExit) as e:
         pipeline.main("task_wise_adamerging", argv)
     err = capsys.readouterr().err
-    assert e.value.code == cli.EXIT_STOPPED and "Traceback" not in err and err.count("\n") == 1
+    assert e.value.code == EXIT_STOPPED and "Traceback" not in err and err.count("\n") == 1
     assert (
         "out of memory on cpu at AdaMerging step 3 (fused); stopped, keeping the state of step 2;"
         " saved to" in err
@@ -275,7 +278,7 @@ def test_out_of_memory_through_the_scripts_is_one_line_exit_3_and_resumable(
     with pytest.raises(SystemExit) as e:
         pipeline.main("task_arithmetic", _argv(mini))
     err = capsys.readouterr().err
-    assert e.value.code == cli.EXIT_STOPPED and "Traceback" not in err
+    assert e.value.code == EXIT_STOPPED and "Traceback" not in err
     assert (
         err == "error: out of memory (CUDA out of memory. Tried to allocate 3.00 GiB): lower"
         " --batch-size (the evaluation batch), or merge fewer tasks per run (--tasks)\n"
@@ -324,8 +327,8 @@ def test_a_gpu_index_past_the_device_count_and_more_ranks_than_gpus_are_one_line
 def test_every_entry_point_checks_the_device_before_loading_anything(
     monkeypatch, capsys, tmp_path, entry
 ):
-    from adamerging.diagnostics.command import main as diagnose_main
-    from adamerging.experiments import main as experiments_main
+    from adamerging.commands.diagnose import main as diagnose_main
+    from adamerging.commands.experiments import main as experiments_main
 
     _one_gpu(monkeypatch)
     monkeypatch.setattr(
@@ -340,7 +343,7 @@ def test_every_entry_point_checks_the_device_before_loading_anything(
     with pytest.raises(SystemExit) as e:
         command()
     err = capsys.readouterr().err
-    assert e.value.code == cli.EXIT_USER_ERROR
+    assert e.value.code == EXIT_USER_ERROR
     assert (
         err
         == "error: --device cuda:3: this machine has 1 CUDA device (cuda:0 to cuda:0); use one of"
@@ -352,9 +355,9 @@ def test_the_scripts_leave_the_process_group_at_exit(monkeypatch):
     left = []
     monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
     monkeypatch.setattr(distributed.dist, "destroy_process_group", lambda: left.append(1))
-    cli.run_cli(lambda argv: None, [])
+    run_cli(lambda argv: None, [])
     with pytest.raises(SystemExit):
-        cli.run_cli(lambda argv: _raise(ValueError("bad")), [])
+        run_cli(lambda argv: _raise(ValueError("bad")), [])
     assert left == [1, 1]
 
 
@@ -418,7 +421,7 @@ def test_fp32_sets_ieee_flags_explicitly_tf32_needs_cuda_and_the_merge_stays_iee
         # the flags only; no GPU needed to set them
         assert device_mod.set_precision("tf32", "cuda")["cudnn_allow_tf32"] is True
         seen = []
-        import adamerging.merged_encoder as me
+        import adamerging.merging.encoder as me
 
         for name in ("merge_entry", "merge_entry_lambdas_grad"):
             real = getattr(me, name)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from model_fixtures import mini_argv, write_mini_problem
 
-from adamerging.diagnostics import (
+from adamerging.methods.diagnostics import (
     TRUSTWORTHY,
     Check,
     accuracy_tolerance,
@@ -25,9 +25,9 @@ from adamerging.diagnostics import (
     task_vector_stats,
     verdict,
 )
-from adamerging.evaluation import accuracy
-from adamerging.heads import Head
-from adamerging.problem import TaskData
+from adamerging.models.evaluation import accuracy
+from adamerging.models.heads import Head
+from adamerging.run.problem import TaskData
 
 ROOT = Path(__file__).resolve().parents[1]
 C = 5
@@ -332,8 +332,8 @@ def test_diagnose_script_writes_report_and_plots(mini):
 def test_hook_runs_on_the_adamerging_parser_with_defaults(mini, capsys):
     from dataclasses import replace
 
-    from adamerging.pipeline import METHODS, parse_config
-    from adamerging.problem import load_problem
+    from adamerging.commands.pipeline import METHODS, parse_config
+    from adamerging.run.problem import load_problem
 
     method = METHODS["layer_wise_adamergingpp"]
     # no diagnostics flags at all: defaults apply

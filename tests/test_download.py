@@ -1,4 +1,4 @@
-"""`python -m adamerging.download`: the plan and the failure modes, with the hub call mocked (no
+"""`python -m adamerging download`: the plan and the failure modes, with the hub call mocked (no
 network)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 import huggingface_hub
 import pytest
 
-from adamerging import download
+from adamerging.datasets import download
 
 
 def test_plan_maps_repos_to_the_reader_layouts(tmp_path: Path) -> None:
@@ -107,7 +107,7 @@ def test_download_moves_complete_repos_into_place(tmp_path: Path, monkeypatch, c
     assert (tmp_path / "ck/hf/ViT-B-32/MNIST/finetuned/model.safetensors").is_file()
     assert (tmp_path / "data/MNIST/mnist/test-00000-of-00001.parquet").is_file()
     assert not (tmp_path / "data/MNIST/.cache").exists() and not list(tmp_path.rglob(".*.download"))
-    assert "python -m adamerging.experiments main-table --model ViT-B-32" in out
+    assert "python -m adamerging experiments main-table --model ViT-B-32" in out
     # second run: nothing fetched
     assert download.main(args) == 0 and "have " in capsys.readouterr().out
 

@@ -14,13 +14,18 @@ import pytest
 import torch
 from model_fixtures import mini_argv, write_mini_problem
 
-from adamerging.diagnostics.measure import binned_means, correlation_report
-from adamerging.experiments import run
-from adamerging.experiments.coefficients import depth_group, depth_profile
-from adamerging.experiments.common import comparison
-from adamerging.experiments.generalization import _paper_generalization, generalization_splits
-from adamerging.merging import CoefficientTable
-from adamerging.reporting import NORMALIZED, csv_table, markdown_table, paper_row, with_normalized
+from adamerging.commands.experiments import run
+from adamerging.commands.experiments.coefficients import depth_group, depth_profile
+from adamerging.commands.experiments.common import comparison
+from adamerging.commands.experiments.generalization import (
+    _paper_generalization,
+    generalization_splits,
+)
+from adamerging.commands.report import main
+from adamerging.merging.tables import CoefficientTable
+from adamerging.methods.diagnostics.measure import binned_means, correlation_report
+from adamerging.reporting.paper import paper_row
+from adamerging.reporting.tables import NORMALIZED, csv_table, markdown_table, with_normalized
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_TASKS = ["SUN397", "Cars", "RESISC45", "EuroSAT", "SVHN", "GTSRB", "MNIST", "DTD"]
@@ -107,7 +112,6 @@ def test_quoted_paper_rows_and_normalized_accuracy_by_each_row_s_own_experts(tmp
         and NORMALIZED not in rows["Traditional MTL (paper)"]
     )
     # results/<model>/table.md: the column where the Individual result is on the same test data
-    from adamerging import reporting
 
     folder = tmp_path / "mini"
     folder.mkdir()
@@ -119,7 +123,7 @@ def test_quoted_paper_rows_and_normalized_accuracy_by_each_row_s_own_experts(tmp
         (folder / f"{name}.json").write_text(
             json.dumps({"accuracy": accs, "tasks": ["A", "B"], "test_data": data})
         )
-    reporting.main(["--model", "mini", "--results-dir", str(tmp_path)])
+    main(["--model", "mini", "--results-dir", str(tmp_path)])
     table = (folder / "table.md").read_text()
     assert "| Task Arithmetic | 25.0 | 60.0 | 42.5 | 62.5 |" in table  # (50 % + 75 %) / 2
     # other test data: not normalized

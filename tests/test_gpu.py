@@ -11,11 +11,18 @@ from test_adaptation import _problem
 from test_device import _config, _on, _relative, _step_gradient
 from test_pipeline import _argv, run
 
-from adamerging import adaptation
-from adamerging.adaptation import AdaMerging, Feed, Lambdas, adamerge, adamerging_step, plan_for
-from adamerging.device import check_device, set_precision
-from adamerging.evaluation import evaluate_accuracy
-from adamerging.merged_encoder import MergedEncoder
+from adamerging.merging.encoder import MergedEncoder
+from adamerging.methods import adamerging as adaptation
+from adamerging.methods.adamerging import (
+    AdaMerging,
+    Feed,
+    Lambdas,
+    adamerge,
+    adamerging_step,
+    plan_for,
+)
+from adamerging.models.evaluation import evaluate_accuracy
+from adamerging.runtime.device import check_device, set_precision
 
 pytestmark = [
     pytest.mark.cuda,

@@ -16,9 +16,9 @@ import pytest
 import torch
 
 import adamerging  # noqa: F401  (before torchvision/open_clip/transformers: compat shim)
-from adamerging import hf, hf_export
-from adamerging.checkpoints import CheckpointError
-from adamerging.models import create_clip, encoder_state_dict
+from adamerging.checkpoints import hf, hf_export
+from adamerging.models.clip import create_clip, encoder_state_dict
+from adamerging.runtime.errors import CheckpointError
 
 transformers = pytest.importorskip("transformers")
 from transformers import (  # noqa: E402
@@ -33,7 +33,7 @@ TOL = 1e-5
 
 def to_encoder_entries(*args):
     # What the loader calls on every loaded checkpoint (imported late: problem.py pulls in more).
-    from adamerging.problem import to_encoder_entries as convert
+    from adamerging.run.experts import to_encoder_entries as convert
 
     return convert(*args)
 
@@ -373,8 +373,8 @@ HF_TASKS = {"SVHN": 10, "MNIST": 10}
 
 
 def run(method, argv):
-    from adamerging.pipeline import parse_config
-    from adamerging.pipeline import run as run_config
+    from adamerging.commands.pipeline import parse_config
+    from adamerging.commands.pipeline import run as run_config
 
     return run_config(method, parse_config(method, argv))
 
@@ -483,9 +483,9 @@ def test_save_format_hf_writes_a_folder_transformers_loads_with_the_same_image_f
     from model_fixtures import mini_argv, write_mini_problem
     from transformers import CLIPVisionModel
 
-    from adamerging.merged_encoder import MergedEncoder
-    from adamerging.pipeline import parse_config
-    from adamerging.problem import load_problem
+    from adamerging.commands.pipeline import parse_config
+    from adamerging.merging.encoder import MergedEncoder
+    from adamerging.run.problem import load_problem
 
     root = write_mini_problem(tmp_path, n_per_class=1)
     out = tmp_path / "merged_hf"
@@ -523,7 +523,7 @@ def _clip_with_other_text_tower(clip: torch.nn.Module) -> torch.nn.Module:
 def test_hf_clipmodel_with_another_text_tower_merges_when_heads_are_given(tmp_path, caplog):
     from fake_data import write_fake_dataset
 
-    from adamerging.task_vectors_format import save_classification_head
+    from adamerging.models.task_vectors_format import save_classification_head
 
     tasks = {"MNIST": 10, "SVHN": 10}
     folder, clip, _ = F.write_random_hf_checkpoints(tmp_path / "ckpt", "mini", list(tasks))
@@ -598,7 +598,7 @@ def _hf_argv(root, checkpoints, *extra):
 def _refused_from_the_command_line(argv, capsys) -> str:
     import re
 
-    from adamerging.pipeline import main
+    from adamerging.commands.pipeline import main
 
     with pytest.raises(SystemExit) as exit_:
         main("task_arithmetic", argv)
@@ -636,7 +636,7 @@ def test_hf_folders_that_do_not_belong_to_the_run_are_refused_with_one_line(
     assert not (root / "refused").exists()
     # a task-vectors head of another architecture's width beside the Hugging Face folders
     # (ViT-L/14's 768 vs 512)
-    from adamerging.task_vectors_format import save_classification_head
+    from adamerging.models.task_vectors_format import save_classification_head
 
     mixed = tmp_path / "mixed" / "ViT-B-32"
     for name in ("zeroshot", "SVHN", "MNIST"):

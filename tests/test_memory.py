@@ -7,10 +7,11 @@ import torch
 from model_fixtures import MINI_TASKS, mini_argv, write_mini_problem
 from test_merging import _dense_ties
 
-from adamerging import hf
-from adamerging.merging import is_zero_view, task_vectors
-from adamerging.pipeline import parse_config
-from adamerging.problem import load_task_vectors
+from adamerging.checkpoints import hf
+from adamerging.commands.pipeline import parse_config
+from adamerging.merging.task_vectors import is_zero_view, task_vectors
+from adamerging.run import experts
+from adamerging.run.experts import load_task_vectors
 
 
 def test_loading_assigns_theta0_streams_experts_and_selects_ties_exactly(tmp_path):
@@ -63,9 +64,9 @@ def test_fused_step_contracts_each_merged_gradient_as_it_arrives_with_the_same_l
     # as it arrives (backward order: the last layers first), giving the same numbers bit for bit.
     from test_adaptation import _problem, _run
 
-    from adamerging import merged_encoder
-    from adamerging.adaptation import Lambdas, softmax_entropy
-    from adamerging.merged_encoder import MergedEncoder
+    from adamerging.merging import encoder as merged_encoder
+    from adamerging.merging.encoder import MergedEncoder
+    from adamerging.methods.adamerging import Lambdas, softmax_entropy
 
     clip, theta0, tau, entries, data, normalize = _problem(tasks=3, images=8)
     name_of = {}
@@ -143,7 +144,7 @@ def test_quick_gelu_keeps_only_its_input_for_backward_with_bit_identical_values_
 
     import open_clip
 
-    from adamerging.models import QuickGELU, create_clip
+    from adamerging.models.clip import QuickGELU, create_clip
 
     torch.manual_seed(0)
     lean = create_clip("mini").visual
@@ -188,8 +189,7 @@ def test_freed_heap_pages_go_back_to_the_system_after_loading(tmp_path, monkeypa
     # Released experts leave their small-tensor pages on the C heap unless trimmed.
     import pytest
 
-    from adamerging import problem as problem_module
-    from adamerging.checkpoints import return_freed_memory
+    from adamerging.runtime.files import return_freed_memory
 
     # 64 KB each (heap, not mmap), 190 MB touched
     blocks = [torch.ones(16 * 1024) for _ in range(3000)]
@@ -202,7 +202,7 @@ def test_freed_heap_pages_go_back_to_the_system_after_loading(tmp_path, monkeypa
     del keep
 
     calls = []
-    monkeypatch.setattr(problem_module, "return_freed_memory", lambda: calls.append(1))
+    monkeypatch.setattr(experts, "return_freed_memory", lambda: calls.append(1))
     load_task_vectors(
         parse_config("task_arithmetic", mini_argv(write_mini_problem(tmp_path))), "plain"
     )
@@ -220,8 +220,8 @@ def test_theta0_text_side_entries_are_file_backed_until_written(tmp_path):
     # Nothing but --save-merged reads theta_0's text-side leftovers: they stay mapped from an
     # unlinked temporary file (out of memory), with the same values, and the saved merged model has
     # them.
-    from adamerging.checkpoints import load_checkpoint
-    from adamerging.pipeline import run
+    from adamerging.checkpoints.loading import load_checkpoint
+    from adamerging.commands.pipeline import run
 
     root = write_mini_problem(tmp_path)
     vectors = load_task_vectors(parse_config("task_arithmetic", mini_argv(root)), "plain")

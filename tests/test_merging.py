@@ -6,20 +6,15 @@ import json
 import pytest
 import torch
 
-from adamerging.merging import (
-    CoefficientTable,
-    constant_table,
-    elect_and_select,
+from adamerging.merging.tables import CoefficientTable, constant_table, load_table, published_table
+from adamerging.merging.task_vectors import (
     is_zero_view,
-    load_table,
     merge,
     merge_entry,
-    published_table,
     task_vectors,
-    ties_select,
-    trim_top_k,
     zero_task_vectors,
 )
+from adamerging.merging.ties import elect_and_select, ties_select, trim_top_k
 
 
 def _reference_ties(tvs: list[dict], k: float, combine: str) -> list[dict]:

@@ -14,6 +14,12 @@ import pytest
 import torch
 
 import adamerging  # noqa: F401
+from adamerging.checkpoints.loading import load_checkpoint, load_state_dict
+from adamerging.commands.report import main
+from adamerging.datasets.labels import task_templates
+from adamerging.datasets.preprocessing import preprocess_images
+from adamerging.datasets.splits import read_split
+from adamerging.datasets.tasks import TASK_DIRS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -126,40 +132,38 @@ def test_layouts_on_disk(quick_build):
 
 def test_checkpoint_files(quick_build):
     data, ckpt, _ = quick_build
-    from adamerging import checkpoints as C
 
     tasks = _tasks(ckpt)
-    full = C.load_state_dict(ckpt / "clip_pretrained.safetensors")
+    full = load_state_dict(ckpt / "clip_pretrained.safetensors")
     assert any(k.startswith("transformer.") for k in full) and "visual.conv1.weight" in full
-    zs = C.load_state_dict(ckpt / "zeroshot.pt")
+    zs = load_state_dict(ckpt / "zeroshot.pt")
     assert "model.visual.conv1.weight" in zs and not any(
         k.startswith("model.transformer.") for k in zs
     )
     for t in tasks:
-        ft = C.load_state_dict(ckpt / t / "finetuned.pt")
+        ft = load_state_dict(ckpt / t / "finetuned.pt")
         assert list(ft) == list(zs)
         assert any(not torch.equal(ft[k], zs[k]) for k in zs if k.startswith("model.visual."))
         # text-side leftovers are not fine-tuned
         assert torch.equal(ft["model.token_embedding.weight"], zs["model.token_embedding.weight"])
-        head = C.load_checkpoint(ckpt / f"head_{t}.pt")
+        head = load_checkpoint(ckpt / f"head_{t}.pt")
         assert head.state_dict["weight"].shape[1] == zs["model.visual.proj"].shape[1]
         assert float(head.state_dict["bias"].abs().sum()) == 0.0
 
 
 def test_read_back_with_project_readers(quick_build):
     data, ckpt, _ = quick_build
-    from adamerging import datasets as D
-    from adamerging import heads as H
+    from adamerging.models import heads as H
 
     for t in _tasks(ckpt):
         head = H.load_head(ckpt / f"head_{t}.pt")
         for split in ("train", "test"):
-            s = D.read_split(t, data, split)
+            s = read_split(t, data, split)
             assert len(s) > 0 and len(s.classnames) == head.num_classes
             assert s.labels.min() >= 0 and s.labels.max() < head.num_classes
         assert (
-            D.task_templates(t, data)
-            == (data / D.TASK_DIRS[t] / "templates.txt").read_text().splitlines()
+            task_templates(t, data)
+            == (data / TASK_DIRS[t] / "templates.txt").read_text().splitlines()
         )
 
 
@@ -167,7 +171,6 @@ def test_class_order_matches_folders(quick_build):
     """Readers number folder classes in sorted folder order: classnames.txt must follow that
     order."""
     data, ckpt, _ = quick_build
-    from adamerging import datasets as D
     from adamerging.mini import layouts
 
     for t in _tasks(ckpt):
@@ -177,7 +180,7 @@ def test_class_order_matches_folders(quick_build):
         if sub is None:
             continue
         folders = sorted(p.name for p in (data / sub).iterdir() if p.is_dir())
-        names = D.read_split(t, data, "test").classnames
+        names = read_split(t, data, "test").classnames
         assert layouts.folder_names(t, names) == folders, t
         if t == "SUN397":
             assert names == [f[2:].replace("_", " ") for f in folders]
@@ -187,19 +190,17 @@ def test_reported_zeroshot_accuracy_reproduces_from_files(quick_build):
     """Accuracy of the zero-shot encoder + head on the test files equals the builder's own
     number."""
     data, ckpt, _ = quick_build
-    from adamerging import checkpoints as C
-    from adamerging import datasets as D
-    from adamerging import heads as H
-    from adamerging import models as M
-    from adamerging.models import load_encoder_weights
+    from adamerging.models import clip as M
+    from adamerging.models import heads as H
+    from adamerging.models.clip import load_encoder_weights
 
     report = json.loads((ckpt / "build_report.json").read_text())
     clip = M.create_clip("mini")
-    load_encoder_weights(clip, C.load_state_dict(ckpt / "zeroshot.pt"))
+    load_encoder_weights(clip, load_state_dict(ckpt / "zeroshot.pt"))
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in M.normalization(clip))
     for t in _tasks(ckpt):
-        s = D.read_split(t, data, "test")
-        x = (D.preprocess_images(s, 32).float() / 255 - mean) / std
+        s = read_split(t, data, "test")
+        x = (preprocess_images(s, 32).float() / 255 - mean) / std
         with torch.no_grad():
             pred = H.load_head(ckpt / f"head_{t}.pt")(clip.encode_image(x)).argmax(1).numpy()
         acc = float((pred == s.labels).mean())
@@ -212,18 +213,16 @@ def test_reported_zeroshot_accuracy_reproduces_from_files(quick_build):
 
 def test_models_and_heads_roundtrip(quick_build):
     data, ckpt, _ = quick_build
-    from adamerging import checkpoints as C
-    from adamerging import datasets as D
-    from adamerging import heads as H
-    from adamerging import models as M
+    from adamerging.models import clip as M
+    from adamerging.models import heads as H
 
     clip = M.create_clip("mini")
     M.load_clip_weights(
-        clip, dict(C.load_state_dict(ckpt / "clip_pretrained.safetensors")), "pretrained"
+        clip, dict(load_state_dict(ckpt / "clip_pretrained.safetensors")), "pretrained"
     )
     tok = M.get_tokenizer("mini")
     t = _tasks(ckpt)[0]
-    names, templates = D.read_split(t, data, "test").classnames, D.task_templates(t, data)
+    names, templates = read_split(t, data, "test").classnames, task_templates(t, data)
     w = H.zeroshot_weights(clip, tok, names, templates)
     assert torch.allclose(w, H.load_head(ckpt / f"head_{t}.pt").weight, atol=1e-5)
 
@@ -232,7 +231,6 @@ def test_models_and_heads_roundtrip(quick_build):
 def test_every_writer_reads_back(tmp_path, task):
     """Each layout writer (including tasks the final design does not use) round-trips through
     read_split."""
-    from adamerging import datasets as D
     from adamerging.mini import layouts
     from adamerging.mini import tasks as T
 
@@ -241,9 +239,9 @@ def test_every_writer_reads_back(tmp_path, task):
     names, splits = layouts.on_disk_order(task, names, splits)
     layouts.WRITERS[task](str(tmp_path), names, templates, splits)
     for s in ("train", "test"):
-        got = D.read_split(task, tmp_path, s)
+        got = read_split(task, tmp_path, s)
         assert got.classnames == list(names)
-        imgs = D.preprocess_images(got, 32).numpy().transpose(0, 2, 3, 1)
+        imgs = preprocess_images(got, 32).numpy().transpose(0, 2, 3, 1)
         # same multiset of (image, label) pairs as written, whatever order the reader lists them in
         key = lambda x, y: sorted(zip([a.tobytes() for a in x], y.tolist()))  # noqa: E731
         assert key(imgs, got.labels) == key(splits[s][0], splits[s][1])
@@ -335,12 +333,12 @@ def test_committed_base_and_experts_are_trained():
     its task."""
     import torch.nn.functional as F
 
-    from adamerging import heads as H
-    from adamerging import models as M
     from adamerging.mini import artefacts as A
     from adamerging.mini import layouts
     from adamerging.mini import tasks as T
     from adamerging.mini import train as TR
+    from adamerging.models import clip as M
+    from adamerging.models import heads as H
 
     clip = A.load_base(M.create_clip("mini"))
     tok = M.get_tokenizer("mini")
@@ -367,8 +365,7 @@ def test_every_pickle_of_the_build_loads_with_plain_torch_load_and_open_clip_onl
     ones."""
     from test_checkpoints import load_without_this_package
 
-    from adamerging import checkpoints as C
-    from adamerging import models as M
+    from adamerging.models import clip as M
 
     data, ckpt, _ = quick_build
     encoders = [ckpt / "zeroshot.pt", *(ckpt / t / "finetuned.pt" for t in _tasks(ckpt))]
@@ -376,7 +373,7 @@ def test_every_pickle_of_the_build_loads_with_plain_torch_load_and_open_clip_onl
     features = {}
     for path in encoders:
         clip = M.create_clip("mini")
-        M.load_encoder_weights(clip, C.load_state_dict(path))
+        M.load_encoder_weights(clip, load_state_dict(path))
         with torch.no_grad():
             features[path] = clip.encode_image(images)
     heads = sorted(ckpt.glob("head_*.pt"))
@@ -516,12 +513,10 @@ def test_results_made_on_a_quick_build_say_so(quick_build, tmp_path):
         == json.loads((ckpt / "build_report.json").read_text())["config_hash"]
     )
 
-    from adamerging import reporting
-
-    reporting.main(["--model", "mini", "--results-dir", str(results)])
+    main(["--model", "mini", "--results-dir", str(results)])
     assert "Zero-shot: made on a quick mini build" in (results / "mini" / "table.md").read_text()
     # the same result from a full build: no warning
     saved["provenance"]["mini_build"]["quick"] = False
     (results / "mini" / "zeroshot.json").write_text(json.dumps(saved))
-    reporting.main(["--model", "mini", "--results-dir", str(results)])
+    main(["--model", "mini", "--results-dir", str(results)])
     assert "quick" not in (results / "mini" / "table.md").read_text()

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from adamerging._torchvision_compat import ensure_torchvision_importable
-from adamerging.models import create_clip, encoder_state_dict, load_encoder_weights
+from adamerging.models.clip import create_clip, encoder_state_dict, load_encoder_weights
 
 
 @pytest.mark.parametrize("model", ["ViT-B-32", "ViT-B-16", "ViT-L-14"])

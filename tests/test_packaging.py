@@ -17,10 +17,14 @@ from pathlib import Path
 import pytest
 import tomllib
 
+from adamerging.__main__ import COMMANDS as SUBCOMMANDS
+from adamerging.commands.pipeline import METHODS
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "adamerging"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 COMMANDS = PYPROJECT["project"]["scripts"]
+
 # Hermetic pip: no config files (so no index, find-links or machine-wide constraints), no network,
 # no prompts.
 PIP_ENV = {
@@ -166,17 +170,17 @@ for ep in entry_points(group="console_scripts"):
         assert ep.name + " " in shown and "python -m" not in shown.split("--")[0], shown[:200]
         print("help", ep.name)
 from adamerging.mini import artefacts
-from adamerging.merging import published_table
-from adamerging.models import create_clip
-from adamerging.reporting import paper_tables
-from adamerging import datasets
+from adamerging.merging.tables import published_table
+from adamerging.models.clip import create_clip
+from adamerging.reporting.paper import paper_tables
+from adamerging.datasets.labels import task_templates
 # the mini artefacts, sha256 as in their manifest
 assert artefacts.verify() == [], artefacts.verify()
 # with the canonical entry order
 assert published_table("lw_adamerging", "ViT-B-32").lambdas.shape == (158, 8)
 # zeroshot_prompts.json
 assert "ViT-B-32" in str(paper_tables())
-assert "{{c}}" in datasets.task_templates("MNIST", "nowhere")[0]
+assert "{{c}}" in task_templates("MNIST", "nowhere")[0]
 create_clip("mini")  # model_configs/mini.json
 try:
     import main_task_arithmetic
@@ -198,9 +202,17 @@ def test_every_command_the_readmes_name_exists():
     text = "\n".join(p.read_text() for p in pages)
     named = set(re.findall(r"\b(adamerging-[a-z]+(?:-[a-z]+)*)\b", text))
     assert named and named <= set(COMMANDS), f"not installed commands: {named - set(COMMANDS)}"
-    for module in set(re.findall(r"python -m (adamerging[\w.]*)", text)):
+    for name in set(re.findall(r"python -m adamerging ([a-z][\w-]*)", text)):
+        assert name in {*METHODS, *SUBCOMMANDS}, f"`python -m adamerging {name}`: no such name"
+    for module in set(re.findall(r"python -m (adamerging\.[\w.]*)", text)):
         path = ROOT / "src" / Path(*module.split("."))
         runnable = (path / "__main__.py").is_file() or (
             'if __name__ == "__main__"' in path.with_suffix(".py").read_text()
         )
         assert runnable, f"`python -m {module}` runs nothing"
+
+
+def test_the_installed_commands_are_the_subcommands_of_the_main_command():
+    installed = {entry[1]: entry[0] for entry in SUBCOMMANDS.values()}
+    assert set(installed) == set(COMMANDS) - {"adamerging"}
+    assert all(COMMANDS[name].split(":")[0] == module for name, module in installed.items())

@@ -11,10 +11,10 @@ import torch
 from fake_data import write_fake_dataset
 from model_fixtures import MINI_TASKS, mini_argv, write_random_checkpoints
 
-from adamerging import pipeline
-from adamerging.checkpoints import load_checkpoint
-from adamerging.merging import load_table
-from adamerging.pipeline import METHODS, parse_config
+from adamerging.checkpoints.loading import load_checkpoint
+from adamerging.commands import pipeline
+from adamerging.commands.pipeline import METHODS, parse_config
+from adamerging.merging.tables import load_table
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = MINI_TASKS
@@ -219,7 +219,7 @@ def test_vit_b32_user_story(tmp_path):
 
 
 def test_results_table_collects_methods_in_paper_order(mini):
-    from adamerging.reporting import main as table_main
+    from adamerging.commands.report import main as table_main
 
     run("task_arithmetic", _argv(mini))
     run("zeroshot", _argv(mini))
@@ -268,7 +268,7 @@ def test_generalization_corruption_and_data_fraction_flags(mini):
     noisy = run("task_arithmetic", _argv(mini, "--corruption", "gaussian_noise"))
     assert noisy["config"]["corruption"] == "gaussian_noise"
     assert set(noisy["accuracy"]) == set(clean["accuracy"])
-    from adamerging.problem import load_problem
+    from adamerging.run.problem import load_problem
 
     problems = [
         load_problem(parse_config("task_arithmetic", _argv(mini, *extra)))
@@ -292,7 +292,7 @@ def test_results_record_each_tasks_test_data_and_the_test_split_flag_reaches_the
 ):
     import shutil
 
-    from adamerging.datasets import DatasetError
+    from adamerging.runtime.errors import DatasetError
 
     result = run("task_arithmetic", _argv(mini, "--eval-tasks", "EuroSAT", tasks="MNIST,SVHN"))
     saved = json.loads((mini / "results" / "mini" / "task_arithmetic.json").read_text())
@@ -329,7 +329,7 @@ def test_results_record_each_tasks_test_data_and_the_test_split_flag_reaches_the
 
 
 def test_ddp_and_open_clip_training_checkpoint_experts_merge_like_plain_ones(mini, tmp_path):
-    from adamerging.problem import load_task_vectors
+    from adamerging.run.experts import load_task_vectors
 
     plain = load_checkpoint(mini / "checkpoints/mini/MNIST/finetuned.pt").state_dict
     torch.save(

@@ -1,4 +1,4 @@
-"""`python -m adamerging.prepare`: fake official downloads -> reader layouts, counts, atomicity."""
+"""`python -m adamerging prepare`: fake official downloads -> reader layouts, counts, atomicity."""
 
 from __future__ import annotations
 
@@ -9,19 +9,21 @@ from pathlib import Path
 import pytest
 
 import adamerging  # noqa: F401
-from adamerging import datasets as ds
-from adamerging import prepare
+from adamerging.datasets import prepare
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fake_data import read_expected  # noqa: E402
 from fake_downloads import write_fake_downloads  # noqa: E402
+
+from adamerging.datasets.splits import read_split
+from adamerging.datasets.tasks import TASKS, paper_size_text
 
 
 def _prepared(task: str, tmp_path: Path, **kw) -> tuple[dict, Path, int]:
     info = write_fake_downloads(task, tmp_path / "downloads", tmp_path / "scratch", **kw)
     data = tmp_path / "data"
     with pytest.warns(
-        UserWarning, match=rf"^{task}: \d+ test images, the paper used {ds.paper_size_text(task)}"
+        UserWarning, match=rf"^{task}: \d+ test images, the paper used {paper_size_text(task)}"
     ):
         n = prepare.prepare_task(task, tmp_path / "downloads", data)
     return info, data, n
@@ -31,11 +33,11 @@ def _no_leftovers(data: Path) -> None:
     assert not [p.name for p in data.iterdir() if p.name.startswith(".prepare-")]
 
 
-@pytest.mark.parametrize("task", [t for t in ds.TASKS if t != "EuroSAT"])
+@pytest.mark.parametrize("task", [t for t in TASKS if t != "EuroSAT"])
 def test_official_downloads_become_the_reader_layout(tmp_path: Path, task: str) -> None:
     info, data, n = _prepared(task, tmp_path)
     for split in ("test", "train"):
-        got = ds.read_split(task, data, split)
+        got = read_split(task, data, split)
         want = read_expected(task, info["root"], split)
         # train1 + val1 of the archive: the same images, renamed
         if task == "DTD" and split == "train":
@@ -52,9 +54,7 @@ def test_kaggle_cars_nesting(tmp_path: Path) -> None:
     assert (data / "stanford_cars" / "cars_test").is_dir() and not (
         data / "stanford_cars" / "cars_test" / "cars_test"
     ).exists()
-    assert (
-        ds.read_split("Cars", data).labels.tolist() == read_expected("Cars", info["root"])["labels"]
-    )
+    assert read_split("Cars", data).labels.tolist() == read_expected("Cars", info["root"])["labels"]
 
 
 def test_eurosat_split_sizes_and_disjointness(tmp_path: Path) -> None:
@@ -64,9 +64,9 @@ def test_eurosat_split_sizes_and_disjointness(tmp_path: Path) -> None:
     members = {}
     for split in ("train", "val", "test"):
         s = (
-            ds.read_split("EuroSAT", data, "test", test_dir=split)
+            read_split("EuroSAT", data, "test", test_dir=split)
             if split != "train"
-            else ds.read_split("EuroSAT", data, "train")
+            else read_split("EuroSAT", data, "train")
         )
         members[split] = {Path(p).name for p in s.images}
     assert sum(len(v) for v in members.values()) == sum(counts.values())

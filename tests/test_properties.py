@@ -5,7 +5,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from adamerging.merging import elect_and_select, merge, trim_top_k
+from adamerging.merging.task_vectors import merge
+from adamerging.merging.ties import elect_and_select, trim_top_k
 
 floats = st.floats(-4, 4, allow_nan=False, width=32)
 small = st.integers(1, 5)

@@ -12,12 +12,17 @@ import pytest
 import torch
 from model_fixtures import mini_argv, write_mini_problem
 
-from adamerging import pipeline
-from adamerging import problem as problem_module
-from adamerging.checkpoints import CheckpointError, save_state_dict
-from adamerging.merging import is_zero_view, task_vectors
-from adamerging.models import create_clip, encoder_state_dict
-from adamerging.task_vectors_format import save_classification_head, save_image_encoder
+from adamerging.checkpoints import hashing
+from adamerging.checkpoints.hashing import FileHashes
+from adamerging.checkpoints.layout import _read
+from adamerging.checkpoints.loading import save_state_dict
+from adamerging.commands import pipeline
+from adamerging.merging.stats import task_vector_stats
+from adamerging.merging.task_vectors import is_zero_view, task_vectors
+from adamerging.models.clip import create_clip, encoder_state_dict
+from adamerging.models.task_vectors_format import save_classification_head, save_image_encoder
+from adamerging.run import experts
+from adamerging.runtime.errors import CheckpointError
 
 
 @pytest.fixture(scope="module")
@@ -120,8 +125,8 @@ def test_a_copied_expert_is_refused_before_it_is_read_naming_both_tasks(
     copy = odd / "copy_of_mnist.pt"
     shutil.copy(root / "checkpoints/mini/MNIST/finetuned.pt", copy)
     read = []
-    real = problem_module._read
-    monkeypatch.setattr(problem_module, "_read", lambda path: read.append(path) or real(path))
+    real = _read
+    monkeypatch.setattr(experts, "_read", lambda path: read.append(path) or real(path))
     _refused(
         root,
         mini_argv(root, "--finetuned", f"SVHN={copy}"),
@@ -135,7 +140,7 @@ def test_a_copied_expert_is_refused_before_it_is_read_naming_both_tasks(
 
 
 def test_the_same_expert_in_another_format_is_refused_by_its_task_vector(root, odd, capsys):
-    from adamerging.checkpoints import load_state_dict
+    from adamerging.checkpoints.loading import load_state_dict
 
     # same weights, another file: only the task vectors tell
     resaved = odd / "svhn_is_mnist.safetensors"
@@ -189,7 +194,7 @@ def test_with_the_allow_flags_the_same_files_merge_with_a_warning_recorded_in_th
         "--results-dir",
         str(odd / "res"),
     )
-    with caplog.at_level(logging.WARNING, logger="adamerging.provenance"):
+    with caplog.at_level(logging.WARNING, logger="adamerging.run.provenance"):
         result = _run(argv + ["--allow-duplicate-experts", "--allow-foreign-experts"])
     accepted = result["provenance"]["accepted_warnings"]
     assert [m.split(":")[0] for m in accepted] == [
@@ -235,7 +240,7 @@ def test_every_result_records_its_files_hashes_norm_ratios_and_cosines(root, odd
     vectors = record["task_vectors"]
     assert vectors["tasks"] == ["MNIST", "SVHN", "EuroSAT"] and record["accepted_warnings"] == []
     # the numbers, from the files by a dense float64 computation over the visual entries
-    from adamerging.hf import load_weights
+    from adamerging.checkpoints.hf import load_weights
 
     folder = root / "checkpoints" / "mini"
     theta0 = load_weights(folder / "zeroshot.pt")
@@ -253,7 +258,7 @@ def test_every_result_records_its_files_hashes_norm_ratios_and_cosines(root, odd
 
 
 def test_diagnose_reports_the_same_facts(root, odd):
-    from adamerging.diagnostics.command import diagnose
+    from adamerging.commands.diagnose import diagnose
 
     argv = mini_argv(root, "--results-dir", str(odd / "res"), "--samples", "3", "--lambdas", "0,1")
     report = diagnose(argv)
@@ -263,33 +268,31 @@ def test_diagnose_reports_the_same_facts(root, odd):
 
 
 def test_file_hashes_are_cached_by_path_size_and_mtime(tmp_path, monkeypatch):
-    from adamerging import provenance
 
     path = tmp_path / "expert.pt"
     path.write_bytes(b"weights" * 1000)
     cache = tmp_path / "cache" / "file_hashes.json"
-    first = provenance.FileHashes(cache)
+    first = FileHashes(cache)
     assert first.digest(path) == hashlib.sha256(path.read_bytes()).hexdigest()
     first.save()
     calls = []
     real = hashlib.file_digest
     monkeypatch.setattr(
-        provenance.hashlib, "file_digest", lambda f, name: calls.append(name) or real(f, name)
+        hashing.hashlib, "file_digest", lambda f, name: calls.append(name) or real(f, name)
     )
-    again = provenance.FileHashes(cache)
+    again = FileHashes(cache)
     assert again.digest(path) == first.digest(path) and calls == []  # a rerun reads nothing
     # a changed file is hashed again
     path.write_bytes(b"other" * 1000)
     assert again.digest(path) == hashlib.sha256(b"other" * 1000).hexdigest() and calls == ["sha256"]
     (tmp_path / "blocked").write_text("a file where the cache folder would be")
-    blocked = provenance.FileHashes(tmp_path / "blocked" / "file_hashes.json")
+    blocked = FileHashes(tmp_path / "blocked" / "file_hashes.json")
     assert blocked.digest(path) == again.digest(path)
     # an unwritable cache fails nothing
     blocked.save()
 
 
 def test_task_vector_stats_skip_zero_views_but_count_theta0_everywhere():
-    from adamerging import provenance
 
     torch.manual_seed(0)
     clip = create_clip("mini")
@@ -306,7 +309,7 @@ def test_task_vector_stats_skip_zero_views_but_count_theta0_everywhere():
     assert is_zero_view(tau["model.visual.proj"]) and is_zero_view(
         tau["model.token_embedding.weight"]
     )
-    stats = provenance.task_vector_stats(theta0, tau, list(theta0), ["A", "B", "C"])
+    stats = task_vector_stats(theta0, tau, list(theta0), ["A", "B", "C"])
     visual = [k for k in theta0 if k.startswith("model.visual.")]
     base = torch.cat([theta0[k].double().reshape(-1) for k in visual])
     dense = torch.stack(

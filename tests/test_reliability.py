@@ -11,15 +11,15 @@ import torch
 from test_adaptation import _problem
 from test_pipeline import ROOT, _argv, run
 
-from adamerging.adaptation import AdaptationStopped, ResumeError, adamerge
-from adamerging.config import RESUMABLE, RunConfig
-from adamerging.distributed import Ranks
-from adamerging.heads import Head
-from adamerging.merged_encoder import MergedEncoder
-from adamerging.merging import CoefficientTable
-from adamerging.pipeline import _state_io
-from adamerging.problem import TaskData
-from adamerging.reporting import require_finite
+from adamerging.commands.pipeline import _state_io
+from adamerging.merging.encoder import MergedEncoder
+from adamerging.merging.tables import CoefficientTable
+from adamerging.methods.adamerging import AdaptationStopped, ResumeError, adamerge
+from adamerging.models.heads import Head
+from adamerging.run.config import RESUMABLE, RunConfig
+from adamerging.run.problem import TaskData
+from adamerging.runtime.distributed import Ranks
+from adamerging.runtime.files import require_finite
 
 
 def _adapt(problem, steps, **kw):

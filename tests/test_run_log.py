@@ -8,8 +8,8 @@ import pytest
 from model_fixtures import MINI_TASKS, mini_argv, write_mini_problem
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from adamerging import pipeline
-from adamerging.models import VISUAL_PREFIX
+from adamerging.commands import pipeline
+from adamerging.models.clip import VISUAL_PREFIX
 
 
 @pytest.fixture(scope="module")

@@ -86,58 +86,70 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-# The floors of docs/how-it-works.md, bottom up: a module imports its own floor and those below
-# only.
+# The floors of docs/how-it-works.md, bottom up: the package's folders. A module imports its own
+# floor and those below only.
 FLOORS = (
-    # one-job building blocks: files, formats, the merge, models, data, evaluation, reports
-    {
-        "_torchvision_compat",
-        "checkpoints",
-        "task_vectors_format",
-        "merging",
-        "merged_encoder",
-        "models",
-        "heads",
-        "evaluation",
-        "corruptions",
-        "distributed",
-        "device",
-        "datasets",
-        "hf_datasets",
-        "hf",
-        "hf_export",
-        "reporting",
-        "plotting",
-        "cli",
-        "run_log",
-        "provenance",
-    },
-    # what a run is made of, and the data it needs
-    {"config", "problem", "prepare", "download", "mini", "train_data"},
-    # AdaMerging and its entropy checks; the data-based merges
-    {"adaptation", "diagnostics", "fisher", "regmean"},
-    {"pipeline", "experiments", "__main__"},  # the commands
+    # the runtime every layer uses: errors, file writing, device, ranks, the command-line handler
+    {"_torchvision_compat", "runtime"},
+    # building blocks, one job each: checkpoint files, models and heads, datasets, the merge,
+    # tables and plots
+    {"checkpoints", "models", "datasets", "merging", "reporting"},
+    # what a run is made of: its configuration, the loaded problem; the mini benchmark's build
+    {"run", "mini"},
+    # the methods: AdaMerging, the data-based merges, the entropy diagnostics
+    {"methods"},
+    # the commands
+    {"commands", "__main__"},
 )
 
 
 def floor(module: str) -> int:
-    """The floor of a module of the package, by its top-level name below `adamerging`."""
+    """The floor of a module of the package, by its folder (top-level name below `adamerging`)."""
     # the package's __init__ only loads the shim
     top = module.split(".")[1] if "." in module else "_torchvision_compat"
     for level, names in enumerate(FLOORS):
         if top in names:
             return level
     raise AssertionError(
-        f"{module}: not in tests/test_structure.py FLOORS; add it to the floor of its job"
+        f"{module}: not in tests/test_structure.py FLOORS; put it in the folder of its job"
     )
+
+
+def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """{folder: the other folders its modules import} (`adamerging.run.problem` -> `run`)."""
+    out: dict[str, set[str]] = {}
+    for module, targets in graph.items():
+        top = module.split(".")[1] if "." in module else "_torchvision_compat"
+        out.setdefault(top, set())
+        for t in targets:
+            other = t.split(".")[1] if "." in t else "_torchvision_compat"
+            if other != top:
+                out[top].add(other)
+    return out
 
 
 def test_the_package_has_no_import_cycle():
     graph = import_graph(PACKAGE)
     # the walk sees the package
-    assert len(graph) > 30 and "adamerging.merging" in graph["adamerging.pipeline"]
+    assert len(graph) > 30 and "adamerging.merging.tables" in graph["adamerging.commands.pipeline"]
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_the_folders_have_no_import_cycle_between_them():
+    cycle = find_cycle(package_graph(import_graph(PACKAGE)))
+    assert cycle is None, "folders importing each other: " + " -> ".join(cycle)
+
+
+def test_the_package_root_holds_only_the_folders_of_the_layers():
+    loose = sorted(
+        p.name
+        for p in PACKAGE.glob("*.py")
+        if p.name not in ("__init__.py", "__main__.py", "_torchvision_compat.py")
+    )
+    assert not loose, f"modules outside the layers' folders: {loose}"
+    folders = {p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert folders - {"data"} == set().union(*FLOORS) - {"_torchvision_compat", "__main__"}
 
 
 def test_no_module_imports_a_higher_floor():
@@ -171,6 +183,6 @@ def test_every_module_has_a_docstring_and_a_row_in_the_docs():
     for path in module_names(PACKAGE).values():
         assert ast.get_docstring(ast.parse(path.read_text())), f"{path}: no module docstring"
         inside = path.relative_to(PACKAGE).parts
-        # a subpackage: one row
-        row = f"`adamerging/{inside[0]}/`" if len(inside) > 1 else f"`adamerging/{inside[0]}`"
+        # a folder: one row
+        row = f"`{inside[0]}/`" if len(inside) > 1 else f"`{inside[0]}`"
         assert row in table, f"docs/how-it-works.md has no row {row} for {path}"

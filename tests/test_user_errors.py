@@ -7,10 +7,10 @@ import pytest
 import torch
 from model_fixtures import mini_argv, write_mini_problem
 
-from adamerging import pipeline
-from adamerging.checkpoints import atomic_write
-from adamerging.merging import published_table
-from adamerging.pipeline import parse_config
+from adamerging.commands import pipeline
+from adamerging.commands.pipeline import parse_config
+from adamerging.merging.tables import published_table
+from adamerging.runtime.files import atomic_write
 
 
 def _run(argv: list[str]) -> dict:
@@ -43,7 +43,7 @@ def test_repeated_and_unknown_task_names_are_refused(root):
 
 
 def test_a_missing_data_folder_is_reported_and_not_created(root, tmp_path):
-    from adamerging.datasets import DatasetError
+    from adamerging.runtime.errors import DatasetError
 
     missing = tmp_path / "nodata"
     with pytest.raises(DatasetError, match="nodata"):

@@ -9,7 +9,13 @@ import pytest
 from PIL import Image
 
 import adamerging  # noqa: F401  (before torchvision: compat shim)
-from adamerging import datasets as ds
+from adamerging.datasets.preprocessing import preprocess_images
+from adamerging.datasets.user_tasks import (
+    DEFAULT_USER_TEMPLATES,
+    read_image_folder_task,
+    user_task_templates,
+)
+from adamerging.runtime.errors import DatasetError
 
 
 def _write_task(folder: Path, classes: dict[str, int], split: str = "test") -> Path:
@@ -25,7 +31,7 @@ def _write_task(folder: Path, classes: dict[str, int], split: str = "test") -> P
 def test_image_folder_task_reads_classes_labels_and_paths(tmp_path: Path):
     folder = _write_task(tmp_path / "pets", {"tabby_cat": 2, "dog": 3, "axolotl": 1})
     (folder / "test" / "dog" / "notes.txt").write_text("not an image")
-    split = ds.read_image_folder_task("Pets", folder)
+    split = read_image_folder_task("Pets", folder)
     assert split.task == "Pets" and split.split == "test"
     assert split.classnames == ["axolotl", "dog", "tabby cat"]  # sorted folders, `_` -> space
     assert split.labels.tolist() == [0, 1, 1, 1, 2, 2]
@@ -33,39 +39,39 @@ def test_image_folder_task_reads_classes_labels_and_paths(tmp_path: Path):
     assert [Path(p).parent.name for p in split.images] == ["axolotl"] + ["dog"] * 3 + [
         "tabby_cat"
     ] * 2
-    images = ds.preprocess_images(split, 16, tmp_path / "cache", num_workers=1)
+    images = preprocess_images(split, 16, tmp_path / "cache", num_workers=1)
     assert tuple(images.shape) == (6, 3, 16, 16)
-    assert ds.user_task_templates(folder) == list(ds.DEFAULT_USER_TEMPLATES)
-    assert all("{c}" in t for t in ds.DEFAULT_USER_TEMPLATES)
+    assert user_task_templates(folder) == list(DEFAULT_USER_TEMPLATES)
+    assert all("{c}" in t for t in DEFAULT_USER_TEMPLATES)
 
 
 def test_classnames_and_templates_files_override(tmp_path: Path):
     folder = _write_task(tmp_path / "t", {"c0": 1, "c1": 1})
     (folder / "classnames.txt").write_text("zero\none\n")
     (folder / "templates.txt").write_text("a sketch of {c}.\nitap of a {c}.\n")
-    split = ds.read_image_folder_task("T", folder)
+    split = read_image_folder_task("T", folder)
     assert split.classnames == ["zero", "one"]
-    assert ds.user_task_templates(folder) == ["a sketch of {c}.", "itap of a {c}."]
+    assert user_task_templates(folder) == ["a sketch of {c}.", "itap of a {c}."]
 
 
 def test_other_split_names_work(tmp_path: Path):
     folder = _write_task(tmp_path / "t", {"a": 1, "b": 2}, split="val")
-    assert len(ds.read_image_folder_task("T", folder, split="val")) == 3
+    assert len(read_image_folder_task("T", folder, split="val")) == 3
 
 
 def test_errors_name_the_expected_layout(tmp_path: Path):
     for bad in ("", "a/b", "x=y", ".hidden", "two words"):
-        with pytest.raises(ds.DatasetError, match="task name"):
-            ds.read_image_folder_task(bad, tmp_path)
-    with pytest.raises(ds.DatasetError, match=r"Mine: expected .*/nothing/test .*ImageFolder"):
-        ds.read_image_folder_task("Mine", tmp_path / "nothing")
+        with pytest.raises(DatasetError, match="task name"):
+            read_image_folder_task(bad, tmp_path)
+    with pytest.raises(DatasetError, match=r"Mine: expected .*/nothing/test .*ImageFolder"):
+        read_image_folder_task("Mine", tmp_path / "nothing")
     folder = _write_task(tmp_path / "t", {"a": 1, "b": 1})
     (folder / "classnames.txt").write_text("only one\n")
-    with pytest.raises(ds.DatasetError, match="2 class folders but .*classnames.txt has 1 names"):
-        ds.read_image_folder_task("T", folder)
+    with pytest.raises(DatasetError, match="2 class folders but .*classnames.txt has 1 names"):
+        read_image_folder_task("T", folder)
     (folder / "templates.txt").write_text("a photo of a {c}.\nno placeholder\n")
-    with pytest.raises(ds.DatasetError, match="placeholder"):
-        ds.user_task_templates(folder)
+    with pytest.raises(DatasetError, match="placeholder"):
+        user_task_templates(folder)
     (folder / "test" / "empty").mkdir()
-    with pytest.raises(ds.DatasetError, match="holds no image files"):
-        ds.read_image_folder_task("T", folder)
+    with pytest.raises(DatasetError, match="holds no image files"):
+        read_image_folder_task("T", folder)

@@ -9,6 +9,6 @@ import os
 # off.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
-from . import _torchvision_compat  # noqa: E402,F401  (must run before anything imports torchvision)
+from adamerging import _torchvision_compat  # noqa: E402,F401  (must run before anything imports torchvision)
 
 __version__ = "0.1.0"

@@ -1,71 +1,94 @@
-"""`python -m adamerging METHOD [flags]` (installed: `adamerging METHOD [flags]`): any method,
-including zeroshot, individual and weight_averaging."""
+"""`python -m adamerging NAME [flags]` (installed: `adamerging NAME [flags]`): any method of the
+registry (zeroshot, individual, weight_averaging, task_arithmetic, ...), or one of the COMMANDS
+(experiments, diagnose, prepare, download, mini-build, report); `--help` after NAME for its flags.
+"""
 
 from __future__ import annotations
 
 import difflib
+import importlib
 import sys
 from collections.abc import Sequence
 
-from .cli import command_name
-from .pipeline import METHODS
-from .pipeline import main as run_method
-
-# The other installed commands, each the console form of `python -m adamerging.<module>`
-# (pyproject.toml).
+# name -> (module whose `main(argv)` runs it, installed command, what it does). The installed
+# commands are the console scripts of pyproject.toml (tests/test_packaging.py checks they agree).
 COMMANDS = {
-    "adamerging-experiments": "the paper's experiments (python -m adamerging.experiments)",
-    "adamerging-diagnose": (
-        "will AdaMerging help on these models? (python -m adamerging.diagnostics, src/diagnose.py)"
+    "experiments": (
+        "adamerging.commands.experiments.command",
+        "adamerging-experiments",
+        "the paper's experiments",
     ),
-    "adamerging-prepare": (
-        "official dataset downloads -> reader layouts (python -m adamerging.prepare)"
+    "diagnose": (
+        "adamerging.commands.diagnose",
+        "adamerging-diagnose",
+        "will AdaMerging help on these models? (also src/diagnose.py)",
     ),
-    "adamerging-download": (
-        "checkpoints and datasets from the Hugging Face hub (python -m adamerging.download)"
+    "prepare": (
+        "adamerging.datasets.prepare",
+        "adamerging-prepare",
+        "official dataset downloads -> reader layouts",
     ),
-    "adamerging-mini-build": "build the embedded mini benchmark (python -m adamerging.mini.build)",
-    "adamerging-report": (
-        "collect results/<model>/<method>.json into one table (python -m adamerging.reporting)"
+    "download": (
+        "adamerging.datasets.download",
+        "adamerging-download",
+        "checkpoints and datasets from the Hugging Face hub",
+    ),
+    "mini-build": (
+        "adamerging.mini.build",
+        "adamerging-mini-build",
+        "build the embedded mini benchmark",
+    ),
+    "report": (
+        "adamerging.commands.report",
+        "adamerging-report",
+        "collect results/<model>/<method>.json into one table",
     ),
 }
 
 
-def usage() -> str:
-    """The one-line usage of the method command."""
-    return (
-        f"usage: {command_name('adamerging')} {{{','.join(METHODS)}}} [flags]  (--help after the"
-        " method for flags)"
-    )
+def usage(methods: Sequence[str]) -> str:
+    """The one-line usage of the command."""
+    from adamerging.runtime.cli import command_name
+
+    names = ",".join([*methods, *COMMANDS])
+    return f"usage: {command_name('adamerging')} {{{names}}} [flags]  (--help after the name)"
+
+
+def help_text(methods: Sequence[str]) -> str:
+    """`--help`: the usage line, then the other commands with their installed names."""
+    rows = [
+        f"  {name:12s} {installed:24s} {text}" for name, (_, installed, text) in COMMANDS.items()
+    ]
+    return usage(methods) + "\n\ncommands (each with --help; installed as):\n" + "\n".join(rows)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Run METHOD with the flags after it (argv default: sys.argv[1:]); usage and exit 2 without a
-    known method.
+    """Run the method or command named first with the flags after it (argv default:
+    sys.argv[1:]); usage and exit 2 without a known name. `-h`/`--help` alone lists the methods and
+    the commands (exit 0)."""
+    from adamerging.commands.pipeline import METHODS
 
-    `-h`/`--help` alone lists the methods and the other commands (exit 0).
-    """
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] in (["-h"], ["--help"]):
-        print(
-            usage()
-            + "\n\nother commands (each with --help):\n"
-            + "\n".join(f"  {k:24s} {v}" for k, v in COMMANDS.items())
-        )
+        print(help_text(list(METHODS)))
         sys.exit(0)
+    if args and args[0] in COMMANDS:
+        sys.exit(importlib.import_module(COMMANDS[args[0]][0]).main(args[1:]))
     if not args or args[0] not in METHODS:
-        # a misspelled method: name it, and the nearest ones
+        # a misspelled name: say so, and the nearest ones
         if args and not args[0].startswith("-"):
-            near = difflib.get_close_matches(args[0], METHODS, n=2)
+            near = difflib.get_close_matches(args[0], [*METHODS, *COMMANDS], n=2)
             print(
-                f"error: unknown method {args[0]!r}"
+                f"error: unknown method or command {args[0]!r}"
                 + (f"; did you mean {' or '.join(near)}?" if near else "")
-                + f" (methods: {', '.join(METHODS)})",
+                + f" (methods: {', '.join(METHODS)}; commands: {', '.join(COMMANDS)})",
                 file=sys.stderr,
             )
         else:
-            print(usage(), file=sys.stderr)
+            print(usage(list(METHODS)), file=sys.stderr)
         sys.exit(2)
+    from adamerging.commands.pipeline import main as run_method
+
     run_method(args[0], args[1:])
 
 

@@ -33,7 +33,8 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints import atomic_write, save_state_dict
+from adamerging.checkpoints.loading import save_state_dict
+from adamerging.runtime.files import atomic_write
 
 ARTEFACT_DIR = Path(__file__).with_name("artefacts")
 MANIFEST = "manifest.json"
@@ -86,7 +87,7 @@ def save_base(
 
 
 def load_base(clip: torch.nn.Module, folder: Path = ARTEFACT_DIR) -> torch.nn.Module:
-    """Load the committed base into `clip` (a fresh `models.create_clip("mini")`), in place; returns
+    """Load the committed base into `clip` (a fresh `clip.create_clip("mini")`), in place; returns
     it. Raises ArtefactError naming the file when a key or shape does not fit."""
     from safetensors.torch import load_file
 

@@ -34,12 +34,13 @@ import torch
 import torch.nn.functional as F
 
 import adamerging  # noqa: F401  (compat shim before torchvision / open_clip)
-
-from ..cli import command_name
-from . import artefacts as A
-from . import layouts
-from . import tasks as T
-from . import train as TR
+from adamerging.checkpoints.loading import save_state_dict
+from adamerging.mini import artefacts as A
+from adamerging.mini import layouts
+from adamerging.mini import tasks as T
+from adamerging.mini import train as TR
+from adamerging.runtime.cli import command_name
+from adamerging.runtime.files import atomic_write
 
 BUILD_VERSION = 2
 
@@ -115,7 +116,7 @@ def _config_hash(cfg: dict, seed: int) -> str:
 def _base_key(cfg: dict, seed: int) -> str:
     """Hash of everything the pretrained base depends on (the artefacts are used only when it
     matches)."""
-    model_cfg = (Path(__file__).parents[1] / "model_configs" / "mini.json").read_text()
+    model_cfg = (Path(__file__).parents[1] / "models" / "configs" / "mini.json").read_text()
     pool = {name: share for name, (_, share) in T.POOL_GROUPS.items()}
     keys = [
         "pool_n",
@@ -221,11 +222,10 @@ def build(  # noqa: C901
     Errors: ValueError naming an unknown task, or `add_missing` with `rebuild` or artefacts whose
     base does not match.
     """
-    from adamerging import checkpoints as C
-    from adamerging import heads as H
-    from adamerging import models as M
-    from adamerging import task_vectors_format as TV
-    from adamerging.problem import MULTITASK
+    from adamerging.models import clip as M
+    from adamerging.models import heads as H
+    from adamerging.models import task_vectors_format as TV
+    from adamerging.run.experts import MULTITASK
 
     cfg = dict(QUICK if quick else FULL)
     if tasks:
@@ -350,7 +350,7 @@ def build(  # noqa: C901
         if rebuild:
             A.save_base(clip, token_ids, artefacts)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    C.save_state_dict(clip.state_dict(), ckpt_dir / "clip_pretrained.safetensors")
+    save_state_dict(clip.state_dict(), ckpt_dir / "clip_pretrained.safetensors")
     TV.save_image_encoder(clip, ckpt_dir / "zeroshot.pt")
     P.stage("pretrain")
 
@@ -490,7 +490,7 @@ def build(  # noqa: C901
         torch=torch.__version__,
         python=sys.version.split()[0],
     )
-    with C.atomic_write(report_path, "w") as f:
+    with atomic_write(report_path, "w") as f:
         json.dump(report, f, indent=1)
     if rebuild:
         A.write_manifest(
@@ -553,7 +553,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`python -m adamerging.mini.build`: parse the arguments and build the mini benchmark; returns
     0."""
     ap = argparse.ArgumentParser(
-        prog=command_name("adamerging.mini.build"), description=__doc__.split("\n")[0]
+        prog=command_name("adamerging mini-build"), description=__doc__.split("\n")[0]
     )
     ap.add_argument(
         "--quick",

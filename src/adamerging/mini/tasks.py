@@ -14,8 +14,8 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw
 
-from . import generators as g
-from .generators import S
+from adamerging.mini import generators as g
+from adamerging.mini.generators import S
 
 DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 

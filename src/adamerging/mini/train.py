@@ -12,7 +12,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
-from .. import _torchvision_compat  # noqa: F401
+from adamerging import _torchvision_compat  # noqa: F401
 
 # The CLIP validation normalisation (what the pipeline's Normalizer applies to the same images).
 MEAN = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)

@@ -1,0 +1,249 @@
+"""What every experiment shares: its invocation (`Context`), running a method on a derived config
+with reuse by config equality, and writing its tables and notes beside the paper's numbers."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from adamerging.commands import pipeline
+from adamerging.commands.report import TABLE_ORDER
+from adamerging.reporting.paper import paper_row, with_paper
+from adamerging.reporting.results import package_versions
+from adamerging.reporting.tables import (
+    INDIVIDUAL,
+    NORMALIZED,
+    NORMALIZED_TEXT,
+    csv_table,
+    markdown_table,
+    row_average,
+    with_normalized,
+)
+from adamerging.run.config import RunConfig
+from adamerging.run.tasks import parse_tasks
+from adamerging.runtime.files import atomic_write
+
+METHODS = pipeline.METHODS
+
+
+MAIN_METHODS = [name for name, _ in TABLE_ORDER if name in METHODS]  # paper row order
+
+
+PUBLISHED_METHODS = [name for name in MAIN_METHODS if METHODS[name].published]
+
+
+ADAPTIVE = ("layer_wise_adamerging", "layer_wise_adamergingpp")
+
+
+# generalization and robustness rows
+COMPARED = ("task_arithmetic", "ties_merging", *ADAPTIVE)
+
+
+# Settings that never change a run's numbers: a saved run made with other values of these is reused.
+NOT_RESULTS = (
+    "overwrite",
+    "no_progress",
+    "cache_dir",
+    "resume",
+    "save_every",
+    "results_dir",
+    "run_dir",
+    "tensorboard",
+)
+
+
+@dataclass
+class Context:
+    """One experiment invocation: its own flags, the run configuration every method run derives
+    from, the forwarded flags."""
+
+    experiment: str
+    options: argparse.Namespace
+    base: RunConfig  # the forwarded pipeline flags, parsed (defaults filled)
+    passthrough: list[str]  # the forwarded flags as typed (the reports quote the command)
+
+    @property
+    def model(self) -> str:
+        return self.base.model
+
+    @property
+    def folder(self) -> Path:
+        """results/<model>: where the experiment's own files go."""
+        return Path(self.base.results_dir) / self.base.model
+
+    def tasks(self) -> list[str]:
+        """The merged tasks: --tasks, or <checkpoints>/<model>/tasks.txt, or the paper's 8."""
+        return parse_tasks(self.base.tasks, Path(self.base.checkpoints) / self.base.model)
+
+    def runs(self, *parts: str) -> str:
+        """results/<model>/runs/<experiment>/<parts>: the folder (run_dir) of a variant's method
+        runs."""
+        return str(self.folder.joinpath("runs", self.experiment, *parts))
+
+
+def same_run(saved: Mapping[str, Any], config: RunConfig) -> bool:
+    """Whether a saved result was made with `config` (equal configs, up to the settings in
+    NOT_RESULTS)."""
+    try:
+        made = RunConfig(**saved.get("config", {}))
+    # a result of an older layout, or a setting this version rejects
+    except (TypeError, ValueError):
+        return False
+    ignore = {name: getattr(config, name) for name in NOT_RESULTS}
+    return dataclasses.replace(made, **ignore) == config
+
+
+def run_method(ctx: Context, method: str, run_dir: str | None = None, **changes: Any) -> dict:
+    """One pipeline run on the context's config with `changes` (RunConfig fields); returns its
+    results dict.
+
+    The run writes <run_dir>/<name>.json and <name>.state.pt (default: <results-dir>/<model>/,
+    replacing the method's main result); variants pass their own folder (`ctx.runs(...)`) so they
+    never replace each other. With --skip-existing a saved result made with the same config is read
+    instead. The returned dict carries the result file as "path".
+    """
+    config = dataclasses.replace(
+        ctx.base, overwrite=True, **changes, **({"run_dir": run_dir} if run_dir else {})
+    )
+    target = config.output_dir / f"{METHODS[method].result_name(config)}.json"
+    if ctx.options.skip_existing and target.is_file():
+        saved = json.loads(target.read_text())
+        if same_run(saved, config):
+            print(f"== {method}: reusing {target}")
+            return {**saved, "path": str(target)}
+    shown = " ".join(f"{k}={v}" for k, v in changes.items())
+    print(f"== {method}" + (f" {shown}" if shown else ""), flush=True)
+    return {**pipeline.run(method, config), "path": str(target)}
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a report file atomically."""
+    with atomic_write(path, "w") as f:
+        f.write(text)
+
+
+def header(
+    ctx: Context, title: str, started: float, tasks: Sequence[str] | None = None
+) -> list[str]:
+    """The first lines of an experiment's markdown: title, command, tasks, wall time."""
+    return [
+        f"# {title}: `{ctx.model}`",
+        "",
+        "Command: `"
+        + " ".join(["python -m adamerging experiments", ctx.experiment, *ctx.passthrough])
+        + "`  ",
+        (
+            f"Tasks: {', '.join(tasks or ctx.tasks())}. Wall time"
+            f" {time.perf_counter() - started:.0f} s. Accuracy (%) on each task's full test split."
+        ),
+        "",
+    ]
+
+
+def meta(ctx: Context, started: float) -> dict:
+    """The provenance fields of an experiment's JSON."""
+    return {
+        "experiment": ctx.experiment,
+        "model": ctx.model,
+        "argv": ctx.passthrough,
+        "options": vars(ctx.options),
+        "wall_seconds": round(time.perf_counter() - started, 2),
+        "versions": package_versions(),
+    }
+
+
+def mean(values: Sequence[float]) -> float | None:
+    """The mean, or None for no values."""
+    return sum(values) / len(values) if values else None
+
+
+def comparison(
+    model: str, ours: Mapping[str, Mapping[str, float]], tasks: Sequence[str]
+) -> tuple[dict, set[str]]:
+    """Our rows with the paper's row and the difference beside each, when the paper reports
+    `model`."""
+    return with_paper(ours, {title: paper_row(model, title, tasks) for title in ours}, tasks)
+
+
+def ordering_table(ours: Mapping[str, Mapping[str, float]], tasks: Sequence[str]) -> str:
+    """For a model the paper does not report: our averages beside the paper's, to compare the
+    methods' order."""
+    columns = ["ours"] + [f"paper {m}" for m in ("ViT-B-32", "ViT-L-14")]
+    rows = {}
+    for title, accs in ours.items():
+        row = {"ours": row_average(accs, tasks) if accs is not None else None}
+        for m in ("ViT-B-32", "ViT-L-14"):
+            paper = paper_row(m, title)
+            row[f"paper {m}"] = paper.get("Avg") if paper else None
+        rows[title] = row
+    return markdown_table(rows, columns, average=False, label="method (average %)")
+
+
+def write_table(
+    ctx: Context,
+    stem: str,
+    title: str,
+    ours: Mapping[str, Mapping[str, float] | None],
+    tasks: Sequence[str],
+    started: float,
+    notes: Sequence[str] = (),
+    individual: Mapping[str, float] | None = None,
+) -> str:
+    """results/<model>/<stem>.{md,csv}: our rows, with the paper's and the differences where it
+    reports the model.
+
+    A None row is quoted from the paper only. Where the individual experts' accuracies on the same
+    test data are known (our Individual row, or `individual`), every row gets its normalized
+    accuracy too (the paper's rows by the paper's Individual row).
+    """
+    rows, signed = comparison(ctx.model, ours, tasks)
+    individual = individual or ours.get(INDIVIDUAL)
+    per_task: dict = {}
+    if individual:
+        paper_individual = paper_row(ctx.model, INDIVIDUAL, tasks)
+        references = {
+            **{t: individual for t in ours if ours[t] is not None},
+            **{f"{t} (paper)": paper_individual for t in ours},
+        }
+        rows, per_task = with_normalized(rows, tasks, references)
+    extra = [NORMALIZED] if per_task else []
+    table = markdown_table(rows, tasks, signed=signed, extra=extra)
+    md = header(ctx, title, started) + [table, ""]
+    if signed:
+        md += [
+            (
+                f"`(paper)`: the paper's Table {'2' if ctx.model == 'ViT-B-32' else '3'} for"
+                f" {ctx.model} (`Pretrained` = our Zero-shot); `(ours - paper)`: our value minus"
+                " the paper's, in points."
+            ),
+            "",
+        ]
+    else:
+        md += [
+            (
+                f"The paper reports no {ctx.model} results; its averages for the same methods, to"
+                " compare the methods' order:"
+            ),
+            "",
+            ordering_table(ours, tasks),
+            "",
+        ]
+    if per_task:
+        md += [
+            NORMALIZED_TEXT,
+            "",
+            markdown_table(per_task, tasks, label="normalized accuracy (%)"),
+            "",
+        ]
+    md += list(notes)
+    write_text(ctx.folder / f"{stem}.md", "\n".join(md).rstrip() + "\n")
+    write_text(ctx.folder / f"{stem}.csv", csv_table(rows, tasks, extra=extra))
+    print(table)
+    print(f"wrote {ctx.folder / stem}.md, .csv")
+    return table

@@ -1,0 +1,222 @@
+"""`python -m adamerging download --source hf --model ViT-B-32 [--tasks ...]`: everything from the
+Hugging Face hub.
+
+Fetches, with `huggingface_hub.snapshot_download` (resumable, with progress bars):
+- the pretrained CLIP `openai/clip-vit-<arch>` -> `<checkpoints>/hf/<model>/zeroshot/`,
+- FusionBench's experts `tanganke/clip-vit-<arch>_<task>` ->
+  `<checkpoints>/hf/<model>/<Task>/finetuned/`,
+- the test split of each task's dataset (hf_copies.HF_DATASET_REPOS) -> `<data-location>/<task
+  folder>/`, and its train split, which only Fisher merging and RegMean read (`--splits test` skips
+  it),
+i.e. the layouts `--checkpoint-format hf` and `--data-format hf` read, then prints the command that
+reproduces the main table. Model repo names: FusionBench's model pools
+(github.com/tanganke/fusion_bench,
+`config/modelpool/CLIPVisionModelPool/clip-vit-base-patch32_TA8.yaml`).
+
+Each repo is downloaded into a hidden `.<name>.download` folder beside its target (kept between
+runs: that is what makes an interrupted download resume) and renamed into place once complete, so a
+target folder is either absent or whole. Only `config.json` + safetensors weights of the models and
+the dataset card + the chosen splits' parquet shards of the datasets are fetched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from adamerging.datasets.hf_copies import HF_DATASET_REPOS
+from adamerging.datasets.tasks import SPLITS, TASKS, canonical_task, task_folder
+from adamerging.runtime.cli import command_name
+
+# open_clip architecture -> the Hugging Face CLIP name part.
+HF_ARCH: dict[str, str] = {
+    "ViT-B-32": "clip-vit-base-patch32",
+    "ViT-B-16": "clip-vit-base-patch16",
+    "ViT-L-14": "clip-vit-large-patch14",
+}
+
+
+# Task -> the suffix of FusionBench's expert repos (`tanganke/clip-vit-base-patch32_<suffix>`).
+EXPERT_SUFFIX: dict[str, str] = {
+    "SUN397": "sun397",
+    "Cars": "stanford-cars",
+    "RESISC45": "resisc45",
+    "EuroSAT": "eurosat",
+    "SVHN": "svhn",
+    "GTSRB": "gtsrb",
+    "MNIST": "mnist",
+    "DTD": "dtd",
+}
+
+
+_MODEL_FILES = ["config.json", "*.safetensors"]
+
+
+class DownloadError(Exception):
+    """The hub could not be reached or a repo could not be fetched (the message names the repo)."""
+
+
+@dataclass(frozen=True)
+class Fetch:
+    """One hub repo to fetch into one folder."""
+
+    repo_id: str
+    repo_type: str  # "model" or "dataset"
+    target: Path
+    allow_patterns: tuple[str, ...]
+
+
+def plan(
+    model: str,
+    tasks: list[str],
+    checkpoints: str | Path,
+    data_location: str | Path,
+    splits: tuple[str, ...] = SPLITS,
+) -> list[Fetch]:
+    """Which repos go to which folders: the pretrained CLIP, one expert per task, one dataset per
+    task (`splits` of it)."""
+    if model not in HF_ARCH:
+        raise DownloadError(
+            f"--model {model!r}: the hub has FusionBench experts for {', '.join(HF_ARCH)}"
+        )
+    ckpt = Path(checkpoints) / "hf" / model
+    fetches = [Fetch(f"openai/{HF_ARCH[model]}", "model", ckpt / "zeroshot", tuple(_MODEL_FILES))]
+    for task in tasks:
+        fetches.append(
+            Fetch(
+                f"tanganke/{HF_ARCH[model]}_{EXPERT_SUFFIX[task]}",
+                "model",
+                ckpt / task / "finetuned",
+                tuple(_MODEL_FILES),
+            )
+        )
+    for task in tasks:
+        repo, config = HF_DATASET_REPOS[task]
+        shards = tuple(
+            f"{config}/{split}-*.parquet" if config else f"*{split}-*.parquet" for split in splits
+        )
+        fetches.append(
+            Fetch(repo, "dataset", task_folder(task, data_location), ("README.md", *shards))
+        )
+    return fetches
+
+
+def _staging(target: Path) -> Path:
+    return target.parent / f".{target.name}.download"
+
+
+def fetch(item: Fetch) -> None:
+    """Download one repo (resuming a previous attempt) and move it into place; DownloadError if it
+    fails."""
+    from huggingface_hub import snapshot_download  # only this command needs the hub client
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    staging = _staging(item.target)
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        snapshot_download(
+            item.repo_id,
+            repo_type=item.repo_type,
+            local_dir=staging,
+            allow_patterns=list(item.allow_patterns),
+        )
+    except (RepositoryNotFoundError, GatedRepoError) as e:
+        raise DownloadError(
+            f"{item.repo_type} {item.repo_id}: not found or gated on the hub ({type(e).__name__});"
+            " check the name / log in"
+        ) from e
+    # connection, DNS, timeouts, offline mode: one message for all
+    except Exception as e:  # noqa: BLE001
+        what = f"{item.repo_type} {item.repo_id}: {type(e).__name__}: {e}".splitlines()[0]
+        raise DownloadError(f"no network / hub unreachable: {what}") from e
+    shutil.rmtree(staging / ".cache", ignore_errors=True)  # the hub client's resume bookkeeping
+    if not any(staging.rglob("*.safetensors" if item.repo_type == "model" else "*.parquet")):
+        raise DownloadError(
+            f"{item.repo_type} {item.repo_id}: nothing matching {list(item.allow_patterns)} was"
+            f" downloaded into {staging}"
+        )
+    os.replace(staging, item.target)
+
+
+def main_table_command(model: str, checkpoints: str | Path, data_location: str | Path) -> str:
+    """The command that reproduces the main table on what was downloaded."""
+    return (
+        f"python -m adamerging experiments main-table --model {model} --checkpoints"
+        f" {Path(checkpoints) / 'hf'} --data-location {data_location}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry: fetch what the plan lists (or print it with --dry-run); exit 1 on a failed fetch,
+    2 on bad flags."""
+    p = argparse.ArgumentParser(
+        prog=command_name("adamerging download"), description=__doc__.splitlines()[0]
+    )
+    p.add_argument(
+        "--source", required=True, choices=["hf"], help="where from: the Hugging Face hub"
+    )
+    p.add_argument("--model", default="ViT-B-32", choices=list(HF_ARCH), help="CLIP architecture")
+    p.add_argument(
+        "--tasks",
+        default=None,
+        help=f"comma-separated subset of {', '.join(TASKS)} (default: all 8)",
+    )
+    p.add_argument(
+        "--checkpoints", default="checkpoints", help="models go to <checkpoints>/hf/<model>/"
+    )
+    p.add_argument(
+        "--data-location", default="data", help="datasets go to <data-location>/<task folder>/"
+    )
+    p.add_argument(
+        "--splits",
+        default=",".join(SPLITS),
+        help=(
+            "comma-separated dataset splits to fetch: test (every method), "
+            "train (Fisher merging and RegMean only)"
+        ),
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the plan (repo -> folder) and fetch nothing"
+    )
+    args = p.parse_args(argv)
+    try:
+        tasks = (
+            [canonical_task(t) for t in args.tasks.split(",") if t.strip()]
+            if args.tasks
+            else list(TASKS)
+        )
+        splits = tuple(x.strip() for x in args.splits.split(",") if x.strip())
+        if not splits or set(splits) - set(SPLITS):
+            raise ValueError(f"--splits {args.splits!r}: expected some of {', '.join(SPLITS)}")
+        fetches = plan(args.model, tasks, args.checkpoints, args.data_location, splits)
+    except Exception as e:  # noqa: BLE001 - unknown task / model: one line
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for item in fetches:
+        if item.target.exists():
+            print(f"have     {item.target}  ({item.repo_id})")
+            continue
+        print(
+            f"{'plan' if args.dry_run else 'fetch'}    {item.repo_type} {item.repo_id} ->"
+            f" {item.target}"
+        )
+        if args.dry_run:
+            continue
+        try:
+            fetch(item)
+        except DownloadError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+    print(
+        "Reproduce the main table with:\n  "
+        + main_table_command(args.model, args.checkpoints, args.data_location)
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,5 +1,0 @@
-"""`python -m adamerging.experiments EXPERIMENT [flags]`."""
-
-from .command import main
-
-main()

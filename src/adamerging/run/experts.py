@@ -1,0 +1,271 @@
+"""The checkpoints side of a run: theta_0 and the experts' task vectors, found, read and checked.
+
+`load_task_vectors(config, vectors)` finds each task's expert (`expert_paths`), reads it into the
+ImageEncoder layout (`load_expert`), takes tau_t = theta_t - theta_0 one expert at a time, runs the
+checks on the experts (`provenance`) and records every file. Also the multi-task encoder of the
+"Traditional MTL" row.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from adamerging.checkpoints import hf
+from adamerging.checkpoints.hashing import HASH_NOTE, FileHashes, cache_file
+from adamerging.checkpoints.layout import _content, _find, _read
+from adamerging.datasets.tasks import TASKS
+from adamerging.merging.stats import task_vector_stats
+from adamerging.merging.task_vectors import TaskVectors, task_vectors, zero_task_vectors
+from adamerging.merging.ties import ties_select
+from adamerging.models.clip import (
+    VISUAL_PREFIX,
+    create_clip,
+    encoder_state_dict,
+    load_encoder_weights,
+)
+from adamerging.run.config import RunConfig
+from adamerging.run.provenance import check_experts, check_same_file, mini_build, task_vector_record
+from adamerging.run.tasks import _named, cache_dir, parse_tasks
+from adamerging.runtime.errors import CheckpointError
+from adamerging.runtime.files import file_backed, return_freed_memory
+
+
+@dataclass
+class TaskVectorSet:
+    """The checkpoints side of a problem: architecture, theta_0 and the (possibly TIES-selected)
+    task vectors."""
+
+    tasks: list[str]
+    clip: torch.nn.Module
+    # state-dict entries in canonical order (rows of a layer-wise table)
+    entries: list[str]
+    theta0: dict[str, torch.Tensor]
+    tau: TaskVectors
+    # the files read and the task vectors' norms and cosines
+    provenance: dict = field(default_factory=dict)
+
+
+def to_encoder_entries(
+    sd: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], source: Path
+) -> dict[str, torch.Tensor]:
+    """Any supported state dict -> the ImageEncoder layout (`model.*`) in canonical order.
+
+    Accepts the task-vectors encoder (`model.*`) and a whole open_clip CLIP (`visual.*`, text tower
+    dropped). Names missing/unexpected keys and shape mismatches.
+    """
+    if not any(k.startswith("model.") for k in sd):
+        sd = {
+            "model." + k: v
+            for k, v in sd.items()
+            if not k.startswith("transformer.") and k not in ("attn_mask", "logit_bias")
+        }
+    missing = [k for k in reference if k not in sd]
+    unexpected = [k for k in sd if k not in reference]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{source}: entries do not match the architecture: missing {missing[:4]}"
+            f" ({len(missing)}), unexpected {unexpected[:4]} ({len(unexpected)})"
+        )
+    out = {}
+    for k, ref in reference.items():
+        if tuple(sd[k].shape) != tuple(ref.shape):
+            raise CheckpointError(
+                f"{source}: entry {k!r} has shape {tuple(sd[k].shape)}, the architecture expects"
+                f" {tuple(ref.shape)}"
+            )
+        out[k] = sd[k].float()
+    return out
+
+
+def load_expert(
+    path: Path, clip: torch.nn.Module, theta0: dict[str, torch.Tensor], record: dict | None = None
+) -> dict[str, torch.Tensor]:
+    """A fine-tuned encoder (task-vectors file or HF folder) in the ImageEncoder layout of `clip`'s
+    architecture.
+
+    HF experts are often vision-only: their text-side entries come from `theta0`. `record` (a file's
+    provenance record) gets the file's "format". Errors as `to_encoder_entries`.
+    """
+    weights, fmt = _read(path)
+    if record is not None:
+        record["format"] = fmt
+    if hf.is_hf_checkpoint(path):
+        weights = hf.fill_from(hf.image_tower(weights, clip.state_dict(), path, theta0), theta0)
+    return to_encoder_entries(weights, encoder_state_dict(clip), path)
+
+
+# <checkpoints>/<model>/multitask/finetuned.pt: one encoder fine-tuned on all tasks at once
+MULTITASK = "multitask"
+
+
+def multitask_checkpoint(config: RunConfig) -> Path | None:
+    """The jointly fine-tuned encoder ("Traditional MTL") of `config`'s model, or None where there
+    is none."""
+    return _find(
+        Path(config.checkpoints) / config.model / MULTITASK, "finetuned", config.checkpoint_format
+    )
+
+
+def load_multitask(
+    config: RunConfig, clip: torch.nn.Module, theta0: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """The multi-task encoder's entries (ImageEncoder layout); FileNotFoundError naming the expected
+    file."""
+    path = multitask_checkpoint(config)
+    if path is None:
+        folder = Path(config.checkpoints) / config.model / MULTITASK
+        raise FileNotFoundError(
+            f"no multi-task encoder: expected {folder}/finetuned.pt (or a Hugging Face folder"
+            f" {folder}/finetuned/); the mini benchmark builds one, for the real models the paper's"
+            " row is quoted"
+        )
+    return load_expert(path, clip, theta0)
+
+
+def expert_paths(config: RunConfig, tasks: Sequence[str]) -> list[Path]:
+    """Each task's fine-tuned encoder (file or HF folder): --finetuned NAME=PATH, else
+    <checkpoints>/<model>/<Task>/finetuned.*.
+
+    Errors (one line): ValueError for a task that is neither a paper task nor the user's,
+    FileNotFoundError naming the expected file.
+    """
+    model_dir = Path(config.checkpoints) / config.model
+    user_tasks = _named(config.task, "--task")
+    user_experts = {
+        name: Path(path) for name, path in _named(config.finetuned, "--finetuned").items()
+    }
+    paths = []
+    for task in tasks:
+        path = user_experts.get(task) or _find(
+            model_dir / task, "finetuned", config.checkpoint_format
+        )
+        if (
+            task not in TASKS
+            and task not in user_experts
+            and task not in user_tasks
+            and path is None
+        ):
+            raise ValueError(
+                f"{task!r} is not one of the paper's tasks ({', '.join(TASKS)}): check its"
+                f" spelling, or give your own task with --task {task}=DIR and --finetuned"
+                f" {task}=PATH"
+            )
+        if path is None or not path.exists():
+            raise FileNotFoundError(
+                f"{task}: fine-tuned encoder not found: expected"
+                f" {path or model_dir / task / 'finetuned.pt'} (or a Hugging Face folder"
+                f" {model_dir / task / 'finetuned'}/, or --finetuned {task}=PATH)"
+            )
+        paths.append(path)
+    return paths
+
+
+def load_task_vectors(config: RunConfig, vectors: str = "plain") -> TaskVectorSet:
+    """theta_0 and the experts' task vectors tau [T, *shape] per entry, for the tasks of `config`.
+
+    `vectors`: "plain" (tau_t = theta_t - theta_0), "ties" (TIES-selected, `ties.ties_select`) or
+    "none" (zero views that take no memory: for methods that read the experts themselves, one at a
+    time, with `expert_paths` and `load_expert`; the files are checked here all the same). No
+    dataset is read. Before any merge, refuses (CheckpointError, one line) two tasks loading the
+    same expert and an expert not fine-tuned from theta_0 (`provenance.check_experts`; warnings with
+    --allow-duplicate-experts / --allow-foreign-experts). `provenance` of the result: every file's
+    path, size, format and sha256, and the plain task vectors' norm ratios and cosines. Errors:
+    FileNotFoundError naming the missing checkpoint, CheckpointError.
+    """
+    if vectors not in ("plain", "ties", "none"):
+        raise ValueError(f"task vectors must be 'plain', 'ties' or 'none', got {vectors!r}")
+    model_dir = Path(config.checkpoints) / config.model
+    user_tasks = _named(config.task, "--task")
+    tasks = (
+        parse_tasks(config.tasks, model_dir) if config.tasks or not user_tasks else list(user_tasks)
+    )
+    paths = expert_paths(config, tasks)
+    # shapes only: the weights are theta_0's (assigned below)
+    clip = create_clip(config.model, device="meta")
+    reference = encoder_state_dict(clip)
+    base_path = _find(model_dir, "zeroshot", config.checkpoint_format)
+    if base_path is None:
+        raise FileNotFoundError(
+            f"pretrained encoder not found: expected {model_dir}/zeroshot.pt (task-vectors layout),"
+            f" zeroshot.safetensors, or a Hugging Face folder {model_dir}/zeroshot/ with"
+            " config.json"
+        )
+    base, base_format = _read(base_path)
+    if hf.is_hf_checkpoint(base_path):  # a CLIPModel whose text tower differs: its image tower only
+        # its text-side leftovers belong to another text tower: zeros of this architecture's shapes
+        # stand in (never read by the image encoder; the architecture itself is shapes only)
+        text_side = {
+            k: v if k.startswith(VISUAL_PREFIX) else torch.zeros(v.shape)
+            for k, v in reference.items()
+        }
+        base = hf.image_tower(base, clip.state_dict(), base_path, text_side)
+    theta0 = to_encoder_entries(base, reference, base_path)
+    load_encoder_weights(clip, theta0, str(base_path), assign=True)
+
+    files: dict[str, dict] = {}
+    accepted: list[str] = []
+
+    def experts():  # one at a time: task_vectors subtracts each and drops it before the next loads
+        for task, path in zip(tasks, paths):
+            record = hashes.record(path, _content(path))
+            # a copy is refused before it is unpickled
+            check_same_file(task, record, files, config.allow_duplicate_experts, accepted)
+            files[task] = record
+            yield load_expert(path, clip, theta0, record)
+
+    # the hash cache lives in the data's cache folder: never create a data root that is not there
+    # (the missing data is reported later, naming what is expected)
+    hashes = FileHashes(
+        cache_file(cache_dir(config)) if config.cache_dir or config.data_root.is_dir() else None
+    )
+    # hashed in a background thread while the experts load: the experts in order (each is checked
+    # before it is read), theta_0's last
+    hashes.prefetch(_content(p) for p in [*paths, base_path])
+    try:
+        tau = task_vectors(theta0, experts(), tasks)
+    finally:
+        hashes.cancel()  # a refused expert stops the hashing of the files after it
+    zeroshot = {**hashes.record(base_path, _content(base_path)), "format": base_format}
+    hashes.save()
+    started = time.perf_counter()
+    stats = task_vector_stats(theta0, tau, list(reference), tasks)
+    accepted += check_experts(
+        stats,
+        tasks,
+        files,
+        str(base_path),
+        config.allow_duplicate_experts,
+        config.allow_foreign_experts,
+    )
+    provenance = {
+        "hash": HASH_NOTE,
+        "files": {"zeroshot": zeroshot, "finetuned": files},
+        "task_vectors": task_vector_record(stats, tasks),
+        "accepted_warnings": accepted,
+        "seconds": {
+            "hashing_in_background": round(hashes.seconds, 3),
+            "norms_and_cosines": round(time.perf_counter() - started, 3),
+        },
+    }
+    if (build := mini_build(model_dir)) is not None:
+        provenance["mini_build"] = build
+    if vectors == "none":  # checked above like every method's experts; the method reads them itself
+        tau = {
+            k: zero_task_vectors(len(tasks), v.shape)
+            for k, v in theta0.items()
+            if v.is_floating_point()
+        }
+    elif vectors == "ties":
+        tau = ties_select(tau, config.ties_k, config.ties_combine, inplace=True)
+    # theta_0's text-side leftovers: no method reads them (the image encoder never does); only
+    # --save-merged writes them. Out of memory until then (0.1 GB on ViT-B/32, 0.16 GB on ViT-L/14).
+    theta0.update(file_backed({k: v for k, v in theta0.items() if not k.startswith(VISUAL_PREFIX)}))
+    load_encoder_weights(clip, theta0, str(base_path), assign=True)
+    # the released experts' heap pages (0.9 GB on ViT-B/32 x 8), before the method runs
+    return_freed_memory()
+    return TaskVectorSet(tasks, clip, list(reference), theta0, tau, provenance)

@@ -1,0 +1,131 @@
+"""The frozen zero-shot head of every task: the `head_<Task>.pt` files, else built from the text
+tower of full CLIP weights (cached), each checked against the encoder's width and the task's
+classes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from adamerging.checkpoints import hf
+from adamerging.checkpoints.hashing import FileHashes, checkpoint_format
+from adamerging.checkpoints.layout import _content, _find, _read
+from adamerging.checkpoints.loading import load_checkpoint
+from adamerging.datasets.tasks import Split
+from adamerging.models.clip import (
+    create_clip,
+    get_tokenizer,
+    load_clip_weights,
+)
+from adamerging.models.heads import Head, head_from_checkpoint, load_head, zeroshot_weights
+from adamerging.models.task_vectors_format import save_classification_head
+from adamerging.run.config import RunConfig
+from adamerging.runtime.errors import CheckpointError
+
+
+def load_heads(
+    config: RunConfig,
+    model_dir: Path,
+    tasks: Sequence[str],
+    splits: dict[str, Split],
+    templates: dict[str, list[str]],
+    cache_dir: Path,
+    width: int,
+    hashes: FileHashes | None = None,
+    files: dict | None = None,
+) -> dict[str, Head]:
+    """The frozen zero-shot head of every task: `head_<Task>.pt` (unless --rebuild-heads), else
+    built from the text tower (cached). `width`: the image encoder's output dimension d. `files`
+    gets per task the record of the head file read (`FileHashes.record`; a built head's also names
+    the CLIP weights).
+
+    Errors: FileNotFoundError when a head is missing and no CLIP weights are at hand;
+    CheckpointError (naming the file, both numbers and the fix) when a head's width differs from
+    `width` or its class count from the dataset's.
+    """
+    hashes = hashes or FileHashes(None)
+    files = {} if files is None else files
+    heads, missing = {}, []
+    for task in tasks:
+        path = None if config.rebuild_heads else _find(model_dir, f"head_{task}", "task-vectors")
+        if path is not None:
+            loaded = load_checkpoint(path)
+            heads[task] = head_from_checkpoint(loaded, path)
+            files[task] = hashes.record(path, fmt=checkpoint_format(path, loaded.kind))
+            _check_head(heads[task], path, task, width, len(splits[task].classnames), config.model)
+        else:
+            missing.append(task)
+    if missing:
+        # a full CLIP: clip_pretrained.*, or an HF zeroshot/ folder (a whole CLIPModel)
+        weights = (
+            Path(config.clip_weights)
+            if config.clip_weights
+            else (_find(model_dir, "clip_pretrained") or _find(model_dir, "zeroshot", "hf"))
+        )
+        if weights is None or not weights.exists():
+            raise FileNotFoundError(
+                f"no head for {missing} ({model_dir}/head_<Task>.pt) and no CLIP weights to build"
+                " one from the text tower: put the task-vectors heads there, or pass"
+                " --clip-weights (a full open_clip state dict)"
+            )
+        clip = create_clip(config.model)
+        full, clip_format = _read(weights)
+        hf.check_text_tower(full, clip.state_dict(), weights, missing)
+        load_clip_weights(clip, full, str(weights))
+        tokenizer = get_tokenizer(config.model)
+        weights_file = _content(weights)
+        clip_record = hashes.record(weights, weights_file, clip_format)
+        for task in missing:
+            # the cache key covers everything the head depends on, so a stale head is never reused
+            key = json.dumps(
+                [
+                    config.model,
+                    str(weights_file.resolve()),
+                    weights_file.stat().st_mtime_ns,
+                    splits[task].classnames,
+                    templates[task],
+                ]
+            )
+            cached = (
+                cache_dir
+                / "heads"
+                / config.model
+                / f"head_{task}-{hashlib.sha1(key.encode()).hexdigest()[:10]}.pt"
+            )
+            if cached.is_file():
+                heads[task] = load_head(cached)
+            else:
+                weight = zeroshot_weights(
+                    clip, tokenizer, splits[task].classnames, templates[task], device=config.device
+                )
+                save_classification_head(weight, cached)
+                heads[task] = Head(weight)
+            files[task] = {
+                **hashes.record(
+                    cached, fmt=checkpoint_format(cached, "module:src.modeling.ClassificationHead")
+                ),
+                "built_from_text_tower": clip_record,
+            }
+    return heads
+
+
+def _check_head(head: Head, path: Path, task: str, width: int, classes: int, model: str) -> None:
+    """CheckpointError when a head file does not fit the encoder's features or the task's
+    classes."""
+    fix = (
+        "rebuild the heads from the text tower with --rebuild-heads (full CLIP weights:"
+        " --clip-weights)"
+    )
+    if head.weight.shape[1] != width:
+        raise CheckpointError(
+            f"{path}: the head is {head.weight.shape[1]} wide, the {model} image encoder's features"
+            f" are {width}: a head of another architecture; {fix}"
+        )
+    if head.num_classes != classes:
+        raise CheckpointError(
+            f"{path}: {task}: head has {head.num_classes} classes, the dataset has {classes}: a"
+            f" head of another task or class list; {fix}, or check the dataset copy and its"
+            " classnames.txt"
+        )

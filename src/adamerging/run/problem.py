@@ -1,0 +1,166 @@
+"""Loading a merging problem: checkpoints -> theta_0 and task vectors, test sets -> uint8 images,
+heads.
+
+Loading only: `load_problem(config, vectors)` returns a `Problem` that every method (and the
+diagnostics) runs on; nothing here merges, trains or evaluates.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from adamerging.checkpoints.hashing import FileHashes, cache_file
+from adamerging.datasets.corruptions import corrupt
+from adamerging.datasets.labels import task_templates
+from adamerging.datasets.preprocessing import preprocess_images
+from adamerging.datasets.splits import parse_test_split
+from adamerging.datasets.user_tasks import user_task_templates
+from adamerging.merging.task_vectors import TaskVectors
+from adamerging.models.clip import (
+    image_size,
+    normalization,
+)
+from adamerging.models.evaluation import Normalizer
+from adamerging.models.heads import Head
+from adamerging.run.config import RunConfig
+from adamerging.run.experts import load_task_vectors
+from adamerging.run.heads import load_heads
+from adamerging.run.tasks import _named, cache_dir, parse_tasks, read_task
+
+
+@dataclass
+class TaskData:
+    """One task's test split in memory: images uint8 [N, 3, S, S], its frozen head, labels [N]
+    (long)."""
+
+    name: str
+    images: torch.Tensor
+    head: Head
+    labels: torch.Tensor | None = None  # only read by the supervised oracle and by evaluation
+
+
+@dataclass
+class Problem:
+    """Everything a merging method needs, loaded once."""
+
+    model: str
+    tasks: list[str]
+    clip: torch.nn.Module
+    # state-dict entries in canonical order (rows of a layer-wise table)
+    entries: list[str]
+    theta0: dict[str, torch.Tensor]
+    tau: TaskVectors
+    data: list[TaskData]  # the merged tasks (adapted on, evaluated)
+    normalize: Normalizer
+    eval_data: list[TaskData]  # unseen tasks: evaluated only
+    # per task: Split.record() (source, n_images, ...)
+    test_data: dict[str, dict] = field(default_factory=dict)
+    # per checkpoint file path, size, format, sha256; task-vector norms, cosines
+    provenance: dict = field(default_factory=dict)
+
+    @property
+    def all_data(self) -> list[TaskData]:
+        """Merged tasks, then unseen ones."""
+        return self.data + self.eval_data
+
+
+def load_problem(
+    config: RunConfig, vectors: str = "plain", timings: dict[str, float] | None = None
+) -> Problem:
+    """Checkpoints, test images (uint8, preprocessed once and cached), heads and labels of a run.
+
+    `vectors`: "plain", "ties" or "none" task vectors (see `load_task_vectors`). `timings` (seconds)
+    gets load_checkpoints / load_data / load_heads when given.
+    """
+    timings = {} if timings is None else timings
+    t0 = time.perf_counter()
+    loaded = load_task_vectors(config, vectors)
+    tasks, clip, entries, theta0, tau = (
+        loaded.tasks,
+        loaded.clip,
+        loaded.entries,
+        loaded.theta0,
+        loaded.tau,
+    )
+    model_dir = Path(config.checkpoints) / config.model
+    root, cache = config.data_root, cache_dir(config)
+    user_tasks = {name: Path(folder) for name, folder in _named(config.task, "--task").items()}
+    timings["load_checkpoints"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    unseen = (
+        [t for t in parse_tasks(config.eval_tasks, model_dir) if t not in tasks]
+        if config.eval_tasks
+        else []
+    )
+    everything = tasks + unseen
+    test_splits = parse_test_split(config.test_split)
+    splits = {task: read_task(config, task, "test", test_splits.get(task)) for task in everything}
+    templates = {
+        task: (
+            user_task_templates(user_tasks[task])
+            if task in user_tasks
+            else task_templates(task, root)
+        )
+        for task in everything
+    }
+    timings["load_data"] = time.perf_counter() - t0
+
+    # heads before the images are decoded: a head that does not fit costs seconds
+    t0 = time.perf_counter()
+    hashes, head_files = FileHashes(cache_file(cache)), {}
+    heads = load_heads(
+        config,
+        model_dir,
+        everything,
+        splits,
+        templates,
+        cache,
+        clip.visual.output_dim,
+        hashes,
+        head_files,
+    )
+    hashes.save()
+    timings["load_heads"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    size = image_size(clip)
+    images = {
+        task: preprocess_images(
+            splits[task], size, cache / "images", progress=not config.no_progress
+        )
+        for task in everything
+    }
+    if config.corruption:
+        images = {
+            task: corrupt(x, config.corruption, seed=config.seed) for task, x in images.items()
+        }
+    timings["load_data"] += time.perf_counter() - t0
+    data = {
+        task: TaskData(
+            task,
+            images[task],
+            heads[task].to(config.device),
+            torch.as_tensor(splits[task].labels, dtype=torch.long),
+        )
+        for task in everything
+    }
+    mean, std = normalization(clip)
+    provenance = {**loaded.provenance, "files": {**loaded.provenance["files"], "heads": head_files}}
+    return Problem(
+        config.model,
+        tasks,
+        clip,
+        entries,
+        theta0,
+        tau,
+        [data[t] for t in tasks],
+        Normalizer(mean, std, config.device),
+        [data[t] for t in unseen],
+        {task: splits[task].record() for task in everything},
+        provenance,
+    )

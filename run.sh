@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the embedded mini benchmark: set up .venv, build the benchmark if it is not cached
-# (data/mini, checkpoints/mini), run every method through the entry scripts, print one table.
+# (data/mini, checkpoints/mini), run every method of the registry (its src/main_*.py script where
+# there is one), print one table.
 set -euo pipefail
 cd "$(dirname "$0")"
 bash scripts/setup_venv.sh
@@ -14,14 +15,15 @@ COMMON=(--model mini --overwrite "$@")
 echo "== building the mini benchmark (skipped when cached)"
 $PY -m adamerging.mini.build --threads "$OMP_NUM_THREADS"
 
-for method in zeroshot individual multitask weight_averaging fisher_merging regmean; do
-  echo "== $method"
-  $PY -m adamerging "$method" "${COMMON[@]}"
-done
-for script in task_arithmetic ties_merging task_wise_adamerging task_wise_adamergingpp layer_wise_adamerging layer_wise_adamergingpp; do
-  echo "== main_$script.py"
+for method in $($PY -m adamerging --list); do
   start=$(date +%s)
-  $PY "src/main_$script.py" "${COMMON[@]}"
+  if [ -f "src/main_$method.py" ]; then
+    echo "== main_$method.py"
+    $PY "src/main_$method.py" "${COMMON[@]}"
+  else
+    echo "== $method"
+    $PY -m adamerging "$method" "${COMMON[@]}"
+  fi
   echo "   ($(( $(date +%s) - start )) s)"
 done
 

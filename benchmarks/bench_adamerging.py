@@ -34,7 +34,7 @@ import torch  # noqa: E402
 import adamerging  # noqa: E402,F401  (first: its THP_MEM_ALLOC_ENABLE default must precede torch, as in the scripts)
 from adamerging.merging.encoder import MergedEncoder  # noqa: E402
 from adamerging.merging.task_vectors import zero_task_vectors  # noqa: E402
-from adamerging.methods.adamerging import Lambdas, adamerge, softmax_entropy  # noqa: E402
+from adamerging.methods.adamerging import Lambdas, adamerge
 from adamerging.models.clip import (  # noqa: E402
     VISUAL_PREFIX,
     create_clip,
@@ -44,6 +44,7 @@ from adamerging.models.clip import (  # noqa: E402
 )
 from adamerging.models.evaluation import Normalizer  # noqa: E402
 from adamerging.models.heads import Head  # noqa: E402
+from adamerging.models.objectives import softmax_entropy
 from adamerging.run.config import RunConfig  # noqa: E402
 from adamerging.run.problem import TaskData  # noqa: E402
 from adamerging.runtime.device import autocast, set_precision

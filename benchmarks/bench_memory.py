@@ -134,7 +134,7 @@ def prepare(model: str, workdir: Path, num_tasks: int, seed: int = 0) -> None:
     import torch
     from fake_data import write_fake_dataset
 
-    from adamerging.datasets.tasks import TASK_DIRS
+    from adamerging.datasets.tasks import TASKS as REGISTRY
     from adamerging.models.clip import create_clip
     from adamerging.models.task_vectors_format import save_classification_head, save_image_encoder
 
@@ -167,7 +167,7 @@ def prepare(model: str, workdir: Path, num_tasks: int, seed: int = 0) -> None:
             image_size=8,
             split="train",
         )
-        (workdir / "data" / TASK_DIRS[task] / "classnames.txt").write_text(
+        (workdir / "data" / REGISTRY[task].folder / "classnames.txt").write_text(
             "first class\nsecond class\n"
         )
     (folder / "ready").write_text(f"{num_tasks} train\n")

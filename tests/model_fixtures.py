@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+from fixture_cache import cached_build
 
 from adamerging.checkpoints.loading import save_state_dict
 from adamerging.models.clip import create_clip
@@ -24,6 +25,42 @@ def _perturbed(clip: torch.nn.Module, model: str, scale: float) -> torch.nn.Modu
 
 
 def write_random_checkpoints(
+    root: Path,
+    model: str,
+    classes: Mapping[str, int],
+    heads: Mapping[str, bool] | None = None,
+    scale: float = 0.05,
+    seed: int = 0,
+    multitask: bool = False,
+) -> Path:
+    """<root>/<model>/zeroshot.pt, <Task>/finetuned.pt (theta_0 + noise), head_<Task>.pt where
+    heads[task] is true (others must be built from clip_pretrained.safetensors, also written), and
+    with `multitask` a multitask/finetuned.pt (theta_0 + noise: the "Traditional MTL" encoder's
+    place). The mini model's are built once per session for the same arguments, then copied
+    (`fixture_cache`).
+    """
+    key = (
+        "checkpoints",
+        model,
+        dict(classes),
+        dict(heads or {}),
+        heads is None,
+        scale,
+        seed,
+        multitask,
+    )
+
+    def build(root: Path) -> None:
+        _write_random_checkpoints(root, model, classes, heads, scale, seed, multitask)
+
+    if model != "mini":  # full-size models: writing them again costs less than a copy kept
+        build(Path(root))
+        return Path(root) / model
+    cached_build(key, Path(root), [model], build)
+    return Path(root) / model
+
+
+def _write_random_checkpoints(
     root: Path,
     model: str,
     classes: Mapping[str, int],
@@ -66,11 +103,16 @@ def write_mini_problem(root: Path, n_per_class: int = 3) -> Path:
     from the text tower."""
     from fake_data import write_fake_dataset
 
-    write_random_checkpoints(
-        root / "checkpoints", "mini", MINI_TASKS, heads={"EuroSAT": False}, multitask=True
-    )
-    for task in MINI_TASKS:
-        write_fake_dataset(task, root / "data", n_per_class=n_per_class, image_size=8, split="both")
+    def build(root: Path) -> None:
+        write_random_checkpoints(
+            root / "checkpoints", "mini", MINI_TASKS, heads={"EuroSAT": False}, multitask=True
+        )
+        for task in MINI_TASKS:
+            write_fake_dataset(
+                task, root / "data", n_per_class=n_per_class, image_size=8, split="both"
+            )
+
+    cached_build(("mini problem", n_per_class), Path(root), ["checkpoints", "data"], build)
     return root
 
 

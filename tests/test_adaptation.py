@@ -7,7 +7,7 @@ import torch
 from adamerging.merging.encoder import MergedEncoder
 from adamerging.merging.tables import published_table
 from adamerging.merging.task_vectors import merge
-from adamerging.methods.adamerging import Lambdas, adamerge, softmax_entropy
+from adamerging.methods.adamerging import Lambdas, adamerge
 from adamerging.models.clip import (
     VISUAL_PREFIX,
     create_clip,
@@ -17,6 +17,7 @@ from adamerging.models.clip import (
 )
 from adamerging.models.evaluation import Normalizer
 from adamerging.models.heads import Head
+from adamerging.models.objectives import softmax_entropy
 from adamerging.run.config import RunConfig
 from adamerging.run.problem import TaskData
 

@@ -114,3 +114,16 @@ def test_usage_lines_name_the_command_as_typed(monkeypatch, argv0, expected):
     monkeypatch.setattr("sys.argv", [argv0, "--help"])
     assert command_name("adamerging prepare") == expected
     assert command_name("adamerging prepare", "x") == expected + " x"
+
+
+def test_the_method_list_is_written_once_and_run_sh_reads_it(capsys):
+    from adamerging.__main__ import main
+    from adamerging.methods.registry import METHODS, report_rows
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--list"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.split() == list(METHODS)
+    run_sh = (Path(__file__).resolve().parents[1] / "run.sh").read_text()
+    assert "--list" in run_sh and not [m for m in METHODS if m in run_sh]
+    # the results table's rows: the registry's order, then the objective variants
+    assert [name for name, _ in report_rows()][: len(METHODS)] == list(METHODS)

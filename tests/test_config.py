@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from adamerging.commands.pipeline import METHODS, parse_config
-from adamerging.run.config import RunConfig, build_parser, config_from_namespace
+from adamerging.commands.pipeline import parse_config
+from adamerging.methods.registry import METHODS
+from adamerging.run.config import RunConfig
+from adamerging.run.flags import build_parser, config_from_namespace
 
 
 def test_no_flags_give_the_dataclass_defaults_and_every_field_has_a_flag():
@@ -72,20 +74,19 @@ def test_bad_values_are_one_line_errors():
 
 
 def test_every_method_is_described_by_registry_facts():
-    from adamerging.commands.pipeline import MERGE_RULES
+    from adamerging.merging.transforms import TRANSFORMS
+    from adamerging.methods.adamerging import Learned
+    from adamerging.methods.fixed import EachExpert, FixedTable
+    from adamerging.methods.rules import Rule
 
     for m in METHODS.values():
-        assert m.vectors in ("plain", "ties", "none") and m.granularity in (
-            None,
-            "task-wise",
-            "layer-wise",
-        )
-        assert m.table in ("zero", "one-hot", "average", "lam")
+        assert m.vectors in TRANSFORMS and m.granularity in (None, "task-wise", "layer-wise")
+        assert isinstance(m.merge, (FixedTable, EachExpert, Learned, Rule))
         assert (m.published is not None) == (m.granularity is not None)
         # a rule reads the experts
-        assert m.rule is None or (
-            m.rule in MERGE_RULES and m.granularity is None and m.vectors == "none"
-        )
+        assert not isinstance(m.merge, Rule) or (m.granularity is None and m.vectors == "none")
+    with pytest.raises(ValueError, match="unknown task vectors"):
+        dataclasses.replace(METHODS["task_arithmetic"], vectors="dare")
     with pytest.raises(ValueError, match="--regmean-ratio must be in"):
         RunConfig(regmean_ratio=1.5)
     with pytest.raises(ValueError, match="--train-images must be >= 1"):

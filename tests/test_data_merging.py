@@ -16,6 +16,7 @@ from torch.func import functional_call
 from adamerging.checkpoints.loading import load_checkpoint
 from adamerging.commands import pipeline
 from adamerging.methods.fisher import FisherAverage, batches, fisher_diagonal
+from adamerging.methods.registry import METHODS
 from adamerging.methods.regmean import RegMeanSums, attention_context, gram_sums, linear_inputs
 from adamerging.models.clip import create_clip
 from adamerging.run.train_data import sample_indices
@@ -353,9 +354,7 @@ def test_the_data_based_methods_hold_no_task_vectors_and_read_every_expert_file_
     from adamerging.run.experts import load_task_vectors
 
     config = pipeline.parse_config("regmean", mini_argv(mini))
-    assert (
-        pipeline.METHODS["regmean"].vectors == pipeline.METHODS["fisher_merging"].vectors == "none"
-    )
+    assert METHODS["regmean"].vectors == METHODS["fisher_merging"].vectors == "none"
     vectors = load_task_vectors(config, "none")
     assert vectors.tau and all(is_zero_view(t) for t in vectors.tau.values())
     merged = MergedEncoder(vectors.clip.visual, vectors.theta0, vectors.tau, vectors.entries, "cpu")

@@ -22,17 +22,8 @@ from adamerging.datasets import preprocessing
 from adamerging.datasets.labels import task_templates
 from adamerging.datasets.preprocessing import _load_image, preprocess_images
 from adamerging.datasets.splits import parse_test_split, read_split
-from adamerging.datasets.tasks import (
-    PAPER_TEST_SIZES,
-    TASK_DIRS,
-    TASKS,
-    Split,
-    canonical_task,
-    task_folder,
-)
+from adamerging.datasets.tasks import PAPER_TASKS, TASKS, Split, canonical_task, task_folder
 from adamerging.runtime.errors import DatasetError
-
-TASKS = TASKS
 
 
 def _check_against_expected(split: Split, root: Path, which: str) -> None:
@@ -56,7 +47,7 @@ def _check_against_expected(split: Split, root: Path, which: str) -> None:
 
 
 @pytest.mark.parametrize("layout", ["task_vectors", "fork"])
-@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("task", PAPER_TASKS)
 def test_test_split_reads_back(tmp_path: Path, task: str, layout: str) -> None:
     write_fake_dataset(task, tmp_path, n_per_class=1 if task == "Cars" else 2, layout=layout)
     split = read_split(task, tmp_path, "test")
@@ -75,7 +66,7 @@ def test_test_split_reads_back(tmp_path: Path, task: str, layout: str) -> None:
         assert len(split.classnames) == full[task]
 
 
-@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("task", PAPER_TASKS)
 def test_train_split_reads_back(tmp_path: Path, task: str) -> None:
     write_fake_dataset(task, tmp_path, n_per_class=1, split="both")
     _check_against_expected(read_split(task, tmp_path, "train"), tmp_path, "train")
@@ -89,7 +80,7 @@ def test_task_lookup_is_case_insensitive(tmp_path: Path) -> None:
     assert canonical_task("eurosat") == "EuroSAT"
     with pytest.raises(DatasetError) as err:
         read_split("ImageNet", tmp_path)
-    for t in TASKS:
+    for t in PAPER_TASKS:
         assert t in str(err.value)
 
 
@@ -165,7 +156,9 @@ def test_ambiguous_test_split_warns_names_the_folder_and_is_recorded(
         "test_split": "val",
         "chosen_by": "default",
         "paper_n_images": (
-            list(PAPER_TEST_SIZES[task]) if task == "SUN397" else PAPER_TEST_SIZES[task][0]
+            list(TASKS[task].paper_test_size)
+            if task == "SUN397"
+            else TASKS[task].paper_test_size[0]
         ),
     }
     caplog.clear()
@@ -330,12 +323,12 @@ def test_templates(tmp_path: Path) -> None:
 # ----- errors -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("task", PAPER_TASKS)
 def test_missing_dataset_names_expected_path(tmp_path: Path, task: str) -> None:
     with pytest.raises(DatasetError) as err:
         read_split(task, tmp_path)
     msg = str(err.value)
-    assert msg.startswith(f"{task}: expected {tmp_path / TASK_DIRS[task]}")
+    assert msg.startswith(f"{task}: expected {tmp_path / TASKS[task].folder}")
     assert "not found" in msg and str(tmp_path) in msg
 
 

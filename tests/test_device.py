@@ -14,16 +14,12 @@ from test_pipeline import _argv, run
 import adamerging.methods.adamerging as adaptation
 from adamerging.commands import pipeline
 from adamerging.merging.encoder import MergedEncoder
-from adamerging.methods.adamerging import (
-    AdaMerging,
-    AdaptationStopped,
-    Lambdas,
-    adamerge,
-    adamerging_step,
-    chunk_that_fits,
-    parts_of,
-    plan_for,
-)
+from adamerging.methods import job as job_module
+from adamerging.methods import plan as plan_module
+from adamerging.methods.adamerging import AdaMerging, Lambdas, adamerge, adamerging_step
+from adamerging.methods.feed import parts_of
+from adamerging.methods.loop import AdaptationStopped
+from adamerging.methods.plan import chunk_that_fits, plan_for
 from adamerging.models.evaluation import Normalizer, accuracy, evaluate_accuracy, predict
 from adamerging.run.config import RunConfig
 from adamerging.run.problem import TaskData
@@ -154,6 +150,7 @@ def test_auto_mode_measures_the_first_chunk_and_keeps_the_gradient(monkeypatch, 
     )
     # as if the device reported its free memory
     monkeypatch.setattr(adaptation, "free_bytes", lambda device: free)
+    monkeypatch.setattr(plan_module, "free_bytes", lambda device: free)
     monkeypatch.setattr(adaptation, "PeakMeter", _FakeMeter)
     auto = adamerge(
         MergedEncoder(clip.visual, theta0, tau, entries, "cpu"),
@@ -269,7 +266,7 @@ def test_out_of_memory_through_the_scripts_is_one_line_exit_3_and_resumable(
     # out of memory outside a step (here: evaluating a fixed table): one line, exit 3, the setting
     # named
     monkeypatch.setattr(
-        pipeline,
+        job_module,
         "evaluate_accuracy",
         lambda *a: _raise(
             torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.00 GiB. More text")
@@ -382,9 +379,9 @@ def test_individual_evaluation_runs_each_expert_only_on_the_rank_that_owns_its_t
 ):
     ranks = _FirstOfTwoRanks(["SVHN"])  # task 1 of MNIST, SVHN, EuroSAT: rank 1's
     evaluated = []
-    real = pipeline.evaluate_accuracy
+    real = job_module.evaluate_accuracy
     monkeypatch.setattr(
-        pipeline,
+        job_module,
         "evaluate_accuracy",
         lambda encoder, head, images, *a: (
             evaluated.append(len(images)) or real(encoder, head, images, *a)

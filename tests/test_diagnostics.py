@@ -2,29 +2,25 @@
 `src/diagnose.py` and the `--diagnose` hook end to end on random-weight mini checkpoints."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from model_fixtures import mini_argv, write_mini_problem
 
-from adamerging.methods.diagnostics import (
+from adamerging.merging.stats import task_vector_stats
+from adamerging.methods.diagnostics.checks import (
     TRUSTWORTHY,
     Check,
     accuracy_tolerance,
     check_correlation,
     check_cross_task,
     check_lambda_alignment,
-    entropy_and_loss,
-    run_diagnostics,
-    sample_tasks,
     spearman,
-    task_vector_stats,
     verdict,
 )
+from adamerging.methods.diagnostics.measure import entropy_and_loss, sample_tasks
+from adamerging.methods.diagnostics.run import run_diagnostics
 from adamerging.models.evaluation import accuracy
 from adamerging.models.heads import Head
 from adamerging.run.problem import TaskData
@@ -274,25 +270,12 @@ def _argv(root):
     return mini_argv(root)
 
 
-def test_diagnose_script_writes_report_and_plots(mini):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "src" / "diagnose.py"),
-            *_argv(mini),
-            "--samples",
-            "12",
-            "--lambdas",
-            "1,0.3,0,0.6,0.30",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=mini,
-    )
-    assert out.returncode == 0, out.stderr
-    assert "Overall: entropy is" in out.stdout and "MNIST: entropy is" in out.stdout
+def test_diagnose_command_writes_report_and_plots(mini, capsys):
+    from adamerging.commands.diagnose import main as diagnose_main
+
+    diagnose_main([*_argv(mini), "--samples", "12", "--lambdas", "1,0.3,0,0.6,0.30"])
+    out = capsys.readouterr().out
+    assert "Overall: entropy is" in out and "MNIST: entropy is" in out
     folder = mini / "results" / "mini"
     report = json.loads((folder / "diagnostics.json").read_text())
     assert report["tasks"] == ["MNIST", "SVHN", "EuroSAT"] and report["samples"] == {
@@ -332,7 +315,8 @@ def test_diagnose_script_writes_report_and_plots(mini):
 def test_hook_runs_on_the_adamerging_parser_with_defaults(mini, capsys):
     from dataclasses import replace
 
-    from adamerging.commands.pipeline import METHODS, parse_config
+    from adamerging.commands.pipeline import parse_config
+    from adamerging.methods.registry import METHODS
     from adamerging.run.problem import load_problem
 
     method = METHODS["layer_wise_adamergingpp"]

@@ -9,6 +9,7 @@ import huggingface_hub
 import pytest
 
 from adamerging.datasets import download
+from adamerging.datasets.tasks import PAPER_TASKS
 
 
 def test_plan_maps_repos_to_the_reader_layouts(tmp_path: Path) -> None:
@@ -34,7 +35,7 @@ def test_plan_maps_repos_to_the_reader_layouts(tmp_path: Path) -> None:
         ("README.md", "cropped_digits/test-*.parquet"),
         ("README.md", "*test-*.parquet"),
     ]
-    assert len(download.plan("ViT-L-14", list(download.EXPERT_SUFFIX), "c", "d")) == 17
+    assert len(download.plan("ViT-L-14", list(PAPER_TASKS), "c", "d")) == 17
     assert (
         download.plan("ViT-L-14", ["DTD"], "c", "d")[1].repo_id
         == "tanganke/clip-vit-large-patch14_dtd"

@@ -4,9 +4,6 @@ inputs with known answers, then several experiments end to end on random-weight 
 import csv
 import io
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +12,7 @@ import torch
 from model_fixtures import mini_argv, write_mini_problem
 
 from adamerging.commands.experiments import run
-from adamerging.commands.experiments.coefficients import depth_group, depth_profile
+from adamerging.commands.experiments.coefficients import depth_profile
 from adamerging.commands.experiments.common import comparison
 from adamerging.commands.experiments.generalization import (
     _paper_generalization,
@@ -24,6 +21,7 @@ from adamerging.commands.experiments.generalization import (
 from adamerging.commands.report import main
 from adamerging.merging.tables import CoefficientTable
 from adamerging.methods.diagnostics.measure import binned_means, correlation_report
+from adamerging.models.clip import depth_group
 from adamerging.reporting.paper import paper_row
 from adamerging.reporting.tables import NORMALIZED, csv_table, markdown_table, with_normalized
 
@@ -433,20 +431,13 @@ def test_generalization_robustness_and_ablations_keep_their_runs_apart(mini):
     assert not (folder / "layer_wise_adamerging_supervised.json").exists()
 
 
-def test_command_line_errors_are_one_line(mini):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "src" / "experiments.py"),
-            "robustness",
-            *_argv(mini, "--corruptions", "fog"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    assert out.returncode == 2 and "fog" in out.stderr and "Traceback" not in out.stderr
+def test_command_line_errors_are_one_line(mini, capsys):
+    from adamerging.commands.experiments import main as experiments_main
+
+    with pytest.raises(SystemExit) as exit_:
+        experiments_main(["robustness", *_argv(mini, "--corruptions", "fog")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "fog" in err and "Traceback" not in err
     # the CLI prints it as one line and exits 2
     with pytest.raises(ValueError, match="main-table"):
         run(["nonsense"])

@@ -13,14 +13,9 @@ from test_pipeline import _argv, run
 
 from adamerging.merging.encoder import MergedEncoder
 from adamerging.methods import adamerging as adaptation
-from adamerging.methods.adamerging import (
-    AdaMerging,
-    Feed,
-    Lambdas,
-    adamerge,
-    adamerging_step,
-    plan_for,
-)
+from adamerging.methods.adamerging import AdaMerging, Lambdas, adamerge, adamerging_step
+from adamerging.methods.feed import Feed
+from adamerging.methods.plan import plan_for
 from adamerging.models.evaluation import evaluate_accuracy
 from adamerging.runtime.device import check_device, set_precision
 

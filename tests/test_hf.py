@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import adamerging  # noqa: F401  (before torchvision/open_clip/transformers: compat shim)
-from adamerging.checkpoints import hf, hf_export
+from adamerging.checkpoints import hf, hf_export, hf_keys
 from adamerging.models.clip import create_clip, encoder_state_dict
 from adamerging.runtime.errors import CheckpointError
 
@@ -61,7 +61,7 @@ def no_network(monkeypatch):
 
 
 def test_converted_hf_clip_gives_the_same_features_in_open_clip(hf_model):
-    oc_sd = hf.hf_to_open_clip(hf_model.state_dict(), hf_model.config.to_dict())
+    oc_sd = hf_keys.hf_to_open_clip(hf_model.state_dict(), hf_model.config.to_dict())
     oc = F.open_clip_model()
     assert list(oc_sd) == list(oc.state_dict())  # canonical order, nothing missing or extra
     oc.load_state_dict(oc_sd, strict=True)
@@ -78,19 +78,19 @@ def test_open_clip_to_hf_to_open_clip_is_the_identity():
     hf_sd = hf_export.open_clip_to_hf(oc_sd)
     model = CLIPModel(F.clip_config())
     model.load_state_dict(hf_sd, strict=True)  # every HF name is right and nothing is left over
-    assert _same(hf.hf_to_open_clip(model.state_dict()), oc_sd)
+    assert _same(hf_keys.hf_to_open_clip(model.state_dict()), oc_sd)
 
 
 def test_hf_to_open_clip_to_hf_is_the_identity(hf_model):
     hf_sd = hf_model.state_dict()
-    back = hf_export.open_clip_to_hf(hf.hf_to_open_clip(hf_sd))
+    back = hf_export.open_clip_to_hf(hf_keys.hf_to_open_clip(hf_sd))
     assert sorted(back) == sorted(hf_sd)
     assert all(torch.equal(back[k], hf_sd[k]) for k in hf_sd)
 
 
 def test_qkv_are_stacked_in_q_k_v_order(hf_model):
     sd = hf_model.state_dict()
-    oc_sd = hf.hf_to_open_clip(sd)
+    oc_sd = hf_keys.hf_to_open_clip(sd)
     w = oc_sd["visual.transformer.resblocks.1.attn.in_proj_weight"]
     d = F.V_WIDTH
     for i, name in enumerate(("q_proj", "k_proj", "v_proj")):
@@ -105,27 +105,27 @@ def test_legacy_position_ids_are_dropped_and_unknown_keys_refused(hf_model):
     sd = dict(hf_model.state_dict())
     sd["vision_model.embeddings.position_ids"] = torch.arange(17)[None]
     sd["text_model.embeddings.position_ids"] = torch.arange(F.CONTEXT)[None]
-    assert list(hf.hf_to_open_clip(sd)) == list(F.open_clip_model().state_dict())
+    assert list(hf_keys.hf_to_open_clip(sd)) == list(F.open_clip_model().state_dict())
     sd["vision_model.encoder.layers.0.mystery.weight"] = torch.zeros(1)
     with pytest.raises(CheckpointError, match="mystery"):
-        hf.hf_to_open_clip(sd)
+        hf_keys.hf_to_open_clip(sd)
     del (
         sd["vision_model.encoder.layers.0.mystery.weight"],
         sd["text_model.encoder.layers.1.self_attn.k_proj.bias"],
     )
     with pytest.raises(CheckpointError, match="k_proj"):
-        hf.hf_to_open_clip(sd)
+        hf_keys.hf_to_open_clip(sd)
 
 
 def test_config_is_checked_against_the_weights(hf_model):
     sd = hf_model.state_dict()
     with pytest.raises(CheckpointError, match="2 vision layers, the config says 3"):
-        hf.hf_to_open_clip(
+        hf_keys.hf_to_open_clip(
             sd, F.clip_config(vision_config={**F.VISION_CONFIG, "num_hidden_layers": 3}).to_dict()
         )
     gelu = F.clip_config(vision_config={**F.VISION_CONFIG, "hidden_act": "gelu"}).to_dict()
     with pytest.raises(ValueError, match="quick_gelu"):
-        hf.hf_to_open_clip(sd, gelu)
+        hf_keys.hf_to_open_clip(sd, gelu)
 
 
 # vision-only --------------------------------------------------------------------------------------
@@ -133,7 +133,7 @@ def test_config_is_checked_against_the_weights(hf_model):
 
 def test_vision_model_with_projection_gives_the_same_image_features():
     model = F.hf_vision(with_projection=True, seed=3)
-    oc_sd = hf.hf_to_open_clip(model.state_dict(), model.config.to_dict())
+    oc_sd = hf_keys.hf_to_open_clip(model.state_dict(), model.config.to_dict())
     oc = F.open_clip_model()
     assert list(oc_sd) == [k for k in oc.state_dict() if k.startswith("visual.")]
     oc.visual.load_state_dict({k[len("visual.") :]: v for k, v in oc_sd.items()}, strict=True)
@@ -156,7 +156,7 @@ def test_vision_model_without_projection_is_filled_from_the_pretrained(layout):
     if layout == "transformers4":
         sd = {"vision_model." + k: v for k, v in sd.items()}
         sd["vision_model.embeddings.position_ids"] = torch.arange(17)[None]
-    partial = hf.hf_to_open_clip(sd, model.config.to_dict())
+    partial = hf_keys.hf_to_open_clip(sd, model.config.to_dict())
     assert "visual.proj" not in partial and all(k.startswith("visual.") for k in partial)
 
     pretrained = encoder_state_dict(F.open_clip_model(seed=5))  # task-vectors layout, model.*
@@ -186,7 +186,7 @@ def test_saved_hf_folder_loads(tmp_path: Path, hf_model):
     assert (tmp_path / "clip" / "model.safetensors").is_file()
     assert hf.is_hf_checkpoint(tmp_path / "clip")
     loaded = hf.load_hf_checkpoint(tmp_path / "clip")
-    assert _same(loaded, hf.hf_to_open_clip(hf_model.state_dict()))
+    assert _same(loaded, hf_keys.hf_to_open_clip(hf_model.state_dict()))
     assert _same(hf.load_weights(tmp_path / "clip"), loaded)
     # What the pipeline does with it: the task-vectors encoder entries.
     reference = encoder_state_dict(F.open_clip_model())
@@ -200,7 +200,7 @@ def test_pytorch_model_bin_loads_through_the_safe_loader(tmp_path: Path, hf_mode
     (folder / "config.json").write_text(hf_model.config.to_json_string())
     torch.save(hf_model.state_dict(), folder / "pytorch_model.bin")  # what transformers 4 wrote
     assert hf.is_hf_checkpoint(folder)
-    assert _same(hf.load_hf_checkpoint(folder), hf.hf_to_open_clip(hf_model.state_dict()))
+    assert _same(hf.load_hf_checkpoint(folder), hf_keys.hf_to_open_clip(hf_model.state_dict()))
 
 
 class _Exploit:
@@ -267,23 +267,24 @@ def test_exported_merged_encoder_loads_in_transformers(tmp_path: Path, hf_model)
 @pytest.mark.parametrize("name", ["ViT-B-32", "ViT-B-16", "ViT-L-14"])
 def test_real_configs_name_their_open_clip_model(name: str):
     config = CLIPConfig(**F.REAL_CONFIGS[name])
-    assert hf.hf_model_name(config.to_dict()) == name
-    assert hf.hf_model_name(config) == name  # a PretrainedConfig object works too
+    assert hf_keys.hf_model_name(config.to_dict()) == name
+    assert hf_keys.hf_model_name(config) == name  # a PretrainedConfig object works too
     # FusionBench's config.json
     vision_only = CLIPVisionConfig(**F.REAL_CONFIGS[name]["vision_config"]).to_dict()
-    assert hf.hf_model_name(vision_only) == name
+    assert hf_keys.hf_model_name(vision_only) == name
 
 
 def test_model_name_uses_transformers_defaults_and_legacy_keys():
     # omitted fields = defaults
-    assert hf.hf_model_name({"model_type": "clip_vision_model"}) == "ViT-B-32"
+    assert hf_keys.hf_model_name({"model_type": "clip_vision_model"}) == "ViT-B-32"
     legacy = {"model_type": "clip", "vision_config": {}, "vision_config_dict": {"patch_size": 16}}
-    assert hf.hf_model_name(legacy) == "ViT-B-16"  # *_config_dict overrides, as in transformers
+    # *_config_dict overrides, as in transformers
+    assert hf_keys.hf_model_name(legacy) == "ViT-B-16"
 
 
 def test_unknown_architectures_and_activations_are_clear_errors():
     with pytest.raises(ValueError, match="336 px.*ViT-L-14"):
-        hf.hf_model_name(
+        hf_keys.hf_model_name(
             {
                 "model_type": "clip_vision_model",
                 "hidden_size": 1024,
@@ -293,9 +294,9 @@ def test_unknown_architectures_and_activations_are_clear_errors():
             }
         )
     with pytest.raises(ValueError, match="hidden_act='gelu'"):
-        hf.hf_model_name({"model_type": "clip_vision_model", "hidden_act": "gelu"})
+        hf_keys.hf_model_name({"model_type": "clip_vision_model", "hidden_act": "gelu"})
     with pytest.raises(ValueError, match="text config"):
-        hf.hf_model_name({"model_type": "clip", "text_config": {"hidden_act": "gelu"}})
+        hf_keys.hf_model_name({"model_type": "clip", "text_config": {"hidden_act": "gelu"}})
 
 
 @pytest.mark.parametrize("name", ["ViT-B-32", "ViT-B-16", "ViT-L-14"])
@@ -303,7 +304,7 @@ def test_full_size_keys_and_shapes_map_onto_open_clip(name: str):
     with torch.device("meta"):  # shapes only, no memory
         model = CLIPModel(CLIPConfig(**F.REAL_CONFIGS[name]))
     hf_sd = model.state_dict()
-    oc_sd = hf.hf_to_open_clip(hf_sd, model.config.to_dict())
+    oc_sd = hf_keys.hf_to_open_clip(hf_sd, model.config.to_dict())
     shapes = lambda sd: [(k, tuple(v.shape)) for k, v in sd.items()]  # noqa: E731
     assert shapes(oc_sd) == shapes(create_clip(name, device="meta").state_dict())
     assert sorted(shapes(hf_export.open_clip_to_hf(oc_sd))) == sorted(shapes(hf_sd))
@@ -335,7 +336,7 @@ def test_config_from_open_clip_builds_the_same_model_in_transformers():
 @pytest.mark.parametrize("name", ["ViT-B-32", "ViT-B-16", "ViT-L-14"])
 def test_config_from_open_clip_matches_the_real_configs(name: str):
     config = hf_export.hf_config_from_open_clip(create_clip(name, device="meta"))
-    assert hf.hf_model_name(config) == name
+    assert hf_keys.hf_model_name(config) == name
     real = CLIPConfig(**F.REAL_CONFIGS[name]).to_dict()
     for tower in ("vision_config", "text_config"):
         for key in ("hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers"):

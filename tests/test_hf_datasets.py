@@ -19,9 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fake_hf_data import write_hf_dataset  # noqa: E402
 from model_fixtures import mini_argv, write_mini_problem  # noqa: E402
 
-from adamerging.datasets.hf_copies import read_hf_split
 from adamerging.datasets.preprocessing import _transform, preprocess_images
-from adamerging.datasets.splits import read_split, read_task_split
+from adamerging.datasets.splits import read_hf_split, read_split, read_task_split
 from adamerging.datasets.tasks import task_folder
 from adamerging.runtime.errors import DatasetError
 

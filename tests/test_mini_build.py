@@ -19,7 +19,7 @@ from adamerging.commands.report import main
 from adamerging.datasets.labels import task_templates
 from adamerging.datasets.preprocessing import preprocess_images
 from adamerging.datasets.splits import read_split
-from adamerging.datasets.tasks import TASK_DIRS
+from adamerging.datasets.tasks import TASKS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -163,7 +163,7 @@ def test_read_back_with_project_readers(quick_build):
             assert s.labels.min() >= 0 and s.labels.max() < head.num_classes
         assert (
             task_templates(t, data)
-            == (data / TASK_DIRS[t] / "templates.txt").read_text().splitlines()
+            == (data / TASKS[t].folder / "templates.txt").read_text().splitlines()
         )
 
 
@@ -472,40 +472,32 @@ def test_a_missing_package_of_the_mini_extra_is_one_line(monkeypatch, capsys):
     )
 
 
-def test_results_made_on_a_quick_build_say_so(quick_build, tmp_path):
+def test_results_made_on_a_quick_build_say_so(quick_build, tmp_path, caplog):
     data, ckpt, _ = quick_build
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / "mini").symlink_to(ckpt)  # the runs read <checkpoints>/<model>/
-    env = dict(__import__("os").environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1")
+    from adamerging.commands.pipeline import parse_config
+    from adamerging.commands.pipeline import run as run_method
+
     results = tmp_path / "results"
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "adamerging",
-            "zeroshot",
-            "--model",
-            "mini",
-            "--checkpoints",
-            str(tmp_path / "ckpt"),
-            "--data-location",
-            str(data),
-            "--cache-dir",
-            str(tmp_path / "cache"),
-            "--results-dir",
-            str(results),
-            "--device",
-            "cpu",
-            "--no-progress",
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-    assert "quick mini build" in run.stderr
+    argv = [
+        "--model",
+        "mini",
+        "--checkpoints",
+        str(tmp_path / "ckpt"),
+        "--data-location",
+        str(data),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--results-dir",
+        str(results),
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
+    with caplog.at_level("WARNING"):
+        run_method("zeroshot", parse_config("zeroshot", argv))
+    assert "quick mini build" in caplog.text
     saved = json.loads((results / "mini" / "zeroshot.json").read_text())
     assert saved["provenance"]["mini_build"]["quick"] is True
     assert (

@@ -83,3 +83,12 @@ def test_the_shim_leaves_a_working_torchvision_alone(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.startswith("fake")
+
+
+def test_the_openai_normalisation_constants_are_open_clips():
+    from adamerging.models.clip import OPENAI_MEAN, OPENAI_STD
+
+    assert (OPENAI_MEAN, OPENAI_STD) == (
+        open_clip.OPENAI_DATASET_MEAN,
+        open_clip.OPENAI_DATASET_STD,
+    )

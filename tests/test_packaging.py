@@ -18,7 +18,7 @@ import pytest
 import tomllib
 
 from adamerging.__main__ import COMMANDS as SUBCOMMANDS
-from adamerging.commands.pipeline import METHODS
+from adamerging.methods.registry import METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "adamerging"

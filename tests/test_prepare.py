@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import warnings
 from pathlib import Path
@@ -15,8 +16,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fake_data import read_expected  # noqa: E402
 from fake_downloads import write_fake_downloads  # noqa: E402
 
+from adamerging.datasets import preparers
 from adamerging.datasets.splits import read_split
-from adamerging.datasets.tasks import TASKS, paper_size_text
+from adamerging.datasets.tasks import PAPER_TASKS, TASKS, paper_size_text
 
 
 def _prepared(task: str, tmp_path: Path, **kw) -> tuple[dict, Path, int]:
@@ -33,7 +35,7 @@ def _no_leftovers(data: Path) -> None:
     assert not [p.name for p in data.iterdir() if p.name.startswith(".prepare-")]
 
 
-@pytest.mark.parametrize("task", [t for t in TASKS if t != "EuroSAT"])
+@pytest.mark.parametrize("task", [t for t in PAPER_TASKS if t != "EuroSAT"])
 def test_official_downloads_become_the_reader_layout(tmp_path: Path, task: str) -> None:
     info, data, n = _prepared(task, tmp_path)
     for split in ("test", "train"):
@@ -76,21 +78,23 @@ def test_eurosat_split_sizes_and_disjointness(tmp_path: Path) -> None:
         f"C{i}": [f"{i}_{k}.jpg" for k in range(c)]
         for i, c in enumerate([3000] * 5 + [2500] * 4 + [2000])
     }
-    sizes = {s: sum(len(v) for v in per.values()) for s, per in prepare.eurosat_split(real).items()}
+    sizes = {
+        s: sum(len(v) for v in per.values()) for s, per in preparers.eurosat_split(real).items()
+    }
     assert sizes == {"train": 21600, "val": 2700, "test": 2700}
-    assert prepare.eurosat_split(real) == prepare.eurosat_split(real)  # seeded
+    assert preparers.eurosat_split(real) == preparers.eurosat_split(real)  # seeded
 
 
 def test_failure_leaves_no_task_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_fake_downloads("DTD", tmp_path / "downloads", tmp_path / "scratch")
     data = tmp_path / "data"
-    real = prepare.PREPARERS["DTD"]
+    real = TASKS["DTD"].prepare
 
     def interrupted(inp, out):
         real(inp, out)  # everything written ...
         raise KeyboardInterrupt  # ... then Ctrl-C before the rename
 
-    monkeypatch.setitem(prepare.PREPARERS, "DTD", interrupted)
+    monkeypatch.setitem(TASKS, "DTD", dataclasses.replace(TASKS["DTD"], prepare=interrupted))
     with pytest.raises(KeyboardInterrupt):
         prepare.prepare_task("DTD", tmp_path / "downloads", data)
     assert not (data / "dtd").exists()
@@ -102,7 +106,7 @@ def test_missing_download_is_named_and_nothing_written(tmp_path: Path) -> None:
     (tmp_path / "downloads" / "resisc45-test.txt").unlink()
     data = tmp_path / "data"
     with pytest.raises(
-        prepare.PrepareError, match=r"RESISC45: expected resisc45-test.txt in .*downloads"
+        preparers.PrepareError, match=r"RESISC45: expected resisc45-test.txt in .*downloads"
     ):
         prepare.prepare_task("RESISC45", tmp_path / "downloads", data)
     assert not (data / "resisc45").exists()
@@ -114,7 +118,7 @@ def test_existing_folder_needs_overwrite(tmp_path: Path) -> None:
     data = tmp_path / "data"
     (data / "svhn").mkdir(parents=True)
     (data / "svhn" / "mine.txt").write_text("keep")
-    with pytest.raises(prepare.PrepareError, match="already exists"):
+    with pytest.raises(preparers.PrepareError, match="already exists"):
         prepare.prepare_task("SVHN", tmp_path / "downloads", data)
     assert (data / "svhn" / "mine.txt").is_file()
     with warnings.catch_warnings():

@@ -14,14 +14,13 @@ from model_fixtures import mini_argv, write_mini_problem
 
 from adamerging.checkpoints import hashing
 from adamerging.checkpoints.hashing import FileHashes
-from adamerging.checkpoints.layout import _read
+from adamerging.checkpoints.layout import Checkpoint
 from adamerging.checkpoints.loading import save_state_dict
 from adamerging.commands import pipeline
 from adamerging.merging.stats import task_vector_stats
 from adamerging.merging.task_vectors import is_zero_view, task_vectors
 from adamerging.models.clip import create_clip, encoder_state_dict
 from adamerging.models.task_vectors_format import save_classification_head, save_image_encoder
-from adamerging.run import experts
 from adamerging.runtime.errors import CheckpointError
 
 
@@ -125,8 +124,8 @@ def test_a_copied_expert_is_refused_before_it_is_read_naming_both_tasks(
     copy = odd / "copy_of_mnist.pt"
     shutil.copy(root / "checkpoints/mini/MNIST/finetuned.pt", copy)
     read = []
-    real = _read
-    monkeypatch.setattr(experts, "_read", lambda path: read.append(path) or real(path))
+    real = Checkpoint.read
+    monkeypatch.setattr(Checkpoint, "read", lambda self: read.append(self.path) or real(self))
     _refused(
         root,
         mini_argv(root, "--finetuned", f"SVHN={copy}"),

@@ -11,12 +11,13 @@ import torch
 from test_adaptation import _problem
 from test_pipeline import ROOT, _argv, run
 
-from adamerging.commands.pipeline import _state_io
 from adamerging.merging.encoder import MergedEncoder
 from adamerging.merging.tables import CoefficientTable
-from adamerging.methods.adamerging import AdaptationStopped, ResumeError, adamerge
+from adamerging.methods.adamerging import adamerge
+from adamerging.methods.loop import AdaptationStopped, ResumeError, StateFile
 from adamerging.models.heads import Head
-from adamerging.run.config import RESUMABLE, RunConfig
+from adamerging.run.config import RunConfig
+from adamerging.run.flags import RESUMABLE
 from adamerging.run.problem import TaskData
 from adamerging.runtime.distributed import Ranks
 from adamerging.runtime.files import require_finite
@@ -184,7 +185,9 @@ def test_every_config_setting_is_either_resumable_or_checked():
 
 
 def test_nothing_non_finite_is_written_as_a_state_or_a_result(tmp_path):
-    _, _, save = _state_io(RunConfig(results_dir=str(tmp_path), model="mini"), "x", Ranks())
+    save = StateFile(
+        RunConfig(results_dir=str(tmp_path), model="mini").output_dir / "x.state.pt", Ranks()
+    ).save
     table = CoefficientTable(torch.tensor([[0.3, float("inf")]]), ["A", "B"])
     with pytest.raises(
         ValueError,

@@ -37,7 +37,7 @@ def test_repeated_and_unknown_task_names_are_refused(root):
         _run(mini_argv(root, tasks="MNIST,mnist"))
     with pytest.raises(
         ValueError,
-        match=r"'Foo' is not one of the paper's tasks .* --task Foo=DIR and --finetuned Foo=PATH",
+        match=r"'Foo' is not one of the built-in tasks .* --task Foo=DIR and --finetuned Foo=PATH",
     ):
         _run(mini_argv(root, tasks="MNIST,Foo"))
 

@@ -65,10 +65,13 @@ def help_text(methods: Sequence[str]) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the method or command named first with the flags after it (argv default:
     sys.argv[1:]); usage and exit 2 without a known name. `-h`/`--help` alone lists the methods and
-    the commands (exit 0)."""
-    from adamerging.commands.pipeline import METHODS
+    the commands, `--list` the methods one a line, in the registry's order (exit 0)."""
+    from adamerging.methods.registry import METHODS
 
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["--list"]:  # the methods, one a line (run.sh reads them)
+        print("\n".join(METHODS))
+        sys.exit(0)
     if args[:1] in (["-h"], ["--help"]):
         print(help_text(list(METHODS)))
         sys.exit(0)

@@ -17,22 +17,22 @@ from typing import Any
 import torch
 
 # The key tables live in `hf` only (one place for the mapping); the export reads them backwards.
-from adamerging.checkpoints.hf import (
-    _BLOCK,
-    _QKV,
-    _TEXT_DEFAULTS,
-    _TOP,
-    _TOWERS,
-    _TRANSPOSED,
-    _VISION_DEFAULTS,
-    CONFIG_FILE,
-    _check_activation,
-    _sub_config,
+from adamerging.checkpoints.hf import CONFIG_FILE
+from adamerging.checkpoints.hf_keys import (
+    BLOCK,
+    QKV,
+    TEXT_DEFAULTS,
+    TOP,
+    TOWERS,
+    TRANSPOSED,
+    VISION_DEFAULTS,
+    check_activation,
+    sub_config,
 )
 from adamerging.runtime.errors import CheckpointError
 from adamerging.runtime.files import atomic_write
 
-_BLOCK_INVERSE = {oc: hf for hf, oc in _BLOCK.items()}
+_BLOCK_INVERSE = {oc: hf for hf, oc in BLOCK.items()}
 
 
 def hf_config_from_open_clip(clip_model: torch.nn.Module) -> dict[str, Any]:
@@ -46,7 +46,7 @@ def hf_config_from_open_clip(clip_model: torch.nn.Module) -> dict[str, Any]:
     t_width = int(clip_model.token_embedding.weight.shape[1])
     embed = int(visual.proj.shape[1])
     vision = dict(
-        _VISION_DEFAULTS,
+        VISION_DEFAULTS,
         hidden_size=width,
         intermediate_size=int(visual.transformer.resblocks[0].mlp.c_fc.weight.shape[0]),
         num_hidden_layers=len(visual.transformer.resblocks),
@@ -57,7 +57,7 @@ def hf_config_from_open_clip(clip_model: torch.nn.Module) -> dict[str, Any]:
         model_type="clip_vision_model",
     )
     text = dict(
-        _TEXT_DEFAULTS,
+        TEXT_DEFAULTS,
         vocab_size=int(clip_model.token_embedding.weight.shape[0]),
         hidden_size=t_width,
         intermediate_size=int(text_block.mlp.c_fc.weight.shape[0]),
@@ -90,26 +90,26 @@ def open_clip_to_hf(
     text-side leftovers have no place in a vision model and are dropped.
     """
     if config is not None:
-        _check_activation(config)
+        check_activation(config)
     sd = {k[len("model.") :] if k.startswith("model.") else k: v for k, v in oc_sd.items()}
     sd.pop("attn_mask", None)
     sd.pop("logit_bias", None)
     full = any(k.startswith("transformer.resblocks.") for k in sd)
-    inverse = {oc: hf for hf, oc in {**_TOP, **_TRANSPOSED}.items()}
+    inverse = {oc: hf for hf, oc in {**TOP, **TRANSPOSED}.items()}
     out: OrderedDict[str, torch.Tensor] = OrderedDict()
     for key, value in sd.items():
         if not full and not key.startswith("visual."):
             continue
         if key in inverse:
             hf_key = inverse[key]
-            out[hf_key] = value.t().contiguous() if hf_key in _TRANSPOSED else value
+            out[hf_key] = value.t().contiguous() if hf_key in TRANSPOSED else value
             continue
-        for hf_prefix, oc_prefix in _TOWERS.items():
+        for hf_prefix, oc_prefix in TOWERS.items():
             if key.startswith(oc_prefix):
                 index, _, rest = key[len(oc_prefix) :].partition(".")
                 if rest in ("attn.in_proj_weight", "attn.in_proj_bias"):
                     kind = rest.rsplit("_", 1)[1]
-                    for name, chunk in zip(_QKV, value.chunk(3, dim=0)):
+                    for name, chunk in zip(QKV, value.chunk(3, dim=0)):
                         out[f"{hf_prefix}{index}.self_attn.{name}.{kind}"] = chunk.contiguous()
                     break
                 if rest in _BLOCK_INVERSE:
@@ -140,7 +140,7 @@ def save_hf_checkpoint(
     if "text_projection.weight" in hf_sd:
         out_config = {**dict(config), "architectures": ["CLIPModel"]}
     else:
-        vision = _sub_config(config, "vision")
+        vision = sub_config(config, "vision")
         projection_dim = int(dict(config).get("projection_dim", vision["projection_dim"]))
         if not vision_projection:
             hf_sd.pop("visual_projection.weight", None)

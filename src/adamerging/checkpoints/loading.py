@@ -300,37 +300,54 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        sd, kind, attributes = _read_safetensors(path), "state_dict", {}
+    else:
+        sd, kind, attributes = _entries(_unpickle(path), path)
+    if not sd:
+        raise CheckpointError(f"{path}: holds no tensors")
+    sd = _strip_ddp_prefix(sd, path)
+    _check_tensors(sd, path)
+    return LoadedCheckpoint(sd, kind, attributes)
 
-        try:
-            sd = collections.OrderedDict(load_file(str(path)))
-        except (SafetensorError, OSError, ValueError) as e:
-            looks = sniff_format(path)
-            seems = "" if looks == _LOOKS_SAFETENSORS else f"; it looks like {looks}"
-            raise CheckpointError(f"{path}: not a readable safetensors file{seems} ({e})") from e
-        sd = _strip_ddp_prefix(sd, path)
-        _check_tensors(sd, path)
-        return LoadedCheckpoint(sd, "state_dict")
+
+# what torch.load raises on a file it cannot read (torch's own errors and the pickle machinery's)
+_UNREADABLE = (
+    pickle.UnpicklingError,
+    EOFError,
+    RuntimeError,
+    zipfile.BadZipFile,
+    ValueError,
+    KeyError,
+    AttributeError,
+    TypeError,
+    IndexError,
+    tarfile.TarError,
+    struct.error,
+)
+
+
+def _read_safetensors(path: Path) -> collections.OrderedDict[str, torch.Tensor]:
+    """A .safetensors file's tensors; CheckpointError naming the format it looked like."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     try:
-        obj = torch.load(
+        return collections.OrderedDict(load_file(str(path)))
+    except (SafetensorError, OSError, ValueError) as e:
+        looks = sniff_format(path)
+        seems = "" if looks == _LOOKS_SAFETENSORS else f"; it looks like {looks}"
+        raise CheckpointError(f"{path}: not a readable safetensors file{seems} ({e})") from e
+
+
+def _unpickle(path: Path) -> Any:
+    """The object of a torch.save file, unpickled by the restricted unpickler (no code run)."""
+    try:
+        return torch.load(
             path, map_location="cpu", pickle_module=_restricted_pickle, weights_only=False
         )
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
-    except (
-        pickle.UnpicklingError,
-        EOFError,
-        RuntimeError,
-        zipfile.BadZipFile,
-        ValueError,
-        KeyError,
-        AttributeError,
-        TypeError,
-        IndexError,
-        tarfile.TarError,
-        struct.error,
-    ) as e:
+    except _UNREADABLE as e:
         # torch's messages can span lines; keep errors one line
         detail = " ".join(str(e).split())[:300]
         looks = sniff_format(path)
@@ -340,34 +357,32 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
             f"{path}: not a readable PyTorch checkpoint; it looks like {looks} ({type(e).__name__}:"
             f" {detail})"
         ) from e
+
+
+def _entries(obj: Any, path: Path) -> tuple[collections.OrderedDict, str, dict]:
+    """(state dict, kind, plain attributes) of an unpickled object: a module stand-in's parameters
+    and buffers, or a state dict (an open_clip training checkpoint's, unwrapped)."""
     if _is_module_stand_in(obj):
         sd: collections.OrderedDict[str, torch.Tensor] = collections.OrderedDict()
         _module_state_dict(obj, "", sd)
         attributes = {
             k: v for k, v in obj.__dict__.items() if isinstance(v, (bool, int, float, str))
         }
-        kind = f"module:{type(obj)._pickled_module}.{type(obj)._pickled_name}"
-    elif isinstance(obj, dict):
-        if "state_dict" in obj and isinstance(obj["state_dict"], dict):
-            # open_clip's training checkpoint {"epoch", "name", "state_dict", "optimizer", ...}
-            others = sorted(str(k) for k in obj if k != "state_dict")
-            log.warning(
-                "%s: a training checkpoint (also holds %s): using its 'state_dict'",
-                path,
-                ", ".join(others[:6]),
-            )
-            obj = obj["state_dict"]
-        sd = collections.OrderedDict(obj)
-        attributes, kind = {}, "state_dict"
-    else:
+        return sd, f"module:{type(obj)._pickled_module}.{type(obj)._pickled_name}", attributes
+    if not isinstance(obj, dict):
         raise CheckpointError(
             f"{path}: holds a {type(obj).__name__}, expected a module or a state dict"
         )
-    if not sd:
-        raise CheckpointError(f"{path}: holds no tensors")
-    sd = _strip_ddp_prefix(sd, path)
-    _check_tensors(sd, path)
-    return LoadedCheckpoint(sd, kind, attributes)
+    if "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        # open_clip's training checkpoint {"epoch", "name", "state_dict", "optimizer", ...}
+        others = sorted(str(k) for k in obj if k != "state_dict")
+        log.warning(
+            "%s: a training checkpoint (also holds %s): using its 'state_dict'",
+            path,
+            ", ".join(others[:6]),
+        )
+        obj = obj["state_dict"]
+    return collections.OrderedDict(obj), "state_dict", {}
 
 
 def _strip_ddp_prefix(

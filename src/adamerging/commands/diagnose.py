@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from adamerging.methods.diagnostics.run import run_diagnostics
-from adamerging.run.config import build_parser, config_from_namespace
+from adamerging.run.flags import build_parser, config_from_namespace
 from adamerging.run.problem import load_problem
 from adamerging.runtime.cli import command_name, run_cli
 from adamerging.runtime.distributed import setup

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from adamerging.methods.registry import report_rows
 from adamerging.reporting.tables import (
     INDIVIDUAL,
     NORMALIZED,
@@ -19,23 +20,6 @@ from adamerging.run.provenance import QUICK_BUILD_NOTE
 from adamerging.runtime.cli import command_name
 from adamerging.runtime.files import atomic_write
 
-# Row order of the paper's tables; `<method>.json` files found under results/<model>/ fill them.
-TABLE_ORDER = [
-    ("zeroshot", "Zero-shot"),
-    ("individual", "Individual"),
-    ("multitask", "Traditional MTL"),
-    ("weight_averaging", "Weight Averaging"),
-    ("fisher_merging", "Fisher Merging"),
-    ("regmean", "RegMean"),
-    ("task_arithmetic", "Task Arithmetic"),
-    ("ties_merging", "Ties-Merging"),
-    ("task_wise_adamerging", "Task-wise AdaMerging"),
-    ("task_wise_adamergingpp", "Task-wise AdaMerging++"),
-    ("layer_wise_adamerging", "Layer-wise AdaMerging"),
-    ("layer_wise_adamergingpp", "Layer-wise AdaMerging++"),
-    ("layer_wise_adamerging_supervised", "Layer-wise AdaMerging, supervised oracle"),
-]
-
 
 def collect_results(
     results_dir: str | Path, model: str
@@ -45,7 +29,7 @@ def collect_results(
     "mini_build")."""
     folder = Path(results_dir) / model
     rows, tasks, test_data, quick = {}, [], {}, []
-    for name, title in TABLE_ORDER:
+    for name, title in report_rows():
         path = folder / f"{name}.json"
         if path.is_file():
             data = json.loads(path.read_text())

@@ -5,7 +5,7 @@ Fetches, with `huggingface_hub.snapshot_download` (resumable, with progress bars
 - the pretrained CLIP `openai/clip-vit-<arch>` -> `<checkpoints>/hf/<model>/zeroshot/`,
 - FusionBench's experts `tanganke/clip-vit-<arch>_<task>` ->
   `<checkpoints>/hf/<model>/<Task>/finetuned/`,
-- the test split of each task's dataset (hf_copies.HF_DATASET_REPOS) -> `<data-location>/<task
+- the test split of each task's dataset (the task registry's `hf_dataset`) -> `<data-location>/<task
   folder>/`, and its train split, which only Fisher merging and RegMean read (`--splits test` skips
   it),
 i.e. the layouts `--checkpoint-format hf` and `--data-format hf` read, then prints the command that
@@ -28,8 +28,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from adamerging.datasets.hf_copies import HF_DATASET_REPOS
-from adamerging.datasets.tasks import SPLITS, TASKS, canonical_task, task_folder
+from adamerging.datasets.tasks import PAPER_TASKS, SPLITS, TASKS, canonical_task, task_folder
 from adamerging.runtime.cli import command_name
 
 # open_clip architecture -> the Hugging Face CLIP name part.
@@ -37,19 +36,6 @@ HF_ARCH: dict[str, str] = {
     "ViT-B-32": "clip-vit-base-patch32",
     "ViT-B-16": "clip-vit-base-patch16",
     "ViT-L-14": "clip-vit-large-patch14",
-}
-
-
-# Task -> the suffix of FusionBench's expert repos (`tanganke/clip-vit-base-patch32_<suffix>`).
-EXPERT_SUFFIX: dict[str, str] = {
-    "SUN397": "sun397",
-    "Cars": "stanford-cars",
-    "RESISC45": "resisc45",
-    "EuroSAT": "eurosat",
-    "SVHN": "svhn",
-    "GTSRB": "gtsrb",
-    "MNIST": "mnist",
-    "DTD": "dtd",
 }
 
 
@@ -88,14 +74,14 @@ def plan(
     for task in tasks:
         fetches.append(
             Fetch(
-                f"tanganke/{HF_ARCH[model]}_{EXPERT_SUFFIX[task]}",
+                f"tanganke/{HF_ARCH[model]}_{TASKS[task].hf_expert}",
                 "model",
                 ckpt / task / "finetuned",
                 tuple(_MODEL_FILES),
             )
         )
     for task in tasks:
-        repo, config = HF_DATASET_REPOS[task]
+        repo, config = TASKS[task].hf_dataset
         shards = tuple(
             f"{config}/{split}-*.parquet" if config else f"*{split}-*.parquet" for split in splits
         )
@@ -150,9 +136,8 @@ def main_table_command(model: str, checkpoints: str | Path, data_location: str |
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI entry: fetch what the plan lists (or print it with --dry-run); exit 1 on a failed fetch,
-    2 on bad flags."""
+def _parser() -> argparse.ArgumentParser:
+    """The command line of `adamerging download`."""
     p = argparse.ArgumentParser(
         prog=command_name("adamerging download"), description=__doc__.splitlines()[0]
     )
@@ -163,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--tasks",
         default=None,
-        help=f"comma-separated subset of {', '.join(TASKS)} (default: all 8)",
+        help=f"comma-separated subset of {', '.join(PAPER_TASKS)} (default: all 8)",
     )
     p.add_argument(
         "--checkpoints", default="checkpoints", help="models go to <checkpoints>/hf/<model>/"
@@ -182,12 +167,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--dry-run", action="store_true", help="print the plan (repo -> folder) and fetch nothing"
     )
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry: fetch what the plan lists (or print it with --dry-run); exit 1 on a failed fetch,
+    2 on bad flags."""
+    args = _parser().parse_args(argv)
     try:
         tasks = (
             [canonical_task(t) for t in args.tasks.split(",") if t.strip()]
             if args.tasks
-            else list(TASKS)
+            else list(PAPER_TASKS)
         )
         splits = tuple(x.strip() for x in args.splits.split(",") if x.strip())
         if not splits or set(splits) - set(SPLITS):

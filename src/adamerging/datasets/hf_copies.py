@@ -13,9 +13,9 @@ Two on-disk forms are read, with pyarrow (no `datasets` dependency):
 The image column holds encoded files (`{"bytes": ..., "path": ...}`, the `datasets` Image feature);
 they stay encoded in memory (`EncodedImages`) and are decoded by the same preprocessing as image
 files. This module only parses; mapping the dataset's class order onto a head's order is in
-`labels.py`; `read_hf_split` reads a task's split from its folder.
+`labels.py`; `splits.read_hf_split` reads a task's split from its folder.
 
-Repository names (`HF_DATASET_REPOS`) follow FusionBench's test-set configs
+Repository names (the task registry's `hf_dataset`) follow FusionBench's test-set configs
 (github.com/tanganke/fusion_bench, `config/dataset/image_classification/test/<task>.yaml`, read
 2026-11): `tanganke/{sun397,stanford_cars,resisc45,eurosat,gtsrb,dtd}`, and the hub's own `svhn`
 (config `cropped_digits`) and `mnist`, which the hub now serves as `ufldl-stanford/svhn` and
@@ -33,80 +33,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from adamerging.datasets.labels import head_classnames, map_labels_to_head
-from adamerging.datasets.readers import _missing
-from adamerging.datasets.tasks import Split, canonical_task, task_folder
-from adamerging.runtime.errors import DatasetError
-
-
-def read_hf_split(task: str, data_root: str | Path, split: str = "test") -> Split:
-    """One split of a task from a local Hugging Face dataset copy in its task folder (e.g.
-    `data/sun397/`).
-
-    Reads either form described in hf_copies.py; the labels are re-indexed onto the head's class
-    order (head_classnames, map_labels_to_head) and the class names returned in that order.
-    `Split.source` says "Hugging Face parquet ..." / "Hugging Face save_to_disk ...".
-    """
-    name = canonical_task(task)
-    folder = task_folder(name, data_root)
-    if not is_hf_dataset(folder):
-        raise _missing(
-            name,
-            folder / "README.md",
-            "a Hugging Face dataset: README.md + data/<split>-*.parquet, or a save_to_disk folder",
-        )
-    try:
-        raw = read_hf_folder(folder, split)
-    except HFDatasetError as e:
-        raise DatasetError(f"{name}: {e}") from e
-    if len(raw.labels) == 0:
-        raise DatasetError(f"{name}: {raw.source} holds no images for the {split} split")
-    # some copies name classes by their SUN path: "/a/apartment_building/outdoor"
-    if name == "SUN397":
-        raw.classnames = [re.sub(r"^/[a-z]/", "", n).replace("/", " ") for n in raw.classnames]
-    head_names, origin = head_classnames(name, folder, raw.classnames)
-    if head_names is None:
-        warnings.warn(
-            f"{name}: no {folder / 'devkit' / 'cars_meta.mat'} or classnames.txt to check the class"
-            " order against; using the dataset's ClassLabel order (right for heads built from"
-            " class names)",
-            stacklevel=2,
-        )
-        head_names, labels = list(raw.classnames), raw.labels
-    else:
-        labels = map_labels_to_head(
-            name, raw.classnames, raw.labels, head_names, origin, raw.source
-        )
-    return Split(
-        task=name,
-        split=split,
-        classnames=list(head_names),
-        labels=labels,
-        images=raw.images,
-        source=raw.source,
-    )
-
-
-# Task -> (hub dataset repo, config folder inside the repo or None), after FusionBench (see module
-# doc).
-HF_DATASET_REPOS: dict[str, tuple[str, str | None]] = {
-    "SUN397": ("tanganke/sun397", None),
-    "Cars": ("tanganke/stanford_cars", None),
-    "RESISC45": ("tanganke/resisc45", None),
-    "EuroSAT": ("tanganke/eurosat", None),
-    "SVHN": ("ufldl-stanford/svhn", "cropped_digits"),
-    "GTSRB": ("tanganke/gtsrb", None),
-    "MNIST": ("ylecun/mnist", None),
-    "DTD": ("tanganke/dtd", None),
-}
 
 
 class HFDatasetError(ValueError):

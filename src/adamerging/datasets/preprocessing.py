@@ -8,7 +8,6 @@ import hashlib
 import io
 import json
 import os
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from adamerging.datasets.hf_copies import (
 )
 from adamerging.datasets.tasks import Split
 from adamerging.runtime.errors import DatasetError
+from adamerging.runtime.files import atomic_path, atomic_write
 
 # Bump when the preprocessing changes, so old caches are rebuilt rather than silently reused.
 _CACHE_VERSION = "clip-val-uint8-v1"
@@ -138,12 +138,6 @@ def _load_cache(npy: Path, meta: Path, fp: dict[str, Any]) -> torch.Tensor | Non
     return torch.from_numpy(arr)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def preprocess_images(
     split: Split,
     image_size: int,
@@ -182,18 +176,14 @@ def preprocess_images(
     # Drop the sidecar first: if we die between replacing the .npy and writing the new sidecar,
     # no stale fingerprint can vouch for the new array.
     meta.unlink(missing_ok=True)
-    tmp = cache / f".{stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.npy"
-    try:
-        # Filled in place on disk: memory stays flat even for SVHN train at 224 px.
+    # Filled in place on disk: memory stays flat even for SVHN train at 224 px.
+    with atomic_path(npy) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, 3, size, size))
         _fill(out, split, size, progress, workers)
         out.flush()
         del out
-        os.replace(tmp, npy)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _atomic_write_text(meta, json.dumps({"n": n, "fingerprint": fp}, indent=1))
+    with atomic_write(meta, "w") as f:
+        f.write(json.dumps({"n": n, "fingerprint": fp}, indent=1))
     loaded = _load_cache(npy, meta, fp)
     if loaded is None:  # pragma: no cover - only if the file vanished under us
         raise DatasetError(f"{split.task}: cache {npy} could not be read back")

@@ -6,6 +6,11 @@ torchvision dataset classes on purpose: several of them insist on downloading or
 the original archives (SVHN), and the task-vectors project wraps the rest in its own small readers
 whose behaviour (orders, label conventions, class names) we replicate here.
 
+A reader is `(data root, split, test split candidate or None) -> Raw`: (the raw class list the
+class names derive from, or None where the classes are implicit in the labels; labels int64 [N];
+the images: file paths or uint8 [N, H, W, 3]; the source read, for the record). The task registry
+(`tasks.TASKS`) names each task's reader.
+
 Both layouts of SPEC.md are accepted: the task-vectors one and the AdaMerging fork's (SUN397/DTD
 test images in `test/` instead of `val/`, Cars' labelled test annotations inside `devkit/`).
 """
@@ -15,228 +20,85 @@ from __future__ import annotations
 import csv
 import gzip
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from adamerging.datasets.folders import (
+    check_files_exist,
+    check_same_classes,
+    class_folders,
+    image_folder,
+    load_mat,
+    missing,
+    require_dir,
+    require_file,
+    walk_images,
+)
 from adamerging.runtime.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
 
-# torchvision's ImageFolder extensions: the task-vectors loaders use ImageFolder, so the same files
-# count.
-IMG_EXTENSIONS: tuple[str, ...] = (
-    ".jpg",
-    ".jpeg",
-    ".png",
-    ".ppm",
-    ".bmp",
-    ".pgm",
-    ".tif",
-    ".tiff",
-    ".webp",
-)
-
-
-def _found_instead(path: Path) -> str:
-    """Describe the nearest existing ancestor of a missing path, so the user sees what is there."""
-    parent = path
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.exists():
-        return "nothing on the way to it exists"
-    if not parent.is_dir():
-        return f"{parent} exists but is not a folder"
-    try:
-        entries = sorted(os.listdir(parent))
-    except OSError as e:  # pragma: no cover - permissions
-        return f"{parent} cannot be listed ({e})"
-    if not entries:
-        return f"{parent} exists but is empty"
-    shown = ", ".join(entries[:12]) + (
-        f", ... ({len(entries)} entries)" if len(entries) > 12 else ""
-    )
-    return f"{parent} holds: {shown}"
-
-
-def _missing(task: str, expected: Path | list[Path], layout: str) -> DatasetError:
-    paths = expected if isinstance(expected, list) else [expected]
-    what = " or ".join(str(p) for p in paths)
-    return DatasetError(
-        f"{task}: expected {what} ({layout}); not found. Found instead: {_found_instead(paths[0])}"
-    )
-
-
-def _require_dir(task: str, path: Path, layout: str) -> Path:
-    if not path.is_dir():
-        raise _missing(task, path, layout)
-    return path
-
-
-def _require_file(task: str, path: Path, layout: str) -> Path:
-    if not path.is_file():
-        raise _missing(task, path, layout)
-    return path
-
-
-def _check_files_exist(task: str, paths: list[str], listed_in: Path) -> None:
-    """A split file listing images that are not on disk is an error (ImageFolder would drop them
-    silently)."""
-    missing = [p for p in paths if not os.path.isfile(p)]
-    if missing:
-        shown = ", ".join(missing[:5]) + (
-            f", ... ({len(missing)} missing)" if len(missing) > 5 else ""
-        )
-        raise DatasetError(f"{task}: {listed_in} lists images that do not exist: {shown}")
-
-
-def _read_lines(path: Path) -> list[str] | None:
-    """Non-empty lines of an override file (None if there is no such file); blank lines inside are
-    an error."""
-    if not path.is_file():
-        return None
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    while lines and not lines[-1]:
-        lines.pop()
-    while lines and not lines[0]:
-        lines.pop(0)
-    if not lines:
-        raise DatasetError(f"{path} is empty")
-    if any(not line for line in lines):
-        raise DatasetError(f"{path} has blank lines between entries (one entry per line expected)")
-    return lines
-
-
-def _class_folders(task: str, folder: Path, layout: str) -> list[str]:
-    # Same rule as ImageFolder.find_classes: the sorted names of the sub-folders.
-    _require_dir(task, folder, layout)
-    classes = sorted(e.name for e in os.scandir(folder) if e.is_dir())
-    if not classes:
-        raise DatasetError(
-            f"{task}: expected class folders in {folder} ({layout}); found none. Found instead:"
-            f" {_found_instead(folder)}"
-        )
-    return classes
-
-
-def _walk_images(folder: Path, extensions: tuple[str, ...]) -> list[str]:
-    # Same order as torchvision's make_dataset: sorted walk, sorted file names, recursive.
-    out: list[str] = []
-    for dirpath, _, fnames in sorted(os.walk(folder, followlinks=True)):
-        for fname in sorted(fnames):
-            if fname.lower().endswith(extensions):
-                out.append(os.path.join(dirpath, fname))
-    return out
-
-
-def _image_folder(
-    task: str, folder: Path, layout: str, extensions: tuple[str, ...] = IMG_EXTENSIONS
-) -> tuple[list[str], np.ndarray, list[str]]:
-    """An ImageFolder-style tree: (sorted class folder names, labels, image paths)."""
-    classes = _class_folders(task, folder, layout)
-    labels: list[int] = []
-    paths: list[str] = []
-    for idx, cls in enumerate(classes):
-        files = _walk_images(folder / cls, extensions)
-        if not files:
-            raise DatasetError(
-                f"{task}: class folder {folder / cls} holds no image files"
-                f" ({', '.join(extensions)}); found instead: {_found_instead(folder / cls)}"
-            )
-        paths.extend(files)
-        labels.extend([idx] * len(files))
-    return classes, np.asarray(labels, dtype=np.int64), paths
-
-
-def _check_same_classes(
-    task: str, split_dir: Path, train_dir: Path, split_classes: list[str]
-) -> None:
-    """The original takes class names (and so label order) from the train folder: they must
-    agree."""
-    if not train_dir.is_dir():
-        return
-    train_classes = sorted(e.name for e in os.scandir(train_dir) if e.is_dir())
-    if train_classes and train_classes != split_classes:
-        only_split = sorted(set(split_classes) - set(train_classes))[:5]
-        only_train = sorted(set(train_classes) - set(split_classes))[:5]
-        raise DatasetError(
-            f"{task}: class folders of {split_dir} ({len(split_classes)}) and {train_dir}"
-            f" ({len(train_classes)}) differ (only in {split_dir.name}: {only_split}; only in"
-            f" train: {only_train}); labels would not match"
-        )
-
-
-def _pick_test_dir(task: str, base: Path, test_dir: str | None) -> Path:
+def pick_test_dir(task: str, base: Path, test_dir: str | None) -> Path:
     """SUN397 / DTD: task-vectors reads the test split from `val/`, the AdaMerging fork from
     `test/`."""
     names = [test_dir] if test_dir else ["val", "test"]
     for name in names:
         if (base / name).is_dir():
             return base / name
-    raise _missing(
+    raise missing(
         task,
         [base / n for n in names],
         "task-vectors layout reads the test split from val/, the AdaMerging fork from test/",
     )
 
 
-_Raw = tuple[list[str] | None, np.ndarray, Any, str]
+Raw = tuple[list[str] | None, np.ndarray, Any, str]
+Reader = Callable[[Path, str, str | None], Raw]
 
 
-def _read_class_folders(
-    task: str, base: Path, layout: str, split: str, test_dir: str | None
-) -> _Raw:
+def read_class_folders(task: str, base: Path, layout: str, split: str, test_dir: str | None) -> Raw:
     """SUN397 and DTD: class folders under train/ and val/ (task-vectors) or test/ (the fork)."""
-    folder = _pick_test_dir(task, base, test_dir) if split == "test" else base / "train"
-    classes, labels, paths = _image_folder(task, folder, layout)
+    folder = pick_test_dir(task, base, test_dir) if split == "test" else base / "train"
+    classes, labels, paths = image_folder(task, folder, layout)
     if split == "test":
-        _check_same_classes(task, folder, base / "train", classes)
+        check_same_classes(task, folder, base / "train", classes)
     return classes, labels, paths, str(folder)
 
 
-def _read_sun397(root: Path, split: str, test_dir: str | None) -> _Raw:
-    return _read_class_folders(
+def read_sun397(root: Path, split: str, test_dir: str | None) -> Raw:
+    return read_class_folders(
         "SUN397", root / "sun397", "sun397/{train,val|test}/<x>_<scene>/*.jpg", split, test_dir
     )
 
 
-def _read_dtd(root: Path, split: str, test_dir: str | None) -> _Raw:
-    return _read_class_folders(
+def read_dtd(root: Path, split: str, test_dir: str | None) -> Raw:
+    return read_class_folders(
         "DTD", root / "dtd", "dtd/{train,val|test}/<class>/*.jpg", split, test_dir
     )
 
 
-def _read_eurosat(root: Path, split: str, test_dir: str | None) -> _Raw:
+def read_eurosat(root: Path, split: str, test_dir: str | None) -> Raw:
     base = root / "EuroSAT_splits"
     folder = base / (test_dir or "test") if split == "test" else base / "train"
-    classes, labels, paths = _image_folder(
+    classes, labels, paths = image_folder(
         "EuroSAT", folder, "EuroSAT_splits/{train,val,test}/<Class>/*.jpg"
     )
     if split == "test":
-        _check_same_classes("EuroSAT", folder, base / "train", classes)
+        check_same_classes("EuroSAT", folder, base / "train", classes)
     return classes, labels, paths, str(folder)
 
 
-def _load_mat(task: str, path: Path, **kwargs: Any) -> dict[str, Any]:
-    import scipy.io  # local: only the .mat tasks need scipy
-
-    try:
-        return scipy.io.loadmat(str(path), **kwargs)
-    except Exception as e:  # noqa: BLE001 - any parse failure is a dataset problem
-        raise DatasetError(f"{task}: cannot read {path} as a MATLAB file: {e}") from e
-
-
-def _read_cars(root: Path, split: str, test_dir: str | None) -> _Raw:
+def read_cars(root: Path, split: str, test_dir: str | None) -> Raw:
     base = root / "stanford_cars"
     devkit = base / "devkit"
     layout = "stanford_cars/devkit/*.mat, stanford_cars/cars_{train,test}/"
-    meta_path = _require_file("Cars", devkit / "cars_meta.mat", layout)
+    meta_path = require_file("Cars", devkit / "cars_meta.mat", layout)
     if split == "train":
-        annos_path = _require_file("Cars", devkit / "cars_train_annos.mat", layout)
+        annos_path = require_file("Cars", devkit / "cars_train_annos.mat", layout)
         images_dir = base / "cars_train"
     else:
         # task-vectors: beside devkit/; AdaMerging fork: inside devkit/.
@@ -246,7 +108,7 @@ def _read_cars(root: Path, split: str, test_dir: str | None) -> _Raw:
         ]
         found = [p for p in candidates if p.is_file()]
         if not found:
-            raise _missing(
+            raise missing(
                 "Cars",
                 candidates,
                 "labelled test annotations: task-vectors layout / AdaMerging fork layout",
@@ -260,14 +122,14 @@ def _read_cars(root: Path, split: str, test_dir: str | None) -> _Raw:
                 found[1],
             )
         images_dir = base / "cars_test"
-    _require_dir("Cars", images_dir, layout)
+    require_dir("Cars", images_dir, layout)
 
-    names = _load_mat("Cars", meta_path, squeeze_me=True).get("class_names")
+    names = load_mat("Cars", meta_path, squeeze_me=True).get("class_names")
     if names is None:
         raise DatasetError(f"Cars: {meta_path} has no 'class_names' variable")
     classes = [str(c) for c in np.atleast_1d(names).tolist()]
 
-    annos = _load_mat("Cars", annos_path, squeeze_me=True).get("annotations")
+    annos = load_mat("Cars", annos_path, squeeze_me=True).get("annotations")
     if (
         annos is None
         or annos.dtype.names is None
@@ -286,17 +148,17 @@ def _read_cars(root: Path, split: str, test_dir: str | None) -> _Raw:
     paths = [str(images_dir / str(a["fname"])) for a in annos]
     if len(labels) and labels.min() < 0:
         raise DatasetError(f"Cars: {annos_path} has a class id below 1 (ids are 1-based)")
-    _check_files_exist("Cars", paths, annos_path)
+    check_files_exist("Cars", paths, annos_path)
     return classes, labels, paths, str(annos_path)
 
 
-def _read_resisc45(root: Path, split: str, test_dir: str | None) -> _Raw:
+def read_resisc45(root: Path, split: str, test_dir: str | None) -> Raw:
     base = root / "resisc45"
     layout = "resisc45/NWPU-RESISC45/<class>/<class>_NNN.jpg + resisc45/resisc45-<split>.txt"
     list_name = (test_dir or "test") if split == "test" else split
-    list_path = _require_file("RESISC45", base / f"resisc45-{list_name}.txt", layout)
+    list_path = require_file("RESISC45", base / f"resisc45-{list_name}.txt", layout)
     images_dir = base / "NWPU-RESISC45"
-    classes = _class_folders("RESISC45", images_dir, layout)
+    classes = class_folders("RESISC45", images_dir, layout)
     class_to_idx = {c: i for i, c in enumerate(classes)}
     names = sorted(
         {
@@ -320,16 +182,14 @@ def _read_resisc45(root: Path, split: str, test_dir: str | None) -> _Raw:
         items.append((class_to_idx[cls], name))
     items.sort()  # ImageFolder order: by class, then by file name
     paths = [str(images_dir / classes[c] / n) for c, n in items]
-    _check_files_exist("RESISC45", paths, list_path)
+    check_files_exist("RESISC45", paths, list_path)
     labels = np.asarray([c for c, _ in items], dtype=np.int64)
     return classes, labels, paths, str(list_path)
 
 
-def _read_svhn(root: Path, split: str, test_dir: str | None) -> _Raw:
-    path = _require_file(
-        "SVHN", root / "svhn" / f"{split}_32x32.mat", "svhn/{train,test}_32x32.mat"
-    )
-    mat = _load_mat("SVHN", path)
+def read_svhn(root: Path, split: str, test_dir: str | None) -> Raw:
+    path = require_file("SVHN", root / "svhn" / f"{split}_32x32.mat", "svhn/{train,test}_32x32.mat")
+    mat = load_mat("SVHN", path)
     x, y = mat.get("X"), mat.get("y")
     if x is None or y is None or x.ndim != 4 or x.shape[2] != 3:
         raise DatasetError(
@@ -344,12 +204,12 @@ def _read_svhn(root: Path, split: str, test_dir: str | None) -> _Raw:
     return None, labels, images, str(path)
 
 
-def _read_gtsrb(root: Path, split: str, test_dir: str | None) -> _Raw:
+def read_gtsrb(root: Path, split: str, test_dir: str | None) -> Raw:
     base = root / "gtsrb"
     if split == "train":
         folder = base / "GTSRB" / "Training"
         layout = "gtsrb/GTSRB/Training/000CC/*.ppm"
-        classes = _class_folders("GTSRB", folder, layout)
+        classes = class_folders("GTSRB", folder, layout)
         labels: list[int] = []
         paths: list[str] = []
         for cls in classes:
@@ -357,7 +217,7 @@ def _read_gtsrb(root: Path, split: str, test_dir: str | None) -> _Raw:
                 raise DatasetError(
                     f"GTSRB: class folder {folder / cls} is not a class number ({layout})"
                 )
-            files = _walk_images(folder / cls, (".ppm",))
+            files = walk_images(folder / cls, (".ppm",))
             if not files:
                 raise DatasetError(f"GTSRB: class folder {folder / cls} holds no .ppm images")
             paths.extend(files)
@@ -365,8 +225,8 @@ def _read_gtsrb(root: Path, split: str, test_dir: str | None) -> _Raw:
         return None, np.asarray(labels, dtype=np.int64), paths, str(folder)
 
     layout = "gtsrb/GTSRB/Final_Test/Images/*.ppm + gtsrb/GT-final_test.csv"
-    images_dir = _require_dir("GTSRB", base / "GTSRB" / "Final_Test" / "Images", layout)
-    csv_path = _require_file("GTSRB", base / "GT-final_test.csv", layout)
+    images_dir = require_dir("GTSRB", base / "GTSRB" / "Final_Test" / "Images", layout)
+    csv_path = require_file("GTSRB", base / "GT-final_test.csv", layout)
     with open(csv_path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f, delimiter=";", skipinitialspace=True)
         if not reader.fieldnames or not {"Filename", "ClassId"} <= set(reader.fieldnames):
@@ -382,11 +242,11 @@ def _read_gtsrb(root: Path, split: str, test_dir: str | None) -> _Raw:
     except (TypeError, ValueError) as e:
         raise DatasetError(f"GTSRB: {csv_path} has a non-integer ClassId ({e})") from e
     paths = [str(images_dir / name) for name, _ in rows]  # CSV order, as the original
-    _check_files_exist("GTSRB", paths, csv_path)
+    check_files_exist("GTSRB", paths, csv_path)
     return None, labels_arr, paths, str(csv_path)
 
 
-def _read_idx(task: str, path: Path, magic: int) -> np.ndarray:
+def read_idx(task: str, path: Path, magic: int) -> np.ndarray:
     """An idx file (MNIST format): big-endian magic, dims, then uint8 data; `.gz` accepted."""
     opener: Callable[..., Any] = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as f:
@@ -406,7 +266,7 @@ def _read_idx(task: str, path: Path, magic: int) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims)
 
 
-def _read_mnist(root: Path, split: str, test_dir: str | None) -> _Raw:
+def read_mnist(root: Path, split: str, test_dir: str | None) -> Raw:
     raw = root / "MNIST" / "raw"
     prefix = "t10k" if split == "test" else "train"
     layout = "torchvision's MNIST layout"
@@ -415,12 +275,12 @@ def _read_mnist(root: Path, split: str, test_dir: str | None) -> _Raw:
         for p in (raw / name, raw / f"{name}.gz"):
             if p.is_file():
                 return p
-        raise _missing("MNIST", raw / name, layout)
+        raise missing("MNIST", raw / name, layout)
 
     images_path = find(f"{prefix}-images-idx3-ubyte")
     labels_path = find(f"{prefix}-labels-idx1-ubyte")
-    gray = _read_idx("MNIST", images_path, 0x803)
-    labels = _read_idx("MNIST", labels_path, 0x801).astype(np.int64)
+    gray = read_idx("MNIST", images_path, 0x803)
+    labels = read_idx("MNIST", labels_path, 0x801).astype(np.int64)
     if len(gray) != len(labels):
         raise DatasetError(
             f"MNIST: {images_path} has {len(gray)} images but {labels_path} {len(labels)} labels"
@@ -429,15 +289,3 @@ def _read_mnist(root: Path, split: str, test_dir: str | None) -> _Raw:
     # (bicubic resampling acts per channel).
     images = np.repeat(gray[..., None], 3, axis=-1)
     return None, labels, images, str(images_path)
-
-
-_READERS: dict[str, Callable[[Path, str, str | None], _Raw]] = {
-    "SUN397": _read_sun397,
-    "Cars": _read_cars,
-    "RESISC45": _read_resisc45,
-    "EuroSAT": _read_eurosat,
-    "SVHN": _read_svhn,
-    "GTSRB": _read_gtsrb,
-    "MNIST": _read_mnist,
-    "DTD": _read_dtd,
-}

@@ -1,5 +1,10 @@
-"""The tasks and their facts: names, folders, test-split choices, the paper's test-set sizes, and
-`Split`, one split of one task as read from disk.
+"""The task registry: one record per built-in task with every fact about it (its folder, reader,
+class names, test-split choices, the paper's test-set size, its Hugging Face copies, how to prepare
+it from the official downloads), and `Split`, one split of one task as read from disk.
+
+A new dataset is one `Task` record here plus its reader (`readers.py`, a function of the data root,
+the split and the test-split candidate); the rest is optional: a recipe for `prepare` and the
+names of its Hugging Face copies. Users' own tasks need no record (`user_tasks.py`, `--task`).
 
 A dataset folder may carry two override files, used by miniature benchmarks with fewer classes:
 `classnames.txt` (one class name per line, replaces the class names) and `templates.txt` (one
@@ -8,77 +13,217 @@ prompt template per line with a `{c}` placeholder, replaces the task's templates
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from adamerging.datasets import preparers as prep
+from adamerging.datasets import readers as read
+from adamerging.datasets.classnames import (
+    ClassNames,
+    FixedNames,
+    FolderNames,
+    MappedNames,
+    MetaNames,
+)
 from adamerging.runtime.errors import DatasetError
 
-TASKS: tuple[str, ...] = ("SUN397", "Cars", "RESISC45", "EuroSAT", "SVHN", "GTSRB", "MNIST", "DTD")
-
-
-# The folder under the data root that holds each task (and its optional override files).
-TASK_DIRS: dict[str, str] = {
-    "SUN397": "sun397",
-    "Cars": "stanford_cars",
-    "RESISC45": "resisc45",
-    "EuroSAT": "EuroSAT_splits",
-    "SVHN": "svhn",
-    "GTSRB": "gtsrb",
-    "MNIST": "MNIST",
-    "DTD": "dtd",
-}
-
-
 SPLITS: tuple[str, ...] = ("test", "train")
+DATA_FORMATS: tuple[str, ...] = ("auto", "folders", "hf")
 
 
-# Where a reader can take the test split from, default first: a folder under the task's folder, or
-# for RESISC45 a list file `resisc45-<name>.txt`. SUN397 and DTD are ambiguous: task-vectors reads
-# val/, the AdaMerging fork test/ (SPEC.md, Data). EuroSAT and RESISC45 ship a validation split
-# beside the test one: it can be chosen by name but is never guessed. The other tasks have one test
-# source.
-TEST_SPLIT_CHOICES: dict[str, tuple[str, ...]] = {
-    "SUN397": ("val", "test"),
-    "DTD": ("val", "test"),
-    "EuroSAT": ("test", "val"),
-    "RESISC45": ("test", "val"),
+@dataclass(frozen=True)
+class Task:
+    """Every fact of one built-in task.
+
+    `test_splits`: where the reader may take the test split from, default first (folders under the
+    task's folder, or RESISC45's list files); empty: one source. `ambiguous_test_split`: the two
+    codebases of SPEC.md read different candidates (task-vectors val/, the AdaMerging fork test/):
+    the default is the first present, with a warning when both are. `paper_test_size`: (fewest,
+    most) test images of the paper's setting read without a warning. `hf_dataset`: (hub repo,
+    config folder or None) of FusionBench's copy; `hf_expert`: the suffix of FusionBench's expert
+    repos (`tanganke/clip-vit-base-patch32_<suffix>`). `prepare`: the recipe from the official
+    downloads (`preparers.py`), `downloads`: what to download for it. `classes_at`: where the reader
+    finds the class list, relative to the task folder, when not in the split it reads (messages).
+    `prompts`: which prompt templates of data/zeroshot_prompts.json it uses (default: its own).
+    """
+
+    name: str
+    folder: str
+    reader: read.Reader
+    names: ClassNames
+    paper_test_size: tuple[int, int] | None = None
+    test_splits: tuple[str, ...] = ()
+    ambiguous_test_split: bool = False
+    hf_dataset: tuple[str, str | None] | None = None
+    hf_expert: str | None = None
+    prepare: Callable[[prep.Inputs, Path], None] | None = None
+    downloads: str = ""
+    classes_at: str | None = None
+    prompts: str | None = None
+
+    @property
+    def templates_key(self) -> str:
+        """The key of the task's prompt templates in data/zeroshot_prompts.json: `prompts`, else
+        its name in lower case."""
+        return self.prompts or self.name.lower()
+
+
+TASKS: dict[str, Task] = {
+    t.name: t
+    for t in [
+        Task(
+            "SUN397",
+            "sun397",
+            read.read_sun397,
+            FolderNames(strip=2, copy_prefix=r"^/[a-z]/"),  # `a_abbey` -> `abbey`
+            paper_test_size=(19_700, 20_100),  # "about 19.9k" (SPEC.md): 1 % either way
+            test_splits=("val", "test"),
+            ambiguous_test_split=True,
+            hf_dataset=("tanganke/sun397", None),
+            hf_expert="sun397",
+            prepare=prep.prepare_sun397,
+            downloads="SUN397.tar.gz and Partitions.zip (vision.princeton.edu/projects/2010/SUN/)",
+        ),
+        Task(
+            "Cars",
+            "stanford_cars",
+            read.read_cars,
+            MetaNames("devkit/cars_meta.mat", "class_names"),
+            paper_test_size=(8041, 8041),
+            hf_dataset=("tanganke/stanford_cars", None),
+            hf_expert="stanford-cars",
+            prepare=prep.prepare_cars,
+            classes_at="devkit/cars_meta.mat",
+            downloads=(
+                "car_devkit.tgz, cars_train.tgz, cars_test.tgz, cars_test_annos_withlabels.mat (or"
+                " the Kaggle copy)"
+            ),
+        ),
+        Task(
+            "RESISC45",
+            "resisc45",
+            read.read_resisc45,
+            FixedNames(),
+            paper_test_size=(6300, 6300),
+            test_splits=("test", "val"),  # a validation split beside the test one: never guessed
+            hf_dataset=("tanganke/resisc45", None),
+            hf_expert="resisc45",
+            prepare=prep.prepare_resisc45,
+            classes_at="NWPU-RESISC45",
+            downloads=(
+                "NWPU-RESISC45 (extracted folder, .zip or .tar) and resisc45-{train,val,test}.txt"
+            ),
+        ),
+        Task(
+            "EuroSAT",
+            "EuroSAT_splits",
+            read.read_eurosat,
+            MappedNames("EuroSAT_folder_to_openai"),
+            paper_test_size=(2700, 2700),
+            test_splits=("test", "val"),  # a validation split beside the test one: never guessed
+            hf_dataset=("tanganke/eurosat", None),
+            hf_expert="eurosat",
+            prepare=prep.prepare_eurosat,
+            downloads="EuroSAT.zip / EuroSAT_RGB.zip (the RGB version, github.com/phelber/EuroSAT)",
+        ),
+        Task(
+            "SVHN",
+            "svhn",
+            read.read_svhn,
+            FixedNames(),
+            paper_test_size=(26032, 26032),
+            hf_dataset=("ufldl-stanford/svhn", "cropped_digits"),
+            hf_expert="svhn",
+            prepare=prep.prepare_svhn,
+            downloads="test_32x32.mat (and train_32x32.mat) from ufldl.stanford.edu/housenumbers",
+        ),
+        Task(
+            "GTSRB",
+            "gtsrb",
+            read.read_gtsrb,
+            FixedNames(),
+            paper_test_size=(12630, 12630),
+            hf_dataset=("tanganke/gtsrb", None),
+            hf_expert="gtsrb",
+            prepare=prep.prepare_gtsrb,
+            downloads=(
+                "GTSRB_Final_Test_Images.zip and GTSRB_Final_Test_GT.zip (optional:"
+                " GTSRB_Final_Training_Images.zip)"
+            ),
+        ),
+        Task(
+            "MNIST",
+            "MNIST",
+            read.read_mnist,
+            FixedNames(),
+            paper_test_size=(10000, 10000),
+            hf_dataset=("ylecun/mnist", None),
+            hf_expert="mnist",
+            prepare=prep.prepare_mnist,
+            downloads="t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz (optional: train-*)",
+        ),
+        Task(
+            "DTD",
+            "dtd",
+            read.read_dtd,
+            FolderNames(),
+            paper_test_size=(1880, 1880),
+            test_splits=("val", "test"),
+            ambiguous_test_split=True,
+            hf_dataset=("tanganke/dtd", None),
+            hf_expert="dtd",
+            prepare=prep.prepare_dtd,
+            downloads="dtd-r1.0.1.tar.gz (robots.ox.ac.uk/~vgg/data/dtd/)",
+        ),
+    ]
 }
 
+# The paper's 8 tasks, in its column order (the published coefficient tables' order too): the
+# default task list of every command.
+PAPER_TASKS: tuple[str, ...] = (
+    "SUN397",
+    "Cars",
+    "RESISC45",
+    "EuroSAT",
+    "SVHN",
+    "GTSRB",
+    "MNIST",
+    "DTD",
+)
 
-AMBIGUOUS_TEST_SPLIT: tuple[str, ...] = ("SUN397", "DTD")
+
+def canonical_task(task: str) -> str:
+    """The canonical spelling of a task name ("mnist" -> "MNIST"); DatasetError if unknown."""
+    lookup = {t.lower(): t for t in TASKS}
+    key = str(task).strip().lower()
+    if key not in lookup:
+        raise DatasetError(f"unknown task {task!r}; known tasks: {', '.join(TASKS)}")
+    return lookup[key]
 
 
-# Test-set sizes of the paper's setting (SPEC.md, Data; SUN397 "about 19.9k": 1 % either way), as
-# (fewest, most) images read without a warning.
-PAPER_TEST_SIZES: dict[str, tuple[int, int]] = {
-    "SUN397": (19_700, 20_100),
-    "Cars": (8041, 8041),
-    "RESISC45": (6300, 6300),
-    "EuroSAT": (2700, 2700),
-    "SVHN": (26032, 26032),
-    "GTSRB": (12630, 12630),
-    "MNIST": (10000, 10000),
-    "DTD": (1880, 1880),
-}
+def task_folder(task: str, data_root: str | Path) -> Path:
+    """The task's dataset folder under `data_root` (where classnames.txt / templates.txt may
+    lie)."""
+    return Path(data_root).expanduser() / TASKS[canonical_task(task)].folder
 
 
 def paper_size_text(task: str) -> str:
     """The paper's test-set size of `task` as text: "8041", or a range "19700-20100" (KeyError if
     unknown)."""
-    low, high = PAPER_TEST_SIZES[task]
+    low, high = TASKS[task].paper_test_size or ()
     return str(low) if low == high else f"{low}-{high}"
 
 
 def paper_size_mismatch(task: str, n: int) -> str | None:
     """`paper_size_text(task)` when `n` test images differ from the paper's count; None when they
     agree or it is unknown."""
-    if task not in PAPER_TEST_SIZES:
+    if task not in TASKS or TASKS[task].paper_test_size is None:
         return None
-    low, high = PAPER_TEST_SIZES[task]
+    low, high = TASKS[task].paper_test_size
     return None if low <= n <= high else paper_size_text(task)
 
 
@@ -92,7 +237,6 @@ class Split:
     split: str  # "test" or "train"
     classnames: list[str]
     labels: np.ndarray  # int64 [N]
-    # file paths, uint8 [N, H, W, 3], or encoded files
     # file paths, decoded uint8 [N, H, W, 3], or a Hugging Face copy's encoded files
     # (hf_copies.EncodedImages)
     images: list[str] | np.ndarray | Sequence[bytes]
@@ -116,25 +260,8 @@ class Split:
         }
         if self.test_split is not None:
             out.update(test_split=self.test_split, chosen_by=self.chosen_by)
-        if self.split == "test" and self.task in PAPER_TEST_SIZES:
-            low, high = PAPER_TEST_SIZES[self.task]
+        size = TASKS[self.task].paper_test_size if self.task in TASKS else None
+        if self.split == "test" and size is not None:
+            low, high = size
             out["paper_n_images"] = low if low == high else [low, high]
         return out
-
-
-def canonical_task(task: str) -> str:
-    """The canonical spelling of a task name ("mnist" -> "MNIST"); DatasetError if unknown."""
-    lookup = {t.lower(): t for t in TASKS}
-    key = str(task).strip().lower()
-    if key not in lookup:
-        raise DatasetError(f"unknown task {task!r}; known tasks: {', '.join(TASKS)}")
-    return lookup[key]
-
-
-def task_folder(task: str, data_root: str | Path) -> Path:
-    """The task's dataset folder under `data_root` (where classnames.txt / templates.txt may
-    lie)."""
-    return Path(data_root).expanduser() / TASK_DIRS[canonical_task(task)]
-
-
-DATA_FORMATS: tuple[str, ...] = ("auto", "folders", "hf")

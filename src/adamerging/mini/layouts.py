@@ -18,17 +18,6 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-# folder of each task's dataset under the data root (where classnames.txt / templates.txt go)
-DATASET_DIR = {
-    "SUN397": "sun397",
-    "Cars": "stanford_cars",
-    "RESISC45": "resisc45",
-    "EuroSAT": "EuroSAT_splits",
-    "SVHN": "svhn",
-    "GTSRB": "gtsrb",
-    "MNIST": "MNIST",
-    "DTD": "dtd",
-}
 EUROSAT_FOLDERS = [
     "AnnualCrop",
     "Forest",

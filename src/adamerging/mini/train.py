@@ -8,15 +8,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-import open_clip
 import torch
 import torch.nn.functional as F
 
-from adamerging import _torchvision_compat  # noqa: F401
+from adamerging.models.clip import OPENAI_MEAN, OPENAI_STD
 
 # The CLIP validation normalisation (what the pipeline's Normalizer applies to the same images).
-MEAN = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
-STD = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
+MEAN = torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1)
+STD = torch.tensor(OPENAI_STD).view(1, 3, 1, 1)
 
 
 def to_tensor(images_uint8: np.ndarray) -> torch.Tensor:
@@ -90,18 +89,7 @@ def pretrain(
             x = torch.roll(x, shifts=(int(dy), int(dx)), dims=(2, 3))
         f = F.normalize(model.encode_image(x), dim=-1)
         scale = model.logit_scale.exp().clamp(max=max_scale)
-        loss = 0.0
-        gs = G[idx]
-        for gi in np.unique(gs):
-            p = pool[gi]
-            tpl = p["templates"][rng.integers(len(p["templates"]))]
-            te = encode_text_norm(model, tokenizer([tpl.replace("{c}", n) for n in p["names"]]))
-            m = torch.from_numpy(gs == gi)
-            logits = scale * f[m] @ te.t()
-            loss = loss + F.cross_entropy(
-                logits, torch.from_numpy(Y[idx][gs == gi]), reduction="sum"
-            )
-        loss = loss / batch
+        loss = _caption_loss(model, tokenizer, pool, f, scale, G[idx], Y[idx], rng) / batch
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -115,6 +103,31 @@ def pretrain(
             )
     model.eval()
     return hist
+
+
+def _caption_loss(
+    model: torch.nn.Module,
+    tokenizer: Callable[[list[str]], torch.Tensor],
+    pool: list[dict[str, Any]],
+    features: torch.Tensor,
+    scale: torch.Tensor,
+    groups: np.ndarray,
+    labels: np.ndarray,
+    rng: np.random.Generator,
+) -> torch.Tensor:
+    """The summed cross-entropy of each image's caption against every caption of its group (one
+    template drawn per group, in group order), for a batch of L2-normalised image `features`."""
+    loss = 0.0
+    for gi in np.unique(groups):
+        p = pool[gi]
+        tpl = p["templates"][rng.integers(len(p["templates"]))]
+        te = encode_text_norm(model, tokenizer([tpl.replace("{c}", n) for n in p["names"]]))
+        m = torch.from_numpy(groups == gi)
+        logits = scale * features[m] @ te.t()
+        loss = loss + F.cross_entropy(
+            logits, torch.from_numpy(labels[groups == gi]), reduction="sum"
+        )
+    return loss
 
 
 def finetune_visual(

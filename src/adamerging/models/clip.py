@@ -13,10 +13,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
-import open_clip
 import torch
-
-from adamerging import _torchvision_compat  # noqa: F401
 
 OPENAI_MODELS = ("ViT-B-32", "ViT-B-16", "ViT-L-14")
 
@@ -33,17 +30,28 @@ ENCODER_PREFIX = "model."
 VISUAL_PREFIX = "model.visual."
 
 
+# The CLIP validation normalisation of the OpenAI models (open_clip's OPENAI_DATASET_MEAN / _STD;
+# tests/test_models.py checks they agree)
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
 _CONFIG_DIR = Path(__file__).parent / "configs"
 
 
 _registered = False
 
 
-def _register_configs() -> None:
+def _open_clip():
+    """open_clip, imported on first use (a command's --help and its model list need none of it),
+    with the bundled model configs registered."""
     global _registered
+    import open_clip
+
     if not _registered:
         open_clip.add_model_config(_CONFIG_DIR)
         _registered = True
+    return open_clip
 
 
 def create_clip(model_name: str, device: str | torch.device = "cpu") -> torch.nn.Module:
@@ -56,7 +64,7 @@ def create_clip(model_name: str, device: str | torch.device = "cpu") -> torch.nn
     """
     if model_name not in MODEL_NAMES:
         raise ValueError(f"unknown model {model_name!r}; expected one of {', '.join(MODEL_NAMES)}")
-    _register_configs()
+    open_clip = _open_clip()
     # open_clip logs a warning for every pretrained=None model; random init is the point here.
     logger = logging.getLogger()
     level = logger.level
@@ -94,9 +102,11 @@ class _QuickGELUFunction(torch.autograd.Function):
         return grad * s + torch.ops.aten.sigmoid_backward(grad * x, s) * 1.702
 
 
-class QuickGELU(open_clip.transformer.QuickGELU):  # same name: the model still reads as QuickGELU
+class QuickGELU(torch.nn.Module):
     """open_clip's QuickGELU, x * sigmoid(1.702 x) on [*] tensors, with less activation memory in
-    training.
+    training; it replaces open_clip's modules of the same name (`create_clip`), so the model still
+    reads as QuickGELU, and open_clip's come back before a model is pickled
+    (`use_open_clip_quick_gelu`).
 
     Bit-identical values and gradients (`_QuickGELUFunction`); source: OpenAI CLIP's QuickGELU.
     """
@@ -113,21 +123,20 @@ def _swap_quick_gelu(model: torch.nn.Module, old: type, new: type) -> None:
 
 
 def _use_lean_quick_gelu(model: torch.nn.Module) -> None:
-    _swap_quick_gelu(model, open_clip.transformer.QuickGELU, QuickGELU)
+    _swap_quick_gelu(model, _open_clip().transformer.QuickGELU, QuickGELU)
 
 
 def use_open_clip_quick_gelu(model: torch.nn.Module) -> None:
     """Put open_clip's own QuickGELU back in place of this file's (in place; neither holds state),
     so a pickled copy of `model` names open_clip's classes only and unpickles wherever open_clip is
     installed."""
-    _swap_quick_gelu(model, QuickGELU, open_clip.transformer.QuickGELU)
+    _swap_quick_gelu(model, QuickGELU, _open_clip().transformer.QuickGELU)
 
 
 def get_tokenizer(model_name: str) -> Callable[..., torch.Tensor]:
     """open_clip's tokenizer for `model_name` (texts -> int64 token ids [B, context_length]), after
     registering the bundled model configs."""
-    _register_configs()
-    return open_clip.get_tokenizer(model_name)
+    return _open_clip().get_tokenizer(model_name)
 
 
 def image_size(clip_model: torch.nn.Module) -> int:
@@ -140,8 +149,8 @@ def normalization(clip_model: torch.nn.Module) -> tuple[tuple[float, ...], tuple
     """Mean and std of the CLIP validation transform (OpenAI's values unless the config says
     otherwise)."""
     cfg = getattr(clip_model.visual, "preprocess_cfg", None) or {}
-    mean = tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN))
-    std = tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD))
+    mean = tuple(cfg.get("mean", OPENAI_MEAN))
+    std = tuple(cfg.get("std", OPENAI_STD))
     return mean, std
 
 

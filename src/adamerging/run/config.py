@@ -16,9 +16,12 @@ from typing import Any
 
 import torch
 
+from adamerging.checkpoints.layout import FORMATS
 from adamerging.datasets.corruptions import CORRUPTIONS
 from adamerging.datasets.tasks import DATA_FORMATS
+from adamerging.merging.transforms import TRANSFORMS
 from adamerging.models.clip import MODEL_NAMES
+from adamerging.models.objectives import OBJECTIVES
 from adamerging.run.provenance import MAX_NORM_RATIO
 from adamerging.runtime.device import PRECISIONS
 
@@ -33,6 +36,27 @@ GROUPS = {
     "diagnostics": "diagnostics (--diagnose; src/diagnose.py)",
     "speed": "speed",
 }
+
+
+class Keys(Sequence):
+    """The keys of a registry (a dict), read when asked, so entries added later count; less
+    `exclude`. A field's `choices`: the flag's and the config's check both see the registry as it
+    is."""
+
+    def __init__(self, registry: dict, exclude: Sequence[str] = ()):
+        self.registry, self.exclude = registry, tuple(exclude)
+
+    def _keys(self) -> list[str]:
+        return [k for k in self.registry if k not in self.exclude]
+
+    def __getitem__(self, i):
+        return self._keys()[i]
+
+    def __len__(self) -> int:
+        return len(self._keys())
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.registry and key not in self.exclude
 
 
 def _lambdas(text: str) -> tuple[float, ...]:
@@ -149,7 +173,7 @@ class RunConfig:
         "data",
         "task-vectors files (zeroshot.pt, <Task>/finetuned.pt), Hugging Face CLIP folders"
         " (zeroshot/, <Task>/finetuned/ with config.json), or detect",
-        choices=("auto", "task-vectors", "hf"),
+        choices=FORMATS,
     )
     data_format: str = _opt(
         "auto",
@@ -288,8 +312,8 @@ class RunConfig:
         "entropy",
         "adamerging",
         "entropy (AdaMerging) or cross-entropy with test labels (the paper's supervised oracle"
-        " ablation)",
-        choices=("entropy", "supervised"),
+        " ablation); any objective of models/objectives.py",
+        choices=Keys(OBJECTIVES),
     )
     adapt_mode: str = _opt(
         "auto",
@@ -351,9 +375,10 @@ class RunConfig:
     vectors: str = _opt(
         "plain",
         "diagnostics",
-        "plain task vectors (AdaMerging) or TIES-selected ones (AdaMerging++)",
+        "plain task vectors (AdaMerging) or TIES-selected ones (AdaMerging++); any transform of"
+        " merging/transforms.py",
         standalone="",
-        choices=("plain", "ties"),
+        choices=Keys(TRANSFORMS, exclude=("none",)),
     )
     # speed
     precision: str = _opt(
@@ -385,7 +410,7 @@ class RunConfig:
             choices, value = f.metadata["choices"], getattr(self, f.name)
             if choices is not None and value is not None and value not in choices:
                 raise ValueError(
-                    f"config field {f.name!r} ({_flag(f)}) must be one of {list(choices)}, got"
+                    f"config field {f.name!r} ({flag_of(f)}) must be one of {list(choices)}, got"
                     f" {value!r}"
                 )
         for name, ok, expected in (
@@ -437,135 +462,8 @@ class RunConfig:
             k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
         }
 
-    @classmethod
-    def from_argv(cls, argv: Sequence[str] | None, description: str = "") -> RunConfig:
-        """Parse the scripts' flags (None: sys.argv[1:]) into a config; bad flags exit 2
-        (argparse)."""
-        return config_from_namespace(build_parser(description).parse_args(argv))
 
-
-def _flag(f: dataclasses.Field, standalone: bool = False) -> str:
+def flag_of(f: dataclasses.Field, standalone: bool = False) -> str:
     if standalone and f.metadata["standalone"] is not None:
         return f.metadata["standalone"] or "--" + f.name.replace("_", "-")
     return f.metadata["flag"] or "--" + f.name.replace("_", "-")
-
-
-def build_parser(
-    description: str = "", standalone_diagnostics: bool = False, prog: str | None = None
-) -> argparse.ArgumentParser:
-    """The argparse parser of every RunConfig field, grouped as in GROUPS; `prog`: the command in
-    its usage line.
-
-    `standalone_diagnostics`: src/diagnose.py's flags (`--samples`, `--vectors`, ...; no
-    `--diagnose`); otherwise the scripts' (`--diagnose-samples`, ...; no `--vectors`).
-    """
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description=description,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        # `--step 5` must not silently mean --steps
-        allow_abbrev=False,
-    )
-    groups = {key: parser.add_argument_group(title) for key, title in GROUPS.items()}
-    for f in dataclasses.fields(RunConfig):
-        meta = f.metadata
-        if standalone_diagnostics and f.name == "diagnose":
-            continue
-        if meta["standalone"] == "" and not standalone_diagnostics:
-            continue
-        kwargs: dict[str, Any] = {"dest": f.name, "help": meta["help"]}
-        if isinstance(f.default, bool):
-            kwargs["action"] = "store_true"
-        elif meta["repeat"]:
-            kwargs.update(action="append", default=[], metavar=meta["repeat"])
-        else:
-            kwargs["default"] = f.default
-            kwargs["type"] = meta["parse"] or (
-                type(f.default) if f.default is not None else (float if f.name == "lam" else str)
-            )
-            if meta["choices"]:
-                kwargs["choices"] = list(meta["choices"])
-        groups[meta["group"]].add_argument(_flag(f, standalone_diagnostics), **kwargs)
-    return parser
-
-
-def config_from_namespace(args: argparse.Namespace) -> RunConfig:
-    """The RunConfig of parsed flags (extra attributes of `args` are ignored)."""
-    names = {f.name for f in dataclasses.fields(RunConfig)}
-    return RunConfig(**{k: v for k, v in vars(args).items() if k in names})
-
-
-# Settings a `--resume`d run may change: the step budget, the learning rate, evaluation and save
-# cadence, outputs, file locations and the speed/memory options. Every other field (a new field too,
-# by default) defines the problem or the optimisation and must equal the saved run's.
-RESUMABLE = frozenset(
-    {
-        "steps",
-        "lr",
-        "eval_every",
-        "save_every",
-        "resume",
-        "no_progress",
-        "overwrite",
-        "results_dir",
-        "run_dir",
-        "save_merged",
-        "save_format",
-        "checkpoints",
-        "data_location",
-        "cache_dir",
-        "batch_size",
-        "device",
-        "precision",
-        "checkpointing",
-        "compile",
-        "adapt_mode",
-        "adapt_chunk",
-        "micro_batch_size",
-        "diagnose",
-        "diagnose_samples",
-        "diagnose_lambdas",
-        "diagnose_spearman",
-        "diagnose_lambda_slack",
-        "tensorboard",
-        "allow_duplicate_experts",
-        "allow_foreign_experts",
-    }
-)
-
-
-def _shown(f: dataclasses.Field, value: Any) -> str:
-    """A setting as the user typed it: '--seed 0', '--no-clamp', 'no --corruption', '--task A=x
-    --task B=y'."""
-    flag = _flag(f)
-    if value is None or value is False or value == []:
-        return f"no {flag}"
-    if value is True:
-        return flag
-    if isinstance(value, list):
-        return (
-            " ".join(f"{flag} {v}" for v in value)
-            if f.metadata["repeat"]
-            else f"{flag} {','.join(map(str, value))}"
-        )
-    return f"{flag} {value}"
-
-
-def resume_conflicts(saved: dict[str, Any], config: RunConfig) -> str | None:
-    """One line listing the non-RESUMABLE settings where `config` differs from the saved run's
-    (`saved`: RunConfig.to_json() of that run; a field it lacks counts as its default), or None when
-    it may resume."""
-    now = config.to_json()
-    fields = [f for f in dataclasses.fields(RunConfig) if f.name not in RESUMABLE]
-    was = {
-        f.name: saved.get(f.name, list(f.default) if isinstance(f.default, tuple) else f.default)
-        for f in fields
-    }
-    changed = [f for f in fields if was[f.name] != now[f.name]]
-    if not changed:
-        return None
-    return (
-        f"cannot resume: the saved run used {', '.join(_shown(f, was[f.name]) for f in changed)},"
-        f" this one {', '.join(_shown(f, now[f.name]) for f in changed)}; rerun without --resume or"
-        " with the same settings"
-    )

@@ -15,13 +15,12 @@ from pathlib import Path
 
 import torch
 
-from adamerging.checkpoints import hf
 from adamerging.checkpoints.hashing import HASH_NOTE, FileHashes, cache_file
-from adamerging.checkpoints.layout import _content, _find, _read
+from adamerging.checkpoints.layout import Checkpoint, find_checkpoint
 from adamerging.datasets.tasks import TASKS
 from adamerging.merging.stats import task_vector_stats
-from adamerging.merging.task_vectors import TaskVectors, task_vectors, zero_task_vectors
-from adamerging.merging.ties import ties_select
+from adamerging.merging.task_vectors import TaskVectors, task_vectors
+from adamerging.merging.transforms import TRANSFORMS, transform
 from adamerging.models.clip import (
     VISUAL_PREFIX,
     create_clip,
@@ -91,11 +90,11 @@ def load_expert(
     HF experts are often vision-only: their text-side entries come from `theta0`. `record` (a file's
     provenance record) gets the file's "format". Errors as `to_encoder_entries`.
     """
-    weights, fmt = _read(path)
+    expert = Checkpoint(path)
+    weights, fmt = expert.read()
     if record is not None:
         record["format"] = fmt
-    if hf.is_hf_checkpoint(path):
-        weights = hf.fill_from(hf.image_tower(weights, clip.state_dict(), path, theta0), theta0)
+    weights = expert.open_clip_weights(weights, clip.state_dict(), theta0)
     return to_encoder_entries(weights, encoder_state_dict(clip), path)
 
 
@@ -106,9 +105,9 @@ MULTITASK = "multitask"
 def multitask_checkpoint(config: RunConfig) -> Path | None:
     """The jointly fine-tuned encoder ("Traditional MTL") of `config`'s model, or None where there
     is none."""
-    return _find(
-        Path(config.checkpoints) / config.model / MULTITASK, "finetuned", config.checkpoint_format
-    )
+    folder = Path(config.checkpoints) / config.model / MULTITASK
+    found = find_checkpoint(folder, "finetuned", config.checkpoint_format)
+    return found.path if found else None
 
 
 def load_multitask(
@@ -141,9 +140,8 @@ def expert_paths(config: RunConfig, tasks: Sequence[str]) -> list[Path]:
     }
     paths = []
     for task in tasks:
-        path = user_experts.get(task) or _find(
-            model_dir / task, "finetuned", config.checkpoint_format
-        )
+        found = find_checkpoint(model_dir / task, "finetuned", config.checkpoint_format)
+        path = user_experts.get(task) or (found.path if found else None)
         if (
             task not in TASKS
             and task not in user_experts
@@ -151,7 +149,7 @@ def expert_paths(config: RunConfig, tasks: Sequence[str]) -> list[Path]:
             and path is None
         ):
             raise ValueError(
-                f"{task!r} is not one of the paper's tasks ({', '.join(TASKS)}): check its"
+                f"{task!r} is not one of the built-in tasks ({', '.join(TASKS)}): check its"
                 f" spelling, or give your own task with --task {task}=DIR and --finetuned"
                 f" {task}=PATH"
             )
@@ -168,72 +166,137 @@ def expert_paths(config: RunConfig, tasks: Sequence[str]) -> list[Path]:
 def load_task_vectors(config: RunConfig, vectors: str = "plain") -> TaskVectorSet:
     """theta_0 and the experts' task vectors tau [T, *shape] per entry, for the tasks of `config`.
 
-    `vectors`: "plain" (tau_t = theta_t - theta_0), "ties" (TIES-selected, `ties.ties_select`) or
-    "none" (zero views that take no memory: for methods that read the experts themselves, one at a
-    time, with `expert_paths` and `load_expert`; the files are checked here all the same). No
-    dataset is read. Before any merge, refuses (CheckpointError, one line) two tasks loading the
-    same expert and an expert not fine-tuned from theta_0 (`provenance.check_experts`; warnings with
+    `vectors`: a key of `merging.transforms.TRANSFORMS` ("plain": tau_t = theta_t - theta_0; "ties":
+    TIES-selected; "none": zero views, for methods that read the experts themselves, one at a time,
+    with `expert_paths` and `load_expert`; the files are checked here all the same). No dataset is
+    read. Find, read, check: each expert is found (`expert_paths`) and theta_0; the experts are read
+    one at a time; before any merge, two tasks loading the same expert and an expert not fine-tuned
+    from theta_0 are refused (CheckpointError, one line; `provenance.check_experts`; warnings with
     --allow-duplicate-experts / --allow-foreign-experts). `provenance` of the result: every file's
     path, size, format and sha256, and the plain task vectors' norm ratios and cosines. Errors:
-    FileNotFoundError naming the missing checkpoint, CheckpointError.
+    FileNotFoundError naming the missing checkpoint, CheckpointError, ValueError (unknown vectors).
     """
-    if vectors not in ("plain", "ties", "none"):
-        raise ValueError(f"task vectors must be 'plain', 'ties' or 'none', got {vectors!r}")
-    model_dir = Path(config.checkpoints) / config.model
-    user_tasks = _named(config.task, "--task")
-    tasks = (
-        parse_tasks(config.tasks, model_dir) if config.tasks or not user_tasks else list(user_tasks)
-    )
+    if vectors not in TRANSFORMS:
+        raise ValueError(f"task vectors must be one of {', '.join(TRANSFORMS)}, got {vectors!r}")
+    tasks = run_tasks(config)
     paths = expert_paths(config, tasks)
-    # shapes only: the weights are theta_0's (assigned below)
-    clip = create_clip(config.model, device="meta")
-    reference = encoder_state_dict(clip)
-    base_path = _find(model_dir, "zeroshot", config.checkpoint_format)
-    if base_path is None:
+    base = find_base(config)
+    clip, reference, theta0, base_format = read_base(config, base)
+    tau, hashes, files, accepted = read_experts(config, tasks, paths, base, clip, theta0)
+    zeroshot = {**hashes.record(base.path, base.weights_file), "format": base_format}
+    hashes.save()
+    checked = check(config, tasks, theta0, tau, list(reference), files, base.path, accepted)
+    hashing = {"hashing_in_background": round(hashes.seconds, 3)}
+    provenance = {
+        "hash": HASH_NOTE,
+        "files": {"zeroshot": zeroshot, "finetuned": files},
+        **checked,
+        "seconds": {**hashing, **checked["seconds"]},
+    }
+    if (build := mini_build(Path(config.checkpoints) / config.model)) is not None:
+        provenance["mini_build"] = build
+    tau = transform(vectors, tau, config)
+    # theta_0's text-side leftovers: no method reads them (the image encoder never does); only
+    # --save-merged writes them. Out of memory until then (0.1 GB on ViT-B/32, 0.16 GB on ViT-L/14).
+    theta0.update(file_backed({k: v for k, v in theta0.items() if not k.startswith(VISUAL_PREFIX)}))
+    load_encoder_weights(clip, theta0, str(base.path), assign=True)
+    # the released experts' heap pages (0.9 GB on ViT-B/32 x 8), before the method runs
+    return_freed_memory()
+    return TaskVectorSet(tasks, clip, list(reference), theta0, tau, provenance)
+
+
+def run_tasks(config: RunConfig) -> list[str]:
+    """The merged tasks: --tasks (or tasks.txt, or the 8 paper tasks), else the users' --task
+    names."""
+    user_tasks = _named(config.task, "--task")
+    if config.tasks or not user_tasks:
+        return parse_tasks(config.tasks, Path(config.checkpoints) / config.model)
+    return list(user_tasks)
+
+
+def find_base(config: RunConfig) -> Checkpoint:
+    """theta_0's checkpoint: <checkpoints>/<model>/zeroshot.* or a Hugging Face zeroshot/ folder."""
+    model_dir = Path(config.checkpoints) / config.model
+    base = find_checkpoint(model_dir, "zeroshot", config.checkpoint_format)
+    if base is None:
         raise FileNotFoundError(
             f"pretrained encoder not found: expected {model_dir}/zeroshot.pt (task-vectors layout),"
             f" zeroshot.safetensors, or a Hugging Face folder {model_dir}/zeroshot/ with"
             " config.json"
         )
-    base, base_format = _read(base_path)
-    if hf.is_hf_checkpoint(base_path):  # a CLIPModel whose text tower differs: its image tower only
-        # its text-side leftovers belong to another text tower: zeros of this architecture's shapes
-        # stand in (never read by the image encoder; the architecture itself is shapes only)
-        text_side = {
-            k: v if k.startswith(VISUAL_PREFIX) else torch.zeros(v.shape)
-            for k, v in reference.items()
-        }
-        base = hf.image_tower(base, clip.state_dict(), base_path, text_side)
-    theta0 = to_encoder_entries(base, reference, base_path)
-    load_encoder_weights(clip, theta0, str(base_path), assign=True)
+    return base
 
+
+def read_base(
+    config: RunConfig, base: Checkpoint
+) -> tuple[torch.nn.Module, dict[str, torch.Tensor], dict[str, torch.Tensor], str]:
+    """(the architecture with theta_0 assigned, its ImageEncoder reference entries, theta_0 in
+    that layout, the file's format)."""
+    # shapes only: the weights are theta_0's (assigned below)
+    clip = create_clip(config.model, device="meta")
+    reference = encoder_state_dict(clip)
+    weights, base_format = base.read()
+    # a Hugging Face CLIPModel whose text tower differs: its image tower only; its text-side
+    # leftovers belong to another text tower: zeros of this architecture's shapes stand in (never
+    # read by the image encoder; the architecture itself is shapes only)
+    text_side = {
+        k: v if k.startswith(VISUAL_PREFIX) else torch.zeros(v.shape) for k, v in reference.items()
+    }
+    weights = base.open_clip_weights(weights, clip.state_dict(), text_side, complete=False)
+    theta0 = to_encoder_entries(weights, reference, base.path)
+    load_encoder_weights(clip, theta0, str(base.path), assign=True)
+    return clip, reference, theta0, base_format
+
+
+def read_experts(
+    config: RunConfig,
+    tasks: Sequence[str],
+    paths: Sequence[Path],
+    base: Checkpoint,
+    clip: torch.nn.Module,
+    theta0: dict[str, torch.Tensor],
+) -> tuple[TaskVectors, FileHashes, dict[str, dict], list[str]]:
+    """The task vectors, one expert at a time (`task_vectors` subtracts each and drops it before the
+    next loads), each file hashed (in a background thread while the experts load) and refused
+    before it is unpickled when it has an earlier task's content. Returns (tau, the hashes, each
+    task's file record, the accepted warnings)."""
     files: dict[str, dict] = {}
     accepted: list[str] = []
+    # the hash cache lives in the data's cache folder: never create a data root that is not there
+    # (the missing data is reported later, naming what is expected)
+    keep = config.cache_dir or config.data_root.is_dir()
+    hashes = FileHashes(cache_file(cache_dir(config)) if keep else None)
+    # the experts in order (each is checked before it is read), theta_0's last
+    hashes.prefetch([*(Checkpoint(p).weights_file for p in paths), base.weights_file])
 
-    def experts():  # one at a time: task_vectors subtracts each and drops it before the next loads
+    def experts():
         for task, path in zip(tasks, paths):
-            record = hashes.record(path, _content(path))
-            # a copy is refused before it is unpickled
+            record = hashes.record(path, Checkpoint(path).weights_file)
             check_same_file(task, record, files, config.allow_duplicate_experts, accepted)
             files[task] = record
             yield load_expert(path, clip, theta0, record)
 
-    # the hash cache lives in the data's cache folder: never create a data root that is not there
-    # (the missing data is reported later, naming what is expected)
-    hashes = FileHashes(
-        cache_file(cache_dir(config)) if config.cache_dir or config.data_root.is_dir() else None
-    )
-    # hashed in a background thread while the experts load: the experts in order (each is checked
-    # before it is read), theta_0's last
-    hashes.prefetch(_content(p) for p in [*paths, base_path])
     try:
         tau = task_vectors(theta0, experts(), tasks)
     finally:
         hashes.cancel()  # a refused expert stops the hashing of the files after it
-    zeroshot = {**hashes.record(base_path, _content(base_path)), "format": base_format}
-    hashes.save()
+    return tau, hashes, files, accepted
+
+
+def check(
+    config: RunConfig,
+    tasks: Sequence[str],
+    theta0: dict[str, torch.Tensor],
+    tau: TaskVectors,
+    entries: Sequence[str],
+    files: dict[str, dict],
+    base_path: Path,
+    accepted: list[str],
+) -> dict:
+    """The checks on the experts (`provenance.check_experts`) on the plain task vectors' norms and
+    cosines; the provenance record's "task_vectors", "accepted_warnings" and "seconds"."""
     started = time.perf_counter()
-    stats = task_vector_stats(theta0, tau, list(reference), tasks)
+    stats = task_vector_stats(theta0, tau, list(entries), list(tasks))
     accepted += check_experts(
         stats,
         tasks,
@@ -242,30 +305,8 @@ def load_task_vectors(config: RunConfig, vectors: str = "plain") -> TaskVectorSe
         config.allow_duplicate_experts,
         config.allow_foreign_experts,
     )
-    provenance = {
-        "hash": HASH_NOTE,
-        "files": {"zeroshot": zeroshot, "finetuned": files},
+    return {
         "task_vectors": task_vector_record(stats, tasks),
         "accepted_warnings": accepted,
-        "seconds": {
-            "hashing_in_background": round(hashes.seconds, 3),
-            "norms_and_cosines": round(time.perf_counter() - started, 3),
-        },
+        "seconds": {"norms_and_cosines": round(time.perf_counter() - started, 3)},
     }
-    if (build := mini_build(model_dir)) is not None:
-        provenance["mini_build"] = build
-    if vectors == "none":  # checked above like every method's experts; the method reads them itself
-        tau = {
-            k: zero_task_vectors(len(tasks), v.shape)
-            for k, v in theta0.items()
-            if v.is_floating_point()
-        }
-    elif vectors == "ties":
-        tau = ties_select(tau, config.ties_k, config.ties_combine, inplace=True)
-    # theta_0's text-side leftovers: no method reads them (the image encoder never does); only
-    # --save-merged writes them. Out of memory until then (0.1 GB on ViT-B/32, 0.16 GB on ViT-L/14).
-    theta0.update(file_backed({k: v for k, v in theta0.items() if not k.startswith(VISUAL_PREFIX)}))
-    load_encoder_weights(clip, theta0, str(base_path), assign=True)
-    # the released experts' heap pages (0.9 GB on ViT-B/32 x 8), before the method runs
-    return_freed_memory()
-    return TaskVectorSet(tasks, clip, list(reference), theta0, tau, provenance)

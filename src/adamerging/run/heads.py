@@ -11,7 +11,7 @@ from pathlib import Path
 
 from adamerging.checkpoints import hf
 from adamerging.checkpoints.hashing import FileHashes, checkpoint_format
-from adamerging.checkpoints.layout import _content, _find, _read
+from adamerging.checkpoints.layout import Checkpoint, find_checkpoint
 from adamerging.checkpoints.loading import load_checkpoint
 from adamerging.datasets.tasks import Split
 from adamerging.models.clip import (
@@ -49,65 +49,79 @@ def load_heads(
     files = {} if files is None else files
     heads, missing = {}, []
     for task in tasks:
-        path = None if config.rebuild_heads else _find(model_dir, f"head_{task}", "task-vectors")
-        if path is not None:
-            loaded = load_checkpoint(path)
-            heads[task] = head_from_checkpoint(loaded, path)
-            files[task] = hashes.record(path, fmt=checkpoint_format(path, loaded.kind))
-            _check_head(heads[task], path, task, width, len(splits[task].classnames), config.model)
-        else:
-            missing.append(task)
-    if missing:
-        # a full CLIP: clip_pretrained.*, or an HF zeroshot/ folder (a whole CLIPModel)
-        weights = (
-            Path(config.clip_weights)
-            if config.clip_weights
-            else (_find(model_dir, "clip_pretrained") or _find(model_dir, "zeroshot", "hf"))
+        found = (
+            None
+            if config.rebuild_heads
+            else find_checkpoint(model_dir, f"head_{task}", "task-vectors")
         )
-        if weights is None or not weights.exists():
-            raise FileNotFoundError(
-                f"no head for {missing} ({model_dir}/head_<Task>.pt) and no CLIP weights to build"
-                " one from the text tower: put the task-vectors heads there, or pass"
-                " --clip-weights (a full open_clip state dict)"
-            )
-        clip = create_clip(config.model)
-        full, clip_format = _read(weights)
-        hf.check_text_tower(full, clip.state_dict(), weights, missing)
-        load_clip_weights(clip, full, str(weights))
-        tokenizer = get_tokenizer(config.model)
-        weights_file = _content(weights)
-        clip_record = hashes.record(weights, weights_file, clip_format)
-        for task in missing:
-            # the cache key covers everything the head depends on, so a stale head is never reused
-            key = json.dumps(
-                [
-                    config.model,
-                    str(weights_file.resolve()),
-                    weights_file.stat().st_mtime_ns,
-                    splits[task].classnames,
-                    templates[task],
-                ]
-            )
-            cached = (
-                cache_dir
-                / "heads"
-                / config.model
-                / f"head_{task}-{hashlib.sha1(key.encode()).hexdigest()[:10]}.pt"
-            )
-            if cached.is_file():
-                heads[task] = load_head(cached)
-            else:
-                weight = zeroshot_weights(
-                    clip, tokenizer, splits[task].classnames, templates[task], device=config.device
-                )
-                save_classification_head(weight, cached)
-                heads[task] = Head(weight)
-            files[task] = {
-                **hashes.record(
-                    cached, fmt=checkpoint_format(cached, "module:src.modeling.ClassificationHead")
-                ),
-                "built_from_text_tower": clip_record,
-            }
+        if found is None:
+            missing.append(task)
+            continue
+        loaded = load_checkpoint(found.path)
+        heads[task] = head_from_checkpoint(loaded, found.path)
+        files[task] = hashes.record(found.path, fmt=checkpoint_format(found.path, loaded.kind))
+        classes = len(splits[task].classnames)
+        _check_head(heads[task], found.path, task, width, classes, config.model)
+    if missing:
+        heads.update(
+            _built_heads(config, model_dir, missing, splits, templates, cache_dir, hashes, files)
+        )
+    return heads
+
+
+def _clip_weights(config: RunConfig, model_dir: Path, missing: Sequence[str]) -> Checkpoint:
+    """The full CLIP weights the missing heads are built from: --clip-weights, else
+    clip_pretrained.* or a Hugging Face zeroshot/ folder (a whole CLIPModel) in `model_dir`."""
+    found = (
+        Checkpoint(Path(config.clip_weights))
+        if config.clip_weights
+        else find_checkpoint(model_dir, "clip_pretrained")
+        or find_checkpoint(model_dir, "zeroshot", "hf")
+    )
+    if found is None or not found.path.exists():
+        raise FileNotFoundError(
+            f"no head for {list(missing)} ({model_dir}/head_<Task>.pt) and no CLIP weights to build"
+            " one from the text tower: put the task-vectors heads there, or pass"
+            " --clip-weights (a full open_clip state dict)"
+        )
+    return found
+
+
+def _built_heads(
+    config: RunConfig,
+    model_dir: Path,
+    missing: Sequence[str],
+    splits: dict[str, Split],
+    templates: dict[str, list[str]],
+    cache_dir: Path,
+    hashes: FileHashes,
+    files: dict,
+) -> dict[str, Head]:
+    """The heads of `missing` built from the text tower, each cached under
+    `<cache>/heads/<model>/` by a key covering everything it depends on (never a stale head)."""
+    weights = _clip_weights(config, model_dir, missing)
+    clip = create_clip(config.model)
+    full, clip_format = weights.read()
+    hf.check_text_tower(full, clip.state_dict(), weights.path, list(missing))
+    load_clip_weights(clip, full, str(weights.path))
+    tokenizer = get_tokenizer(config.model)
+    weights_file = weights.weights_file
+    clip_record = hashes.record(weights.path, weights_file, clip_format)
+    heads = {}
+    for task in missing:
+        names, prompts = splits[task].classnames, templates[task]
+        stamp = [str(weights_file.resolve()), weights_file.stat().st_mtime_ns]
+        key = json.dumps([config.model, *stamp, names, prompts])
+        digest = hashlib.sha1(key.encode()).hexdigest()[:10]
+        cached = cache_dir / "heads" / config.model / f"head_{task}-{digest}.pt"
+        if cached.is_file():
+            heads[task] = load_head(cached)
+        else:
+            weight = zeroshot_weights(clip, tokenizer, names, prompts, device=config.device)
+            save_classification_head(weight, cached)
+            heads[task] = Head(weight)
+        built = checkpoint_format(cached, "module:src.modeling.ClassificationHead")
+        files[task] = {**hashes.record(cached, fmt=built), "built_from_text_tower": clip_record}
     return heads
 
 

@@ -18,6 +18,7 @@ from adamerging.datasets.corruptions import corrupt
 from adamerging.datasets.labels import task_templates
 from adamerging.datasets.preprocessing import preprocess_images
 from adamerging.datasets.splits import parse_test_split
+from adamerging.datasets.tasks import Split
 from adamerging.datasets.user_tasks import user_task_templates
 from adamerging.merging.task_vectors import TaskVectors
 from adamerging.models.clip import (
@@ -73,72 +74,27 @@ def load_problem(
 ) -> Problem:
     """Checkpoints, test images (uint8, preprocessed once and cached), heads and labels of a run.
 
-    `vectors`: "plain", "ties" or "none" task vectors (see `load_task_vectors`). `timings` (seconds)
-    gets load_checkpoints / load_data / load_heads when given.
+    `vectors`: a task-vector transform ("plain", "ties", "none"; see `load_task_vectors`).
+    `timings` (seconds) gets load_checkpoints / load_data / load_heads when given.
     """
     timings = {} if timings is None else timings
     t0 = time.perf_counter()
     loaded = load_task_vectors(config, vectors)
-    tasks, clip, entries, theta0, tau = (
-        loaded.tasks,
-        loaded.clip,
-        loaded.entries,
-        loaded.theta0,
-        loaded.tau,
-    )
-    model_dir = Path(config.checkpoints) / config.model
-    root, cache = config.data_root, cache_dir(config)
-    user_tasks = {name: Path(folder) for name, folder in _named(config.task, "--task").items()}
     timings["load_checkpoints"] = time.perf_counter() - t0
-
     t0 = time.perf_counter()
-    unseen = (
-        [t for t in parse_tasks(config.eval_tasks, model_dir) if t not in tasks]
-        if config.eval_tasks
-        else []
-    )
-    everything = tasks + unseen
-    test_splits = parse_test_split(config.test_split)
-    splits = {task: read_task(config, task, "test", test_splits.get(task)) for task in everything}
-    templates = {
-        task: (
-            user_task_templates(user_tasks[task])
-            if task in user_tasks
-            else task_templates(task, root)
-        )
-        for task in everything
-    }
+    model_dir = Path(config.checkpoints) / config.model
+    named = parse_tasks(config.eval_tasks, model_dir) if config.eval_tasks else []
+    unseen = [t for t in named if t not in loaded.tasks]
+    everything = loaded.tasks + unseen
+    splits, templates = test_splits(config, everything)
     timings["load_data"] = time.perf_counter() - t0
-
     # heads before the images are decoded: a head that does not fit costs seconds
     t0 = time.perf_counter()
-    hashes, head_files = FileHashes(cache_file(cache)), {}
-    heads = load_heads(
-        config,
-        model_dir,
-        everything,
-        splits,
-        templates,
-        cache,
-        clip.visual.output_dim,
-        hashes,
-        head_files,
-    )
-    hashes.save()
+    head_files: dict = {}
+    heads = problem_heads(config, loaded.clip, everything, splits, templates, head_files)
     timings["load_heads"] = time.perf_counter() - t0
-
     t0 = time.perf_counter()
-    size = image_size(clip)
-    images = {
-        task: preprocess_images(
-            splits[task], size, cache / "images", progress=not config.no_progress
-        )
-        for task in everything
-    }
-    if config.corruption:
-        images = {
-            task: corrupt(x, config.corruption, seed=config.seed) for task, x in images.items()
-        }
+    images = test_images(config, loaded.clip, splits)
     timings["load_data"] += time.perf_counter() - t0
     data = {
         task: TaskData(
@@ -149,18 +105,67 @@ def load_problem(
         )
         for task in everything
     }
-    mean, std = normalization(clip)
-    provenance = {**loaded.provenance, "files": {**loaded.provenance["files"], "heads": head_files}}
+    mean, std = normalization(loaded.clip)
+    files = {**loaded.provenance["files"], "heads": head_files}
     return Problem(
         config.model,
-        tasks,
-        clip,
-        entries,
-        theta0,
-        tau,
-        [data[t] for t in tasks],
+        loaded.tasks,
+        loaded.clip,
+        loaded.entries,
+        loaded.theta0,
+        loaded.tau,
+        [data[t] for t in loaded.tasks],
         Normalizer(mean, std, config.device),
         [data[t] for t in unseen],
         {task: splits[task].record() for task in everything},
-        provenance,
+        {**loaded.provenance, "files": files},
     )
+
+
+def test_splits(config: RunConfig, tasks: list[str]) -> tuple[dict[str, Split], dict[str, list]]:
+    """Each task's test split (not yet decoded) and prompt templates: users' tasks from their
+    folders, the built-in ones from the data root."""
+    user_tasks = {name: Path(folder) for name, folder in _named(config.task, "--task").items()}
+    choice = parse_test_split(config.test_split)
+    splits = {task: read_task(config, task, "test", choice.get(task)) for task in tasks}
+    templates = {
+        task: (
+            user_task_templates(user_tasks[task])
+            if task in user_tasks
+            else task_templates(task, config.data_root)
+        )
+        for task in tasks
+    }
+    return splits, templates
+
+
+def problem_heads(
+    config: RunConfig,
+    clip: torch.nn.Module,
+    tasks: list[str],
+    splits: dict[str, Split],
+    templates: dict[str, list],
+    files: dict,
+) -> dict[str, Head]:
+    """The tasks' heads (`heads.load_heads`), their files' hashes cached in the run's cache."""
+    cache = cache_dir(config)
+    hashes = FileHashes(cache_file(cache))
+    model_dir = Path(config.checkpoints) / config.model
+    width = clip.visual.output_dim
+    heads = load_heads(config, model_dir, tasks, splits, templates, cache, width, hashes, files)
+    hashes.save()
+    return heads
+
+
+def test_images(
+    config: RunConfig, clip: torch.nn.Module, splits: dict[str, Split]
+) -> dict[str, torch.Tensor]:
+    """Each split's images preprocessed (cached under the run's cache) and, with --corruption,
+    corrupted."""
+    cache = cache_dir(config) / "images"
+    size = image_size(clip)
+    progress = not config.no_progress
+    images = {t: preprocess_images(s, size, cache, progress=progress) for t, s in splits.items()}
+    if config.corruption:
+        images = {t: corrupt(x, config.corruption, seed=config.seed) for t, x in images.items()}
+    return images

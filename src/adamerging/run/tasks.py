@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from adamerging.datasets.splits import read_task_split
-from adamerging.datasets.tasks import TASKS, Split
+from adamerging.datasets.tasks import PAPER_TASKS, TASKS, Split
 from adamerging.datasets.user_tasks import read_image_folder_task
 from adamerging.run.config import RunConfig
 
@@ -34,7 +34,7 @@ def default_tasks(model_dir: Path) -> list[str]:
     listing = model_dir / "tasks.txt"
     if listing.is_file():
         return [line.strip() for line in listing.read_text().splitlines() if line.strip()]
-    return list(TASKS)
+    return list(PAPER_TASKS)
 
 
 def parse_tasks(text: str | None, model_dir: Path) -> list[str]:

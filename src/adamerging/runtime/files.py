@@ -72,16 +72,17 @@ def file_backed(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[Any]:
-    """Write to a temp file in the same folder, then rename: readers never see half a file."""
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path in `path`'s folder (`.<name>.<random>.tmp`) to write `path`'s content to;
+    renamed onto `path` when the block ends without an error (with the mode `open()` would give),
+    removed when it raises: readers never see half a file. For writers that need a path (a
+    memory-mapped array); others use `atomic_write`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        yield Path(tmp)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the mode open() would
@@ -90,6 +91,16 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[Any]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[Any]:
+    """An open file (`mode`) whose content replaces `path` once the block ends without an error
+    (flushed and synced to disk first; `atomic_path`): readers never see half a file."""
+    with atomic_path(path) as tmp, open(tmp, mode) as f:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def require_finite(data: Any, what: str) -> None:

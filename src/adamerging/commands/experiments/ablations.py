@@ -8,14 +8,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from adamerging.commands.experiments.common import (
-    METHODS,
-    Context,
-    header,
-    meta,
-    run_method,
-    write_text,
-)
+from adamerging.commands.experiments.common import Context, header, meta, run_method, write_text
+from adamerging.methods.registry import METHODS
 from adamerging.reporting.paper import paper_findings, paper_row, paper_tables
 from adamerging.reporting.plotting import figure, save
 from adamerging.reporting.results import saved_individual
@@ -84,12 +78,15 @@ def _plot_trajectory(
     save(fig, path)
 
 
-def ablations(ctx: Context) -> dict:
-    """Supervised vs entropy objective, fraction of test data for adaptation, and the step
-    trajectory."""
-    started = time.perf_counter()
-    method, tasks = ctx.options.method, ctx.tasks()
-    eval_every = ctx.base.eval_every or max(1, ctx.base.steps // 10)
+def _fraction_run(runs: Mapping[str, dict], f: float) -> dict:
+    """The entropy run adapted on a fraction f of the test images (f = 1: the main entropy run)."""
+    return runs["entropy"] if f == 1.0 else runs[f"fraction {f:g}"]
+
+
+def _run_variants(
+    ctx: Context, method: str, fractions: list[float], eval_every: int
+) -> dict[str, dict]:
+    """The method runs: entropy, supervised, Task Arithmetic, and one per fraction below 1."""
     runs = {
         "entropy": run_method(ctx, method, ctx.runs("entropy"), eval_every=eval_every),
         "supervised": run_method(
@@ -97,51 +94,75 @@ def ablations(ctx: Context) -> dict:
         ),
         "ta": run_method(ctx, "task_arithmetic", ctx.runs("baseline")),
     }
-    fractions = sorted(set(ctx.options.fractions))
     for f in fractions:
         if f != 1.0:
             runs[f"fraction {f:g}"] = run_method(
                 ctx, method, ctx.runs(f"fraction_{f:g}"), adapt_fraction=f
             )
-    title, ta = METHODS[method].title, runs["ta"]["average"]
+    return runs
 
+
+def _objective_table(
+    runs: Mapping[str, dict],
+    title: str,
+    tasks: list[str],
+    individual: Mapping[str, float] | None,
+) -> tuple[str, list[str]]:
+    """The table of Task Arithmetic, entropy and supervised runs, and its extra columns."""
     objective_rows = {
         "Task Arithmetic": runs["ta"]["accuracy"],
         f"{title}, entropy (unlabeled)": runs["entropy"]["accuracy"],
         f"{title}, supervised (labels)": runs["supervised"]["accuracy"],
     }
-    individual = saved_individual(ctx.folder, runs["entropy"]["test_data"])
     objective_rows, extra = normalized_column(objective_rows, tasks, individual)
-    objective_md = markdown_table(objective_rows, tasks, label="objective", extra=extra)
+    return markdown_table(objective_rows, tasks, label="objective", extra=extra), extra
+
+
+def _fraction_table(
+    runs: Mapping[str, dict],
+    fractions: list[float],
+    tasks: list[str],
+    individual: Mapping[str, float] | None,
+    extra: list[str],
+) -> tuple[str, dict[str, float]]:
+    """The table of the adaptation-data fractions, and each one's gain over Task Arithmetic."""
     fraction_rows, gains = {}, {}
     for f in fractions:
-        r = runs["entropy"] if f == 1.0 else runs[f"fraction {f:g}"]
+        r = _fraction_run(runs, f)
         label = f"{f * 100:g} % of the test images"
         fraction_rows[label] = r["accuracy"]
-        gains[label] = r["average"] - ta
+        gains[label] = r["average"] - runs["ta"]["average"]
     fraction_rows, _ = normalized_column(fraction_rows, tasks, individual)
-    fraction_md = markdown_table(fraction_rows, tasks, label="adaptation data", extra=extra)
-    curves = {
-        "entropy": trajectory(runs["entropy"]),
-        "supervised (oracle)": trajectory(runs["supervised"]),
-    }
-    _plot_trajectory(curves, ctx.folder / "trajectory.png", ctx.model, title)
+    return markdown_table(fraction_rows, tasks, label="adaptation data", extra=extra), gains
+
+
+def _trajectory_table(curves: Mapping[str, list[tuple[int, float]]], paper: Mapping) -> str:
+    """The table of the average accuracy per evaluated step, with the authors' log at those."""
     steps = sorted({s for c in curves.values() for s, _ in c})
-    paper = paper_tables()["official_logs_ViT-B-32_layerwise_avg_trajectory"]
     traj_rows = {label: {str(s): a for s, a in c} for label, c in curves.items()}
     if any(int(k) in steps for k in paper):
         traj_rows["authors' log, layer-wise, ViT-B/32"] = {
             k: v for k, v in paper.items() if int(k) in steps
         }
-    traj_md = markdown_table(traj_rows, [str(s) for s in steps], average=False, label="step")
+    return markdown_table(traj_rows, [str(s) for s in steps], average=False, label="step")
 
-    findings = {k: paper_findings()[k] for k in PAPER_KEYS}
+
+def _report_lines(
+    runs: Mapping[str, dict],
+    findings: Mapping[str, object],
+    tables: tuple[str, str, str],
+    gains: Mapping[str, float],
+    extra: list[str],
+    eval_every: int,
+) -> list[str]:
+    """The markdown lines below the header: objective, fraction and trajectory sections."""
+    objective_md, fraction_md, traj_md = tables
     paper_note = (
         f"Paper (ViT-B/32, layer-wise): supervised {findings['supervised']} vs entropy"
         f" {findings['entropy']}; with 0.1 % of the test data AdaMerging still beats Task"
         f" Arithmetic by {findings['gain_over_ta_at_0.1_percent']} points."
     )
-    md = header(ctx, f"Ablations of {title}", started) + [
+    return [
         (
             "## Objective: entropy (unlabeled, AdaMerging) vs cross-entropy with the test labels"
             " (oracle)"
@@ -176,6 +197,33 @@ def ablations(ctx: Context) -> dict:
         "",
         paper_note,
     ]
+
+
+def ablations(ctx: Context) -> dict:
+    """Supervised vs entropy objective, fraction of test data for adaptation, and the step
+    trajectory."""
+    started = time.perf_counter()
+    method, tasks = ctx.options.method, ctx.tasks()
+    eval_every = ctx.base.eval_every or max(1, ctx.base.steps // 10)
+    fractions = sorted(set(ctx.options.fractions))
+    runs = _run_variants(ctx, method, fractions, eval_every)
+    title, ta = METHODS[method].title, runs["ta"]["average"]
+
+    individual = saved_individual(ctx.folder, runs["entropy"]["test_data"])
+    objective_md, extra = _objective_table(runs, title, tasks, individual)
+    fraction_md, gains = _fraction_table(runs, fractions, tasks, individual, extra)
+    curves = {
+        "entropy": trajectory(runs["entropy"]),
+        "supervised (oracle)": trajectory(runs["supervised"]),
+    }
+    _plot_trajectory(curves, ctx.folder / "trajectory.png", ctx.model, title)
+    paper = paper_tables()["official_logs_ViT-B-32_layerwise_avg_trajectory"]
+    traj_md = _trajectory_table(curves, paper)
+
+    findings = {k: paper_findings()[k] for k in PAPER_KEYS}
+    md = header(ctx, f"Ablations of {title}", started) + _report_lines(
+        runs, findings, (objective_md, fraction_md, traj_md), gains, extra, eval_every
+    )
     write_text(ctx.folder / "ablations.md", "\n".join(md) + "\n")
     out = {
         **meta(ctx, started),
@@ -183,10 +231,7 @@ def ablations(ctx: Context) -> dict:
         "tasks": tasks,
         "task_arithmetic_average": ta,
         "objective": {k: runs[k]["average"] for k in ("entropy", "supervised")},
-        "fractions": {
-            f"{f:g}": (runs["entropy"] if f == 1.0 else runs[f"fraction {f:g}"])["average"]
-            for f in fractions
-        },
+        "fractions": {f"{f:g}": _fraction_run(runs, f)["average"] for f in fractions},
         "gain_over_ta": gains,
         "trajectory": curves,
         "paper": findings,

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from adamerging.commands.experiments.common import METHODS, Context, meta, write_text
+from adamerging.commands.experiments.common import Context, meta, write_text
 from adamerging.commands.experiments.common import mean as average
 from adamerging.merging.stats import task_vector_stats
 from adamerging.merging.tables import CoefficientTable, load_table, published_table
+from adamerging.methods.registry import METHODS
 from adamerging.models.clip import VISUAL_PREFIX, depth_group
 from adamerging.reporting.paper import paper_findings
 from adamerging.reporting.plotting import figure, save
@@ -88,16 +89,13 @@ def _short(key: str) -> str:
     )
 
 
-def _plot_coefficients(
-    table: CoefficientTable, profile: dict, folder: Path, source: str, model: str
-) -> dict[str, str]:
-    """coefficients_heatmap.png (per entry and per block) and coefficients_depth.png; returns {kind:
-    file name}."""
+def _plot_heatmap(
+    table: CoefficientTable, profile: dict, path: Path, source: str, model: str
+) -> None:
+    """coefficients_heatmap.png: the visual coefficients per entry and their means per block."""
     tasks = table.tasks
     visual = [j for j, k in enumerate(table.entries) if k.startswith(VISUAL_PREFIX)]
     values = table.lambdas[visual].numpy()
-    files = {}
-
     fig = figure(4 + 0.6 * len(tasks) + 3, max(5.0, 0.12 * len(visual) + 1.5))
     fig.suptitle(f"Layer-wise coefficients, {model} ({source})")
     ax = fig.add_subplot(1, 2, 1)
@@ -121,9 +119,11 @@ def _plot_coefficients(
     ax.set_ylabel("depth (mean over the group's entries)")
     ax.set_title("per block", fontsize=9)
     fig.colorbar(im, ax=ax, label="mean coefficient")
-    save(fig, folder / "coefficients_heatmap.png")
-    files["heatmap"] = "coefficients_heatmap.png"
+    save(fig, path)
 
+
+def _plot_depth(tasks: Sequence[str], profile: dict, path: Path, source: str, model: str) -> None:
+    """coefficients_depth.png: the mean coefficient per depth, per task and over tasks."""
     fig = figure(8, 4.8)
     x = np.arange(len(profile["groups"]))
     ax = fig.add_subplot(1, 1, 1)
@@ -150,7 +150,18 @@ def _plot_coefficients(
     ax.set_ylabel("mean coefficient")
     ax.set_title(f"Mean layer-wise coefficient per depth, {model} ({source})", fontsize=10)
     ax.legend(fontsize=7, ncol=2)
-    save(fig, folder / "coefficients_depth.png")
+    save(fig, path)
+
+
+def _plot_coefficients(
+    table: CoefficientTable, profile: dict, folder: Path, source: str, model: str
+) -> dict[str, str]:
+    """coefficients_heatmap.png (per entry and per block) and coefficients_depth.png; returns {kind:
+    file name}."""
+    files = {}
+    _plot_heatmap(table, profile, folder / "coefficients_heatmap.png", source, model)
+    files["heatmap"] = "coefficients_heatmap.png"
+    _plot_depth(table.tasks, profile, folder / "coefficients_depth.png", source, model)
     files["depth"] = "coefficients_depth.png"
     return files
 
@@ -188,10 +199,8 @@ def _paper_ranges() -> tuple[list[float], list[float]]:
     return findings["layerwise_coefficients_shallow"], findings["layerwise_coefficients_deep"]
 
 
-def coefficients(ctx: Context) -> dict:
-    """Layer-wise coefficients by depth (paper Sec. 5: low in shallow layers, high in deep ones) and
-    task-vector cosines."""
-    started = time.perf_counter()
+def _source_table(ctx: Context) -> tuple[str, CoefficientTable, str]:
+    """The analysed coefficients: (source path or 'published', their table, their label)."""
     source = ctx.options.source or str(ctx.folder / f"{ctx.options.method}.json")
     if source == "published":
         table = published_table(METHODS[ctx.options.method].published, ctx.model)
@@ -204,25 +213,29 @@ def coefficients(ctx: Context) -> dict:
             )
         table = load_table(source)
         label = Path(source).name
-    profile = depth_profile(table)
-    (s0, s1), (d0, d1) = _paper_ranges()
-    folder = ctx.folder
-    folder.mkdir(parents=True, exist_ok=True)
-    files = _plot_coefficients(table, profile, folder, label, ctx.model)
+    return source, table, label
+
+
+def _task_vector_cosines(
+    ctx: Context, table: CoefficientTable, folder: Path, files: dict[str, str]
+) -> dict | None:
+    """The task vectors' statistics and coefficients_cosine.png (into `files`), or None."""
     cosine = None
-    if not ctx.options.no_cosine:
-        try:  # the task vectors come from the checkpoints, loaded as any run loads them
-            # checkpoints only, no test set
-            vectors = load_task_vectors(
-                dataclasses.replace(ctx.base, tasks=",".join(table.tasks)), "plain"
-            )
-            cosine = task_vector_stats(vectors.theta0, vectors.tau, vectors.entries, table.tasks)
-            _plot_cosine(
-                cosine["cosine"], table.tasks, folder / "coefficients_cosine.png", ctx.model
-            )
-            files["cosine"] = "coefficients_cosine.png"
-        except (FileNotFoundError, CheckpointError) as e:
-            print(f"cosine matrix skipped: {e}", file=sys.stderr)
+    try:  # the task vectors come from the checkpoints, loaded as any run loads them
+        # checkpoints only, no test set
+        vectors = load_task_vectors(
+            dataclasses.replace(ctx.base, tasks=",".join(table.tasks)), "plain"
+        )
+        cosine = task_vector_stats(vectors.theta0, vectors.tau, vectors.entries, table.tasks)
+        _plot_cosine(cosine["cosine"], table.tasks, folder / "coefficients_cosine.png", ctx.model)
+        files["cosine"] = "coefficients_cosine.png"
+    except (FileNotFoundError, CheckpointError) as e:
+        print(f"cosine matrix skipped: {e}", file=sys.stderr)
+    return cosine
+
+
+def _depth_table(table: CoefficientTable, profile: dict) -> str:
+    """The table of the mean coefficient per depth group: per task, over tasks, over matrices."""
     depth_rows = {
         g: {
             **{t: profile["per_task"][t][k] for t in table.tasks},
@@ -231,13 +244,26 @@ def coefficients(ctx: Context) -> dict:
         }
         for k, g in enumerate(profile["groups"])
     }
-    table_md = markdown_table(
+    return markdown_table(
         depth_rows,
         [*table.tasks, "mean", "mean, weight matrices"],
         digits=2,
         average=False,
         label="depth",
     )
+
+
+def _report_lines(
+    ctx: Context,
+    label: str,
+    profile: dict,
+    table_md: str,
+    files: dict[str, str],
+    tasks: Sequence[str],
+    cosine: dict | None,
+) -> list[str]:
+    """The lines of coefficients.md: the depth summary and table, the plots, the cosines."""
+    (s0, s1), (d0, d1) = _paper_ranges()
     md = [
         f"# Layer-wise coefficients: `{ctx.model}`",
         "",
@@ -260,7 +286,7 @@ def coefficients(ctx: Context) -> dict:
         f"![depth]({files['depth']})",
     ]
     if cosine is not None:
-        cos_rows = {t: dict(zip(table.tasks, row)) for t, row in zip(table.tasks, cosine["cosine"])}
+        cos_rows = {t: dict(zip(tasks, row)) for t, row in zip(tasks, cosine["cosine"])}
         md += [
             "",
             f"Task vectors: mean pairwise cosine {fmt(cosine['mean_pairwise_cosine'], '.3f')}; "
@@ -268,10 +294,27 @@ def coefficients(ctx: Context) -> dict:
             + ", ".join(f"{t} {v:.3f}" for t, v in cosine["norm_ratio"].items())
             + ".",
             "",
-            markdown_table(cos_rows, table.tasks, digits=3, average=False, label="cosine"),
+            markdown_table(cos_rows, tasks, digits=3, average=False, label="cosine"),
             "",
             f"![cosine]({files['cosine']})",
         ]
+    return md
+
+
+def coefficients(ctx: Context) -> dict:
+    """Layer-wise coefficients by depth (paper Sec. 5: low in shallow layers, high in deep ones) and
+    task-vector cosines."""
+    started = time.perf_counter()
+    source, table, label = _source_table(ctx)
+    profile = depth_profile(table)
+    folder = ctx.folder
+    folder.mkdir(parents=True, exist_ok=True)
+    files = _plot_coefficients(table, profile, folder, label, ctx.model)
+    cosine = None
+    if not ctx.options.no_cosine:
+        cosine = _task_vector_cosines(ctx, table, folder, files)
+    table_md = _depth_table(table, profile)
+    md = _report_lines(ctx, label, profile, table_md, files, table.tasks, cosine)
     write_text(folder / "coefficients.md", "\n".join(md) + "\n")
     out = {
         **meta(ctx, started),

@@ -39,13 +39,14 @@ from collections.abc import Callable, Sequence
 from adamerging.commands import pipeline
 from adamerging.commands.experiments.ablations import ablations
 from adamerging.commands.experiments.coefficients import coefficients
-from adamerging.commands.experiments.common import ADAPTIVE, METHODS, Context
+from adamerging.commands.experiments.common import ADAPTIVE, Context
 from adamerging.commands.experiments.entropy_loss import entropy_loss
 from adamerging.commands.experiments.generalization import generalization
 from adamerging.commands.experiments.main_table import main_table
 from adamerging.commands.experiments.published import check_published, published
 from adamerging.commands.experiments.robustness import robustness
 from adamerging.datasets.corruptions import CORRUPTIONS
+from adamerging.methods.registry import METHODS
 from adamerging.runtime.cli import command_name, run_cli
 from adamerging.runtime.distributed import setup
 
@@ -99,10 +100,9 @@ def _fractions(text: str) -> list[float]:
     return values
 
 
-def build_parser(experiment: str) -> argparse.ArgumentParser:
-    """The experiment's own flags; every other flag is forwarded to the pipeline (allow_abbrev off,
-    so a pipeline flag is never mistaken for a prefix of one of these)."""
-    p = argparse.ArgumentParser(
+def _new_parser(experiment: str) -> argparse.ArgumentParser:
+    """The experiment's parser, with its usage, description and epilog and no flags yet."""
+    return argparse.ArgumentParser(
         prog=command_name("adamerging experiments", experiment),
         allow_abbrev=False,
         description=(
@@ -115,6 +115,10 @@ def build_parser(experiment: str) -> argparse.ArgumentParser:
             " lists them."
         ),
     )
+
+
+def _add_run_flags(p: argparse.ArgumentParser, experiment: str) -> None:
+    """The flags that choose the method runs: --skip-existing, --methods, --samples, --method."""
     p.add_argument(
         "--skip-existing",
         action="store_true",
@@ -141,6 +145,10 @@ def build_parser(experiment: str) -> argparse.ArgumentParser:
             choices=list(ADAPTIVE),
             help="the layer-wise method analysed (coefficients) or ablated (ablations)",
         )
+
+
+def _add_analysis_flags(p: argparse.ArgumentParser, experiment: str) -> None:
+    """The own flags of coefficients, robustness and ablations."""
     if experiment in ("coefficients", "all"):
         p.add_argument(
             "--source",
@@ -174,6 +182,15 @@ def build_parser(experiment: str) -> argparse.ArgumentParser:
             default=[0.001, 0.01, 0.05, 1.0],
             help="ablations: adaptation-data fractions",
         )
+
+
+def build_parser(experiment: str) -> argparse.ArgumentParser:
+    """The experiment's own flags; every other flag is forwarded to the pipeline (allow_abbrev off,
+    so a pipeline flag is never mistaken for a prefix of one of these)."""
+    p = _new_parser(experiment)
+    # the help lists the flags in the order they are added
+    _add_run_flags(p, experiment)
+    _add_analysis_flags(p, experiment)
     return p
 
 

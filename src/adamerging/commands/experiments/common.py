@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from adamerging.commands import pipeline
-from adamerging.commands.report import TABLE_ORDER
+from adamerging.methods.registry import METHODS
 from adamerging.reporting.paper import paper_row, with_paper
 from adamerging.reporting.results import package_versions
 from adamerging.reporting.tables import (
@@ -29,10 +29,7 @@ from adamerging.run.config import RunConfig
 from adamerging.run.tasks import parse_tasks
 from adamerging.runtime.files import atomic_write
 
-METHODS = pipeline.METHODS
-
-
-MAIN_METHODS = [name for name, _ in TABLE_ORDER if name in METHODS]  # paper row order
+MAIN_METHODS = list(METHODS)  # paper row order
 
 
 PUBLISHED_METHODS = [name for name in MAIN_METHODS if METHODS[name].published]
@@ -185,6 +182,30 @@ def ordering_table(ours: Mapping[str, Mapping[str, float]], tasks: Sequence[str]
     return markdown_table(rows, columns, average=False, label="method (average %)")
 
 
+def _paper_lines(
+    model: str, ours: Mapping[str, Mapping[str, float] | None], tasks: Sequence[str], quoted: bool
+) -> list[str]:
+    """The markdown lines on the paper's numbers: what the quoted rows are, or its averages."""
+    if quoted:
+        return [
+            (
+                f"`(paper)`: the paper's Table {'2' if model == 'ViT-B-32' else '3'} for"
+                f" {model} (`Pretrained` = our Zero-shot); `(ours - paper)`: our value minus"
+                " the paper's, in points."
+            ),
+            "",
+        ]
+    return [
+        (
+            f"The paper reports no {model} results; its averages for the same methods, to"
+            " compare the methods' order:"
+        ),
+        "",
+        ordering_table(ours, tasks),
+        "",
+    ]
+
+
 def write_table(
     ctx: Context,
     stem: str,
@@ -215,25 +236,7 @@ def write_table(
     extra = [NORMALIZED] if per_task else []
     table = markdown_table(rows, tasks, signed=signed, extra=extra)
     md = header(ctx, title, started) + [table, ""]
-    if signed:
-        md += [
-            (
-                f"`(paper)`: the paper's Table {'2' if ctx.model == 'ViT-B-32' else '3'} for"
-                f" {ctx.model} (`Pretrained` = our Zero-shot); `(ours - paper)`: our value minus"
-                " the paper's, in points."
-            ),
-            "",
-        ]
-    else:
-        md += [
-            (
-                f"The paper reports no {ctx.model} results; its averages for the same methods, to"
-                " compare the methods' order:"
-            ),
-            "",
-            ordering_table(ours, tasks),
-            "",
-        ]
+    md += _paper_lines(ctx.model, ours, tasks, bool(signed))
     if per_task:
         md += [
             NORMALIZED_TEXT,

@@ -17,9 +17,9 @@ from adamerging.methods.diagnostics.measure import correlation_report, measure, 
 from adamerging.reporting.paper import paper_findings
 from adamerging.reporting.plotting import figure, save
 from adamerging.reporting.tables import fmt, markdown_table
-from adamerging.run.config import DEFAULT_LAM
-from adamerging.run.problem import load_problem
-from adamerging.runtime.distributed import setup
+from adamerging.run.config import DEFAULT_LAM, RunConfig
+from adamerging.run.problem import Problem, load_problem
+from adamerging.runtime.distributed import Ranks, setup
 from adamerging.runtime.files import write_json
 
 
@@ -73,24 +73,15 @@ def _plot_entropy_loss(
     save(fig, path)
 
 
-def entropy_loss(ctx: Context) -> dict:
-    """Does the entropy of the Task Arithmetic model's predictions rank the test samples as their
-    loss does?"""
-    started = time.perf_counter()
-    # under torchrun: each rank measures its tasks
-    ranks, device, numerics = setup(ctx.base.device, ctx.base.precision)
-    config = replace(ctx.base, device=device)
-    lam = DEFAULT_LAM if config.lam is None else config.lam
-    problem = load_problem(config, "plain")
+def _measure_tasks(
+    problem: Problem, config: RunConfig, lam: float, samples: int, ranks: Ranks
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, float]]:
+    """Per task: (per-sample entropy, loss) of Task Arithmetic, and its accuracy (all ranks')."""
     merged = MergedEncoder(
         problem.clip.visual, problem.theta0, problem.tau, problem.entries, config.device
     )
     encoder = merged.encoder(constant_table(problem.tasks, lam).lambdas, config.precision)
-    data = (
-        sample_tasks(problem.data, ctx.options.samples, config.seed)
-        if ctx.options.samples
-        else problem.data
-    )
+    data = sample_tasks(problem.data, samples, config.seed) if samples else problem.data
     values, accs = {}, {}
     for i, t in enumerate(data):
         if ranks.owns(i):
@@ -101,7 +92,35 @@ def entropy_loss(ctx: Context) -> dict:
             )
             accs[t.name] = outcome.accuracy
     values, accs = ranks.merge_dicts(values), ranks.merge_dicts(accs)
-    values, accs = {t.name: values[t.name] for t in data}, {t.name: accs[t.name] for t in data}
+    return {t.name: values[t.name] for t in data}, {t.name: accs[t.name] for t in data}
+
+
+def _summary_table(
+    values: Mapping[str, tuple[np.ndarray, np.ndarray]], accs: Mapping[str, float], report: dict
+) -> str:
+    """The table of the Spearman correlation and the accuracy, per task and pooled."""
+    return markdown_table(
+        {
+            "Spearman(entropy, loss)": {**report["per_task"], "pooled": report["pooled"]},
+            "accuracy (%)": {**accs, "pooled": mean(list(accs.values()))},
+        },
+        [*values, "pooled"],
+        digits=2,
+        average=False,
+        label="",
+    )
+
+
+def entropy_loss(ctx: Context) -> dict:
+    """Does the entropy of the Task Arithmetic model's predictions rank the test samples as their
+    loss does?"""
+    started = time.perf_counter()
+    # under torchrun: each rank measures its tasks
+    ranks, device, numerics = setup(ctx.base.device, ctx.base.precision)
+    config = replace(ctx.base, device=device)
+    lam = DEFAULT_LAM if config.lam is None else config.lam
+    problem = load_problem(config, "plain")
+    values, accs = _measure_tasks(problem, config, lam, ctx.options.samples, ranks)
     if not ranks.is_main:
         return {}
     report = correlation_report(values)
@@ -112,16 +131,7 @@ def entropy_loss(ctx: Context) -> dict:
         folder / "entropy_vs_loss.png",
         f"Entropy vs cross-entropy of Task Arithmetic (lambda {lam:g}), {ctx.model}",
     )
-    table = markdown_table(
-        {
-            "Spearman(entropy, loss)": {**report["per_task"], "pooled": report["pooled"]},
-            "accuracy (%)": {**accs, "pooled": mean(list(accs.values()))},
-        },
-        [*values, "pooled"],
-        digits=2,
-        average=False,
-        label="",
-    )
+    table = _summary_table(values, accs, report)
     out = {
         **meta(ctx, started),
         "merged_model": f"Task Arithmetic, lambda {lam:g}",

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from adamerging.commands.experiments.common import (
     COMPARED,
-    METHODS,
     Context,
     header,
     mean,
@@ -17,6 +16,7 @@ from adamerging.commands.experiments.common import (
     run_method,
     write_text,
 )
+from adamerging.methods.registry import METHODS
 from adamerging.reporting.paper import paper_tables, with_paper
 from adamerging.reporting.results import saved_individual
 from adamerging.reporting.tables import NORMALIZED_TEXT, markdown_table, normalized
@@ -83,9 +83,8 @@ def _paper_generalization(
     }
 
 
-def generalization(ctx: Context) -> dict:
-    """Merge and adapt on seen tasks, evaluate on unseen ones too (the paper's Table 4)."""
-    started = time.perf_counter()
+def _splits(ctx: Context) -> dict[str, tuple[list[str], list[str]]]:
+    """The (seen, unseen) splits: --eval-tasks against the other tasks, else the paper's."""
     if ctx.base.eval_tasks:  # the user's own split: --eval-tasks are unseen, the other tasks seen
         unseen = parse_tasks(ctx.base.eval_tasks, Path(ctx.base.checkpoints) / ctx.model)
         seen = [t for t in ctx.tasks() if t not in unseen]
@@ -94,55 +93,59 @@ def generalization(ctx: Context) -> dict:
                 f"generalization: no seen task left once the unseen ones ({', '.join(unseen)}) are"
                 f" taken out of {ctx.tasks()}"
             )
-        splits = {"custom": (seen, unseen)}
-    else:
-        splits = generalization_splits(ctx.tasks())
-        if not splits:
-            raise ValueError(
-                "none of the paper's generalization splits has 2 seen and 1 unseen task among"
-                f" {ctx.tasks()}: pass --eval-tasks UNSEEN (the other tasks are the seen ones)"
-            )
-    methods = ctx.options.methods or list(COMPARED)
-    md, out = [], {}
-    for split, (seen, unseen) in splits.items():
-        results = {
-            m: run_method(
-                ctx, m, ctx.runs(split), tasks=",".join(seen), eval_tasks=",".join(unseen)
-            )
-            for m in methods
-        }
-        individual = saved_individual(ctx.folder, next(iter(results.values()))["test_data"])
-        ours = {
-            METHODS[m].title: _seen_unseen_row(r["accuracy"], seen, unseen, individual)
-            for m, r in results.items()
-        }
-        normalized_columns = [
-            c for c in NORMALIZED_COLUMNS if any(c in row for row in ours.values())
-        ]
-        columns = [*seen, "Seen avg", *unseen, "Unseen avg", *normalized_columns]
-        rows, signed = with_paper(
-            ours, _paper_generalization(ctx.model, split, seen, unseen), columns, average=False
+        return {"custom": (seen, unseen)}
+    splits = generalization_splits(ctx.tasks())
+    if not splits:
+        raise ValueError(
+            "none of the paper's generalization splits has 2 seen and 1 unseen task among"
+            f" {ctx.tasks()}: pass --eval-tasks UNSEEN (the other tasks are the seen ones)"
         )
-        table = markdown_table(rows, columns, signed=signed, average=False)
-        md += [f"## {split}: seen {', '.join(seen)}; unseen {', '.join(unseen)}", "", table, ""]
-        if normalized_columns:
-            md += [NORMALIZED_TEXT + " Here per group of tasks (seen, unseen).", ""]
-        out[split] = {
-            "seen": seen,
-            "unseen": unseen,
-            "rows": ours,
-            "runs": {m: r["path"] for m, r in results.items()},
-        }
-        print(table)
+    return splits
+
+
+def _run_split(
+    ctx: Context, methods: Sequence[str], split: str, seen: list[str], unseen: list[str]
+) -> tuple[list[str], dict]:
+    """Run the methods on one split: its markdown section and its JSON record (table printed)."""
+    results = {
+        m: run_method(ctx, m, ctx.runs(split), tasks=",".join(seen), eval_tasks=",".join(unseen))
+        for m in methods
+    }
+    individual = saved_individual(ctx.folder, next(iter(results.values()))["test_data"])
+    ours = {
+        METHODS[m].title: _seen_unseen_row(r["accuracy"], seen, unseen, individual)
+        for m, r in results.items()
+    }
+    normalized_columns = [c for c in NORMALIZED_COLUMNS if any(c in row for row in ours.values())]
+    columns = [*seen, "Seen avg", *unseen, "Unseen avg", *normalized_columns]
+    rows, signed = with_paper(
+        ours, _paper_generalization(ctx.model, split, seen, unseen), columns, average=False
+    )
+    table = markdown_table(rows, columns, signed=signed, average=False)
+    md = [f"## {split}: seen {', '.join(seen)}; unseen {', '.join(unseen)}", "", table, ""]
+    if normalized_columns:
+        md += [NORMALIZED_TEXT + " Here per group of tasks (seen, unseen).", ""]
+    record = {
+        "seen": seen,
+        "unseen": unseen,
+        "rows": ours,
+        "runs": {m: r["path"] for m, r in results.items()},
+    }
+    print(table)
+    return md, record
+
+
+def _notes(model: str, splits: Mapping[str, tuple[list[str], list[str]]]) -> list[str]:
+    """The closing markdown lines: what seen and unseen mean, and the paper's splits or rows."""
     notes = [
         "Seen tasks are merged and adapted on; unseen tasks are evaluated with the same merged"
         " encoder and their own zero-shot heads, never merged or adapted on (`--tasks SEEN"
         " --eval-tasks UNSEEN`)."
     ]
-    if ctx.model != "ViT-B-32" or any(
-        not _paper_generalization(ctx.model, s, *splits[s]) for s in splits if s != "custom"
+    if model != "ViT-B-32" or any(
+        not _paper_generalization(model, s, *splits[s]) for s in splits if s != "custom"
     ):
-        notes += [
+        return notes + [
             "",
             "Splits: the paper's Table 4 (ViT-B/32) exp1 (seen SUN397, Cars, RESISC45, DTD, SVHN,"
             " GTSRB; unseen MNIST, EuroSAT) and exp2 (seen SUN397, Cars, GTSRB, EuroSAT, DTD,"
@@ -158,12 +161,23 @@ def generalization(ctx: Context) -> dict:
             )
             + ".",
         ]
-    else:
-        notes += [
-            "",
-            "`(paper)`: the paper's Table 4. "
-            + paper_tables()["generalization_ViT-B-32"].get("note", ""),
-        ]
+    return notes + [
+        "",
+        "`(paper)`: the paper's Table 4. "
+        + paper_tables()["generalization_ViT-B-32"].get("note", ""),
+    ]
+
+
+def generalization(ctx: Context) -> dict:
+    """Merge and adapt on seen tasks, evaluate on unseen ones too (the paper's Table 4)."""
+    started = time.perf_counter()
+    splits = _splits(ctx)
+    methods = ctx.options.methods or list(COMPARED)
+    md, out = [], {}
+    for split, (seen, unseen) in splits.items():
+        lines, out[split] = _run_split(ctx, methods, split, seen, unseen)
+        md += lines
+    notes = _notes(ctx.model, splits)
     text = (
         "\n".join(
             header(

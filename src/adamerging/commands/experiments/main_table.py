@@ -5,13 +5,8 @@ from __future__ import annotations
 
 import time
 
-from adamerging.commands.experiments.common import (
-    MAIN_METHODS,
-    METHODS,
-    Context,
-    run_method,
-    write_table,
-)
+from adamerging.commands.experiments.common import MAIN_METHODS, Context, run_method, write_table
+from adamerging.methods.registry import METHODS
 from adamerging.run.experts import multitask_checkpoint
 
 
@@ -37,7 +32,7 @@ def main_table(ctx: Context) -> dict:
     ]
     notes = [f"AdaMerging rows: {', '.join(adapted)}."] if adapted else []
     data_based = [
-        r["config"] for m, r in results.items() if METHODS[m].rule in ("fisher", "regmean")
+        r["config"] for m, r in results.items() if getattr(METHODS[m].merge, "train_data", False)
     ]
     if data_based:
         c = data_based[0]

@@ -6,13 +6,13 @@ from __future__ import annotations
 import time
 
 from adamerging.commands.experiments.common import (
-    METHODS,
     PUBLISHED_METHODS,
     Context,
     run_method,
     write_table,
 )
 from adamerging.merging.tables import published_table
+from adamerging.methods.registry import METHODS
 from adamerging.reporting.paper import paper_tables
 from adamerging.reporting.results import saved_individual
 

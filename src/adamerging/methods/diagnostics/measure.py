@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from adamerging.merging.encoder import MergedEncoder
-from adamerging.methods.adamerging import softmax_entropy
 from adamerging.methods.diagnostics.checks import spearman
 from adamerging.models.evaluation import Normalizer, accuracy, predict
+from adamerging.models.objectives import softmax_entropy
 from adamerging.run.problem import TaskData
 
 

@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from adamerging.methods.diagnostics.measure import binned_means
 from adamerging.reporting.plotting import figure, save
 from adamerging.reporting.tables import fmt
+
+# matplotlib is imported only when a figure is drawn
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def _grid(n: int, ncols: int = 4) -> tuple[int, int]:
@@ -19,16 +24,9 @@ def _grid(n: int, ncols: int = 4) -> tuple[int, int]:
     return math.ceil(n / ncols), ncols
 
 
-def plot_report(report: dict, folder: Path, stem: str) -> dict[str, str]:
-    """The four PNGs (Agg canvas: no display, no pyplot global state); returns {kind: file name}."""
-    from matplotlib.lines import Line2D
-
-    tasks, files = report["tasks"], {}
-
-    def keep(fig, kind: str) -> None:
-        files[kind] = save(fig, folder / f"{stem}_{kind}.png", tight=True).name
-
-    # 1. entropy vs loss: per task scatter + binned means, and all tasks pooled
+def _entropy_vs_loss_figure(report: dict) -> Figure:
+    """Entropy vs loss: per task scatter and binned means, and all tasks pooled."""
+    tasks = report["tasks"]
     nrows, ncols = _grid(len(tasks) + 1)
     fig = figure(3.6 * ncols, 3.2 * nrows, layout=None)
     fig.suptitle(f"Per-sample entropy vs cross-entropy, {report['merged_model']}")
@@ -61,9 +59,12 @@ def plot_report(report: dict, folder: Path, stem: str) -> dict[str, str]:
         ax.set_xlabel("entropy (nats)")
         ax.set_ylabel("cross-entropy loss")
         ax.legend(fontsize=6)
-    keep(fig, "entropy_vs_loss")
+    return fig
 
-    # 2. cross-task effect: entropy and accuracy, alone vs merged
+
+def _cross_task_figure(report: dict) -> Figure:
+    """Cross-task effect: each task's entropy and accuracy, alone vs merged."""
+    tasks = report["tasks"]
     ct, x, w = report["cross_task"], np.arange(len(tasks)), 0.38
     fig = figure(max(6, 1.1 * len(tasks) + 2), 6.5, layout=None)
     fig.suptitle(f"Do the other tasks' vectors raise a task's entropy? (lambda {report['lam']:g})")
@@ -94,10 +95,14 @@ def plot_report(report: dict, folder: Path, stem: str) -> dict[str, str]:
         ax.set_ylabel(ylabel)
         ax.set_title(key, fontsize=9)
         ax.legend(fontsize=7)
-    keep(fig, "cross_task")
+    return fig
 
-    # 3. entropy and accuracy along lambda, per task and averaged
-    sw = report["lambda_sweep"]
+
+def _lambda_sweep_figure(report: dict) -> Figure:
+    """Entropy and accuracy along lambda, per task and averaged over tasks."""
+    from matplotlib.lines import Line2D
+
+    tasks, sw = report["tasks"], report["lambda_sweep"]
     lam = np.asarray(sw["lambdas"])
     nrows, ncols = _grid(len(tasks) + 1)
     fig = figure(3.8 * ncols, 3.2 * nrows, layout=None)
@@ -135,10 +140,13 @@ def plot_report(report: dict, folder: Path, stem: str) -> dict[str, str]:
             Line2D([], [], color="C1", ls=":", lw=1, label="lambda at max accuracy"),
         ]
         ax.legend(handles=lines + markers, fontsize=6)
-    keep(fig, "lambda_sweep")
+    return fig
 
-    # 4. task vectors: norm ratio bars and cosine heatmap
-    tv = report["task_vectors"]
+
+def _task_vectors_figure(report: dict) -> Figure:
+    """Task vectors: norm ratio bars and the pairwise cosine heatmap."""
+    tasks, tv = report["tasks"], report["task_vectors"]
+    x = np.arange(len(tasks))
     fig = figure(6 + 0.9 * len(tasks), 4.5, layout=None)
     fig.suptitle("Task vectors (visual entries)")
     ax = fig.add_subplot(1, 2, 1)
@@ -158,5 +166,17 @@ def plot_report(report: dict, folder: Path, stem: str) -> dict[str, str]:
                 ax.text(j, i, f"{cos[i, j]:.2f}", ha="center", va="center", fontsize=7)
     ax.set_title("pairwise cosine of task vectors", fontsize=9)
     fig.colorbar(im, ax=ax, label="cosine")
-    keep(fig, "task_vectors")
+    return fig
+
+
+def plot_report(report: dict, folder: Path, stem: str) -> dict[str, str]:
+    """The four PNGs (Agg canvas: no display, no pyplot global state); returns {kind: file name}."""
+    files = {}
+    for kind, draw in (
+        ("entropy_vs_loss", _entropy_vs_loss_figure),
+        ("cross_task", _cross_task_figure),
+        ("lambda_sweep", _lambda_sweep_figure),
+        ("task_vectors", _task_vectors_figure),
+    ):
+        files[kind] = save(draw(report), folder / f"{stem}_{kind}.png", tight=True).name
     return files

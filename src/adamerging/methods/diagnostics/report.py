@@ -27,6 +27,72 @@ def _percent(share: float | None) -> str:
     return "-" if share is None else f"{fmt(share * 100, '.0f')} %"
 
 
+def _check_records(checks: Mapping[str, list[Check]]) -> dict:
+    """Per task and check: whether it passed, its message and its rounded values."""
+    return {
+        t: {
+            c.name: {
+                "passed": c.passed,
+                "message": c.message,
+                **{k: _r(v) for k, v in c.values.items()},
+            }
+            for c in checks[t]
+        }
+        for t in checks
+    }
+
+
+def _cross_task_record(outcomes: Mapping[str, Mapping[str, Outcome]], tasks: Sequence[str]) -> dict:
+    """Per task: mean entropy and accuracy of its vector alone and of the merged model."""
+    merged_out, alone = outcomes["merged"], outcomes["alone"]
+    return {
+        t: {
+            "entropy_alone": _r(alone[t].mean_entropy),
+            "entropy_merged": _r(merged_out[t].mean_entropy),
+            "accuracy_alone": _r(alone[t].accuracy, 2),
+            "accuracy_merged": _r(merged_out[t].accuracy, 2),
+        }
+        for t in tasks
+    }
+
+
+def _reference_record(
+    outcomes: Mapping[str, Mapping[str, Outcome]],
+    retained_gain: Mapping[str, float | None],
+    tasks: Sequence[str],
+) -> dict:
+    """Per kind of model, each task's accuracy; and the share of the expert's gain TA keeps."""
+    return {
+        **{
+            kind: {t: _r(outcomes[kind][t].accuracy, 2) for t in tasks}
+            for kind in ("zeroshot", "alone", "merged", "expert")
+        },
+        "retained_gain": {t: _r(retained_gain[t], 3) for t in tasks},
+    }
+
+
+def _sweep_record(
+    sweep: Mapping[str, Sequence[Outcome]], lambdas: Sequence[float], tasks: Sequence[str]
+) -> dict:
+    """The lambdas, and per task the mean entropy and accuracy at each."""
+    return {
+        "lambdas": list(lambdas),
+        "entropy": {t: [_r(o.mean_entropy) for o in sweep[t]] for t in tasks},
+        "accuracy": {t: [_r(o.accuracy, 2) for o in sweep[t]] for t in tasks},
+    }
+
+
+def _per_sample_record(merged_out: Mapping[str, Outcome], tasks: Sequence[str]) -> dict:
+    """Per task: the merged model's entropy and loss on each sample."""
+    return {
+        t: {
+            "entropy": [_r(x) for x in merged_out[t].entropy.tolist()],
+            "loss": [_r(x) for x in merged_out[t].loss.tolist()],
+        }
+        for t in tasks
+    }
+
+
 def build_report(
     model: str,
     config: RunConfig,
@@ -49,7 +115,6 @@ def build_report(
     Outcome) and per-sample values."""
     tasks = list(checks)
     lines, overall, ok = judged
-    merged_out, alone = outcomes["merged"], outcomes["alone"]
     label = "Task Arithmetic" if vectors == "plain" else "TIES-selected vectors"
     return {
         "model": model,
@@ -62,54 +127,20 @@ def build_report(
         "lambdas": list(lambdas),
         "thresholds": {**asdict(th), "why": justification(th)},
         "verdict": {"trustworthy": ok, "overall": overall, "per_task": lines},
-        "checks": {
-            t: {
-                c.name: {
-                    "passed": c.passed,
-                    "message": c.message,
-                    **{k: _r(v) for k, v in c.values.items()},
-                }
-                for c in checks[t]
-            }
-            for t in tasks
-        },
+        "checks": _check_records(checks),
         "spearman": {
             "per_task": {t: _r(checks[t][0].values["spearman"]) for t in tasks},
             "pooled": _r(pooled.values["spearman"]),
             "pooled_passed": pooled.passed,
         },
-        "cross_task": {
-            t: {
-                "entropy_alone": _r(alone[t].mean_entropy),
-                "entropy_merged": _r(merged_out[t].mean_entropy),
-                "accuracy_alone": _r(alone[t].accuracy, 2),
-                "accuracy_merged": _r(merged_out[t].accuracy, 2),
-            }
-            for t in tasks
-        },
-        "lambda_sweep": {
-            "lambdas": list(lambdas),
-            "entropy": {t: [_r(o.mean_entropy) for o in sweep[t]] for t in tasks},
-            "accuracy": {t: [_r(o.accuracy, 2) for o in sweep[t]] for t in tasks},
-        },
+        "cross_task": _cross_task_record(outcomes, tasks),
+        "lambda_sweep": _sweep_record(sweep, lambdas, tasks),
         "task_vectors": {
             **{k: v for k, v in stats.items() if k != "cosine"},
             "cosine": [[_r(c, 4) for c in row] for row in stats["cosine"]],
         },
-        "reference_accuracy": {
-            **{
-                kind: {t: _r(outcomes[kind][t].accuracy, 2) for t in tasks}
-                for kind in ("zeroshot", "alone", "merged", "expert")
-            },
-            "retained_gain": {t: _r(retained_gain[t], 3) for t in tasks},
-        },
-        "per_sample": {
-            t: {
-                "entropy": [_r(x) for x in merged_out[t].entropy.tolist()],
-                "loss": [_r(x) for x in merged_out[t].loss.tolist()],
-            }
-            for t in tasks
-        },
+        "reference_accuracy": _reference_record(outcomes, retained_gain, tasks),
+        "per_sample": _per_sample_record(outcomes["merged"], tasks),
         "config": config.to_json(),
         "versions": package_versions(),
         "timings_s": timings,
@@ -133,12 +164,14 @@ def summary(report: dict) -> str:
     return "\n".join(out)
 
 
-def markdown(report: dict, plots: dict[str, str]) -> str:
-    """diagnostics.md: the verdict, the thresholds and why, one section per check with its table and
-    plot."""
-    tasks, th = report["tasks"], report["thresholds"]
-    checks = report["checks"]
-    mark = lambda ok: "yes" if ok else "**no**"  # noqa: E731
+def _mark(ok: bool) -> str:
+    """A check's cell in the passes column."""
+    return "yes" if ok else "**no**"
+
+
+def _head_lines(report: dict) -> list[str]:
+    """The markdown lines of the title, the sample, the verdict and the thresholds."""
+    tasks = report["tasks"]
     md = [
         f"# Will entropy minimisation (AdaMerging) help? Diagnostics for `{report['model']}`",
         "",
@@ -151,9 +184,14 @@ def markdown(report: dict, plots: dict[str, str]) -> str:
         "",
     ]
     md += [f"- {report['verdict']['per_task'][t]}" for t in tasks]
-    md += ["", "## Thresholds and why", ""] + [f"- **{k}**: {v}" for k, v in th["why"].items()]
+    why = report["thresholds"]["why"]
+    return md + ["", "## Thresholds and why", ""] + [f"- **{k}**: {v}" for k, v in why.items()]
 
-    md += [
+
+def _spearman_lines(report: dict, plots: dict[str, str]) -> list[str]:
+    """The markdown lines of section 1: Spearman(entropy, loss) per task and pooled."""
+    tasks, checks = report["tasks"], report["checks"]
+    md = [
         "",
         f"## 1. Entropy vs cross-entropy of the merged model (lambda {report['lam']:g})",
         "",
@@ -162,20 +200,23 @@ def markdown(report: dict, plots: dict[str, str]) -> str:
     ]
     md += [
         f"| {t} | {fmt(report['spearman']['per_task'][t], '.2f')} |"
-        f" {mark(checks[t]['spearman']['passed'])} |"
+        f" {_mark(checks[t]['spearman']['passed'])} |"
         for t in tasks
     ]
-    md += [
+    return md + [
         (
             f"| pooled | {fmt(report['spearman']['pooled'], '.2f')} |"
-            f" {mark(report['spearman']['pooled_passed'])} |"
+            f" {_mark(report['spearman']['pooled_passed'])} |"
         ),
         "",
         f"![entropy vs loss]({plots['entropy_vs_loss']})",
     ]
 
-    ct = report["cross_task"]
-    md += [
+
+def _cross_task_lines(report: dict, plots: dict[str, str]) -> list[str]:
+    """The markdown lines of section 2: entropy and accuracy, alone vs merged."""
+    tasks, checks, ct = report["tasks"], report["checks"], report["cross_task"]
+    md = [
         "",
         (
             f"## 2. Cross-task entropy effect (theta_0 + {report['lam']:g} tau_t vs +"
@@ -188,12 +229,16 @@ def markdown(report: dict, plots: dict[str, str]) -> str:
     md += [
         f"| {t} | {ct[t]['entropy_alone']:.3f} | {ct[t]['entropy_merged']:.3f} |"
         f" {ct[t]['accuracy_alone']:.1f} | {ct[t]['accuracy_merged']:.1f} |"
-        f" {mark(checks[t]['cross_task']['passed'])} |"
+        f" {_mark(checks[t]['cross_task']['passed'])} |"
         for t in tasks
     ]
-    md += ["", f"![cross-task effect]({plots['cross_task']})"]
+    return md + ["", f"![cross-task effect]({plots['cross_task']})"]
 
-    md += [
+
+def _lambda_lines(report: dict, plots: dict[str, str]) -> list[str]:
+    """The markdown lines of section 3: entropy and accuracy along lambda."""
+    tasks, checks = report["tasks"], report["checks"]
+    md = [
         "",
         "## 3. Entropy and accuracy along the Task Arithmetic coefficient",
         "",
@@ -204,7 +249,7 @@ def markdown(report: dict, plots: dict[str, str]) -> str:
         f"| {t} | {checks[t]['lambda']['lambda_min_entropy']:.2f} |"
         f" {checks[t]['lambda']['lambda_max_accuracy']:.2f} |"
         f" {checks[t]['lambda']['best_low']:.2f}-{checks[t]['lambda']['best_high']:.2f} |"
-        f" {mark(checks[t]['lambda']['passed'])} |"
+        f" {_mark(checks[t]['lambda']['passed'])} |"
         for t in tasks
     ]
     sw = report["lambda_sweep"]
@@ -221,10 +266,13 @@ def markdown(report: dict, plots: dict[str, str]) -> str:
         + " |"
         for t in tasks
     ]
-    md += ["", f"![lambda sweep]({plots['lambda_sweep']})"]
+    return md + ["", f"![lambda sweep]({plots['lambda_sweep']})"]
 
-    tv, ref = report["task_vectors"], report["reference_accuracy"]
-    md += [
+
+def _task_vector_lines(report: dict) -> list[str]:
+    """The markdown lines of section 4's norms and reference accuracies, beside the paper's."""
+    tasks, tv, ref = report["tasks"], report["task_vectors"], report["reference_accuracy"]
+    md = [
         "",
         "## 4. Task vectors (visual entries) and reference accuracies",
         "",
@@ -256,13 +304,20 @@ def markdown(report: dict, plots: dict[str, str]) -> str:
         paper_row("ViT-B-32", title)["Avg"]
         for title in ("Task Arithmetic", "Zero-shot", "Individual")
     )
-    md += [
+    return md + [
         "",
         (
             "(Paper, ViT-B/32: TA keeps about"
             f" {100 * (ta - zeroshot) / (individual - zeroshot):.0f} % of the experts' gain over"
             f" zero-shot: ({ta:.1f} - {zeroshot:.1f}) / ({individual:.1f} - {zeroshot:.1f}).)"
         ),
+    ]
+
+
+def _cosine_lines(report: dict, plots: dict[str, str]) -> list[str]:
+    """The markdown lines of the task vectors' pairwise cosine table and plot."""
+    tasks, tv = report["tasks"], report["task_vectors"]
+    md = [
         "",
         "Pairwise cosine of the task vectors:",
         "",
@@ -273,9 +328,19 @@ def markdown(report: dict, plots: dict[str, str]) -> str:
         f"| {t} | " + " | ".join(fmt(c, ".3f") for c in row) + " |"
         for t, row in zip(tasks, tv["cosine"])
     ]
+    return md + ["", f"![task vectors]({plots['task_vectors']})"]
+
+
+def markdown(report: dict, plots: dict[str, str]) -> str:
+    """diagnostics.md: the verdict, the thresholds and why, one section per check with its table and
+    plot."""
+    md = _head_lines(report)
+    md += _spearman_lines(report, plots)
+    md += _cross_task_lines(report, plots)
+    md += _lambda_lines(report, plots)
+    md += _task_vector_lines(report)
+    md += _cosine_lines(report, plots)
     md += [
-        "",
-        f"![task vectors]({plots['task_vectors']})",
         "",
         f"Wall time {report['timings_s']['diagnostics']:.1f} s. Versions: "
         + ", ".join(f"{k} {v}" for k, v in report["versions"].items())

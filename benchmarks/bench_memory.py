@@ -173,6 +173,36 @@ def prepare(model: str, workdir: Path, num_tasks: int, seed: int = 0) -> None:
     (folder / "ready").write_text(f"{num_tasks} train\n")
 
 
+def bench_parser(doc: str, steps: int = 5) -> argparse.ArgumentParser:
+    """The flags of a bench of guarded method runs: model, tasks, steps, threads, workdir."""
+    p = argparse.ArgumentParser(description=doc.split("\n")[0])
+    p.add_argument("--model", default="mini", choices=["mini", "ViT-B-32", "ViT-B-16", "ViT-L-14"])
+    p.add_argument("--num-tasks", type=int, default=8)
+    p.add_argument("--steps", type=int, default=steps, help="steps (or iterations) per run")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--workdir", default="/tmp/bench_memory")
+    p.add_argument("--limit-gb", type=float, default=20.0)
+    p.add_argument("--min-available-gb", type=float, default=1.5)
+    return p
+
+
+def bench_setup(args) -> tuple[dict, Path]:
+    """What a bench of method runs needs: the children's environment (--threads, the package on
+    PYTHONPATH) and its logs folder; the checkpoints prepared if there are too few."""
+    workdir = Path(args.workdir)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(args.threads),
+        "PYTHONPATH": str(ROOT / "src"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    logs = workdir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    if prepared_tasks(args.model, workdir) < args.num_tasks:
+        prepare(args.model, workdir, args.num_tasks)
+    return env, logs
+
+
 def method_command(method: str, model: str, workdir: Path, args) -> list[str]:
     cmd = [
         sys.executable,

@@ -212,3 +212,26 @@ def test_gpu_check_keeps_finished_sections_when_one_fails(tmp_path, monkeypatch)
     assert saved["correctness"]["partial"] == 1 and saved["correctness"]["error"].startswith(
         "ZeroDivisionError"
     )
+
+
+def test_bench_surgery_passes_valid_flags():
+    bench = _load("bench_surgery")
+    from adamerging.commands.pipeline import parse_config
+
+    args = bench.argparse.Namespace(model="mini", num_tasks=2, steps=3, workdir="/nowhere")
+    args.train_images, args.train_batch_size = 32, 32
+    for label, (method, _) in bench.RUNS.items():
+        config = parse_config(method, bench.command(label, args)[4:])
+        assert config.surgery_steps == 3 and config.batches_per_step == 2
+        assert (config.surgery is None) == (label == "layer_wise_adamerging")
+
+
+def test_bench_adarank_passes_valid_flags():
+    bench = _load("bench_adarank")
+    from adamerging.commands.pipeline import parse_config
+
+    args = bench.argparse.Namespace(model="mini", num_tasks=2, steps=3, workdir="/nowhere")
+    args.train_images, args.train_batch_size = 32, 32
+    for method in bench.RUNS:
+        config = parse_config(method, bench.command(method, args)[4:])
+        assert config.steps == 3 and config.batches_per_step == 2 and config.model == "mini"

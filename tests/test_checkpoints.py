@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import adamerging  # noqa: F401  (torchvision shim)
+from adamerging.checkpoints.hf_export import hf_config_from_open_clip
 from adamerging.checkpoints.loading import load_checkpoint, save_state_dict
 from adamerging.models.clip import create_clip, encoder_state_dict
 from adamerging.models.task_vectors_format import save_classification_head, save_image_encoder
@@ -547,3 +548,65 @@ def test_written_pickles_load_with_plain_torch_load_and_open_clip_only(tmp_path)
     assert list(load_checkpoint(tmp_path / "zeroshot.pt").state_dict) == list(
         encoder_state_dict(clip)
     )
+
+
+def test_training_checkpoint_metadata_loads_and_code_inside_it_is_still_refused(tmp_path):
+    """open_clip's and timm's training scripts save numpy scalars, dtypes and arrays, argparse
+    Namespaces and optimizer state beside the weights: plain data, loaded. The same file with a
+    callable inside (directly, or as an object array's element) is refused."""
+    import argparse
+
+    import numpy as np
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    metadata = {
+        "epoch": np.int64(3),
+        "metric": np.float32(0.5),
+        "dtype": np.dtype("float16"),
+        "history": np.arange(4.0),
+        "args": argparse.Namespace(lr=np.float64(1e-3), model="ViT-B-32"),
+        "optimizer": optimizer.state_dict(),
+    }
+    good = tmp_path / "epoch_3.pt"
+    torch.save({"state_dict": model.state_dict(), **metadata}, good)
+    loaded = load_checkpoint(good)
+    assert loaded.state_dict.keys() == {"weight", "bias"}
+    assert torch.equal(loaded.state_dict["weight"], model.weight.detach())
+    for name, evil in [
+        ("call", _RunsACommand(tmp_path / "pwned")),
+        ("array", np.array([_RunsACommand(tmp_path / "pwned")], dtype=object)),
+    ]:
+        path = tmp_path / f"{name}.pt"
+        torch.save({"state_dict": model.state_dict(), **metadata, "x": evil}, path)
+        with pytest.raises(CheckpointError, match="refused"):
+            load_checkpoint(path)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_checkpoints_in_the_other_layout_load_or_say_what_to_do(mini, tmp_path):
+    """Hugging Face CLIP keys in a single file (a bare model.safetensors, a finetuned.safetensors),
+    open_clip keys in a Hugging Face folder: read, with the same numbers; a --checkpoint-format
+    that excludes what is on disk names the file found and the flag to drop."""
+    from safetensors.torch import save_file
+    from test_pipeline import _argv, run
+
+    from adamerging.checkpoints.hf_export import open_clip_to_hf, save_hf_checkpoint
+
+    expert_file = mini / "checkpoints" / "mini" / "MNIST" / "finetuned.pt"
+    baseline = run("task_arithmetic", _argv(mini))
+    encoder = load_checkpoint(expert_file).state_dict
+    visual = {k[len("model.") :]: v for k, v in encoder.items() if k.startswith("model.visual.")}
+    bare = tmp_path / "bare" / "model.safetensors"
+    bare.parent.mkdir()
+    save_file(dict(open_clip_to_hf(visual)), bare)
+    wrong_keys = tmp_path / "oc_in_hf"
+    save_hf_checkpoint(wrong_keys, visual, hf_config_from_open_clip(create_clip("mini")))
+    save_file({k: v.contiguous() for k, v in visual.items()}, wrong_keys / "model.safetensors")
+    for given in (bare, wrong_keys):
+        result = run("task_arithmetic", _argv(mini, "--finetuned", f"MNIST={given}"))
+        assert result["accuracy"] == baseline["accuracy"], given
+    with pytest.raises(FileNotFoundError, match=r"there is a task-vectors file .*drop the flag"):
+        run("task_arithmetic", _argv(mini, "--checkpoint-format", "hf"))

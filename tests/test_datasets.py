@@ -504,3 +504,47 @@ def test_array_cache_fingerprint_sees_pixels(
     second = preprocess_images(split, 8, cache_dir=tmp_path / "cache")
     assert len(calls) == 10  # rebuilt
     assert (second[1:] == first[1:]).all() and not (second[0] == first[0]).all()
+
+
+def test_an_image_edited_in_place_rebuilds_the_cache(tmp_path: Path) -> None:
+    """Not the first or last file, same name: only its content and time change."""
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    base = write_fake_dataset("EuroSAT", data, n_per_class=3, num_classes=3, image_size=10)
+    split = read_split("EuroSAT", data)
+    first = preprocess_images(split, 8, cache_dir=cache)
+    middle = Path(split.images[len(split) // 2])
+    assert middle not in (Path(split.images[0]), Path(split.images[-1])) and base in middle.parents
+    from PIL import Image
+
+    with Image.open(middle) as im:
+        edited = Image.eval(im.convert("RGB"), lambda v: 255 - v)
+    edited.save(middle, format="PNG" if middle.suffix == ".png" else "JPEG")
+    st = middle.stat()
+    os.utime(middle, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    again = preprocess_images(read_split("EuroSAT", data), 8, cache_dir=cache)
+    assert not (again == first).all()
+    assert (again == preprocess_images(read_split("EuroSAT", data), 8)).all()
+
+
+def test_16_bit_and_transparent_images_decode_by_range_and_on_white_in_every_path(
+    tmp_path: Path,
+) -> None:
+    """A 16-bit PNG is scaled by its range (a bare convert('RGB') clips it to white); a transparent
+    pixel is white (a bare convert leaves its stored black). Files, encoded bytes (the Hugging Face
+    copies) decode alike, and the cache stores what they decode."""
+    from PIL import Image
+
+    from adamerging.datasets.preprocessing import _load_image
+
+    gray = np.array([[0, 16384, 32768, 65535]] * 4, dtype=np.uint16)
+    Image.fromarray(gray).save(tmp_path / "deep.png")
+    rgba = np.zeros((4, 4, 4), dtype=np.uint8)
+    rgba[:, 2:] = (10, 20, 30, 255)  # right half opaque, left half transparent black
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "clear.png")
+    deep = np.asarray(_load_image(str(tmp_path / "deep.png")))
+    assert deep[0, :, 0].tolist() == [0, 64, 128, 255] and (deep[..., 0] == deep[..., 2]).all()
+    clear = np.asarray(_load_image(str(tmp_path / "clear.png")))
+    assert clear[0, 0].tolist() == [255, 255, 255] and clear[0, 3].tolist() == [10, 20, 30]
+    for name in ("deep.png", "clear.png"):
+        from_bytes = np.asarray(_load_image((tmp_path / name).read_bytes()))
+        assert (from_bytes == np.asarray(_load_image(str(tmp_path / name)))).all()

@@ -21,6 +21,7 @@ from adamerging.commands.experiments.generalization import (
 from adamerging.commands.report import main
 from adamerging.merging.tables import CoefficientTable
 from adamerging.methods.diagnostics.measure import binned_means, correlation_report
+from adamerging.methods.registry import METHODS
 from adamerging.models.clip import depth_group
 from adamerging.reporting.paper import paper_row
 from adamerging.reporting.tables import NORMALIZED, csv_table, markdown_table, with_normalized
@@ -262,7 +263,8 @@ def test_main_table_then_the_analyses_on_its_results(mini, capsys):
     run(["main-table", *_argv(mini)])
     rows = list(csv.reader(io.StringIO((folder / "main_table.csv").read_text())))
     # every method, no paper rows for mini
-    assert rows[0] == ["method", "MNIST", "SVHN", "EuroSAT", "Avg", "Norm."] and len(rows) == 13
+    assert rows[0] == ["method", "MNIST", "SVHN", "EuroSAT", "Avg", "Norm."]
+    assert len(rows) == 1 + len(METHODS)
     assert [r[0] for r in rows[1:7]] == [
         "Zero-shot",
         "Individual",
@@ -441,3 +443,50 @@ def test_command_line_errors_are_one_line(mini, capsys):
     # the CLI prints it as one line and exits 2
     with pytest.raises(ValueError, match="main-table"):
         run(["nonsense"])
+
+
+def _result(fmt: str, n: int = 26032, **config) -> dict:
+    return {
+        "test_data": {"SVHN": {"n_images": n, "paper_n_images": 26032}},
+        "config": {"finetuned": [], "task": [], **config},
+        "provenance": {"files": {"finetuned": {"SVHN": {"format": fmt}}}},
+    }
+
+
+def test_the_paper_delta_appears_only_like_for_like(tmp_path):
+    """The paper's experts (task-vectors pickles) on its full test sets: compared with the paper.
+    Subsampled test sets or users' own experts: no paper rows, and the table says why. FusionBench's
+    Hugging Face experts: FusionBench's published averages."""
+    import argparse
+
+    from adamerging.commands.experiments.common import (
+        FUSIONBENCH,
+        PAPER,
+        Context,
+        reference,
+        write_table,
+    )
+    from adamerging.run.config import RunConfig
+
+    pickled = "torch.save pickled module src.modeling.ImageEncoder"
+    assert reference({"m": _result(pickled)})[0] == PAPER
+    sun = _result(pickled)
+    sun["test_data"]["SUN397"] = {"n_images": 19850, "paper_n_images": [19700, 20100]}
+    assert reference({"m": sun})[0] == PAPER  # within the paper's range
+    against, why = reference({"m": _result(pickled, n=1000)})
+    assert against is None and "SVHN 1000 of 26032" in why
+    assert reference({"m": _result(pickled, finetuned=["SVHN=x.pt"])})[0] is None
+    assert reference({"m": _result("Hugging Face folder")})[0] == FUSIONBENCH
+    ours = {"Task Arithmetic": {"SVHN": 70.0}}
+    rows, _ = comparison("ViT-B-32", ours, ["SVHN"], FUSIONBENCH)
+    assert rows["Task Arithmetic (paper)"] == {"Avg": 68.0}
+    base = RunConfig(model="ViT-B-32", results_dir=str(tmp_path))
+    ctx = Context("main-table", argparse.Namespace(), base, [])
+    for result, expected in [
+        (_result(pickled), "Task Arithmetic (paper)"),
+        (_result(pickled, n=1000), "Not compared with the paper's rows: the test sets"),
+    ]:
+        write_table(ctx, "t", "T", ours, ["SVHN"], 0.0, results={"task_arithmetic": result})
+        md = (tmp_path / "ViT-B-32" / "t.md").read_text()
+        assert expected in md
+        assert ("(paper)" in md) == (expected == "Task Arithmetic (paper)")

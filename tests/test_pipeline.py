@@ -48,9 +48,10 @@ def test_every_method_runs_and_writes_a_complete_result(mini, method):
         assert saved["coefficients"] is None and "merge_rule" in saved
     elif method != "individual":
         values = torch.tensor(saved["coefficients"]["values"])
-        rows = 62 if "layer_wise" in method else 1  # the mini encoder has 62 entries
+        # the mini encoder has 62 entries
+        rows = 62 if METHODS[method].granularity == "layer-wise" else 1
         assert tuple(values.shape) == (rows, 4) and (values[:, 0] == 1).all()
-    if "adamerging" in method:
+    if METHODS[method].merge.learns:
         adapt = saved["adaptation"]
         assert adapt["step_seconds_median"] > 0
         assert [r["step"] for r in adapt["trajectory"] if "accuracy" in r] == [0, 2, 3]
@@ -345,3 +346,28 @@ def test_ddp_and_open_clip_training_checkpoint_experts_merge_like_plain_ones(min
     ]
     reference, wrapped = (load_task_vectors(c) for c in configs)
     assert all(torch.equal(reference.tau[k], wrapped.tau[k]) for k in reference.tau)
+
+
+def test_a_result_says_what_made_it(mini):
+    """The package version (and in a git checkout its commit and whether the tree had changes), the
+    preprocessing actually used, and each expert's stored dtype."""
+    import subprocess
+
+    import adamerging
+
+    result = run("task_arithmetic", _argv(mini))
+    versions = result["versions"]
+    assert versions["adamerging"] == adamerging.__version__
+    inside = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True
+    )
+    if inside.returncode == 0:
+        assert versions["git_commit"] == inside.stdout.strip()
+        assert isinstance(versions["git_dirty"], bool)
+    else:
+        assert "git_commit" not in versions
+    pre = result["preprocessing"]
+    assert pre["resize"] == "shorter side to 32 px, bicubic" and "white" in pre["alpha"]
+    assert len(pre["mean"]) == 3 and "257" in pre["16-bit"]
+    experts = result["provenance"]["files"]["finetuned"]
+    assert {r["dtype"] for r in experts.values()} == {"float32"}

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from test_adaptation import _problem
@@ -284,3 +285,150 @@ def test_same_seed_same_coefficients_and_accuracies(mini):
     a = run("task_wise_adamergingpp", _argv(mini, "--steps", "3", "--lr", "0.05", "--seed", "7"))
     b = run("task_wise_adamergingpp", _argv(mini, "--steps", "3", "--lr", "0.05", "--seed", "7"))
     assert a["coefficients"] == b["coefficients"] and a["accuracy"] == b["accuracy"]
+
+
+def test_a_write_killed_with_sigkill_leaves_debris_the_next_write_removes(tmp_path):
+    """A process killed mid-write (SIGKILL: no cleanup runs) leaves its temporary file; the next
+    atomic write in that folder recognises it (this host, a process that no longer exists) and
+    removes it, and keeps a live process's."""
+    import signal
+
+    from adamerging.runtime.files import temp_prefix, write_json
+
+    writer = (
+        "import os, sys, time\n"
+        "from adamerging.runtime.files import atomic_write\n"
+        "with atomic_write(sys.argv[1]) as f:\n"
+        "    f.write(b'x' * 1_000_000)\n"
+        "    f.flush()\n"
+        "    print('writing', flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    target = tmp_path / "big.bin"
+    child = subprocess.Popen(
+        [sys.executable, "-c", writer, str(target)], env=env, stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout.readline().strip() == "writing"
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    debris = [p for p in tmp_path.iterdir() if p.name.startswith(".big.bin.")]
+    assert len(debris) == 1 and debris[0].stat().st_size == 1_000_000 and not target.exists()
+    # a live process's temporary file (this one's) stays
+    live = tmp_path / f"{temp_prefix('other.json')}abc.tmp"
+    live.write_text("{}")
+    write_json({"a": 1}, tmp_path / "result.json")
+    assert not debris[0].exists() and live.exists()
+    assert json.loads((tmp_path / "result.json").read_text()) == {"a": 1}
+
+
+def _refuse_writes_under(monkeypatch, folder, code):
+    """Every temporary file under `folder` fails with errno `code` (a read-only or full disk: as
+    root, permissions cannot make a folder unwritable)."""
+    import errno as errnos
+    import tempfile
+
+    real = tempfile.mkstemp
+
+    def mkstemp(*args, dir=None, **kwargs):
+        if dir is not None and str(dir).startswith(str(folder)):
+            raise OSError(code, os.strerror(code), str(dir))
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    return errnos
+
+
+def test_an_unwritable_results_folder_is_one_line_before_any_work(mini, monkeypatch, capsys):
+    import errno
+
+    from adamerging.commands import pipeline
+
+    results = mini / "results-readonly"
+    _refuse_writes_under(monkeypatch, results, errno.EROFS)
+    argv = [*_argv(mini, "--steps", "1"), "--results-dir", str(results)]
+    with pytest.raises(SystemExit) as stop:
+        pipeline.main("layer_wise_adamerging", argv)
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and len(err.splitlines()) == 1
+    assert str(results / "mini") in err and "Read-only file system" in err
+    assert "--results-dir" in err and not list(results.rglob("*.json"))
+
+
+def test_a_read_only_data_folder_caches_in_the_user_cache(mini, monkeypatch, tmp_path, caplog):
+    import errno
+
+    from adamerging.run import tasks
+
+    tasks._default_cache.cache_clear()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    _refuse_writes_under(monkeypatch, (mini / "data").resolve(), errno.EROFS)
+    result = run("task_arithmetic", _argv(mini))
+    tasks._default_cache.cache_clear()
+    assert "caching in" in caplog.text and list((tmp_path / "xdg" / "adamerging").rglob("*.npy"))
+    assert result["accuracy"] == run("task_arithmetic", _argv(mini))["accuracy"]
+
+
+def test_a_full_disk_while_caching_decodes_in_memory_and_leaves_nothing(
+    mini, monkeypatch, tmp_path
+):
+    import errno
+
+    cache = tmp_path / "cache"
+    baseline = run("task_arithmetic", _argv(mini, "--cache-dir", str(tmp_path / "fine")))
+    real = np.lib.format.open_memmap
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(np.lib.format, "open_memmap", full)
+    result = run("task_arithmetic", _argv(mini, "--cache-dir", str(cache)))
+    monkeypatch.setattr(np.lib.format, "open_memmap", real)
+    assert result["accuracy"] == baseline["accuracy"]
+    images = cache / "images"
+    assert not [p for p in images.iterdir() if p.suffix in (".npy", ".tmp")]
+
+
+def test_a_full_disk_when_the_result_is_written_is_one_line_and_leaves_no_half_file(
+    mini, monkeypatch, tmp_path
+):
+    import errno
+
+    from adamerging.runtime import files
+    from adamerging.runtime.errors import WriteError
+
+    results = tmp_path / "results"
+    real = files.json.dump
+
+    def full(data, f, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(files.json, "dump", full)
+    with pytest.raises(WriteError, match=r"cannot write .*task_arithmetic\.json \(No space left"):
+        run("task_arithmetic", [*_argv(mini), "--results-dir", str(results)])
+    monkeypatch.setattr(files.json, "dump", real)
+    assert [p.name for p in (results / "mini").iterdir()] == []
+
+
+def test_resume_after_an_expert_was_replaced_is_refused_before_loading(mini, tmp_path):
+    """--resume checks content, not only settings: the state holds the hashes of the files it was
+    made from; a replaced expert stops the run naming the task and both hashes."""
+    import shutil
+
+    args = ("--steps", "2", "--save-every", "1", "--results-dir", str(tmp_path / "results"))
+    run("layer_wise_adamerging", _argv(mini, *args))
+    state = torch.load(
+        tmp_path / "results" / "mini" / "layer_wise_adamerging.state.pt", weights_only=True
+    )
+    assert set(state["inputs"]) == {"MNIST", "SVHN", "EuroSAT", "zeroshot"}
+    expert = mini / "checkpoints" / "mini" / "SVHN" / "finetuned.pt"
+    kept = tmp_path / "svhn.pt"
+    shutil.copy2(expert, kept)
+    try:
+        shutil.copy2(mini / "checkpoints" / "mini" / "MNIST" / "finetuned.pt", expert)
+        resumed = _argv(mini, *args[:2], "--steps", "4", *args[4:], "--resume")
+        with pytest.raises(ValueError, match=r"made with SVHN's expert of sha256 .* now has"):
+            run("layer_wise_adamerging", resumed)
+    finally:
+        shutil.copy2(kept, expert)
+    run("layer_wise_adamerging", _argv(mini, "--steps", "4", *args[4:], "--resume"))

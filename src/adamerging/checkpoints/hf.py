@@ -23,7 +23,12 @@ from typing import Any
 
 import torch
 
-from adamerging.checkpoints.hf_keys import hf_to_open_clip, num_layers
+from adamerging.checkpoints.hf_keys import (
+    has_hf_keys,
+    has_open_clip_keys,
+    hf_to_open_clip,
+    num_layers,
+)
 from adamerging.checkpoints.loading import load_checkpoint
 from adamerging.runtime.errors import CheckpointError
 
@@ -186,8 +191,15 @@ def load_hf_checkpoint(path: str | Path) -> OrderedDict[str, torch.Tensor]:
         config = read_hf_config(path)
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path / CONFIG_FILE}: not readable JSON ({e})") from e
+    sd = load_checkpoint(weights).state_dict
+    if has_open_clip_keys(sd) and not has_hf_keys(sd):
+        # open_clip's keys in a Hugging Face folder: read as they are
+        log.warning(
+            "%s: open_clip keys in a Hugging Face folder; read as open_clip weights", weights
+        )
+        return OrderedDict(sd)
     try:
-        return hf_to_open_clip(load_checkpoint(weights).state_dict, config)
+        return hf_to_open_clip(sd, config)
     except (CheckpointError, ValueError) as e:
         raise CheckpointError(f"{weights}: {e}") from None
 

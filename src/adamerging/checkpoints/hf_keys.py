@@ -278,6 +278,19 @@ def open_clip_keys(
     )
 
 
+def has_hf_keys(sd: Mapping[str, Any]) -> bool:
+    """Whether a state dict is in Hugging Face CLIP's keys (`vision_model.*`, `text_model.*`, a
+    transformers>=5 CLIPVisionModel's bare `embeddings.*`), not open_clip's."""
+    return any(
+        k.startswith(("vision_model.", "text_model.", "embeddings.patch_embedding")) for k in sd
+    )
+
+
+def has_open_clip_keys(sd: Mapping[str, Any]) -> bool:
+    """Whether a state dict is in open_clip's keys (`visual.*`; task-vectors: `model.visual.*`)."""
+    return any(k.startswith(("visual.", "model.visual.")) for k in sd)
+
+
 def _normalise_hf_keys(hf_sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Drop position_ids buffers; give a transformers>=5 CLIPVisionModel its `vision_model.`
     prefix."""

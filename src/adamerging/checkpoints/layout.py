@@ -11,6 +11,7 @@ taken from `fill`.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,10 @@ import torch
 
 from adamerging.checkpoints import hf
 from adamerging.checkpoints.hashing import checkpoint_format
+from adamerging.checkpoints.hf_keys import has_hf_keys, hf_to_open_clip
 from adamerging.checkpoints.loading import load_checkpoint
+
+log = logging.getLogger(__name__)
 
 FORMATS = ("auto", "task-vectors", "hf")
 SUFFIXES = (".pt", ".safetensors", ".bin")
@@ -42,11 +46,20 @@ class Checkpoint:
         return hf.weights_file(self.path) if self.path.is_dir() else self.path
 
     def read(self) -> tuple[dict[str, torch.Tensor], str]:
-        """The state dict in the file's own keys, and its format for the record
-        (`hashing.checkpoint_format`). CheckpointError (one line) for an unreadable file."""
+        """The state dict (open_clip keys for a Hugging Face folder, else the file's own), and its
+        format for the record (`hashing.checkpoint_format`). A single file holding Hugging Face CLIP
+        keys (a bare model.safetensors or pytorch_model.bin) is converted like a folder, with the
+        config.json beside it if there is one. CheckpointError (one line) for an unreadable file."""
         if self.is_folder:
             return hf.load_hf_checkpoint(self.path), checkpoint_format(self.path, "hf")
         loaded = load_checkpoint(self.path)
+        if has_hf_keys(loaded.state_dict):
+            config = self.path.parent / hf.CONFIG_FILE
+            converted = hf_to_open_clip(
+                loaded.state_dict, hf.read_hf_config(self.path.parent) if config.is_file() else None
+            )
+            log.info("%s: Hugging Face CLIP keys in a single file; converted", self.path)
+            return converted, checkpoint_format(self.path, "hf keys")
         return loaded.state_dict, checkpoint_format(self.path, loaded.kind)
 
     def open_clip_weights(
@@ -61,10 +74,33 @@ class Checkpoint:
         replaced by `text_side_from`'s entries (ImageEncoder `model.*` keys; `hf.image_tower`), and
         with `complete` the entries a vision-only folder lacks taken from it too (`hf.fill_from`);
         a task-vectors file's are returned as they are."""
-        if not self.is_folder:
+        if not self.is_folder and not _image_tower_only(weights):
             return weights
         weights = hf.image_tower(weights, dict(reference), self.path, text_side_from)
         return hf.fill_from(weights, text_side_from) if complete else weights
+
+
+def _image_tower_only(weights: Mapping[str, torch.Tensor]) -> bool:
+    """open_clip `visual.*` entries without a text tower: a converted vision model's (Hugging Face
+    keys in a single file), completed from theta_0 like a vision-only folder's."""
+    return any(k.startswith("visual.") for k in weights) and not any(
+        k.startswith(("transformer.", "token_embedding")) for k in weights
+    )
+
+
+def other_layout(folder: str | Path, stem: str, fmt: str) -> str:
+    """Where `find_checkpoint` found nothing under `--checkpoint-format fmt`: what the other layout
+    has there, as the end of a sentence ("" when nothing)."""
+    if fmt == "auto":
+        return ""
+    found = find_checkpoint(folder, stem, "auto")
+    if found is None:
+        return ""
+    kind = "a Hugging Face folder" if found.is_folder else "a task-vectors file"
+    return (
+        f"; there is {kind} {found.path}, which --checkpoint-format {fmt} excludes: drop the flag"
+        " (auto) or pass the layout on disk"
+    )
 
 
 def find_checkpoint(folder: str | Path, stem: str, fmt: str = "auto") -> Checkpoint | None:

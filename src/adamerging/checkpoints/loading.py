@@ -56,6 +56,58 @@ _SAFE_CALLABLES: dict[tuple[str, str], Any] = {
 }
 
 
+def _numpy_dtype(spec: Any, align: bool = False, copy: bool = False) -> Any:
+    """numpy.dtype(spec, ...) as numpy pickles it, for a type-code string only; no object dtype."""
+    import numpy as np
+
+    if not isinstance(spec, str) or spec.startswith("O"):
+        raise CheckpointError(f"refused numpy.dtype({spec!r}): only plain type codes are data")
+    return np.dtype(spec, align, copy)
+
+
+def _numpy_scalar(dtype: Any, data: Any = None) -> Any:
+    """A numpy scalar from its dtype and raw bytes (`numpy.core.multiarray.scalar`)."""
+    import numpy as np
+
+    if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(data, bytes):
+        raise CheckpointError("refused a numpy scalar that is not plain bytes of a plain dtype")
+    return np.frombuffer(data, dtype=dtype, count=1)[0]
+
+
+def _numpy_reconstruct(subtype: Any, shape: Any, typecode: Any) -> Any:
+    """The empty array numpy's pickles fill with their state (`_reconstruct`): ndarray only."""
+    import numpy as np
+
+    if subtype is not np.ndarray:
+        raise CheckpointError(f"refused numpy _reconstruct of {subtype!r}: only numpy.ndarray")
+    return np.ndarray.__new__(np.ndarray, shape, typecode)
+
+
+def _latin1(text: Any, encoding: str = "latin1") -> bytes:
+    """`_codecs.encode(text, "latin1")`: how protocol-2 pickles spell bytes (numpy's raw data)."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise CheckpointError(f"refused _codecs.encode(..., {encoding!r}): only latin1 text")
+    return text.encode("latin1")
+
+
+def _numpy_callables() -> dict[tuple[str, str], Any]:
+    """numpy's plain data (scalars, dtypes, arrays) as training checkpoints of open_clip and timm
+    hold them (epoch counters, args, metrics): the rebuilders, checked, under both module names."""
+    import numpy as np
+
+    out: dict[tuple[str, str], Any] = {
+        ("numpy", "dtype"): _numpy_dtype,
+        ("numpy", "ndarray"): np.ndarray,
+    }
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        out[(module, "scalar")] = _numpy_scalar
+        out[(module, "_reconstruct")] = _numpy_reconstruct
+    return out
+
+
+_SAFE_CALLABLES.update({("_codecs", "encode"): _latin1, **_numpy_callables()})
+
+
 # Classes whose pickled form is a call with plain arguments (enum members in torchvision
 # transforms); calling their stand-in only records the arguments.
 _INERT_CALLS = {

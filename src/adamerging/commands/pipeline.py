@@ -24,17 +24,19 @@ from adamerging.merging.task_vectors import merge
 from adamerging.methods.job import Job, Outcome
 from adamerging.methods.loop import SEGMENT_FIELDS, AdaptResult
 from adamerging.methods.registry import Method, method
+from adamerging.methods.surgery_training import apply_surgery
 from adamerging.models.clip import VISUAL_PREFIX
 from adamerging.reporting.results import package_versions, results_path, saved_individual
 from adamerging.reporting.run_log import TensorBoardLog, require_tensorboard, run_folder
 from adamerging.reporting.tables import markdown_table, normalized_column
 from adamerging.run.config import RunConfig
+from adamerging.run.experts import check_resume_inputs
 from adamerging.run.flags import build_parser, config_from_namespace
 from adamerging.run.problem import Problem, load_problem
 from adamerging.runtime.cli import command_name, run_cli
 from adamerging.runtime.device import ieee_fp32
 from adamerging.runtime.distributed import Ranks, setup
-from adamerging.runtime.files import require_finite, write_json
+from adamerging.runtime.files import require_finite, require_writable, write_json
 
 
 def parse_config(method_name: str, argv: Sequence[str] | None = None) -> RunConfig:
@@ -73,6 +75,8 @@ def run(method_name: str, config: RunConfig) -> dict:
     job = load(m, config, ranks)
     t0 = time.perf_counter()
     outcome = m.merge(job)
+    if config.surgery:
+        outcome = apply_surgery(job, outcome)
     job.timings["merge_adapt_evaluate"] = time.perf_counter() - t0
     close_log(job, m, outcome)
     average = sum(outcome.accuracy[t] for t in job.problem.tasks) / len(job.problem.tasks)
@@ -99,6 +103,16 @@ def check_flags(m: Method, config: RunConfig) -> None:
         )
     if config.tensorboard:
         require_tensorboard()
+    if config.resume:
+        stem = config.output_dir / m.result_name(config)
+        check_resume_inputs(config, [Path(f"{stem}.state.pt"), Path(f"{stem}.surgery.state.pt")])
+    # where the run will write: refused now, not after the adaptation
+    flag = "--run-dir" if config.run_dir else "--results-dir"
+    require_writable(config.output_dir, flag, keep=False)
+    if config.save_merged:
+        merged = Path(config.save_merged)
+        folder = merged if config.save_format == "hf" else merged.parent
+        require_writable(folder, "--save-merged", keep=False)
 
 
 def start(config: RunConfig) -> tuple[Ranks, RunConfig, dict]:
@@ -187,6 +201,7 @@ def result(m: Method, job: Job, outcome: Outcome, numerics: dict) -> dict:
         ),
         "coefficients": outcome.table.to_json() if outcome.table is not None else None,
         "test_data": problem.test_data,
+        "preprocessing": problem.preprocessing,
         "provenance": problem.provenance,
         "config": recorded_config(config, outcome.adaptation),
         "seed": config.seed,
@@ -230,10 +245,10 @@ def merged_state(
     params: dict[str, torch.Tensor] | None,
     device: str,
 ) -> dict[str, torch.Tensor]:
-    """The whole merged encoder (`model.*` entries) on the host: theta(lambdas) of `table`, else
-    theta_0 with a merge rule's visual `params`. The merge runs where the task vectors are
-    (`device`), in IEEE fp32."""
-    if table is not None:
+    """The whole merged encoder (`model.*` entries) on the host: theta_0 with the merge's visual
+    `params` where it gives them (merge rules, AdaRank), else theta(lambdas) of `table`. The merge
+    runs where the task vectors are (`device`), in IEEE fp32."""
+    if params is None and table is not None:
         with ieee_fp32():
             return {
                 k: v.cpu()

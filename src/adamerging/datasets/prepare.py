@@ -35,6 +35,7 @@ from adamerging.datasets.tasks import (
 )
 from adamerging.runtime.cli import command_name
 from adamerging.runtime.errors import DatasetError
+from adamerging.runtime.files import remove_debris, temp_prefix
 
 
 @contextlib.contextmanager
@@ -42,7 +43,10 @@ def _temp_root(data_location: Path, task: str) -> Iterator[Path]:
     """A temp folder beside the final one (same file system: the final rename is atomic), always
     removed."""
     data_location.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".prepare-{task}-", dir=data_location))
+    remove_debris(data_location)
+    tmp = Path(
+        tempfile.mkdtemp(prefix=temp_prefix(f"prepare-{task}"), suffix=".tmp", dir=data_location)
+    )
     try:
         yield tmp
     finally:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,21 +21,73 @@ from adamerging.datasets.hf_copies import (
     EncodedImages,
 )
 from adamerging.datasets.tasks import Split
-from adamerging.runtime.errors import DatasetError
+from adamerging.runtime.errors import DatasetError, WriteError
 from adamerging.runtime.files import atomic_path, atomic_write
 
 # Bump when the preprocessing changes, so old caches are rebuilt rather than silently reused.
-_CACHE_VERSION = "clip-val-uint8-v1"
+_CACHE_VERSION = "clip-val-uint8-v2"  # v2: alpha on white, 16-bit by range
+
+log = logging.getLogger(__name__)
+
+
+# What every decoded image goes through (recorded in each result's "preprocessing")
+DECODING = {
+    "alpha": "composited on white (Hugging Face CLIPImageProcessor's convert_rgb)",
+    "16-bit": "scaled by its range (I;16: / 257; 32-bit integer and float: by their maximum)",
+    "other modes": "PIL convert('RGB')",
+}
+
+
+def preprocessing_record(size: int, mean: Any, std: Any) -> dict[str, Any]:
+    """What a result records of its images' preprocessing (`mean`, `std`: the normalisation on the
+    compute device)."""
+    return {
+        "resize": f"shorter side to {size} px, bicubic",
+        "crop": f"centre, {size} x {size}",
+        **DECODING,
+        "mean": [round(float(x), 8) for x in mean],
+        "std": [round(float(x), 8) for x in std],
+        "cache_version": _CACHE_VERSION,
+    }
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """An 8-bit RGB image as CLIP sees it (`DECODING`): 16-bit and wider grayscale scaled by range,
+    not clipped to white; transparent pixels composited on white, not left at their stored colour
+    (often black, as a bare convert('RGB') gives)."""
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        im = _eight_bit(im)
+    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
+        im.mode == "P" and "transparency" in im.info
+    ):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def _eight_bit(im: Image.Image) -> Image.Image:
+    """A 16-bit, 32-bit integer or float grayscale image as 8-bit 'L', scaled by its range."""
+    arr = np.asarray(im, dtype=np.float64)
+    if im.mode.startswith("I;16"):
+        top = 65535.0
+    elif im.mode == "F" and arr.max(initial=0) <= 1.0:
+        top = 1.0
+    else:
+        top = max(255.0, float(arr.max(initial=0)))
+        top = 65535.0 if 255.0 < top <= 65535.0 else top
+    return Image.fromarray(np.clip(np.rint(arr * (255.0 / top)), 0, 255).astype(np.uint8), "L")
 
 
 def _load_image(item: str | np.ndarray) -> Image.Image:
-    """Decode one image to RGB (the task-vectors loaders all `.convert("RGB")` on load)."""
+    """Decode one image to RGB (`to_rgb`): a file, an encoded file (a Hugging Face dataset's bytes)
+    or a uint8 array."""
     if isinstance(item, (str, os.PathLike)):
         with Image.open(item) as im:
-            return im.convert("RGB")
+            return to_rgb(im)
     if isinstance(item, bytes):  # an encoded file from a Hugging Face dataset
         with Image.open(io.BytesIO(item)) as im:
-            return im.convert("RGB")
+            return to_rgb(im)
     return Image.fromarray(np.asarray(item, dtype=np.uint8)).convert("RGB")
 
 
@@ -79,9 +132,19 @@ def _fingerprint(split: Split, size: int) -> dict[str, Any]:
         files = [str(p) for p in split.images]
         fp["first"], fp["last"] = files[0], files[-1]
         fp["files_sha1"] = hashlib.sha1("\n".join(files).encode("utf-8")).hexdigest()
-        # File sizes catch a dataset re-written in place under the same names.
-        fp["first_last_bytes"] = [os.path.getsize(files[0]), os.path.getsize(files[-1])]
+        # Every file's size and modification time: an image edited or replaced in place under its
+        # own name rebuilds the cache (one stat per file: about 1 s for 90,000 images)
+        fp["files_stat_sha1"] = _stat_digest(files)
     return fp
+
+
+def _stat_digest(files: list[str]) -> str:
+    """sha1 over each file's size and modification time (ns)."""
+    h = hashlib.sha1()
+    for f in files:
+        st = os.stat(f)
+        h.update(f"{st.st_size} {st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
 
 
 def _fill(out: np.ndarray, split: Split, size: int, progress: bool, num_workers: int) -> None:
@@ -138,6 +201,26 @@ def _load_cache(npy: Path, meta: Path, fp: dict[str, Any]) -> torch.Tensor | Non
     return torch.from_numpy(arr)
 
 
+def _write_cache(
+    npy: Path, meta: Path, fp: dict, split: Split, size: int, progress: bool, workers: int
+) -> None:
+    """Decode `split` into the cache `npy` and its sidecar `meta` (atomically: a failed write leaves
+    neither half-written)."""
+    # Drop the sidecar first: if we die between replacing the .npy and writing the new sidecar,
+    # no stale fingerprint can vouch for the new array.
+    meta.unlink(missing_ok=True)
+    # Filled in place on disk: memory stays flat even for SVHN train at 224 px.
+    with atomic_path(npy) as tmp:
+        out = np.lib.format.open_memmap(
+            tmp, mode="w+", dtype=np.uint8, shape=(len(split), 3, size, size)
+        )
+        _fill(out, split, size, progress, workers)
+        out.flush()
+        del out
+    with atomic_write(meta, "w") as f:
+        f.write(json.dumps({"n": len(split), "fingerprint": fp}, indent=1))
+
+
 def preprocess_images(
     split: Split,
     image_size: int,
@@ -173,17 +256,11 @@ def preprocess_images(
     if cached is not None:
         return cached
 
-    # Drop the sidecar first: if we die between replacing the .npy and writing the new sidecar,
-    # no stale fingerprint can vouch for the new array.
-    meta.unlink(missing_ok=True)
-    # Filled in place on disk: memory stays flat even for SVHN train at 224 px.
-    with atomic_path(npy) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, 3, size, size))
-        _fill(out, split, size, progress, workers)
-        out.flush()
-        del out
-    with atomic_write(meta, "w") as f:
-        f.write(json.dumps({"n": n, "fingerprint": fp}, indent=1))
+    try:
+        _write_cache(npy, meta, fp, split, size, progress, workers)
+    except WriteError as e:  # a full disk: the run goes on without the cache
+        log.warning("%s; decoding %s in memory, uncached", e, split.task)
+        return preprocess_images(split, size, None, progress, workers)
     loaded = _load_cache(npy, meta, fp)
     if loaded is None:  # pragma: no cover - only if the file vanished under us
         raise DatasetError(f"{split.task}: cache {npy} could not be read back")

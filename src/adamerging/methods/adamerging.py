@@ -22,11 +22,12 @@ from adamerging.merging.tables import LAYER_WISE, TASK_WISE, CoefficientTable
 from adamerging.methods.feed import Feed, Part, adaptation_subset, parts_of, sample
 from adamerging.methods.job import Job, Outcome
 from adamerging.methods.loop import (
-    AdaptationStopped,
+    SEGMENT_FIELDS,
     AdaptResult,
     Evaluate,
     Loop,
     ResumeError,
+    naming,
 )
 from adamerging.methods.plan import Plan, measured, plan_for, smaller_step
 from adamerging.models.evaluation import Normalizer
@@ -64,8 +65,8 @@ class Lambdas(torch.nn.Module):
 class AdaMerging:
     """What one step works on, fixed for the run (built by `adamerge`)."""
 
-    merged: MergedEncoder
-    lambdas: Lambdas
+    merged: MergedEncoder  # or any merge with its params / streamed_params (adarank.RankMasked)
+    lambdas: torch.nn.Module  # Lambdas, or any module of the learned parameters (adarank.RankMasks)
     optimizer: torch.optim.Optimizer
     tasks: Sequence[TaskData]
     normalize: Normalizer
@@ -117,21 +118,21 @@ def adamerging_step(run: AdaMerging) -> float:
         return total
 
     loss = backward(run, lambdas, loss_of, per_task)  # 5. gradient of lambdas
-    grad = (
-        run.lambdas.raw.grad
-        if run.lambdas.raw.grad is not None
-        else torch.zeros_like(run.lambdas.raw)
-    )
-    run.ranks.all_reduce_(grad)
+    learned = list(run.lambdas.parameters())
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in learned]
+    for grad in grads:
+        run.ranks.all_reduce_(grad)
     run.ranks.all_reduce_(loss)
     # the next step's images, while the device works
     run.feed.prefetch()
-    value, finite = torch.stack(
-        [loss.float(), (torch.isfinite(grad).all() & torch.isfinite(loss)).float()]
-    ).tolist()
-    if not finite:
+    finite = torch.isfinite(loss)
+    for grad in grads:
+        finite = finite & torch.isfinite(grad).all()
+    value, ok = torch.stack([loss.float(), finite.float()]).tolist()
+    if not ok:
         raise FloatingPointError("the loss or its gradient is NaN/inf")
-    run.lambdas.raw.grad = grad
+    for p, grad in zip(learned, grads):
+        p.grad = grad
     # 6. Adam update of lambdas
     run.optimizer.step()
     return value
@@ -183,8 +184,10 @@ def backward(
                 # fused from the next step on: this step's rest at once
                 chunk = run.plan.chunk or images
     if mine:
+        # entries no expert changed may be constants of the merge (AdaRank's origin)
+        learned = [k for k in leaves if params[k].requires_grad]
         with ieee_fp32():
-            torch.autograd.backward([params[k] for k in leaves], [leaves[k].grad for k in leaves])
+            torch.autograd.backward([params[k] for k in learned], [leaves[k].grad for k in learned])
     return total
 
 
@@ -213,6 +216,9 @@ class LambdasLearner:
     def __init__(self, run: AdaMerging, granularity: str):
         self.run, self.granularity = run, granularity
         self.label = f"{granularity} AdaMerging"
+        config = run.config
+        self.steps, self.steps_flag = config.steps, "--steps"
+        self.segment = {k: getattr(config, k) for k in SEGMENT_FIELDS}
         self.names = [t.name for t in run.tasks]
         rows = run.lambdas.raw.shape[0]
         self.entries = list(run.merged.entries) if rows > 1 else None
@@ -365,7 +371,7 @@ class Learned:
 
     def adapt(self, job: Job) -> AdaptResult:
         config, state = job.config, job.state_file()
-        try:
+        with naming(state):
             return adamerge(
                 job.merged,
                 adaptation_subset(job.problem.data, config.adapt_fraction, config.seed),
@@ -378,16 +384,3 @@ class Learned:
                 ranks=job.ranks,
                 log=job.log,
             )
-        except KeyboardInterrupt:
-            raise KeyboardInterrupt(
-                f"interrupted; lambdas and optimizer state saved to {state.path}: rerun with"
-                " --resume"
-            ) from None
-        except ResumeError as e:
-            raise ResumeError(f"{state.path}: {e}") from None
-        except AdaptationStopped as stop:
-            if stop.state is None:
-                raise
-            raise AdaptationStopped(
-                f"{stop}; saved to {state.path}: {stop.advice}", stop.state
-            ) from None

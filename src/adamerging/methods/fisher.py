@@ -13,8 +13,13 @@ github.com/yule-BUAA/MergeLM):
   model's own predictive distribution (no labels): per batch of 32, the squared gradient of
   sum_x sum_y sqrt(p(y|x)) log p(y|x), with p detached; summed over batches, divided by the image
   count;
-- each F_t is divided by its global L2 norm over all entries ("normalize_fisher_weight"), and a
-  floor of 1e-6 ("minimal_fisher_weight") is added to every entry.
+- each F_t is divided by its global L2 norm ("normalize_fisher_weight"), and a floor of 1e-6
+  ("minimal_fisher_weight") is added to every entry. The norm runs over FusionBench's entries: all
+  but the projection `visual.proj`, which FusionBench's CLIP vision model lacks (its classifier
+  holds the pretrained one); the task-vectors experts fine-tuned theirs, so here it is merged,
+  Fisher-weighted, with the same normalised weights;
+- the 256 images are a seeded shuffle of the train split, batched in that order: the folder
+  layouts list images class by class, and the estimator depends on which images share a batch.
 The batch-level square is FusionBench's estimator, not the paper's per-example expectation:
 squaring a batch's summed gradient adds cross-example terms, so the estimate depends on the batch
 size (32).
@@ -43,6 +48,11 @@ from adamerging.run.problem import Problem
 from adamerging.run.train_data import train_samples
 
 Params = dict[str, torch.Tensor]
+
+
+# FusionBench's CLIP vision model has no projection (it sits in its classifier, unmerged), so its
+# Fisher norm never includes it: ours leaves it out of the norm too (it is still Fisher-weighted)
+OUTSIDE_NORM = ("proj",)
 
 
 # (parameters, inputs [B, ...]) -> logits [B, C]
@@ -95,15 +105,21 @@ class FisherAverage:
     the ratio.
     """
 
-    def __init__(self, floor: float = 1e-6):
-        self.floor = floor
+    def __init__(self, floor: float = 1e-6, outside_norm: tuple[str, ...] = OUTSIDE_NORM):
+        self.floor, self.outside_norm = floor, outside_norm
         self.weighted: Params = {}
         self.total: Params = {}
 
     def add(self, params: Params, fisher: Params) -> float:
         """Fold one expert in; `fisher` is consumed (overwritten with its weights). Returns
-        ||F_t||_2."""
-        norm = math.sqrt(sum(float(f.double().pow(2).sum()) for f in fisher.values()))
+        ||F_t||_2 over the entries not in `outside_norm`."""
+        norm = math.sqrt(
+            sum(
+                float(f.double().pow(2).sum())
+                for name, f in fisher.items()
+                if name not in self.outside_norm
+            )
+        )
         scale = 1.0 / (norm + self.floor)
         for name, f in fisher.items():
             weight = f.add_(self.floor).mul_(scale)
@@ -141,7 +157,8 @@ def fisher_merging(
     started = time.perf_counter()
     average = FisherAverage(config.fisher_floor)
     norms, used = {}, {}
-    for sample, path in zip(train_samples(config, problem), expert_paths(config, problem.tasks)):
+    samples = train_samples(config, problem, shuffled=True)
+    for sample, path in zip(samples, expert_paths(config, problem.tasks)):
         expert = merged.visual_params(load_expert(path, problem.clip, problem.theta0))
 
         def forward(params: Params, x: torch.Tensor, head=sample.head) -> torch.Tensor:

@@ -25,21 +25,35 @@ from adamerging.runtime.distributed import Ranks
 Encoder = Callable[[torch.Tensor], torch.Tensor]  # images [N, 3, S, S] -> features [N, D]
 
 
+@dataclass
+class PerTask:
+    """An encoder per task (a merged model with each task's surgery modules, say); `default` for the
+    tasks without one (the unseen tasks of a generalization run)."""
+
+    encoders: dict[str, Encoder]
+    default: Encoder
+
+    def for_task(self, name: str) -> Encoder:
+        return self.encoders.get(name, self.default)
+
+
 def evaluate_tasks(
-    encoder: Encoder,
+    encoder: Encoder | PerTask,
     problem: Problem,
     batch_size: int,
     tasks: Sequence[TaskData] | None = None,
     ranks: Ranks = Ranks(),
 ) -> dict[str, float]:
-    """Accuracy (%) per task (default: the merged and the unseen ones); under torchrun each rank
-    evaluates its share and the results are gathered."""
+    """Accuracy (%) per task (default: the merged and the unseen ones) of `encoder` (or of each
+    task's own, `PerTask`); under torchrun each rank evaluates its share and the results are
+    gathered."""
     tasks = list(tasks or problem.all_data)
     out = {}
     for i, t in enumerate(tasks):
         if ranks.owns(i):
+            own = encoder.for_task(t.name) if isinstance(encoder, PerTask) else encoder
             out[t.name] = evaluate_accuracy(
-                encoder, t.head, t.images, t.labels, problem.normalize, batch_size
+                own, t.head, t.images, t.labels, problem.normalize, batch_size
             )
     out = ranks.merge_dicts(out)
     return {t.name: out[t.name] for t in tasks}
@@ -74,7 +88,7 @@ class Job:
     log: TensorBoardLog | None = None
 
     def evaluate(
-        self, encoder: Encoder, tasks: Sequence[TaskData] | None = None
+        self, encoder: Encoder | PerTask, tasks: Sequence[TaskData] | None = None
     ) -> dict[str, float]:
         """Accuracy (%) of `encoder` on `tasks` (default: every task of the problem)."""
         return evaluate_tasks(encoder, self.problem, self.config.batch_size, tasks, self.ranks)
@@ -107,6 +121,17 @@ class Job:
             return table.for_entries(problem.tasks, problem.entries, where)
         return load_table(source).for_entries(problem.tasks, problem.entries, source)
 
-    def state_file(self) -> StateFile:
-        """Where this run's learned state is saved: <output dir>/<result name>.state.pt."""
-        return StateFile(self.config.output_dir / f"{self.result_name}.state.pt", self.ranks)
+    def state_file(self, suffix: str = ".state.pt", what: str = "AdaMerging") -> StateFile:
+        """Where this run's learned state is saved: <output dir>/<result name><suffix>, with the
+        hashes of the files it read."""
+        path = self.config.output_dir / f"{self.result_name}{suffix}"
+        return StateFile(path, self.ranks, what, input_hashes(self.problem.provenance))
+
+
+def input_hashes(provenance: dict) -> dict[str, str]:
+    """{task: its expert's sha256, "zeroshot": theta_0's} from a problem's provenance record."""
+    files = provenance.get("files", {})
+    out = {t: r["sha256"] for t, r in files.get("finetuned", {}).items() if "sha256" in r}
+    if "sha256" in files.get("zeroshot", {}):
+        out["zeroshot"] = files["zeroshot"]["sha256"]
+    return out

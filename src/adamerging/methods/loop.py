@@ -15,9 +15,10 @@ method whose parameters are learned by steps) and returns an `AdaptResult`. What
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -49,6 +50,9 @@ class Learner(Protocol):
     the host); `restore` continues from a saved state that `check_resume` accepted."""
 
     label: str  # the progress bar's: "layer-wise AdaMerging"
+    steps: int  # how many steps the run has
+    steps_flag: str  # the flag that sets them: "--steps"
+    segment: dict  # the resumable settings that shape it, recorded per step range ({"lr": ...})
     name: str  # the messages': "AdaMerging" ("AdaMerging step 3: ...")
     noun: str  # what it learns, for messages: "lambdas"
     device: torch.device
@@ -111,8 +115,17 @@ class StateFile:
     --resume; FileNotFoundError naming the path) and `save` (atomic, on the main rank; ValueError
     rather than write a NaN/inf value)."""
 
-    def __init__(self, path: Path, ranks: Ranks = Ranks(), what: str = "AdaMerging"):
+    def __init__(
+        self,
+        path: Path,
+        ranks: Ranks = Ranks(),
+        what: str = "AdaMerging",
+        inputs: dict[str, str] | None = None,
+    ):
         self.path, self.ranks, self.what = Path(path), ranks, what
+        # the sha256 of the files the run read (experts, theta_0), saved with the state:
+        # `--resume` refuses to continue on other files (`run.experts.check_resume_inputs`)
+        self.inputs = inputs or {}
 
     def load(self) -> dict:
         if not self.path.is_file():
@@ -125,17 +138,38 @@ class StateFile:
             return
         table = state.get("table")
         state = {**state, "table": table.to_json() if table is not None else None}
+        if self.inputs:
+            state["inputs"] = self.inputs
         require_finite(state, f"the {self.what} state {self.path}")
         with atomic_write(self.path) as f:
             torch.save(state, f)
 
 
-def segments(previous: list[dict], first: int, last: int, config: RunConfig) -> list[dict]:
-    """`previous` plus steps [first, last] run with `config`; merged into the last range when the
-    settings match."""
+@contextlib.contextmanager
+def naming(state: StateFile) -> Iterator[None]:
+    """Inside it, an interrupt, a resume error or a stop of a `Loop` saving to `state` becomes one
+    line naming the state file (and what to rerun with)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(
+            f"interrupted; the {state.what} state is saved to {state.path}: rerun with --resume"
+        ) from None
+    except ResumeError as e:
+        raise ResumeError(f"{state.path}: {e}") from None
+    except AdaptationStopped as stop:
+        if stop.state is None:
+            raise
+        raise AdaptationStopped(
+            f"{stop}; saved to {state.path}: {stop.advice}", stop.state
+        ) from None
+
+
+def segments(previous: list[dict], first: int, last: int, now: dict) -> list[dict]:
+    """`previous` plus steps [first, last] run with the settings `now`; merged into the last range
+    when the settings match."""
     if last < first:
         return list(previous)
-    now = {k: getattr(config, k) for k in SEGMENT_FIELDS}
     if (
         previous
         and previous[-1]["steps"][1] == first - 1
@@ -145,9 +179,9 @@ def segments(previous: list[dict], first: int, last: int, config: RunConfig) -> 
     return list(previous) + [{"steps": [first, last], **now}]
 
 
-def check_resume(saved: dict, config: RunConfig) -> None:
-    """ResumeError unless `saved` was made with settings this run may continue, not past
-    --steps."""
+def check_resume(saved: dict, config: RunConfig, steps: int, flag: str = "--steps") -> None:
+    """ResumeError unless `saved` was made with settings this run may continue, not past `steps`
+    (the run's step budget, set by `flag`)."""
     # refused: its settings (and a NaN-stopped state's parameters) cannot be trusted
     if "config" not in saved:
         raise ResumeError(
@@ -157,10 +191,10 @@ def check_resume(saved: dict, config: RunConfig) -> None:
     conflicts = resume_conflicts(saved["config"], config)
     if conflicts:
         raise ResumeError(conflicts)
-    if config.steps < saved["step"]:
+    if steps < saved["step"]:
         raise ResumeError(
-            f"cannot resume: the saved state is at step {saved['step']}, past --steps"
-            f" {config.steps}; pass --steps {saved['step']} or more"
+            f"cannot resume: the saved state is at step {saved['step']}, past {flag} {steps};"
+            f" pass {flag} {saved['step']} or more"
         )
 
 
@@ -219,7 +253,7 @@ class Loop:
         self.segments: list[dict] = []
         self.first = 1
         if resume is not None:
-            check_resume(resume, config)
+            check_resume(resume, config, learner.steps, learner.steps_flag)
             learner.check_resume(resume)
             learner.restore(resume)
             self.trajectory, self.segments = list(resume["trajectory"]), list(resume["segments"])
@@ -241,7 +275,7 @@ class Loop:
             **self.learner.saved(to_host(learned)),
             "trajectory": self.trajectory[:recorded],
             "config": self.config.to_json(),
-            "segments": segments(self.segments, self.first, step, self.config),
+            "segments": segments(self.segments, self.first, step, self.learner.segment),
         }
 
     def run(self) -> AdaptResult:
@@ -264,29 +298,29 @@ class Loop:
             self.trajectory,
             statistics.median(self.times) if self.times else 0.0,
             time.perf_counter() - start,
-            segments(self.segments, self.first, self.completed, self.config),
+            segments(self.segments, self.first, self.completed, self.learner.segment),
             self.learner.plan,
         )
 
     def _steps(self) -> None:
-        config = self.config
+        config, steps = self.config, self.learner.steps
         bar = tqdm(
-            range(self.first, config.steps + 1),
+            range(self.first, steps + 1),
             desc=self.learner.label,
             dynamic_ncols=True,
             disable=not config.progress or not self.ranks.is_main,
             initial=self.first - 1,
-            total=config.steps,
+            total=steps,
         )
         for step in bar:
             value = self._step(step)
             bar.set_postfix(loss=f"{value:.4f}")
-            if config.eval_every and step % config.eval_every == 0 and step != config.steps:
+            if config.eval_every and step % config.eval_every == 0 and step != steps:
                 self.record_eval(step)
             if config.save_every and step % config.save_every == 0:
                 self._save(self.state())
-        if config.steps >= self.first:
-            self.record_eval(config.steps)
+        if steps >= self.first:
+            self.record_eval(steps)
 
     def _step(self, step: int) -> float:
         """One step, guarded: a non-finite step or running out of memory stops the run."""

@@ -14,7 +14,10 @@ from typing import Any
 
 from adamerging.merging.tables import LAYER_WISE, TASK_WISE
 from adamerging.merging.transforms import TRANSFORMS
+from adamerging.methods import surgery_training as surgery
 from adamerging.methods.adamerging import Learned
+from adamerging.methods.adarank import BASE_CART, BASE_TA
+from adamerging.methods.adarank_training import SvdMerge
 from adamerging.methods.fisher import fisher_merging
 from adamerging.methods.fixed import EachExpert, FixedTable, average, scaled, zero
 from adamerging.methods.regmean import regmean
@@ -44,7 +47,8 @@ class Method:
 
     def learns(self, config: RunConfig) -> bool:
         """Whether this run learns its parameters (not a --coefficients reload)."""
-        return self.merge.learns and not (self.merge.takes_table and config.coefficients)
+        reloads = (self.merge.takes_table and config.coefficients) or config.masks
+        return self.merge.learns and not reloads
 
     def result_name(self, config: RunConfig) -> str:
         """The results file stem; variants get their own file, so they never replace the method's
@@ -54,14 +58,15 @@ class Method:
             name += OBJECTIVES[config.objective].variant
         if config.coefficients == "published":
             name += "_published"
-        # a table file: never replace the result it may have been read from
-        elif config.coefficients:
+        # a table or masks file: never replace the result it may have been read from
+        elif config.coefficients or config.masks:
             name += "_reloaded"
-        return name
+        return name + (surgery.SUFFIX[config.surgery] if config.surgery else "")
 
     def result_title(self, config: RunConfig) -> str:
         """The row label of this run."""
-        return self.title + (OBJECTIVES[config.objective].title if self.learns(config) else "")
+        title = self.title + (OBJECTIVES[config.objective].title if self.learns(config) else "")
+        return title + (surgery.TITLE[config.surgery] if config.surgery else "")
 
     def check(self, config: RunConfig) -> None:
         """One-line ValueError, before anything loads, for settings this method cannot honour."""
@@ -74,6 +79,11 @@ class Method:
             raise ValueError(
                 f"{self.name}: the authors published coefficients only for the AdaMerging methods"
             )
+        if config.masks and not isinstance(self.merge, SvdMerge):
+            raise ValueError(f"--masks: {self.name} learns no masks; it is for adarank's results")
+        if hasattr(self.merge, "check"):
+            self.merge.check(config, self.name)
+        surgery.check_flags(config, not isinstance(self.merge, EachExpert), self.name)
 
 
 METHODS: dict[str, Method] = {
@@ -113,6 +123,9 @@ METHODS: dict[str, Method] = {
             vectors="ties",
             published="lw_adamergingpp",
         ),
+        Method("cart", "CART", SvdMerge(BASE_CART, learns=False)),
+        Method("adarank", "TA + AdaRank", SvdMerge(BASE_TA, learns=True)),
+        Method("cart_adarank", "CART + AdaRank", SvdMerge(BASE_CART, learns=True)),
     ]
 }
 
@@ -126,7 +139,8 @@ def method(name: str) -> Method:
 
 def report_rows() -> list[tuple[str, str]]:
     """(results file stem, row title) of every row of the results table, in the paper's order: the
-    methods, then the learned ones under the other objectives (the supervised oracle)."""
+    methods, then the learned ones under the other objectives (the supervised oracle), then with
+    Representation Surgery."""
     rows = [(m.name, m.title) for m in METHODS.values()]
     for objective in OBJECTIVES.values():
         if objective.variant:
@@ -136,4 +150,13 @@ def report_rows() -> list[tuple[str, str]]:
                 for m in METHODS.values()
                 if m.merge.learns
             ]
+    # then each single-model method with surgery (a learned table reloaded from its own run too)
+    for variant, suffix in surgery.SUFFIX.items():
+        for m in METHODS.values():
+            if isinstance(m.merge, EachExpert):
+                continue
+            rows.append((m.name + suffix, m.title + surgery.TITLE[variant]))
+            if m.merge.learns:
+                title = m.title + surgery.TITLE[variant] + " (reloaded table)"
+                rows.append((m.name + "_reloaded" + suffix, title))
     return rows

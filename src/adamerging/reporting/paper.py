@@ -29,20 +29,28 @@ def paper_findings(model: str = "ViT-B-32") -> dict:
     }
 
 
+def surgery_logged(model: str, title: str) -> dict[str, float] | None:
+    """The authors' logged accuracies of base merge `title` + Surgery on `model` (vendored from
+    their repository's logs, `paper_tables.json` "surgery_logs"), or None where they logged none."""
+    return paper_tables().get("surgery_logs", {}).get(model, {}).get(title)
+
+
 def paper_row(
     model: str, title: str, tasks: Sequence[str] | None = None
 ) -> dict[str, float] | None:
     """The paper's row `title` (our spelling) for `model`, restricted to `tasks`, or None if not
-    reported.
+    reported; for rows the paper lacks, a later paper's 8-task average ("reported_rows").
 
     "Avg" is the paper's printed average when `tasks` are all 8 of its tasks, else the mean over
     `tasks`.
     """
     tables = paper_tables()
     row = tables.get(model, {}).get(PAPER_TITLES.get(title, title))
-    if row is None:
-        return None
     tasks = list(tasks) if tasks is not None else list(tables["task_order"])
+    if row is None:
+        # a later paper's reported 8-task average (AdaRank, CART): only for all 8 tasks
+        reported = tables["reported_rows"].get(model, {}).get(title)
+        return dict(reported) if reported and set(tasks) == set(tables["task_order"]) else None
     if not any(t in row for t in tasks):
         return None
     out = {t: row[t] for t in tasks if t in row}

@@ -3,8 +3,10 @@ individual experts' accuracies a run is normalized by."""
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
+import subprocess
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -13,17 +15,43 @@ from typing import Any
 import torch
 
 
-def package_versions() -> dict[str, str]:
-    """Versions of python, torch, open_clip and numpy, recorded with every result."""
+def package_versions() -> dict[str, Any]:
+    """Versions of this package, python, torch, open_clip and numpy, and in a git checkout the
+    commit and whether the tree had changes: recorded with every result."""
     import numpy
     import open_clip
 
+    import adamerging
+
     return {
+        "adamerging": adamerging.__version__,
+        **git_source(Path(adamerging.__file__).parent),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "open_clip": open_clip.__version__,
         "numpy": numpy.__version__,
     }
+
+
+@functools.cache
+def git_source(folder: Path) -> dict[str, Any]:
+    """{"git_commit", "git_dirty"} of the git checkout `folder` is in; {} outside one (an installed
+    package) or without git."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=10
+        )
+        if done.returncode:
+            raise OSError(done.stderr.strip())
+        return done.stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"git_commit": commit, "git_dirty": dirty}
 
 
 def saved_individual(folder: str | Path, test_data: Mapping[str, Any]) -> dict[str, float] | None:

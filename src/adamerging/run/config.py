@@ -25,6 +25,8 @@ from adamerging.models.objectives import OBJECTIVES
 from adamerging.run.provenance import MAX_NORM_RATIO
 from adamerging.runtime.device import PRECISIONS
 
+SURGERY_VARIANTS = ("v1", "deep")
+
 DEFAULT_LAM = 0.3  # Task Arithmetic / TIES scaling coefficient (the authors' fixed value)
 
 
@@ -34,6 +36,8 @@ GROUPS = {
     "data_merging": "Fisher merging and RegMean (statistics on each task's train split)",
     "adamerging": "AdaMerging (the four adamerging scripts)",
     "diagnostics": "diagnostics (--diagnose; src/diagnose.py)",
+    "surgery": "Representation Surgery (after any method with one merged model)",
+    "adarank": "AdaRank and CART (task vectors in singular components)",
     "speed": "speed",
 }
 
@@ -250,6 +254,7 @@ class RunConfig:
         "merging",
         f"scaling coefficient for Task Arithmetic / TIES (default {DEFAULT_LAM}; weight averaging:"
         " 1/T)",
+        parse=float,
     )
     ties_k: float = _opt(
         0.2, "merging", "TIES: fraction of each task vector kept (top-k by magnitude)"
@@ -380,6 +385,69 @@ class RunConfig:
         standalone="",
         choices=Keys(TRANSFORMS, exclude=("none",)),
     )
+    # Representation Surgery: defaults of the authors' code (EnnengYang/RepresentationSurgery)
+    surgery: str | None = _opt(
+        None,
+        "surgery",
+        "train each task's surgery module on the merged model's features against its expert's, then"
+        " evaluate through them: v1 on the final feature (Yang et al., ICML 2024), deep after every"
+        " block as well (SurgeryV2)",
+        choices=SURGERY_VARIANTS,
+    )
+    surgery_rank: int = _opt(16, "surgery", "rank r of each module (W_down [r, width])")
+    surgery_steps: int = _opt(500, "surgery", "iterations (each visits every task in order)")
+    surgery_lr: float = _opt(1e-3, "surgery", "Adam learning rate of the modules")
+    surgery_batch: int = _opt(16, "surgery", "images per unlabeled test batch")
+    surgery_batches: int = _opt(2, "surgery", "batches per task per iteration (one step each)")
+    surgery_features: str = _opt(
+        "auto",
+        "surgery",
+        "cached: the merged and expert features of every adaptation image computed once (exact:"
+        " both models are frozen; v1 only); on-the-fly: a forward per batch; auto: cached for v1",
+        choices=("auto", "cached", "on-the-fly"),
+    )
+    surgery_stale_momentum: bool = _opt(
+        False,
+        "surgery",
+        "zero the modules' gradients instead of dropping them before each step, so Adam keeps"
+        " moving every task's modules on stale momentum: the authors' torch 1.x environment (their"
+        " logs)",
+    )
+    surgery_modules: str | None = _opt(
+        None,
+        "surgery",
+        "evaluate with the modules saved by an earlier run (<result>.surgery.safetensors) instead"
+        " of training them",
+    )
+    # AdaRank / CART: defaults of the authors' configs (david3684/AdaRank)
+    rank_fraction: float | None = _opt(
+        None,
+        "adarank",
+        "rho in (0, 1]: each task vector's leading singular components CART keeps and AdaRank's"
+        " masks start on (default: 1.0 on Task Arithmetic, 0.16 on CART)",
+        parse=float,
+    )
+    mask_temperature: float = _opt(
+        10.0, "adarank", "T of the masks' sigmoid(logits / T) (straight-through), > 0"
+    )
+    mask_lr: float | None = _opt(
+        None,
+        "adarank",
+        "Adam learning rate of the mask logits (default: --lr; 0 freezes them)",
+        parse=float,
+    )
+    cart_prior: float | None = _opt(
+        None,
+        "adarank",
+        "CART's lambda of every centred task vector at the start (default 2.3; ViT-L-14: 3.0)",
+        parse=float,
+    )
+    masks: str | None = _opt(
+        None,
+        "adarank",
+        "evaluate the lambdas and hard masks saved by an earlier AdaRank run"
+        " (<result>.masks.safetensors) instead of learning them",
+    )
     # speed
     precision: str = _opt(
         "fp32",
@@ -419,6 +487,17 @@ class RunConfig:
             ("micro_batch_size", self.micro_batch_size >= 1, ">= 1"),
             ("fisher_floor", self.fisher_floor >= 0, ">= 0"),
             ("regmean_ratio", 0 <= self.regmean_ratio <= 1, "in [0, 1]"),
+            ("surgery_rank", self.surgery_rank >= 1, ">= 1"),
+            ("surgery_steps", self.surgery_steps >= 0, ">= 0"),
+            ("surgery_batch", self.surgery_batch >= 1, ">= 1"),
+            ("surgery_batches", self.surgery_batches >= 1, ">= 1"),
+            (
+                "rank_fraction",
+                self.rank_fraction is None or 0 < self.rank_fraction <= 1,
+                "in (0, 1]",
+            ),
+            ("mask_temperature", self.mask_temperature > 0, "> 0"),
+            ("mask_lr", self.mask_lr is None or self.mask_lr >= 0, ">= 0"),
         ):
             if not ok:
                 raise ValueError(

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from adamerging.checkpoints.hashing import HASH_NOTE, FileHashes, cache_file
-from adamerging.checkpoints.layout import Checkpoint, find_checkpoint
+from adamerging.checkpoints.layout import Checkpoint, find_checkpoint, other_layout
 from adamerging.datasets.tasks import TASKS
 from adamerging.merging.stats import task_vector_stats
 from adamerging.merging.task_vectors import TaskVectors, task_vectors
@@ -94,6 +94,9 @@ def load_expert(
     weights, fmt = expert.read()
     if record is not None:
         record["format"] = fmt
+        # as stored (fp16 experts are merged in fp32 like the others)
+        dtypes = {str(v.dtype).removeprefix("torch.") for v in weights.values()}
+        record["dtype"] = "/".join(sorted(d for d in dtypes if "float" in d))
     weights = expert.open_clip_weights(weights, clip.state_dict(), theta0)
     return to_encoder_entries(weights, encoder_state_dict(clip), path)
 
@@ -158,6 +161,7 @@ def expert_paths(config: RunConfig, tasks: Sequence[str]) -> list[Path]:
                 f"{task}: fine-tuned encoder not found: expected"
                 f" {path or model_dir / task / 'finetuned.pt'} (or a Hugging Face folder"
                 f" {model_dir / task / 'finetuned'}/, or --finetuned {task}=PATH)"
+                + other_layout(model_dir / task, "finetuned", config.checkpoint_format)
             )
         paths.append(path)
     return paths
@@ -222,7 +226,7 @@ def find_base(config: RunConfig) -> Checkpoint:
         raise FileNotFoundError(
             f"pretrained encoder not found: expected {model_dir}/zeroshot.pt (task-vectors layout),"
             f" zeroshot.safetensors, or a Hugging Face folder {model_dir}/zeroshot/ with"
-            " config.json"
+            " config.json" + other_layout(model_dir, "zeroshot", config.checkpoint_format)
         )
     return base
 
@@ -310,3 +314,33 @@ def check(
         "accepted_warnings": accepted,
         "seconds": {"norms_and_cosines": round(time.perf_counter() - started, 3)},
     }
+
+
+def check_resume_inputs(config: RunConfig, states: Sequence[Path]) -> None:
+    """Before anything loads: ValueError (one line, naming the task, the file and both sha256) when
+    a saved state to be resumed (`states` that exist) was made from other files than this run's
+    experts or theta_0 (one replaced since; `StateFile` saves their hashes). Unchanged files are
+    not read again (`FileHashes`' cache by size and mtime)."""
+    saved = {}
+    for path in states:
+        if Path(path).is_file():
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            saved[Path(path)] = state.get("inputs") or {}
+    if not any(saved.values()):
+        return
+    tasks = run_tasks(config)
+    files = {t: Checkpoint(p).weights_file for t, p in zip(tasks, expert_paths(config, tasks))}
+    files["zeroshot"] = find_base(config).weights_file
+    hashes = FileHashes(cache_file(cache_dir(config)))
+    for path, inputs in saved.items():
+        for key, then in inputs.items():
+            if key not in files:
+                continue
+            now = hashes.digest(files[key])
+            if now != then:
+                what = "theta_0" if key == "zeroshot" else f"{key}'s expert"
+                raise ValueError(
+                    f"--resume: {path} was made with {what} of sha256 {then[:16]}..., and"
+                    f" {files[key]} now has {now[:16]}...: rerun without --resume"
+                )
+    hashes.save()

@@ -40,9 +40,7 @@ def build_parser(
             kwargs.update(action="append", default=[], metavar=meta["repeat"])
         else:
             kwargs["default"] = f.default
-            kwargs["type"] = meta["parse"] or (
-                type(f.default) if f.default is not None else (float if f.name == "lam" else str)
-            )
+            kwargs["type"] = meta["parse"] or (type(f.default) if f.default is not None else str)
             if meta["choices"]:
                 kwargs["choices"] = list(meta["choices"])
         groups[meta["group"]].add_argument(flag_of(f, standalone_diagnostics), **kwargs)
@@ -89,6 +87,9 @@ RESUMABLE = frozenset(
         "diagnose_lambda_slack",
         "tensorboard",
         "allow_duplicate_experts",
+        "surgery_steps",
+        "surgery_lr",
+        "surgery_features",
         "allow_foreign_experts",
     }
 )

@@ -16,7 +16,7 @@ import torch
 from adamerging.checkpoints.hashing import FileHashes, cache_file
 from adamerging.datasets.corruptions import corrupt
 from adamerging.datasets.labels import task_templates
-from adamerging.datasets.preprocessing import preprocess_images
+from adamerging.datasets.preprocessing import preprocess_images, preprocessing_record
 from adamerging.datasets.splits import parse_test_split
 from adamerging.datasets.tasks import Split
 from adamerging.datasets.user_tasks import user_task_templates
@@ -62,6 +62,8 @@ class Problem:
     test_data: dict[str, dict] = field(default_factory=dict)
     # per checkpoint file path, size, format, sha256; task-vector norms, cosines
     provenance: dict = field(default_factory=dict)
+    # how the test images were decoded, resized, cropped and normalised
+    preprocessing: dict = field(default_factory=dict)
 
     @property
     def all_data(self) -> list[TaskData]:
@@ -119,6 +121,7 @@ def load_problem(
         [data[t] for t in unseen],
         {task: splits[task].record() for task in everything},
         {**loaded.provenance, "files": files},
+        preprocessing_record(image_size(loaded.clip), mean, std),
     )
 
 

@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,6 +14,10 @@ from adamerging.datasets.splits import read_task_split
 from adamerging.datasets.tasks import PAPER_TASKS, TASKS, Split
 from adamerging.datasets.user_tasks import read_image_folder_task
 from adamerging.run.config import RunConfig
+from adamerging.runtime.errors import WriteError
+from adamerging.runtime.files import require_writable
+
+log = logging.getLogger(__name__)
 
 
 def _named(values: Sequence[str], flag: str) -> dict[str, str]:
@@ -24,9 +32,30 @@ def _named(values: Sequence[str], flag: str) -> dict[str, str]:
 
 
 def cache_dir(config: RunConfig) -> Path:
-    """The cache folder (preprocessed images, built heads, file hashes): --cache-dir, else <data
-    root>/.cache."""
-    return Path(config.cache_dir) if config.cache_dir else config.data_root / ".cache"
+    """The cache folder (preprocessed images, built heads, file hashes): --cache-dir (WriteError if
+    it cannot be written), else <data root>/.cache, else, where that cannot be written (a read-only
+    data folder), the user's cache ($XDG_CACHE_HOME or ~/.cache)/adamerging/<data root's digest>
+    with a warning; WriteError naming both and --cache-dir when neither can be written."""
+    if config.cache_dir:
+        return require_writable(config.cache_dir, "--cache-dir")
+    return _default_cache(config.data_root.resolve())
+
+
+@functools.cache
+def _default_cache(data_root: Path) -> Path:
+    default = data_root / ".cache"
+    try:
+        return require_writable(default, "--cache-dir")
+    except WriteError as first:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser()
+        digest = hashlib.sha1(str(data_root).encode()).hexdigest()[:10]
+        fallback = base / "adamerging" / f"{data_root.name}-{digest}"
+        try:
+            require_writable(fallback, "--cache-dir")
+        except WriteError as second:
+            raise WriteError(f"{first}; and {second}") from None
+        log.warning("%s; caching in %s instead", first, fallback)
+        return fallback
 
 
 def default_tasks(model_dir: Path) -> list[str]:

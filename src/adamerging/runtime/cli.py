@@ -24,12 +24,14 @@ from adamerging.runtime.errors import (
     CheckpointError,
     DatasetError,
     RunStopped,
+    WriteError,
 )
 
 # What a user can cause and fix from the message alone (a wrong path, flag value, task or entry
 # name).
 USER_ERRORS: tuple[type[BaseException], ...] = (
     FileNotFoundError,
+    WriteError,
     CheckpointError,
     DatasetError,
     ValueError,

@@ -12,16 +12,22 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import json
 import logging
 import math
 import os
+import re
+import shutil
+import socket
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from adamerging.runtime.errors import WriteError
 
 log = logging.getLogger(__name__)
 
@@ -71,26 +77,117 @@ def file_backed(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
                 os.unlink(path)
 
 
+# Temporary files and folders: `.<name>.adamerging-<host>-<pid>-<random>.tmp` beside their target,
+# so a later run on the same host recognises those of a process that no longer exists (killed
+# mid-write) and removes them (`remove_debris`).
+_DEBRIS = re.compile(r"^\..*\.adamerging-(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)-[^/]*\.tmp$")
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
+
+
+def temp_prefix(name: str) -> str:
+    """The prefix of this process's temporary file or folder for `name` (mkstemp / mkdtemp, with
+    suffix ".tmp"): `remove_debris` knows it."""
+    return f".{name}.adamerging-{_host()}-{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_debris(folder: str | Path) -> list[Path]:
+    """Remove the temporary files and folders (`temp_prefix`) that processes of this host which no
+    longer run left in `folder` (a write killed with SIGKILL); returns what was removed. Those of
+    live processes and of other hosts (a shared file system) are kept."""
+    removed = []
+    with contextlib.suppress(OSError), os.scandir(folder) as entries:
+        for entry in entries:
+            m = _DEBRIS.match(entry.name)
+            if m is None or m["host"] != _host() or _alive(int(m["pid"])):
+                continue
+            with contextlib.suppress(OSError):
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
+                removed.append(Path(entry.path))
+                log.info("removed %s, left by a killed run", entry.path)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """A temporary path in `path`'s folder (`.<name>.<random>.tmp`) to write `path`'s content to;
-    renamed onto `path` when the block ends without an error (with the mode `open()` would give),
-    removed when it raises: readers never see half a file. For writers that need a path (a
-    memory-mapped array); others use `atomic_write`."""
+    """A temporary path in `path`'s folder (`temp_prefix`) to write `path`'s content to; renamed
+    onto `path` when the block ends without an error (with the mode `open()` would give), removed
+    when it raises: readers never see half a file. A killed run's temporary files in the folder are
+    removed first (`remove_debris`). For writers that need a path (a memory-mapped array); others
+    use `atomic_write`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_debris(path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as e:
+        raise write_error(path, e) from e
     try:
         yield Path(tmp)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the mode open() would
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in WRITE_ERRNOS and not isinstance(e, WriteError):
+            raise write_error(path, e) from e
         raise
+
+
+# a full disk or quota, a read-only file system, no permission: what writing a file meets
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+
+
+def write_error(path: Path, error: OSError, flag: str = "") -> WriteError:
+    """The one-line error for a failed write of `path`: the path, the reason and what to pass
+    (`flag`, else the flags that move a run's writes)."""
+    reason = error.strerror or str(error)
+    fix = (
+        f"pass {flag} with a folder you can write"
+        if flag
+        else ("free space there, or write elsewhere (--results-dir, --cache-dir, --save-merged)")
+    )
+    out = WriteError(f"cannot write {path} ({reason}): {fix}")
+    out.errno = error.errno
+    return out
+
+
+def require_writable(folder: str | Path, flag: str, keep: bool = True) -> Path:
+    """`folder` once a probe file could be written in it (created if needed; with `keep` False the
+    folders the probe created are removed again, so a refused run leaves nothing); WriteError
+    naming it and `flag` otherwise (before any long work)."""
+    folder = Path(folder)
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=temp_prefix("probe"), suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise write_error(folder, e, flag) from e
+    finally:
+        for made in created if not keep else ():
+            with contextlib.suppress(OSError):
+                made.rmdir()
+    return folder
 
 
 @contextlib.contextmanager

@@ -15,6 +15,11 @@ EXPERIMENT is one of (what it writes under results/<model>/)
     robustness      7 test-image corruptions, TA vs AdaMerging -> robustness.{md,json}
     ablations       supervised vs entropy, adaptation-data fraction, steps
                     -> ablations.{md,json}, trajectory.png
+    surgery         each base merge with Representation Surgery (v1, deep) and the authors' logs
+                    -> surgery.{md,csv,json}
+    adarank         CART, TA + AdaRank, CART + AdaRank at 500 steps and at the official budget
+                    (--official-steps) beside TA and layer-wise AdaMerging
+                    -> adarank_table.{md,csv,json}
     all             each of the above in turn (published is skipped where the authors published
                     no table)
 
@@ -27,8 +32,8 @@ results/<model>/runs/<experiment>/<variant>/<method>.json, so they never replace
 output-only settings such as --overwrite).
 
 One module per experiment (main_table, published, entropy_loss, coefficients, generalization,
-robustness, ablations); `common` runs the methods (each variant a `dataclasses.replace` of the one
-RunConfig) and writes the tables; `command` is the command line.
+robustness, ablations, surgery, adarank); `common` runs the methods (each variant a
+`dataclasses.replace` of the one RunConfig) and writes the tables; `command` is the command line.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from collections.abc import Callable, Sequence
 
 from adamerging.commands import pipeline
 from adamerging.commands.experiments.ablations import ablations
+from adamerging.commands.experiments.adarank import adarank
 from adamerging.commands.experiments.coefficients import coefficients
 from adamerging.commands.experiments.common import ADAPTIVE, Context
 from adamerging.commands.experiments.entropy_loss import entropy_loss
@@ -45,6 +51,7 @@ from adamerging.commands.experiments.generalization import generalization
 from adamerging.commands.experiments.main_table import main_table
 from adamerging.commands.experiments.published import check_published, published
 from adamerging.commands.experiments.robustness import robustness
+from adamerging.commands.experiments.surgery import surgery
 from adamerging.datasets.corruptions import CORRUPTIONS
 from adamerging.methods.registry import METHODS
 from adamerging.runtime.cli import command_name, run_cli
@@ -58,6 +65,8 @@ EXPERIMENTS: dict[str, Callable[[Context], dict]] = {
     "generalization": generalization,
     "robustness": robustness,
     "ablations": ablations,
+    "surgery": surgery,
+    "adarank": adarank,
 }
 
 
@@ -124,7 +133,7 @@ def _add_run_flags(p: argparse.ArgumentParser, experiment: str) -> None:
         action="store_true",
         help="reuse a method run's JSON when it exists with the same tasks and settings",
     )
-    if experiment in ("main-table", "generalization", "robustness", "all"):
+    if experiment in ("main-table", "generalization", "robustness", "surgery", "all"):
         p.add_argument(
             "--methods",
             type=_methods,
@@ -174,6 +183,13 @@ def _add_analysis_flags(p: argparse.ArgumentParser, experiment: str) -> None:
             "--no-clean",
             action="store_true",
             help="robustness: skip the uncorrupted reference runs",
+        )
+    if experiment in ("adarank", "all"):
+        p.add_argument(
+            "--official-steps",
+            type=int,
+            default=10_000,
+            help="adarank: steps of the official-budget runs (0: skip them)",
         )
     if experiment in ("ablations", "all"):
         p.add_argument(

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from adamerging.commands import pipeline
+from adamerging.datasets.tasks import paper_size_mismatch, paper_size_text
 from adamerging.methods.registry import METHODS
-from adamerging.reporting.paper import paper_row, with_paper
+from adamerging.reporting.paper import paper_row, paper_tables, with_paper
 from adamerging.reporting.results import package_versions
 from adamerging.reporting.tables import (
     INDIVIDUAL,
@@ -160,12 +161,53 @@ def mean(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+# the format `hashing.checkpoint_format` gives the task-vectors pickles the paper used
+TASK_VECTORS_FORMAT = "module src.modeling.ImageEncoder"
+PAPER, FUSIONBENCH = "paper", "FusionBench"
+
+
+def reference(results: Mapping[str, Mapping[str, Any]]) -> tuple[str | None, str]:
+    """Which published numbers these runs are like for like with: PAPER (task-vectors experts,
+    the paper's full test sets), FUSIONBENCH (Hugging Face experts, FusionBench's copies, full
+    test sets), or None; and a sentence saying why."""
+    first = next(iter(results.values()))
+    short = [
+        f"{t} {r['n_images']} of {paper_size_text(t)}"
+        for t, r in first.get("test_data", {}).items()
+        if paper_size_mismatch(t, r.get("n_images", 0))
+    ]
+    if short:
+        return None, f"the test sets are not the paper's ({', '.join(short)} images)"
+    config = first.get("config", {})
+    if config.get("finetuned") or config.get("task"):
+        return None, "the experts are your own (--finetuned / --task), not the paper's"
+    formats = {r.get("format", "") for r in first["provenance"]["files"]["finetuned"].values()}
+    if all(TASK_VECTORS_FORMAT in f for f in formats):
+        return PAPER, ""
+    if all(f.startswith("hf") or "Hugging Face" in f for f in formats):
+        return FUSIONBENCH, (
+            "the experts are Hugging Face copies (FusionBench's), not the paper's task-vectors"
+            " checkpoints; the `(paper)` rows are FusionBench's published averages"
+        )
+    return None, f"the experts are not the paper's task-vectors checkpoints ({', '.join(formats)})"
+
+
 def comparison(
-    model: str, ours: Mapping[str, Mapping[str, float]], tasks: Sequence[str]
+    model: str,
+    ours: Mapping[str, Mapping[str, float]],
+    tasks: Sequence[str],
+    against: str | None = PAPER,
 ) -> tuple[dict, set[str]]:
-    """Our rows with the paper's row and the difference beside each, when the paper reports
-    `model`."""
-    return with_paper(ours, {title: paper_row(model, title, tasks) for title in ours}, tasks)
+    """Our rows with the reference row (`against`: the paper's, or FusionBench's averages) and the
+    difference beside each, where it reports `model`; our rows alone for None."""
+    if against == FUSIONBENCH:
+        published = paper_tables()["fusionbench_hf_checkpoints_avg"].get(model, {})
+        theirs = {t: {"Avg": published[t]} if t in published else None for t in ours}
+    elif against == PAPER:
+        theirs = {title: paper_row(model, title, tasks) for title in ours}
+    else:
+        theirs = {}
+    return with_paper(ours, theirs, tasks)
 
 
 def ordering_table(ours: Mapping[str, Mapping[str, float]], tasks: Sequence[str]) -> str:
@@ -215,15 +257,21 @@ def write_table(
     started: float,
     notes: Sequence[str] = (),
     individual: Mapping[str, float] | None = None,
+    results: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> str:
     """results/<model>/<stem>.{md,csv}: our rows, with the paper's and the differences where it
-    reports the model.
+    reports the model and the runs (`results`, by method) are like for like with it (`reference`:
+    the paper's experts and test sets; FusionBench's averages for its Hugging Face experts);
+    elsewhere a line says why there are none.
 
     A None row is quoted from the paper only. Where the individual experts' accuracies on the same
     test data are known (our Individual row, or `individual`), every row gets its normalized
     accuracy too (the paper's rows by the paper's Individual row).
     """
-    rows, signed = comparison(ctx.model, ours, tasks)
+    if stem in METHODS:
+        raise ValueError(f"an experiment's table may not be named {stem!r}: a method's result is")
+    against, why = reference(results) if results else (PAPER, "")
+    rows, signed = comparison(ctx.model, ours, tasks, against)
     individual = individual or ours.get(INDIVIDUAL)
     per_task: dict = {}
     if individual:
@@ -236,7 +284,10 @@ def write_table(
     extra = [NORMALIZED] if per_task else []
     table = markdown_table(rows, tasks, signed=signed, extra=extra)
     md = header(ctx, title, started) + [table, ""]
-    md += _paper_lines(ctx.model, ours, tasks, bool(signed))
+    if against == PAPER or paper_row(ctx.model, INDIVIDUAL) is None:
+        md += _paper_lines(ctx.model, ours, tasks, bool(signed))
+    else:
+        md += [f"Not compared with the paper's rows: {why}.", ""]
     if per_task:
         md += [
             NORMALIZED_TEXT,

@@ -28,9 +28,9 @@ def main_table(ctx: Context) -> dict:
     adapted = [
         f"{METHODS[m].title} {r['config']['steps']} steps"
         for m, r in results.items()
-        if METHODS[m].granularity
+        if METHODS[m].merge.learns
     ]
-    notes = [f"AdaMerging rows: {', '.join(adapted)}."] if adapted else []
+    notes = [f"Learned rows: {', '.join(adapted)}."] if adapted else []
     data_based = [
         r["config"] for m, r in results.items() if getattr(METHODS[m].merge, "train_data", False)
     ]
@@ -45,5 +45,7 @@ def main_table(ctx: Context) -> dict:
         notes += [
             "Traditional MTL: the paper's row, quoted (no multi-task encoder for this model here)."
         ]
-    write_table(ctx, "main_table", "Main table: every method", ours, tasks, started, notes)
+    write_table(
+        ctx, "main_table", "Main table: every method", ours, tasks, started, notes, results=results
+    )
     return {m: r["average"] for m, r in results.items()}

@@ -52,5 +52,6 @@ def published(ctx: Context) -> dict:
         started,
         notes,
         individual=saved_individual(ctx.folder, next(iter(results.values()))["test_data"]),
+        results=results,
     )
     return {m: r["average"] for m, r in results.items()}

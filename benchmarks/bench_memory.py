@@ -43,7 +43,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TASKS = ["SUN397", "Cars", "RESISC45", "EuroSAT", "SVHN", "GTSRB", "MNIST", "DTD"]
+# the 20-task suite (TALL masks' order after the paper's 8): --num-tasks 8, 14 or 20 takes its head
+TASKS = [
+    *("SUN397", "Cars", "RESISC45", "EuroSAT", "SVHN", "GTSRB", "MNIST", "DTD"),
+    *("STL10", "OxfordIIITPet", "Flowers102", "CIFAR100", "PCAM", "FER2013"),
+    *("CIFAR10", "Food101", "FashionMNIST", "RenderedSST2", "EMNIST", "KMNIST"),
+]
 METHODS = [
     "zeroshot",
     "task_arithmetic",
@@ -126,13 +131,35 @@ def prepared_tasks(model: str, workdir: Path) -> int:
     return int(words[0]) if words[1:] == ["train"] else 0
 
 
+def write_data(task: str, data: Path) -> None:
+    """2 classes: 1 test image and TRAIN_PER_CLASS train images each, in the task's real layout
+    (the suite tasks: an ImageFolder tree)."""
+    from fake_data import TASKS as PAPER
+    from fake_data import write_fake_dataset
+    from PIL import Image
+
+    from adamerging.datasets.tasks import TASKS as REGISTRY
+
+    if task in PAPER:
+        write_fake_dataset(task, data, n_per_class=1, num_classes=2, image_size=8)
+        write_fake_dataset(
+            task, data, n_per_class=TRAIN_PER_CLASS, num_classes=2, image_size=8, split="train"
+        )
+        return
+    for split, n in (("test", 1), ("train", TRAIN_PER_CLASS)):
+        for c in (0, 1):
+            for i in range(n):
+                path = data / REGISTRY[task].folder / split / str(c) / f"{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.new("RGB", (8, 8), (40 * c + i, 0, 0)).save(path)
+
+
 def prepare(model: str, workdir: Path, num_tasks: int, seed: int = 0) -> None:
     """Write the checkpoints and test sets (in this process; the runner calls it in a guarded
     child)."""
     sys.path.insert(0, str(ROOT / "src"))
     sys.path.insert(0, str(ROOT / "tests"))
     import torch
-    from fake_data import write_fake_dataset
 
     from adamerging.datasets.tasks import TASKS as REGISTRY
     from adamerging.models.clip import create_clip
@@ -158,15 +185,7 @@ def prepare(model: str, workdir: Path, num_tasks: int, seed: int = 0) -> None:
             * 100
         )
         save_classification_head(weight, folder / f"head_{task}.pt")
-        write_fake_dataset(task, workdir / "data", n_per_class=1, num_classes=2, image_size=8)
-        write_fake_dataset(
-            task,
-            workdir / "data",
-            n_per_class=TRAIN_PER_CLASS,
-            num_classes=2,
-            image_size=8,
-            split="train",
-        )
+        write_data(task, workdir / "data")
         (workdir / "data" / REGISTRY[task].folder / "classnames.txt").write_text(
             "first class\nsecond class\n"
         )

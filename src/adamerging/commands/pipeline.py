@@ -30,9 +30,10 @@ from adamerging.reporting.results import package_versions, results_path, saved_i
 from adamerging.reporting.run_log import TensorBoardLog, require_tensorboard, run_folder
 from adamerging.reporting.tables import markdown_table, normalized_column
 from adamerging.run.config import RunConfig
-from adamerging.run.experts import check_resume_inputs
+from adamerging.run.experts import check_resume_inputs, run_tasks
 from adamerging.run.flags import build_parser, config_from_namespace
 from adamerging.run.problem import Problem, load_problem
+from adamerging.run.tasks import check_data_present, parse_tasks
 from adamerging.runtime.cli import command_name, run_cli
 from adamerging.runtime.device import ieee_fp32
 from adamerging.runtime.distributed import Ranks, setup
@@ -106,6 +107,8 @@ def check_flags(m: Method, config: RunConfig) -> None:
     if config.resume:
         stem = config.output_dir / m.result_name(config)
         check_resume_inputs(config, [Path(f"{stem}.state.pt"), Path(f"{stem}.surgery.state.pt")])
+    eval_tasks = parse_tasks(config.eval_tasks, Path()) if config.eval_tasks else []
+    check_data_present(config, [*run_tasks(config), *eval_tasks])
     # where the run will write: refused now, not after the adaptation
     flag = "--run-dir" if config.run_dir else "--results-dir"
     require_writable(config.output_dir, flag, keep=False)

@@ -136,7 +136,10 @@ class MetaNames:
 @dataclass(frozen=True)
 class FixedNames:
     """The built-in list of zeroshot_prompts.json's "classnames" for the task, in class-id order
-    (the classes are implicit in the labels)."""
+    (the classes are implicit in the labels). `copy_aliases`: (another spelling a copy may use, the
+    built-in name) pairs, e.g. FusionBench's KMNIST hiragana for torchvision's romaji."""
+
+    copy_aliases: tuple[tuple[str, str], ...] = ()
 
     def names(self, task: str, raw: list[str] | None, task_dir: Path) -> list[str]:
         return list(prompts()["classnames"][task])
@@ -145,7 +148,7 @@ class FixedNames:
         return list(prompts()["classnames"][task]), "the built-in class list"
 
     def aliases(self) -> dict[str, str]:
-        return {}
+        return {name_key(a): name_key(b) for a, b in self.copy_aliases}
 
     def copy_names(self, names: list[str]) -> list[str]:
         return list(names)

@@ -28,7 +28,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from adamerging.datasets.tasks import PAPER_TASKS, SPLITS, TASKS, canonical_task, task_folder
+from adamerging.datasets.tasks import (
+    SPLITS,
+    TASKS,
+    canonical_task,
+    paper_size_text,
+    suite,
+    task_folder,
+)
 from adamerging.runtime.cli import command_name
 
 # open_clip architecture -> the Hugging Face CLIP name part.
@@ -40,6 +47,13 @@ HF_ARCH: dict[str, str] = {
 
 
 _MODEL_FILES = ["config.json", "*.safetensors"]
+
+# (vision tower, whole CLIP) parameter counts: the plan's sizes (float32 safetensors, 4 bytes each)
+_PARAMETERS: dict[str, tuple[int, int]] = {
+    "ViT-B-32": (87_849_216, 151_277_313),
+    "ViT-B-16": (86_192_640, 149_620_737),
+    "ViT-L-14": (303_966_208, 427_616_513),
+}
 
 
 class DownloadError(Exception):
@@ -54,6 +68,7 @@ class Fetch:
     repo_type: str  # "model" or "dataset"
     target: Path
     allow_patterns: tuple[str, ...]
+    size: str = ""  # what the plan prints: "~351 MB" (a model), "8000 test images" (a dataset)
 
 
 def plan(
@@ -70,25 +85,29 @@ def plan(
             f"--model {model!r}: the hub has FusionBench experts for {', '.join(HF_ARCH)}"
         )
     ckpt = Path(checkpoints) / "hf" / model
-    fetches = [Fetch(f"openai/{HF_ARCH[model]}", "model", ckpt / "zeroshot", tuple(_MODEL_FILES))]
+    vision, whole = (f"~{4 * n / 1e6:,.0f} MB" for n in _PARAMETERS[model])
+    fetches = [
+        Fetch(f"openai/{HF_ARCH[model]}", "model", ckpt / "zeroshot", tuple(_MODEL_FILES), whole)
+    ]
     for task in tasks:
-        fetches.append(
-            Fetch(
-                f"tanganke/{HF_ARCH[model]}_{TASKS[task].hf_expert}",
-                "model",
-                ckpt / task / "finetuned",
-                tuple(_MODEL_FILES),
-            )
-        )
+        repo = f"tanganke/{HF_ARCH[model]}_{TASKS[task].hf_expert}"
+        fetches.append(Fetch(repo, "model", ckpt / task / "finetuned", tuple(_MODEL_FILES), vision))
     for task in tasks:
+        if TASKS[task].hf_dataset is None:
+            continue
         repo, config = TASKS[task].hf_dataset
-        shards = tuple(
-            f"{config}/{split}-*.parquet" if config else f"*{split}-*.parquet" for split in splits
-        )
-        fetches.append(
-            Fetch(repo, "dataset", task_folder(task, data_location), ("README.md", *shards))
-        )
+        names = [TASKS[task].hf_test_split if split == "test" else split for split in splits]
+        shards = tuple(f"{config}/{n}-*.parquet" if config else f"*{n}-*.parquet" for n in names)
+        target = task_folder(task, data_location)
+        size = f"{paper_size_text(task)} test images"
+        fetches.append(Fetch(repo, "dataset", target, ("README.md", *shards), size))
     return fetches
+
+
+def no_copy(tasks: list[str]) -> list[str]:
+    """The tasks whose data the hub has no parquet copy of (read from torchvision's files or an
+    ImageFolder tree instead)."""
+    return [t for t in tasks if TASKS[t].hf_dataset is None]
 
 
 def _staging(target: Path) -> Path:
@@ -128,12 +147,31 @@ def fetch(item: Fetch) -> None:
     os.replace(staging, item.target)
 
 
-def main_table_command(model: str, checkpoints: str | Path, data_location: str | Path) -> str:
-    """The command that reproduces the main table on what was downloaded."""
+def main_table_command(
+    model: str, checkpoints: str | Path, data_location: str | Path, tasks: str | None = None
+) -> str:
+    """The command that reproduces the main table on what was downloaded (`tasks`: --tasks)."""
     return (
         f"python -m adamerging experiments main-table --model {model} --checkpoints"
         f" {Path(checkpoints) / 'hf'} --data-location {data_location}"
+        + (f" --tasks {tasks}" if tasks else "")
     )
+
+
+def print_plan(fetches: list[Fetch], tasks: list[str]) -> None:
+    """Every repo -> folder with its size (models) or test-set size (datasets), what is already
+    there, and the tasks the hub has no dataset copy of."""
+    for item in fetches:
+        state = "have" if item.target.exists() else "plan"
+        print(f"{state}     {item.repo_type} {item.repo_id} -> {item.target}  ({item.size})")
+    todo = [f for f in fetches if f.repo_type == "model" and not f.target.exists()]
+    total = sum(float(f.size.strip("~ MB").replace(",", "")) for f in todo)
+    print(f"{len(tasks)} tasks; models to fetch: {len(todo)}, ~{total / 1000:.1f} GB")
+    for task in no_copy(tasks):
+        print(
+            f"no copy  {task}: the hub has no parquet copy (FusionBench reads a webdataset);"
+            f" {TASKS[task].downloads}, or an ImageFolder tree <data>/{TASKS[task].folder}/test/"
+        )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -148,7 +186,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tasks",
         default=None,
-        help=f"comma-separated subset of {', '.join(PAPER_TASKS)} (default: all 8)",
+        help="comma-separated tasks, or a suite: 8, 14, 20 (TA8, TALL14, TALL20; default: 8)",
     )
     p.add_argument(
         "--checkpoints", default="checkpoints", help="models go to <checkpoints>/hf/<model>/"
@@ -175,11 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     2 on bad flags."""
     args = _parser().parse_args(argv)
     try:
-        tasks = (
-            [canonical_task(t) for t in args.tasks.split(",") if t.strip()]
-            if args.tasks
-            else list(PAPER_TASKS)
-        )
+        tasks = list(suite(args.tasks or "8") or [])
+        tasks = tasks or [canonical_task(t) for t in args.tasks.split(",") if t.strip()]
         splits = tuple(x.strip() for x in args.splits.split(",") if x.strip())
         if not splits or set(splits) - set(SPLITS):
             raise ValueError(f"--splits {args.splits!r}: expected some of {', '.join(SPLITS)}")
@@ -187,16 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - unknown task / model: one line
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for item in fetches:
+    print_plan(fetches, tasks)
+    for item in [] if args.dry_run else fetches:
         if item.target.exists():
-            print(f"have     {item.target}  ({item.repo_id})")
             continue
-        print(
-            f"{'plan' if args.dry_run else 'fetch'}    {item.repo_type} {item.repo_id} ->"
-            f" {item.target}"
-        )
-        if args.dry_run:
-            continue
+        print(f"fetch    {item.repo_type} {item.repo_id}")
         try:
             fetch(item)
         except DownloadError as e:
@@ -204,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     print(
         "Reproduce the main table with:\n  "
-        + main_table_command(args.model, args.checkpoints, args.data_location)
+        + main_table_command(args.model, args.checkpoints, args.data_location, args.tasks)
     )
     return 0
 

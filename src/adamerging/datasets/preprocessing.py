@@ -17,9 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from adamerging.datasets.hf_copies import (
-    EncodedImages,
-)
+from adamerging.datasets.hf_copies import EncodedImages
+from adamerging.datasets.suite_readers import DatasetImages
 from adamerging.datasets.tasks import Split
 from adamerging.runtime.errors import DatasetError, WriteError
 from adamerging.runtime.files import atomic_path, atomic_write
@@ -79,15 +78,17 @@ def _eight_bit(im: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(arr * (255.0 / top)), 0, 255).astype(np.uint8), "L")
 
 
-def _load_image(item: str | np.ndarray) -> Image.Image:
-    """Decode one image to RGB (`to_rgb`): a file, an encoded file (a Hugging Face dataset's bytes)
-    or a uint8 array."""
+def _load_image(item: Any) -> Image.Image:
+    """Decode one image to RGB (`to_rgb`): a file, an encoded file (a Hugging Face dataset's bytes),
+    a PIL image or a uint8 array."""
     if isinstance(item, (str, os.PathLike)):
         with Image.open(item) as im:
             return to_rgb(im)
     if isinstance(item, bytes):  # an encoded file from a Hugging Face dataset
         with Image.open(io.BytesIO(item)) as im:
             return to_rgb(im)
+    if isinstance(item, Image.Image):  # a torchvision dataset's image (suite_readers)
+        return to_rgb(item)
     return Image.fromarray(np.asarray(item, dtype=np.uint8)).convert("RGB")
 
 
@@ -128,6 +129,8 @@ def _fingerprint(split: Split, size: int) -> dict[str, Any]:
         fp["images_sha1"] = hashlib.sha1(arr.data).hexdigest()
     elif isinstance(split.images, EncodedImages):
         fp["encoded_sha1"] = split.images.sha1()  # every byte: cheap next to decoding
+    elif isinstance(split.images, DatasetImages):
+        fp["dataset_files_sha1"] = split.images.fingerprint()
     else:
         files = [str(p) for p in split.images]
         fp["first"], fp["last"] = files[0], files[-1]

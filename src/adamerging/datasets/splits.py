@@ -178,7 +178,7 @@ def read_hf_split(task: str, data_root: str | Path, split: str = "test") -> Spli
             "a Hugging Face dataset: README.md + data/<split>-*.parquet, or a save_to_disk folder",
         )
     try:
-        raw = read_hf_folder(folder, split)
+        raw = read_hf_folder(folder, TASKS[name].hf_test_split if split == "test" else split)
     except HFDatasetError as e:
         raise DatasetError(f"{name}: {e}") from e
     if len(raw.labels) == 0:

@@ -39,7 +39,8 @@ def paper_row(
     model: str, title: str, tasks: Sequence[str] | None = None
 ) -> dict[str, float] | None:
     """The paper's row `title` (our spelling) for `model`, restricted to `tasks`, or None if not
-    reported; for rows the paper lacks, a later paper's 8-task average ("reported_rows").
+    reported or `tasks` holds a task outside its 8; for rows the paper lacks, a later paper's
+    8-task average ("reported_rows").
 
     "Avg" is the paper's printed average when `tasks` are all 8 of its tasks, else the mean over
     `tasks`.
@@ -47,6 +48,8 @@ def paper_row(
     tables = paper_tables()
     row = tables.get(model, {}).get(PAPER_TITLES.get(title, title))
     tasks = list(tasks) if tasks is not None else list(tables["task_order"])
+    if not set(tasks) <= set(tables["task_order"]):
+        return None  # a merge of other tasks (a 14- or 20-task suite) is not the paper's setting
     if row is None:
         # a later paper's reported 8-task average (AdaRank, CART): only for all 8 tasks
         reported = tables["reported_rows"].get(model, {}).get(title)

@@ -153,8 +153,8 @@ class RunConfig:
     tasks: str | None = _opt(
         None,
         "data",
-        "comma-separated tasks, in coefficient-column order (default: the 8 paper tasks, or"
-        " <checkpoints>/<model>/tasks.txt)",
+        "comma-separated tasks, in coefficient-column order, or a suite: 8, 14, 20 (TA8, TALL14,"
+        " TALL20; docs/data.md) (default: the 8 paper tasks, or <checkpoints>/<model>/tasks.txt)",
     )
     test_split: str | None = _opt(
         None,

@@ -143,7 +143,7 @@ def expert_paths(config: RunConfig, tasks: Sequence[str]) -> list[Path]:
     }
     paths = []
     for task in tasks:
-        found = find_checkpoint(model_dir / task, "finetuned", config.checkpoint_format)
+        found = find_expert(model_dir, task, config.checkpoint_format)
         path = user_experts.get(task) or (found.path if found else None)
         if (
             task not in TASKS
@@ -160,11 +160,20 @@ def expert_paths(config: RunConfig, tasks: Sequence[str]) -> list[Path]:
             raise FileNotFoundError(
                 f"{task}: fine-tuned encoder not found: expected"
                 f" {path or model_dir / task / 'finetuned.pt'} (or a Hugging Face folder"
-                f" {model_dir / task / 'finetuned'}/, or --finetuned {task}=PATH)"
+                f" {model_dir / task / 'finetuned'}/, TALL masks'"
+                f" {model_dir / (task + 'Val') / 'nonlinear_finetuned.pt'}, or --finetuned"
+                f" {task}=PATH)"
                 + other_layout(model_dir / task, "finetuned", config.checkpoint_format)
             )
         paths.append(path)
     return paths
+
+
+def find_expert(model_dir: Path, task: str, fmt: str) -> Checkpoint | None:
+    """`task`'s expert under `model_dir`: <Task>/finetuned.* or a Hugging Face <Task>/finetuned/
+    folder, else TALL masks' release layout <Task>Val/nonlinear_finetuned.pt."""
+    found = find_checkpoint(model_dir / task, "finetuned", fmt)
+    return found or find_checkpoint(model_dir / f"{task}Val", "nonlinear_finetuned", fmt)
 
 
 def load_task_vectors(config: RunConfig, vectors: str = "plain") -> TaskVectorSet:
@@ -222,6 +231,9 @@ def find_base(config: RunConfig) -> Checkpoint:
     """theta_0's checkpoint: <checkpoints>/<model>/zeroshot.* or a Hugging Face zeroshot/ folder."""
     model_dir = Path(config.checkpoints) / config.model
     base = find_checkpoint(model_dir, "zeroshot", config.checkpoint_format)
+    for tall in [] if base else sorted(model_dir.glob("*Val/nonlinear_zeroshot.*")):
+        # TALL masks' release keeps a copy of theta_0 in every task's folder
+        base = base or find_checkpoint(tall.parent, "nonlinear_zeroshot", config.checkpoint_format)
     if base is None:
         raise FileNotFoundError(
             f"pretrained encoder not found: expected {model_dir}/zeroshot.pt (task-vectors layout),"

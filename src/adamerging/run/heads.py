@@ -13,7 +13,7 @@ from adamerging.checkpoints import hf
 from adamerging.checkpoints.hashing import FileHashes, checkpoint_format
 from adamerging.checkpoints.layout import Checkpoint, find_checkpoint
 from adamerging.checkpoints.loading import load_checkpoint
-from adamerging.datasets.tasks import Split
+from adamerging.datasets.tasks import TASKS, Split
 from adamerging.models.clip import (
     create_clip,
     get_tokenizer,
@@ -52,7 +52,9 @@ def load_heads(
         found = (
             None
             if config.rebuild_heads
+            # TALL masks' release names its heads head_<Task>Val.pt
             else find_checkpoint(model_dir, f"head_{task}", "task-vectors")
+            or find_checkpoint(model_dir, f"head_{task}Val", "task-vectors")
         )
         if found is None:
             missing.append(task)
@@ -140,6 +142,12 @@ def _check_head(head: Head, path: Path, task: str, width: int, classes: int, mod
     if head.num_classes != classes:
         raise CheckpointError(
             f"{path}: {task}: head has {head.num_classes} classes, the dataset has {classes}: a"
-            f" head of another task or class list; {fix}, or check the dataset copy and its"
-            " classnames.txt"
+            f" head of another task or class list{_variant(task, head.num_classes)}; {fix}, or"
+            " check the dataset copy and its classnames.txt"
         )
+
+
+def _variant(task: str, classes: int) -> str:
+    """The registry's note on another variant of `task` with `classes` classes, or ''."""
+    note = dict(TASKS[task].variants).get(classes) if task in TASKS else None
+    return f" ({note})" if note else ""

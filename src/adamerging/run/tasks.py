@@ -11,10 +11,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from adamerging.datasets.splits import read_task_split
-from adamerging.datasets.tasks import PAPER_TASKS, TASKS, Split
+from adamerging.datasets.suite_readers import SuiteReader
+from adamerging.datasets.tasks import PAPER_TASKS, TASKS, Split, suite, task_folder
 from adamerging.datasets.user_tasks import read_image_folder_task
 from adamerging.run.config import RunConfig
-from adamerging.runtime.errors import WriteError
+from adamerging.runtime.errors import DatasetError, WriteError
 from adamerging.runtime.files import require_writable
 
 log = logging.getLogger(__name__)
@@ -67,10 +68,12 @@ def default_tasks(model_dir: Path) -> list[str]:
 
 
 def parse_tasks(text: str | None, model_dir: Path) -> list[str]:
-    """'mnist,SVHN' -> ['MNIST', 'SVHN'] (paper task names matched case-insensitively); empty:
-    `default_tasks`."""
+    """'mnist,SVHN' -> ['MNIST', 'SVHN'] (built-in task names matched case-insensitively); a suite
+    ('8', '14', '20', 'TALL20'; `tasks.SUITES`) -> its tasks; empty: `default_tasks`."""
     if not text:
         return default_tasks(model_dir)
+    if suite(text) is not None:
+        return list(suite(text))
     canonical = {t.lower(): t for t in TASKS}
     tasks = [canonical.get(t.strip().lower(), t.strip()) for t in text.split(",") if t.strip()]
     repeated = sorted({t for t in tasks if tasks.count(t) > 1})
@@ -90,3 +93,25 @@ def read_task(config: RunConfig, task: str, split: str, test_dir: str | None = N
     return read_task_split(
         task, config.data_root, split, data_format=config.data_format, test_dir=test_dir
     )
+
+
+def check_data_present(config: RunConfig, tasks: Sequence[str]) -> None:
+    """One DatasetError naming every built-in task of `tasks` whose data is absent (neither its
+    task folder nor the folder torchvision reads), before any model loads."""
+    user_tasks = _named(config.task, "--task")
+    root = Path(config.data_root).expanduser()
+    gaps = []
+    for task in tasks:
+        if task in user_tasks or task not in TASKS:
+            continue
+        places = [task_folder(task, root)]
+        if isinstance(TASKS[task].reader, SuiteReader):
+            places.append(root / TASKS[task].reader.torchvision.files)
+        if not any(p.exists() for p in places):
+            gaps.append(f"{task} ({' or '.join(str(p) for p in places)})")
+    if gaps:
+        raise DatasetError(
+            f"no data for {len(gaps)} of {len(tasks)} tasks: {'; '.join(gaps)}; fetch them"
+            " (python -m adamerging download --source hf --tasks ...) or point --data-location"
+            " at them (docs/data.md)"
+        )

@@ -205,6 +205,15 @@ def bench_parser(doc: str, steps: int = 5) -> argparse.ArgumentParser:
     return p
 
 
+def bench_start(doc: str) -> tuple[argparse.Namespace, Path, dict, Path]:
+    """A bench script's start: its flags (`bench_parser`; train settings as bench_memory's), the
+    workdir, the children's environment and the logs folder (`bench_setup`)."""
+    args = bench_parser(doc).parse_args()
+    args.train_images, args.train_batch_size = 32, 32
+    env, logs = bench_setup(args)
+    return args, Path(args.workdir), env, logs
+
+
 def bench_setup(args) -> tuple[dict, Path]:
     """What a bench of method runs needs: the children's environment (--threads, the package on
     PYTHONPATH) and its logs folder; the checkpoints prepared if there are too few."""

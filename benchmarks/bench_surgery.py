@@ -60,10 +60,7 @@ def step_seconds(workdir: Path, model: str, method: str, surgery: bool) -> dict:
 
 
 def main() -> None:
-    args = bm.bench_parser(__doc__).parse_args()
-    args.train_images, args.train_batch_size = 32, 32
-    workdir = Path(args.workdir)
-    env, logs = bm.bench_setup(args)
+    args, workdir, env, logs = bm.bench_start(__doc__)
     print(f"| {args.model} x {args.num_tasks}, {args.steps} steps | peak RSS | wall | step |")
     print("|---|---|---|---|")
     for label, (method, extra) in RUNS.items():

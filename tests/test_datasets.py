@@ -217,7 +217,7 @@ def test_test_set_size_differing_from_the_paper_warns(tmp_path: Path, caplog) ->
     write_fake_dataset("MNIST", tmp_path, n_per_class=3)
     with caplog.at_level("WARNING", logger="adamerging.datasets"):
         split = read_split("MNIST", tmp_path)
-    notes = [r.getMessage() for r in caplog.records if "the paper's test set" in r.getMessage()]
+    notes = [r.getMessage() for r in caplog.records if "the published test set" in r.getMessage()]
     assert (
         len(notes) == 1
         and "MNIST: read 30 test images" in notes[0]

@@ -124,19 +124,18 @@ def test_hugging_face_copies_map_fusionbench_spellings_and_splits(tmp_path):
     assert [split.classnames[y] for y in split.labels] == ["waffles", "apple_pie"]
 
 
-def test_a_suite_with_missing_data_names_every_missing_task_before_loading(tmp_path, mini):
+def test_a_suite_with_missing_data_names_every_missing_task_before_loading(tmp_path):
     from model_fixtures import mini_argv
 
-    from adamerging.commands.pipeline import check_flags
-    from adamerging.methods.registry import method
+    from adamerging.commands.pipeline import check_inputs
     from adamerging.run.flags import build_parser, config_from_namespace
 
     write_suite_folders(tmp_path, SUITE_20[8:18])
-    argv = mini_argv(mini, tasks="20")
+    argv = mini_argv(_suite_root(tmp_path / "suite", "hf"), "--checkpoint-format", "hf", tasks="20")
     argv[argv.index("--data-location") + 1] = str(tmp_path)
     config = config_from_namespace(build_parser("task_arithmetic").parse_args(argv))
     with pytest.raises(DatasetError) as e:
-        check_flags(method("task_arithmetic"), config)
+        check_inputs(config)
     message = str(e.value)
     assert message.startswith("no data for 10 of 20 tasks: SUN397 (")
     assert all(f"{t} (" in message for t in (*PAPER_TASKS, "EMNIST", "KMNIST"))
@@ -257,10 +256,31 @@ def test_load_checks_name_a_digits_emnist_head_and_a_duplicated_expert(tmp_path,
     assert "CIFAR10 and KMNIST load the same expert" in capsys.readouterr().err
 
 
-def test_the_paper_rows_stay_8_task():
+def test_paper_rows_are_8_task_and_a_suite_gets_the_reported_averages():
+    from adamerging.commands.experiments.common import FUSIONBENCH, comparison
     from adamerging.reporting.paper import paper_row
 
     assert paper_row("ViT-B-32", "Task Arithmetic", SUITES["8"])["Avg"] == 69.1
     assert paper_row("ViT-B-32", "Task Arithmetic", SUITES["8"][:6]) is not None  # Table 4
-    assert paper_row("ViT-B-32", "Task Arithmetic", SUITE_20) is None
+    assert paper_row("ViT-B-32", "Task Arithmetic", [*SUITES["8"], "CIFAR10"]) is None
     assert paper_row("ViT-B-32", "CART", SUITE_20) is None
+    assert paper_row("ViT-L-14", "Ties-Merging", SUITES["14"]) == {"Avg": 79.5, "Norm.": 84.1}
+    ours = {"Task Arithmetic": {t: 50.0 for t in SUITE_20}}
+    rows, _ = comparison("ViT-B-32", ours, SUITE_20)
+    assert rows["Task Arithmetic (paper)"]["Avg"] == 60.5
+    assert rows["Task Arithmetic (ours - paper)"]["Avg"] == pytest.approx(50.0 - 60.5)
+    rows, _ = comparison("ViT-B-32", ours, SUITE_20, FUSIONBENCH)
+    assert list(rows) == ["Task Arithmetic"]  # FusionBench publishes 8-task averages only
+
+
+def test_an_expert_for_a_task_outside_the_suite_is_named(tmp_path, mini):
+    from model_fixtures import mini_argv
+
+    from adamerging.commands.pipeline import check_flags
+    from adamerging.methods.registry import method
+    from adamerging.run.flags import build_parser, config_from_namespace
+
+    argv = [*mini_argv(mini, tasks="14"), "--finetuned", f"CIFAR10={tmp_path / 'x.pt'}"]
+    config = config_from_namespace(build_parser("task_arithmetic").parse_args(argv))
+    with pytest.raises(ValueError, match=r"name CIFAR10, which the run does not merge"):
+        check_flags(method("task_arithmetic"), config)

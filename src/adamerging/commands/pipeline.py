@@ -30,10 +30,10 @@ from adamerging.reporting.results import package_versions, results_path, saved_i
 from adamerging.reporting.run_log import TensorBoardLog, require_tensorboard, run_folder
 from adamerging.reporting.tables import markdown_table, normalized_column
 from adamerging.run.config import RunConfig
-from adamerging.run.experts import check_resume_inputs, run_tasks
+from adamerging.run.experts import check_resume_inputs, expert_paths, find_base, run_tasks
 from adamerging.run.flags import build_parser, config_from_namespace
 from adamerging.run.problem import Problem, load_problem
-from adamerging.run.tasks import check_data_present, parse_tasks
+from adamerging.run.tasks import check_data_present, check_named_experts, parse_tasks
 from adamerging.runtime.cli import command_name, run_cli
 from adamerging.runtime.device import ieee_fp32
 from adamerging.runtime.distributed import Ranks, setup
@@ -73,6 +73,7 @@ def run(method_name: str, config: RunConfig) -> dict:
     check_flags(m, config)
     started = time.perf_counter()
     ranks, config, numerics = start(config)
+    check_inputs(config)
     job = load(m, config, ranks)
     t0 = time.perf_counter()
     outcome = m.merge(job)
@@ -107,8 +108,7 @@ def check_flags(m: Method, config: RunConfig) -> None:
     if config.resume:
         stem = config.output_dir / m.result_name(config)
         check_resume_inputs(config, [Path(f"{stem}.state.pt"), Path(f"{stem}.surgery.state.pt")])
-    eval_tasks = parse_tasks(config.eval_tasks, Path()) if config.eval_tasks else []
-    check_data_present(config, [*run_tasks(config), *eval_tasks])
+    check_named_experts(config, [*run_tasks(config), *unseen_tasks(config)])
     # where the run will write: refused now, not after the adaptation
     flag = "--run-dir" if config.run_dir else "--results-dir"
     require_writable(config.output_dir, flag, keep=False)
@@ -116,6 +116,20 @@ def check_flags(m: Method, config: RunConfig) -> None:
         merged = Path(config.save_merged)
         folder = merged if config.save_format == "hf" else merged.parent
         require_writable(folder, "--save-merged", keep=False)
+
+
+def unseen_tasks(config: RunConfig) -> list[str]:
+    """The --eval-tasks (evaluated, neither merged nor adapted on)."""
+    return parse_tasks(config.eval_tasks, Path()) if config.eval_tasks else []
+
+
+def check_inputs(config: RunConfig) -> None:
+    """Every expert and theta_0 found, then every task's data present: one-line errors naming all
+    that is missing, before any model loads (after the device checks)."""
+    tasks = run_tasks(config)
+    expert_paths(config, tasks)
+    find_base(config)
+    check_data_present(config, [*tasks, *unseen_tasks(config)])
 
 
 def start(config: RunConfig) -> tuple[Ranks, RunConfig, dict]:

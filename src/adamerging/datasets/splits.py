@@ -66,8 +66,8 @@ def read_split(
     expected = paper_size_mismatch(name, len(out)) if split == "test" and not override else None
     if expected is not None:
         log.warning(
-            "%s: read %d test images from %s; the paper's test set has %s: another copy or split of"
-            " the dataset? Accuracies are not comparable to the paper's",
+            "%s: read %d test images from %s; the published test set has %s: another copy or"
+            " split of the dataset? Accuracies are not comparable to the published ones",
             name,
             len(out),
             source,

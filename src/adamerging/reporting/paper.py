@@ -7,6 +7,7 @@ import json
 from collections.abc import Mapping, Sequence
 from importlib import resources
 
+from adamerging.datasets.tasks import SUITES
 from adamerging.reporting.tables import row_average
 
 # Our row titles that the paper spells differently.
@@ -39,8 +40,8 @@ def paper_row(
     model: str, title: str, tasks: Sequence[str] | None = None
 ) -> dict[str, float] | None:
     """The paper's row `title` (our spelling) for `model`, restricted to `tasks`, or None if not
-    reported or `tasks` holds a task outside its 8; for rows the paper lacks, a later paper's
-    8-task average ("reported_rows").
+    reported; for rows the paper lacks, a later paper's 8-task average ("reported_rows"); for
+    tasks outside its 8, a later paper's 14- or 20-task average (`suite_row`) or None.
 
     "Avg" is the paper's printed average when `tasks` are all 8 of its tasks, else the mean over
     `tasks`.
@@ -49,7 +50,8 @@ def paper_row(
     row = tables.get(model, {}).get(PAPER_TITLES.get(title, title))
     tasks = list(tasks) if tasks is not None else list(tables["task_order"])
     if not set(tasks) <= set(tables["task_order"]):
-        return None  # a merge of other tasks (a 14- or 20-task suite) is not the paper's setting
+        # a merge of other tasks is not the paper's setting; a suite's reported average, if any
+        return suite_row(model, title, tasks)
     if row is None:
         # a later paper's reported 8-task average (AdaRank, CART): only for all 8 tasks
         reported = tables["reported_rows"].get(model, {}).get(title)
@@ -60,6 +62,14 @@ def paper_row(
     if set(tasks) == set(tables["task_order"]) and "Avg" in row:
         out["Avg"] = row["Avg"]
     return out
+
+
+def suite_row(model: str, title: str, tasks: Sequence[str]) -> dict[str, float] | None:
+    """A later paper's average for row `title` on `model` when `tasks` are a 14- or 20-task suite
+    (`paper_tables.json` "reported_suites": Iso-CTS, Table 1), else None."""
+    size = next((n for n, suite in SUITES.items() if set(suite) == set(tasks)), None)
+    reported = paper_tables()["reported_suites"].get(model, {}).get(str(size), {}).get(title)
+    return dict(reported) if reported else None
 
 
 def with_paper(

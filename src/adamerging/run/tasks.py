@@ -95,6 +95,18 @@ def read_task(config: RunConfig, task: str, split: str, test_dir: str | None = N
     )
 
 
+def check_named_experts(config: RunConfig, tasks: Sequence[str]) -> None:
+    """ValueError naming every --finetuned / --task NAME that is not one of the run's `tasks` (an
+    expert for a task outside the suite would otherwise be ignored without a word)."""
+    named = {**_named(config.task, "--task"), **_named(config.finetuned, "--finetuned")}
+    outside = [name for name in named if name not in tasks]
+    if outside:
+        raise ValueError(
+            f"--finetuned / --task name {', '.join(outside)}, which the run does not merge or"
+            f" evaluate (tasks: {', '.join(tasks)}): add them to --tasks or drop them"
+        )
+
+
 def check_data_present(config: RunConfig, tasks: Sequence[str]) -> None:
     """One DatasetError naming every built-in task of `tasks` whose data is absent (neither its
     task folder nor the folder torchvision reads), before any model loads."""

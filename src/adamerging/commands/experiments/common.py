@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from adamerging.commands import pipeline
-from adamerging.datasets.tasks import paper_size_mismatch, paper_size_text
+from adamerging.datasets.tasks import PAPER_TASKS, paper_size_mismatch, paper_size_text
 from adamerging.methods.registry import METHODS
 from adamerging.reporting.paper import paper_row, paper_tables, with_paper
 from adamerging.reporting.results import package_versions
@@ -200,7 +200,9 @@ def comparison(
 ) -> tuple[dict, set[str]]:
     """Our rows with the reference row (`against`: the paper's, or FusionBench's averages) and the
     difference beside each, where it reports `model`; our rows alone for None."""
-    if against == FUSIONBENCH:
+    if against == FUSIONBENCH and not set(tasks) == set(PAPER_TASKS):
+        theirs = {}  # FusionBench publishes 8-task averages only
+    elif against == FUSIONBENCH:
         published = paper_tables()["fusionbench_hf_checkpoints_avg"].get(model, {})
         theirs = {t: {"Avg": published[t]} if t in published else None for t in ours}
     elif against == PAPER:
@@ -228,6 +230,15 @@ def _paper_lines(
     model: str, ours: Mapping[str, Mapping[str, float] | None], tasks: Sequence[str], quoted: bool
 ) -> list[str]:
     """The markdown lines on the paper's numbers: what the quoted rows are, or its averages."""
+    if quoted and not set(tasks) <= set(PAPER_TASKS):
+        return [
+            (
+                f"`(paper)`: the {len(tasks)}-task averages Marczak et al. report (Iso-CTS, arXiv"
+                " 2502.04959, Table 1) on TALL masks' experts (EMNIST: digits), for orientation;"
+                " `(ours - paper)`: our value minus theirs, in points."
+            ),
+            "",
+        ]
     if quoted:
         return [
             (

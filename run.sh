@@ -55,6 +55,8 @@ done
 finish
 
 echo "== Representation Surgery (v1, deep) on each base merge, $JOBS at a time"
+# --skip-existing reuses the base merges just made; the surgery runs are made again
+rm -f results/mini/*_surgery*.json results/mini/*_surgery*.safetensors
 SURGERY=($PY -m adamerging experiments surgery --skip-existing "${COMMON[@]}")
 for base in $($PY -c "from adamerging.commands.experiments.surgery import BASES; print(*BASES)"); do
   spawn "surgery_$base" "${SURGERY[@]}" --methods "$base"

@@ -371,3 +371,24 @@ def test_a_result_says_what_made_it(mini):
     assert len(pre["mean"]) == 3 and "257" in pre["16-bit"]
     experts = result["provenance"]["files"]["finetuned"]
     assert {r["dtype"] for r in experts.values()} == {"float32"}
+
+
+def test_git_dirty_means_code_not_the_results_a_run_writes(tmp_path):
+    import subprocess
+
+    from adamerging.reporting.results import git_source
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "results").mkdir()
+    (tmp_path / "src" / "m.py").write_text("x = 1\n")
+    (tmp_path / "results" / "r.json").write_text("{}\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "c")
+    (tmp_path / "results" / "r.json").write_text('{"accuracy": 1}\n')
+    assert git_source.__wrapped__(tmp_path / "src")["git_dirty"] is False
+    (tmp_path / "src" / "m.py").write_text("x = 2\n")
+    assert git_source.__wrapped__(tmp_path / "src")["git_dirty"] is True

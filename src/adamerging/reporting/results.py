@@ -36,7 +36,8 @@ def package_versions() -> dict[str, Any]:
 @functools.cache
 def git_source(folder: Path) -> dict[str, Any]:
     """{"git_commit", "git_dirty"} of the git checkout `folder` is in; {} outside one (an installed
-    package) or without git."""
+    package) or without git. Dirty: a tracked file outside results/ differs from the commit (the
+    results a run writes do not count)."""
 
     def git(*args: str) -> str:
         done = subprocess.run(
@@ -48,7 +49,9 @@ def git_source(folder: Path) -> dict[str, Any]:
 
     try:
         commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        dirty = bool(
+            git("status", "--porcelain", "--untracked-files=no", ":(top)", ":(top,exclude)results")
+        )
     except (OSError, subprocess.SubprocessError):
         return {}
     return {"git_commit": commit, "git_dirty": dirty}

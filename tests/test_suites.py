@@ -154,7 +154,11 @@ def test_the_download_plan_lists_all_20_tasks_with_sizes(tmp_path, capsys):
     assert download.main(["--source", "hf", "--tasks", "TALL20", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "20 tasks; models to fetch: 21, ~7.6 GB" in out and "no copy  FER2013" in out
-    assert "(~351 MB)" in out and "(25250 test images)" in out and "--tasks TALL20" in out
+    assert (
+        "(~351 MB)" in out
+        and "(test split: 25250 images; and the train split)" in out
+        and "--tasks TALL20" in out
+    )
 
 
 def _suite_root(root: Path, layout: str) -> Path:
@@ -284,3 +288,58 @@ def test_an_expert_for_a_task_outside_the_suite_is_named(tmp_path, mini):
     config = config_from_namespace(build_parser("task_arithmetic").parse_args(argv))
     with pytest.raises(ValueError, match=r"name CIFAR10, which the run does not merge"):
         check_flags(method("task_arithmetic"), config)
+
+
+def test_fer2013_files_torchvision_cannot_check_are_one_line_naming_kaggle(tmp_path):
+    folder = tmp_path / "FER2013" / "fer2013"
+    folder.mkdir(parents=True)
+    pixels = " ".join(["0"] * 48 * 48)
+    (folder / "fer2013.csv").write_text(f"emotion,pixels,Usage\n3,{pixels},PublicTest\n")
+    with pytest.raises(DatasetError) as e:  # torchvision checks the csv's md5
+        read_task_split("FER2013", tmp_path)
+    message = str(e.value)
+    assert "\n" not in message and "FER2013(" in message and "Kaggle's fer2013.csv" in message
+
+
+def test_every_missing_expert_is_named_in_one_line(tmp_path):
+    from adamerging.run.config import RunConfig
+    from adamerging.run.experts import expert_paths
+
+    config = RunConfig(model="ViT-B-32", checkpoints=str(tmp_path), tasks="14")
+    with pytest.raises(FileNotFoundError) as e:
+        expert_paths(config, list(SUITES["14"]))
+    message = str(e.value)
+    assert message.startswith("fine-tuned encoders not found for 14 of 14 tasks: SUN397 (")
+    assert "FER2013 (" in message and "nonlinear_finetuned.pt" in message
+
+
+def test_report_leaves_out_results_of_another_task_set(tmp_path, capsys):
+    import json
+
+    from adamerging.commands.report import main as report
+
+    folder = tmp_path / "mini"
+    folder.mkdir()
+    for name, tasks in [("task_arithmetic", ["MNIST", "SVHN"]), ("ties_merging", SUITE_20)]:
+        result = {"tasks": list(tasks), "accuracy": {t: 50.0 for t in tasks}, "test_data": {}}
+        (folder / f"{name}.json").write_text(json.dumps(result))
+    report(["--model", "mini", "--results-dir", str(tmp_path)])
+    table = (folder / "table.md").read_text()
+    assert "| method | MNIST | SVHN | Avg |" in table and "Ties-Merging |" not in table
+    assert "**Left out** (other tasks than these 2): ties_merging.json (20 tasks)" in table
+
+
+def test_a_head_that_cannot_be_built_is_named_before_any_checkpoint_loads(tmp_path):
+    from model_fixtures import mini_argv
+
+    from adamerging.commands.pipeline import check_inputs
+    from adamerging.run.flags import build_parser, config_from_namespace
+
+    root = _suite_root(tmp_path, "tall")
+    model = root / "checkpoints" / "mini"
+    (model / "head_CIFAR10Val.pt").unlink()
+    (model / "clip_pretrained.safetensors").unlink()
+    argv = mini_argv(root, tasks="20")
+    config = config_from_namespace(build_parser("task_arithmetic").parse_args(argv))
+    with pytest.raises(FileNotFoundError, match=r"no head for \['DTD', 'PCAM', 'CIFAR10'\]"):
+        check_inputs(config)

@@ -32,6 +32,7 @@ from adamerging.reporting.tables import markdown_table, normalized_column
 from adamerging.run.config import RunConfig
 from adamerging.run.experts import check_resume_inputs, expert_paths, find_base, run_tasks
 from adamerging.run.flags import build_parser, config_from_namespace
+from adamerging.run.heads import check_heads_buildable
 from adamerging.run.problem import Problem, load_problem
 from adamerging.run.tasks import check_data_present, check_named_experts, parse_tasks
 from adamerging.runtime.cli import command_name, run_cli
@@ -124,11 +125,13 @@ def unseen_tasks(config: RunConfig) -> list[str]:
 
 
 def check_inputs(config: RunConfig) -> None:
-    """Every expert and theta_0 found, then every task's data present: one-line errors naming all
-    that is missing, before any model loads (after the device checks)."""
+    """Every expert and theta_0 found, a head or the weights to build it for every task, every
+    task's data present: one-line errors naming all that is missing, before any model loads
+    (after the device checks)."""
     tasks = run_tasks(config)
     expert_paths(config, tasks)
     find_base(config)
+    check_heads_buildable(config, [*tasks, *unseen_tasks(config)])
     check_data_present(config, [*tasks, *unseen_tasks(config)])
 
 

@@ -23,21 +23,26 @@ from adamerging.runtime.files import atomic_write
 
 def collect_results(
     results_dir: str | Path, model: str
-) -> tuple[dict[str, dict[str, float]], list[str], dict[str, Any], list[str]]:
+) -> tuple[dict[str, dict[str, float]], list[str], dict[str, Any], list[str], list[str]]:
     """{row title: per-task accuracy} for every method result present, the task order, {row title:
-    its test data}, and the titles of the rows made on a quick mini build (provenance
-    "mini_build")."""
+    its test data}, the titles of the rows made on a quick mini build (provenance "mini_build"),
+    and the results left out because they merged other tasks than the first one found (one table
+    holds one task set: an 8-task and a 20-task run belong in separate --results-dir folders)."""
     folder = Path(results_dir) / model
-    rows, tasks, test_data, quick = {}, [], {}, []
+    rows, tasks, test_data, quick, other = {}, [], {}, [], []
     for name, title in report_rows():
         path = folder / f"{name}.json"
-        if path.is_file():
-            data = json.loads(path.read_text())
-            rows[title], test_data[title] = data["accuracy"], data.get("test_data")
-            tasks = tasks or list(data["tasks"])
-            if ((data.get("provenance") or {}).get("mini_build") or {}).get("quick"):
-                quick.append(title)
-    return rows, tasks, test_data, quick
+        if not path.is_file():
+            continue
+        data = json.loads(path.read_text())
+        if tasks and list(data["tasks"]) != tasks:
+            other.append(f"{path.name} ({len(data['tasks'])} tasks)")
+            continue
+        rows[title], test_data[title] = data["accuracy"], data.get("test_data")
+        tasks = tasks or list(data["tasks"])
+        if ((data.get("provenance") or {}).get("mini_build") or {}).get("quick"):
+            quick.append(title)
+    return rows, tasks, test_data, quick, other
 
 
 def normalized_section(
@@ -76,12 +81,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--model", default="ViT-B-32")
     p.add_argument("--results-dir", default="results")
     args = p.parse_args(argv)
-    rows, tasks, test_data, quick = collect_results(args.results_dir, args.model)
+    rows, tasks, test_data, quick, other = collect_results(args.results_dir, args.model)
     if not rows:
         raise SystemExit(f"no results under {Path(args.results_dir) / args.model}")
     rows, section = normalized_section(rows, tasks, test_data)
     table = markdown_table(rows, tasks, extra=[NORMALIZED] if section else [])
     warning = [f"**Warning**: {', '.join(quick)}: {QUICK_BUILD_NOTE}.", ""] if quick else []
+    if other:
+        warning += [
+            f"**Left out** (other tasks than these {len(tasks)}): {', '.join(other)}; keep each"
+            " task set in its own --results-dir.",
+            "",
+        ]
     print("\n".join([table, *warning]).rstrip())
     text = "\n".join(
         [

@@ -99,7 +99,9 @@ def plan(
         names = [TASKS[task].hf_test_split if split == "test" else split for split in splits]
         shards = tuple(f"{config}/{n}-*.parquet" if config else f"*{n}-*.parquet" for n in names)
         target = task_folder(task, data_location)
-        size = f"{paper_size_text(task)} test images"
+        size = f"test split: {paper_size_text(task)} images" + (
+            "; and the train split" if "train" in splits else ""
+        )
         fetches.append(Fetch(repo, "dataset", target, ("README.md", *shards), size))
     return fetches
 
@@ -170,14 +172,18 @@ def print_plan(fetches: list[Fetch], tasks: list[str]) -> None:
     for task in no_copy(tasks):
         print(
             f"no copy  {task}: the hub has no parquet copy (FusionBench reads a webdataset);"
-            f" {TASKS[task].downloads}, or an ImageFolder tree <data>/{TASKS[task].folder}/test/"
+            f" {TASKS[task].downloads}"
         )
 
 
 def _parser() -> argparse.ArgumentParser:
     """The command line of `adamerging download`."""
     p = argparse.ArgumentParser(
-        prog=command_name("adamerging download"), description=__doc__.splitlines()[0]
+        prog=command_name("adamerging download"),
+        description=(
+            "Fetch the pretrained CLIP, FusionBench's experts and the tasks' datasets from the"
+            " Hugging Face hub (the plan first: --dry-run)."
+        ),
     )
     p.add_argument(
         "--source", required=True, choices=["hf"], help="where from: the Hugging Face hub"

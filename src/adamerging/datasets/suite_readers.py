@@ -43,6 +43,14 @@ class Torchvision:
     train: tuple[tuple[str, Any], ...]
     label_names: tuple[str, ...] | None = None
     ids: bool = False
+    fetch: str | None = None  # how to get the files, where torchvision cannot download them
+
+    def how(self) -> str:
+        """How to get the files torchvision reads (messages, the download plan)."""
+        return self.fetch or (
+            f"torchvision.datasets.{self.dataset}(..., download=True) once fetches them into"
+            f" <data>/{self.files}; or fetch the Hugging Face copy (python -m adamerging download)"
+        )
 
 
 class DatasetImages(Sequence[Any]):
@@ -121,22 +129,24 @@ class SuiteReader:
 
     def open(self, root: Path, split: str, tree: Path) -> tuple[Any, str]:
         """torchvision's dataset of `split` on its files under `root` (never downloading);
-        DatasetError naming both layouts when neither is there."""
-        import torchvision.datasets as tv
+        DatasetError naming both layouts and how to get the files when neither is there."""
+        import inspect
 
-        import adamerging._torchvision_compat  # noqa: F401 - before torchvision
+        import torchvision.datasets as tv  # the package's import put its shim first
 
         spec = self.torchvision
         where = root / spec.root if spec.root else root
         kwargs = dict(spec.test if split == "test" else spec.train)
+        cls = getattr(tv, spec.dataset)
+        if "download" in inspect.signature(cls).parameters:  # FER2013 has no download
+            kwargs["download"] = False
         try:
-            return getattr(tv, spec.dataset)(str(where), download=False, **kwargs), str(where)
-        except (RuntimeError, OSError, ImportError, ValueError, KeyError) as e:
+            return cls(str(where), **kwargs), str(where)
+        except (RuntimeError, OSError, ImportError, ValueError, KeyError, TypeError) as e:
             raise DatasetError(
                 f"{self.task}: no ImageFolder tree {tree}/<class>/*, and torchvision's"
                 f" {spec.dataset}({str(where)!r}, {_args(kwargs)}) cannot read its files:"
-                f" {str(e).splitlines()[0] if str(e) else type(e).__name__}; fetch them with"
-                " torchvision (download=True) or the Hugging Face copy (adamerging download)"
+                f" {str(e).splitlines()[0] if str(e) else type(e).__name__}; {spec.how()}"
             ) from e
 
 

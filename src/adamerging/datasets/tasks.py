@@ -229,7 +229,7 @@ def suite_task(
         prompts=prompts,
         hf_test_split=hf_test_split,
         variants=variants,
-        downloads=f"torchvision.datasets.{tv.dataset} (download=True) into <data>/{tv.files}",
+        downloads=tv.how(),
     )
 
 
@@ -300,7 +300,19 @@ SUITE_TASKS: dict[str, Task] = {
         suite_task(
             "FER2013",
             "FER2013",
-            Torchvision("FER2013", "FER2013", "FER2013/fer2013", **_SPLIT, label_names=_FER_CSV),
+            Torchvision(
+                "FER2013",
+                "FER2013",
+                "FER2013/fer2013",
+                **_SPLIT,
+                label_names=_FER_CSV,
+                fetch=(
+                    "torchvision cannot download FER2013: put Kaggle's fer2013.csv (or"
+                    " icml_face_data.csv, 'Challenges in Representation Learning: Facial Expression"
+                    " Recognition') in <data>/FER2013/fer2013/, or Kaggle's image folders as"
+                    " <data>/FER2013/{test,train}/<emotion>/"
+                ),
+            ),
             7178,
             (None, "fer2013"),  # FusionBench's copy, clip-benchmark/wds_fer2013, is a webdataset
             aliases=_FER_FOLDERS,
@@ -391,7 +403,10 @@ def canonical_task(task: str) -> str:
     lookup = {t.lower(): t for t in TASKS}
     key = str(task).strip().lower()
     if key not in lookup:
-        raise DatasetError(f"unknown task {task!r}; known tasks: {', '.join(TASKS)}")
+        raise DatasetError(
+            f"unknown task {task!r}; known tasks: {', '.join(TASKS)}; or one suite: 8, 14, 20,"
+            " TA8, TALL14, TALL20"
+        )
     return lookup[key]
 
 

@@ -131,41 +131,44 @@ def load_multitask(
 
 def expert_paths(config: RunConfig, tasks: Sequence[str]) -> list[Path]:
     """Each task's fine-tuned encoder (file or HF folder): --finetuned NAME=PATH, else
-    <checkpoints>/<model>/<Task>/finetuned.*.
+    <checkpoints>/<model>/<Task>/finetuned.* (or TALL masks' <Task>Val/nonlinear_finetuned.pt).
 
-    Errors (one line): ValueError for a task that is neither a paper task nor the user's,
-    FileNotFoundError naming the expected file.
+    Errors (one line): ValueError for a task that is neither a built-in task nor the user's,
+    FileNotFoundError naming the expected file of every task whose expert is missing.
     """
     model_dir = Path(config.checkpoints) / config.model
     user_tasks = _named(config.task, "--task")
     user_experts = {
         name: Path(path) for name, path in _named(config.finetuned, "--finetuned").items()
     }
-    paths = []
+    paths, missing = [], []
     for task in tasks:
         found = find_expert(model_dir, task, config.checkpoint_format)
         path = user_experts.get(task) or (found.path if found else None)
-        if (
-            task not in TASKS
-            and task not in user_experts
-            and task not in user_tasks
-            and path is None
-        ):
+        if task not in TASKS and task not in user_experts and task not in user_tasks and not path:
             raise ValueError(
-                f"{task!r} is not one of the built-in tasks ({', '.join(TASKS)}): check its"
-                f" spelling, or give your own task with --task {task}=DIR and --finetuned"
-                f" {task}=PATH"
+                f"{task!r} is not one of the built-in tasks ({', '.join(TASKS)}) or suites (8,"
+                f" 14, 20, TA8, TALL14, TALL20): check its spelling, or give your own task with"
+                f" --task {task}=DIR and --finetuned {task}=PATH"
             )
         if path is None or not path.exists():
-            raise FileNotFoundError(
-                f"{task}: fine-tuned encoder not found: expected"
-                f" {path or model_dir / task / 'finetuned.pt'} (or a Hugging Face folder"
-                f" {model_dir / task / 'finetuned'}/, TALL masks'"
-                f" {model_dir / (task + 'Val') / 'nonlinear_finetuned.pt'}, or --finetuned"
-                f" {task}=PATH)"
-                + other_layout(model_dir / task, "finetuned", config.checkpoint_format)
-            )
+            missing.append((task, path or model_dir / task / "finetuned.pt"))
         paths.append(path)
+    if len(missing) == 1:
+        task, path = missing[0]
+        raise FileNotFoundError(
+            f"{task}: fine-tuned encoder not found: expected {path} (or a Hugging Face folder"
+            f" {model_dir / task / 'finetuned'}/, TALL masks'"
+            f" {model_dir / (task + 'Val') / 'nonlinear_finetuned.pt'}, or --finetuned"
+            f" {task}=PATH)" + other_layout(model_dir / task, "finetuned", config.checkpoint_format)
+        )
+    if missing:
+        raise FileNotFoundError(
+            f"fine-tuned encoders not found for {len(missing)} of {len(tasks)} tasks: "
+            + ", ".join(f"{task} ({path})" for task, path in missing)
+            + f"; each may also be a Hugging Face folder {model_dir}/<Task>/finetuned/, TALL"
+            f" masks' {model_dir}/<Task>Val/nonlinear_finetuned.pt, or --finetuned NAME=PATH"
+        )
     return paths
 
 
@@ -237,8 +240,9 @@ def find_base(config: RunConfig) -> Checkpoint:
     if base is None:
         raise FileNotFoundError(
             f"pretrained encoder not found: expected {model_dir}/zeroshot.pt (task-vectors layout),"
-            f" zeroshot.safetensors, or a Hugging Face folder {model_dir}/zeroshot/ with"
-            " config.json" + other_layout(model_dir, "zeroshot", config.checkpoint_format)
+            f" zeroshot.safetensors, a Hugging Face folder {model_dir}/zeroshot/ with"
+            " config.json, or TALL masks' <Task>Val/nonlinear_zeroshot.pt"
+            + other_layout(model_dir, "zeroshot", config.checkpoint_format)
         )
     return base
 

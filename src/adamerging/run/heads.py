@@ -49,13 +49,7 @@ def load_heads(
     files = {} if files is None else files
     heads, missing = {}, []
     for task in tasks:
-        found = (
-            None
-            if config.rebuild_heads
-            # TALL masks' release names its heads head_<Task>Val.pt
-            else find_checkpoint(model_dir, f"head_{task}", "task-vectors")
-            or find_checkpoint(model_dir, f"head_{task}Val", "task-vectors")
-        )
+        found = None if config.rebuild_heads else head_file(model_dir, task)
         if found is None:
             missing.append(task)
             continue
@@ -71,6 +65,21 @@ def load_heads(
     return heads
 
 
+def head_file(model_dir: Path, task: str) -> Checkpoint | None:
+    """`task`'s head file in `model_dir`: head_<Task>.pt, or TALL masks' head_<Task>Val.pt."""
+    found = find_checkpoint(model_dir, f"head_{task}", "task-vectors")
+    return found or find_checkpoint(model_dir, f"head_{task}Val", "task-vectors")
+
+
+def check_heads_buildable(config: RunConfig, tasks: Sequence[str]) -> None:
+    """FileNotFoundError (`_clip_weights`) when some task has no head file and no CLIP weights
+    are there to build one, before any checkpoint loads."""
+    model_dir = Path(config.checkpoints) / config.model
+    missing = [t for t in tasks if config.rebuild_heads or head_file(model_dir, t) is None]
+    if missing:
+        _clip_weights(config, model_dir, missing)
+
+
 def _clip_weights(config: RunConfig, model_dir: Path, missing: Sequence[str]) -> Checkpoint:
     """The full CLIP weights the missing heads are built from: --clip-weights, else
     clip_pretrained.* or a Hugging Face zeroshot/ folder (a whole CLIPModel) in `model_dir`."""
@@ -82,7 +91,8 @@ def _clip_weights(config: RunConfig, model_dir: Path, missing: Sequence[str]) ->
     )
     if found is None or not found.path.exists():
         raise FileNotFoundError(
-            f"no head for {list(missing)} ({model_dir}/head_<Task>.pt) and no CLIP weights to build"
+            f"no head for {list(missing)} ({model_dir}/head_<Task>.pt, or TALL masks'"
+            f" head_<Task>Val.pt) and no CLIP weights to build"
             " one from the text tower: put the task-vectors heads there, or pass"
             " --clip-weights (a full open_clip state dict)"
         )

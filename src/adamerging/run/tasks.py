@@ -124,6 +124,6 @@ def check_data_present(config: RunConfig, tasks: Sequence[str]) -> None:
     if gaps:
         raise DatasetError(
             f"no data for {len(gaps)} of {len(tasks)} tasks: {'; '.join(gaps)}; fetch them"
-            " (python -m adamerging download --source hf --tasks ...) or point --data-location"
-            " at them (docs/data.md)"
+            " (python -m adamerging download --source hf --tasks ...; FER2013 from Kaggle: see"
+            " docs/data.md) or point --data-location at them"
         )

@@ -10,6 +10,14 @@ from typing import Any
 from adamerging.run.config import GROUPS, RunConfig, flag_of
 
 
+class _DefaultsOnce(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's "(default: X)" only where the help text does not state its default itself."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        return text if "default" in text else super()._get_help_string(action)
+
+
 def build_parser(
     description: str = "", standalone_diagnostics: bool = False, prog: str | None = None
 ) -> argparse.ArgumentParser:
@@ -22,7 +30,7 @@ def build_parser(
     parser = argparse.ArgumentParser(
         prog=prog,
         description=description,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsOnce,
         # `--step 5` must not silently mean --steps
         allow_abbrev=False,
     )

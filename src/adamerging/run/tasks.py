@@ -109,7 +109,7 @@ def check_named_experts(config: RunConfig, tasks: Sequence[str]) -> None:
 
 def check_data_present(config: RunConfig, tasks: Sequence[str]) -> None:
     """One DatasetError naming every built-in task of `tasks` whose data is absent (neither its
-    task folder nor the folder torchvision reads), before any model loads."""
+    task folder nor the folder torchvision reads holds anything), before any model loads."""
     user_tasks = _named(config.task, "--task")
     root = Path(config.data_root).expanduser()
     gaps = []
@@ -119,7 +119,7 @@ def check_data_present(config: RunConfig, tasks: Sequence[str]) -> None:
         places = [task_folder(task, root)]
         if isinstance(TASKS[task].reader, SuiteReader):
             places.append(root / TASKS[task].reader.torchvision.files)
-        if not any(p.exists() for p in places):
+        if not any(p.is_dir() and any(p.iterdir()) for p in places):  # an empty folder is none
             gaps.append(f"{task} ({' or '.join(str(p) for p in places)})")
     if gaps:
         raise DatasetError(

@@ -2,9 +2,10 @@
 class names, test-split choices, the paper's test-set size, its Hugging Face copies, how to prepare
 it from the official downloads), and `Split`, one split of one task as read from disk.
 
-A new dataset is one `Task` record here plus its reader (`readers.py`, a function of the data root,
-the split and the test-split candidate); the rest is optional: a recipe for `prepare` and the
-names of its Hugging Face copies. Users' own tasks need no record (`user_tasks.py`, `--task`).
+A new dataset is one `Task` record (`task_record.py`) here plus its reader (`readers.py`, a
+function of the data root, the split and the test-split candidate); the rest is optional: a recipe
+for `prepare` and the names of its Hugging Face copies. The 14- and 20-task suites' 12 records are
+in `suite_tasks.py`. Users' own tasks need no record (`user_tasks.py`, `--task`).
 
 A dataset folder may carry two override files, used by miniature benchmarks with fewer classes:
 `classnames.txt` (one class name per line, replaces the class names) and `templates.txt` (one
@@ -13,7 +14,7 @@ prompt template per line with a `{c}` placeholder, replaces the task's templates
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,60 +24,17 @@ import numpy as np
 from adamerging.datasets import preparers as prep
 from adamerging.datasets import readers as read
 from adamerging.datasets.classnames import (
-    ClassNames,
     FixedNames,
     FolderNames,
     MappedNames,
     MetaNames,
 )
-from adamerging.datasets.suite_readers import SuiteReader, Torchvision
+from adamerging.datasets.suite_tasks import SUITE_TASKS
+from adamerging.datasets.task_record import Task
 from adamerging.runtime.errors import DatasetError
 
 SPLITS: tuple[str, ...] = ("test", "train")
 DATA_FORMATS: tuple[str, ...] = ("auto", "folders", "hf")
-
-
-@dataclass(frozen=True)
-class Task:
-    """Every fact of one built-in task.
-
-    `test_splits`: where the reader may take the test split from, default first (folders under the
-    task's folder, or RESISC45's list files); empty: one source. `ambiguous_test_split`: the two
-    codebases of SPEC.md read different candidates (task-vectors val/, the AdaMerging fork test/):
-    the default is the first present, with a warning when both are. `paper_test_size`: (fewest,
-    most) test images of the paper's setting read without a warning. `hf_dataset`: (hub repo,
-    config folder or None) of FusionBench's copy; `hf_expert`: the suffix of FusionBench's expert
-    repos (`tanganke/clip-vit-base-patch32_<suffix>`). `prepare`: the recipe from the official
-    downloads (`preparers.py`), `downloads`: what to download for it. `classes_at`: where the reader
-    finds the class list, relative to the task folder, when not in the split it reads (messages).
-    `prompts`: which prompt templates of data/zeroshot_prompts.json it uses (default: its own).
-    `hf_test_split`: the split of the Hugging Face copy that serves as the test split. `variants`:
-    other versions of the task a head may have been trained on, by class count (messages).
-    For the suite tasks (`suite_task`) `paper_test_size` is the test-set size TALL masks and
-    FusionBench report on.
-    """
-
-    name: str
-    folder: str
-    reader: read.Reader
-    names: ClassNames
-    paper_test_size: tuple[int, int] | None = None
-    test_splits: tuple[str, ...] = ()
-    ambiguous_test_split: bool = False
-    hf_dataset: tuple[str, str | None] | None = None
-    hf_expert: str | None = None
-    prepare: Callable[[prep.Inputs, Path], None] | None = None
-    downloads: str = ""
-    classes_at: str | None = None
-    prompts: str | None = None
-    hf_test_split: str = "test"
-    variants: tuple[tuple[int, str], ...] = ()  # (class count, what another variant is): messages
-
-    @property
-    def templates_key(self) -> str:
-        """The key of the task's prompt templates in data/zeroshot_prompts.json: `prompts`, else
-        its name in lower case."""
-        return self.prompts or self.name.lower()
 
 
 TASKS: dict[str, Task] = {
@@ -203,181 +161,6 @@ PAPER_TASKS: tuple[str, ...] = (
 )
 
 
-def suite_task(
-    name: str,
-    folder: str,
-    tv: Torchvision,
-    size: int,
-    hf: tuple[str | None, str],
-    prompts: str | None = None,
-    aliases: tuple[tuple[str, str], ...] = (),
-    hf_test_split: str = "test",
-    variants: tuple[tuple[int, str], ...] = (),
-) -> Task:
-    """A task of the 14- and 20-task suites (TALL masks; `suite_readers.py`): fixed class names
-    (with `aliases`, other spellings its copies use), read as an ImageFolder tree or by
-    torchvision's class `tv`; `size` test images; `hf`: (FusionBench's dataset repo, expert
-    suffix)."""
-    return Task(
-        name,
-        folder,
-        SuiteReader(name, folder, tv, aliases),
-        FixedNames(aliases),
-        paper_test_size=(size, size),
-        hf_dataset=(hf[0], None) if hf[0] else None,
-        hf_expert=hf[1],
-        prompts=prompts,
-        hf_test_split=hf_test_split,
-        variants=variants,
-        downloads=tv.how(),
-    )
-
-
-def _splits(key: str, test: Any, train: Any) -> dict[str, Any]:
-    return {"test": ((key, test),), "train": ((key, train),)}
-
-
-_TRAIN = _splits("train", False, True)
-_SPLIT = _splits("split", "test", "train")
-# FER2013: torchvision's label ids follow the Kaggle csv; the registry's order is FusionBench's
-_FER_CSV = ("angry", "disgusted", "fearful", "happy", "sad", "surprised", "neutral")
-_FER_FOLDERS = (("disgust", "disgusted"), ("fear", "fearful"), ("surprise", "surprised"))
-_KMNIST_HIRAGANA = tuple(
-    zip("おきすつなはまやれを", ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"))
-)
-_FLOWERS = (
-    ("globe-flower", "globe flower"),
-    ("pink-yellow dahlia?", "pink and yellow dahlia"),
-    ("ball moss", "air plant"),
-)
-
-SUITE_TASKS: dict[str, Task] = {
-    t.name: t
-    for t in [
-        suite_task(
-            "STL10",
-            "stl10",
-            Torchvision("STL10", "stl10", "stl10/stl10_binary", **_SPLIT),
-            8000,
-            ("tanganke/stl10", "stl10"),
-        ),
-        suite_task(
-            "OxfordIIITPet",
-            "OxfordIIITPet",
-            Torchvision(
-                "OxfordIIITPet",
-                "OxfordIIITPet",
-                "OxfordIIITPet/oxford-iiit-pet",
-                **_splits("split", "test", "trainval"),
-            ),
-            3669,
-            ("timm/oxford-iiit-pet", "oxford-iiit-pet"),
-        ),
-        suite_task(
-            "Flowers102",
-            "flowers102",
-            Torchvision("Flowers102", "flowers102", "flowers102/flowers-102", **_SPLIT, ids=True),
-            6149,
-            ("dpdl-benchmark/oxford_flowers102", "oxford_flowers102"),
-            aliases=_FLOWERS,
-        ),
-        suite_task(
-            "CIFAR100",
-            "cifar100",
-            Torchvision("CIFAR100", "", "cifar-100-python", **_TRAIN),
-            10000,
-            ("tanganke/cifar100", "cifar100"),
-            prompts="cifar",
-            aliases=(("cra", "crab"),),
-        ),
-        suite_task(
-            "PCAM",
-            "PCAM",
-            Torchvision("PCAM", "PCAM", "PCAM/pcam", **_SPLIT),
-            32768,
-            ("1aurent/PatchCamelyon", "pcam"),
-        ),
-        suite_task(
-            "FER2013",
-            "FER2013",
-            Torchvision(
-                "FER2013",
-                "FER2013",
-                "FER2013/fer2013",
-                **_SPLIT,
-                label_names=_FER_CSV,
-                fetch=(
-                    "torchvision cannot download FER2013: put Kaggle's fer2013.csv (or"
-                    " icml_face_data.csv, 'Challenges in Representation Learning: Facial Expression"
-                    " Recognition') in <data>/FER2013/fer2013/, or Kaggle's image folders as"
-                    " <data>/FER2013/{test,train}/<emotion>/"
-                ),
-            ),
-            7178,
-            (None, "fer2013"),  # FusionBench's copy, clip-benchmark/wds_fer2013, is a webdataset
-            aliases=_FER_FOLDERS,
-        ),
-        suite_task(
-            "CIFAR10",
-            "cifar10",
-            Torchvision("CIFAR10", "", "cifar-10-batches-py", **_TRAIN),
-            10000,
-            ("tanganke/cifar10", "cifar10"),
-            prompts="cifar",
-        ),
-        suite_task(
-            "Food101",
-            "food101",
-            Torchvision("Food101", "food101", "food101/food-101", **_SPLIT),
-            25250,
-            ("ethz/food101", "food101"),
-            hf_test_split="validation",
-        ),
-        suite_task(
-            "FashionMNIST",
-            "FashionMNIST",
-            Torchvision("FashionMNIST", "FashionMNIST", "FashionMNIST/FashionMNIST/raw", **_TRAIN),
-            10000,
-            ("zalando-datasets/fashion_mnist", "fashion_mnist"),
-            aliases=(("T - shirt / top", "T-shirt/top"),),
-        ),
-        suite_task(
-            "RenderedSST2",
-            "RenderedSST2",
-            Torchvision("RenderedSST2", "RenderedSST2", "RenderedSST2/rendered-sst2", **_SPLIT),
-            1821,
-            ("nateraw/rendered-sst2", "rendered-sst2"),
-        ),
-        suite_task(
-            "EMNIST",
-            "EMNIST",
-            Torchvision(
-                "EMNIST",
-                "EMNIST",
-                "EMNIST/EMNIST/raw",
-                test=(("split", "letters"), ("train", False)),
-                train=(("split", "letters"), ("train", True)),
-            ),
-            20800,
-            ("tanganke/emnist_letters", "emnist_letters"),
-            variants=(
-                (
-                    10,
-                    "TALL masks' EMNIST is the digits split, 10 classes; this suite's is the"
-                    " letters split, 26, as FusionBench's",
-                ),
-            ),
-        ),
-        suite_task(
-            "KMNIST",
-            "KMNIST",
-            Torchvision("KMNIST", "KMNIST", "KMNIST/KMNIST/raw", **_TRAIN),
-            10000,
-            ("tanganke/kmnist", "kmnist"),
-            aliases=_KMNIST_HIRAGANA,
-        ),
-    ]
-}
 TASKS.update(SUITE_TASKS)
 
 # The suites, in coefficient-column order: the paper's 8, then TALL masks' order

@@ -168,6 +168,7 @@ def expert_paths(config: RunConfig, tasks: Sequence[str]) -> list[Path]:
             + ", ".join(f"{task} ({path})" for task, path in missing)
             + f"; each may also be a Hugging Face folder {model_dir}/<Task>/finetuned/, TALL"
             f" masks' {model_dir}/<Task>Val/nonlinear_finetuned.pt, or --finetuned NAME=PATH"
+            + other_layout(model_dir / missing[0][0], "finetuned", config.checkpoint_format)
         )
     return paths
 

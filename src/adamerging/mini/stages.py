@@ -22,6 +22,7 @@ from adamerging.checkpoints.loading import save_state_dict
 from adamerging.datasets.tasks import TASKS
 from adamerging.mini import artefacts as A
 from adamerging.mini import layouts
+from adamerging.mini import pool as P
 from adamerging.mini import tasks as T
 from adamerging.mini import train as TR
 from adamerging.models import clip as M
@@ -42,7 +43,7 @@ def base_key(cfg: dict, seed: int) -> str:
     """Hash of everything the pretrained base depends on (the artefacts are used only when it
     matches)."""
     model_cfg = (Path(__file__).parents[1] / "models" / "configs" / "mini.json").read_text()
-    pool = {name: share for name, (_, share) in T.POOL_GROUPS.items()}
+    pool = {name: share for name, (_, share) in P.POOL_GROUPS.items()}
     keys = [
         "pool_n",
         "pretrain_steps",
@@ -158,12 +159,12 @@ def _pretrain(b: Build, tok) -> torch.nn.Module:
     if b.rebuild:  # the folder will hold exactly what this build makes
         for old in list(b.artefacts.glob("*.safetensors")) + [b.artefacts / A.MANIFEST]:
             old.unlink(missing_ok=True)
-    shares = {k: v[1] for k, v in T.POOL_GROUPS.items()}
+    shares = {k: v[1] for k, v in P.POOL_GROUPS.items()}
     pool = []
-    for gi, (name, (gen, share)) in enumerate(T.POOL_GROUPS.items()):
+    for gi, (name, (gen, share)) in enumerate(P.POOL_GROUPS.items()):
         n = int(cfg["pool_n"] * share / sum(shares.values()))
         (x, y), names = gen(np.random.default_rng([seed, 100 + gi]), n)
-        pool.append(dict(name=name, images=x, labels=y, names=names, templates=T.POOL_TEMPLATES))
+        pool.append(dict(name=name, images=x, labels=y, names=names, templates=P.POOL_TEMPLATES))
     b.log(
         f"  pretraining pool: {sum(len(p['labels']) for p in pool)} images in {len(pool)}"
         " caption groups"

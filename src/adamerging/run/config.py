@@ -135,7 +135,9 @@ class RunConfig:
     checkpoints: str = _opt(
         "checkpoints",
         "data",
-        "root holding <model>/zeroshot.pt, <model>/<Task>/finetuned.pt, <model>/head_<Task>.pt",
+        "root holding <model>/zeroshot.pt, <model>/<Task>/finetuned.pt, <model>/head_<Task>.pt"
+        " (or Hugging Face folders <model>/zeroshot/, <model>/<Task>/finetuned/, or TALL masks'"
+        " <model>/<Task>Val/nonlinear_finetuned.pt; docs/checkpoints.md)",
     )
     data_location: str | None = _opt(
         None, "data", "root of the datasets (default: data/, or data/mini for --model mini)"

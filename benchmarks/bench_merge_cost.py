@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch  # noqa: E402
 
-import adamerging  # noqa: E402,F401  (first: its THP_MEM_ALLOC_ENABLE default must precede torch, as in the scripts)
+# first: its THP_MEM_ALLOC_ENABLE default must precede torch, as in the scripts
+import adamerging  # noqa: E402,F401
 from adamerging.merging.task_vectors import merge_entry  # noqa: E402
 from adamerging.methods.adamerging import Lambdas  # noqa: E402
 from adamerging.models.clip import VISUAL_PREFIX, create_clip, encoder_state_dict  # noqa: E402

@@ -44,7 +44,12 @@ sys.path.insert(0, str(ROOT / "src"))
 import torch  # noqa: E402
 
 from adamerging.merging.encoder import MergedEncoder  # noqa: E402
-from adamerging.methods.adamerging import AdaMerging, Lambdas, adamerge, adamerging_step  # noqa: E402
+from adamerging.methods.adamerging import (  # noqa: E402
+    AdaMerging,
+    Lambdas,
+    adamerge,
+    adamerging_step,
+)
 from adamerging.methods.loop import AdaptationStopped  # noqa: E402
 from adamerging.methods.plan import plan_for  # noqa: E402
 from adamerging.models.evaluation import Normalizer, evaluate_accuracy  # noqa: E402

@@ -328,7 +328,8 @@ def test_hostile_legacy_container_files_are_refused_and_run_nothing(tmp_path):
 
     # 2. the container's module id naming os.system as the "class", which the pickle then calls
     def module_id(obj):
-        return ("module", os.system, "x.py", "source") if obj is _ContainerClass else None  # noqa: E731
+        is_class = obj is _ContainerClass
+        return ("module", os.system, "x.py", "source") if is_class else None
 
     (tmp_path / "evil_module_id.pt").write_bytes(
         _legacy_container(_ContainerClass(f"touch {marker}"), module_id)

@@ -9,6 +9,7 @@ import os
 # off.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
-from adamerging import _torchvision_compat  # noqa: E402,F401  (must run before anything imports torchvision)
+# must run before anything imports torchvision
+from adamerging import _torchvision_compat  # noqa: E402,F401
 
 __version__ = "0.1.0"

@@ -52,9 +52,8 @@ _SPLIT = _splits("split", "test", "train")
 # FER2013: torchvision's label ids follow the Kaggle csv; the registry's order is FusionBench's
 _FER_CSV = ("angry", "disgusted", "fearful", "happy", "sad", "surprised", "neutral")
 _FER_FOLDERS = (("disgust", "disgusted"), ("fear", "fearful"), ("surprise", "surprised"))
-_KMNIST_HIRAGANA = tuple(
-    zip("おきすつなはまやれを", ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"))
-)
+_KMNIST_ROMAJI = ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo")
+_KMNIST_HIRAGANA = tuple(zip("おきすつなはまやれを", _KMNIST_ROMAJI))
 _FLOWERS = (
     ("globe-flower", "globe flower"),
     ("pink-yellow dahlia?", "pink and yellow dahlia"),

@@ -51,7 +51,8 @@ def require_tensorboard() -> None:
     """ValueError (one line) unless the `tensorboard` package that torch.utils.tensorboard writes
     with is installed."""
     try:
-        import torch.utils.tensorboard  # noqa: F401  (raises ImportError without the tensorboard package)
+        # raises ImportError without the tensorboard package
+        import torch.utils.tensorboard  # noqa: F401
     except ImportError:
         raise ValueError(
             f"--tensorboard needs the tensorboard package, which is not installed: {INSTALL}"

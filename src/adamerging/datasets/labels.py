@@ -57,6 +57,7 @@ def map_labels_to_head(
     head_names: list[str],
     origin: str,
     where: str,
+    partial: bool = False,
 ) -> np.ndarray:
     """Labels re-indexed from the dataset's class order onto the head's (`head_names`), matched by
     name.
@@ -65,11 +66,15 @@ def map_labels_to_head(
     (EuroSAT's folder names, `AnnualCrop`, as their prompt names). Class names that are the integers
     0..C-1 are class ids (GTSRB's, MNIST's). Anything else that does not match one to one raises a
     one-line DatasetError naming the first mismatching names: evaluating with silently permuted
-    labels is never an option.
+    labels is never an option. `partial`: the dataset may hold some of the classes only (an
+    ImageFolder tree, torchvision's EMNIST letters with its unused `N/A`): every class a label
+    uses must match a head class, by name, alias or class id; the others are ignored.
     """
     aliases = TASKS[task].names.aliases() if task in TASKS else {}
     keys = [aliases.get(name_key(n), name_key(n)) for n in dataset_names]
     head_index = {name_key(n): i for i, n in enumerate(head_names)}
+    if partial:
+        return _map_partial(task, dataset_names, keys, labels, head_index, origin, where)
     if len(head_index) != len(head_names) or len(set(keys)) != len(keys):
         raise DatasetError(
             f"{task}: duplicate class names in"
@@ -91,3 +96,24 @@ def map_labels_to_head(
         f" first only in the head: {only_head}; list the dataset's class names in the head's order"
         " in classnames.txt of the task folder"
     )
+
+
+def _map_partial(
+    task: str,
+    names: list[str],
+    keys: list[str],
+    labels: np.ndarray,
+    head_index: dict[str, int],
+    origin: str,
+    where: str,
+) -> np.ndarray:
+    """`map_labels_to_head` for a dataset holding some of the head's classes."""
+    count = len(head_index)
+    ids = [head_index.get(k, int(k) if k.isdigit() and int(k) < count else -1) for k in keys]
+    unknown = [names[i] for i in np.unique(labels) if ids[i] < 0]
+    if unknown:
+        raise DatasetError(
+            f"{task}: the classes {unknown[:5]} of {where} match none of the {count} classes of"
+            f" {origin} (by name, alias or class id): name the class folders after those"
+        )
+    return np.asarray(ids, dtype=np.int64)[labels]

@@ -51,6 +51,10 @@ def read_split(
     raw, labels, images, source = TASKS[name].reader(root, split, test_split)
     if len(labels) == 0:
         raise DatasetError(f"{name}: {source} holds no images for the {split} split")
+    if TASKS[name].labels_by_name and raw is not None:
+        head, origin = head_classnames(name, task_dir, raw)
+        labels = map_labels_to_head(name, raw, labels, head, origin, source, partial=True)
+        raw = None
     classnames = _classnames(name, task_dir, raw, labels, source)
     out = Split(
         task=name,

@@ -9,8 +9,8 @@ torchvision's own dataset class on the files it downloads.
   layout, its labels mapped onto the registry's class order by name where its order differs
   (FER2013's csv order, EMNIST letters' 1..26).
 
-Either way the labels index the registry's class list (`data/zeroshot_prompts.json`), which is the
-class order of the zero-shot heads.
+Either way the reader names the classes of its labels, and `splits.read_split` matches them by
+name onto the registry's class list (`data/zeroshot_prompts.json`), the zero-shot heads' order.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 
-from adamerging.datasets.classnames import name_key, prompts
 from adamerging.datasets.folders import image_folder
 from adamerging.runtime.errors import DatasetError
 
@@ -77,55 +76,27 @@ class DatasetImages(Sequence[Any]):
         return h.hexdigest()
 
 
-def class_index(task: str, aliases: dict[str, str]) -> dict[str, int]:
-    """{name key: class id} of the registry's class list, its aliases included."""
-    index = {name_key(n): i for i, n in enumerate(prompts()["classnames"][task])}
-    index.update({a: index[b] for a, b in aliases.items() if b in index})
-    return index
-
-
-def remap(task: str, names: list[str], labels: np.ndarray, where: str, aliases: dict) -> np.ndarray:
-    """`labels` (indices into `names`) as the registry's class ids, matched by name (or a name that
-    is the class id itself); DatasetError naming the classes that match none."""
-    index = class_index(task, aliases)
-    count = len(prompts()["classnames"][task])
-    ids = []
-    for n in names:
-        key = name_key(n)
-        ids.append(index.get(key, int(key) if key.isdigit() and int(key) < count else -1))
-    used = np.unique(labels)
-    unknown = [names[i] for i in used if ids[i] < 0]
-    if unknown:
-        raise DatasetError(
-            f"{task}: the classes {unknown[:5]} of {where} are none of {task}'s"
-            f" {count} classes ({', '.join(prompts()['classnames'][task][:5])}, ...); name the"
-            " class folders after the classes or their ids"
-        )
-    return np.asarray(ids, dtype=np.int64)[labels]
-
-
 @dataclass(frozen=True)
 class SuiteReader:
-    """The `tasks.Reader` of one suite task (module docstring): `(data root, split, None) -> Raw`
-    with the labels already in the registry's class order (raw class list None)."""
+    """The `tasks.Reader` of one suite task (module docstring): `(data root, split, None) -> Raw`;
+    the raw class list names the classes of the labels (the class folders, torchvision's classes
+    or `label_names`), which `splits.read_split` matches to the registry's by name (the task's
+    `labels_by_name`); None where the labels are the class ids already."""
 
     task: str
     folder: str
     torchvision: Torchvision
-    aliases: tuple[tuple[str, str], ...] = ()
 
     def __call__(self, root: Path, split: str, test_dir: str | None) -> tuple:
         tree = root / self.folder / split
-        aliases = {name_key(a): name_key(b) for a, b in self.aliases}
         if tree.is_dir():
             classes, labels, paths = image_folder(self.task, tree, f"{tree}/<class>/*")
-            return None, remap(self.task, classes, labels, str(tree), aliases), paths, str(tree)
+            return classes, labels, paths, str(tree)
         dataset, where = self.open(root, split, tree)
-        labels = _labels(dataset)
-        names = self.torchvision.label_names or getattr(dataset, "classes", None)
-        if names is not None and not self.torchvision.ids:
-            labels = remap(self.task, list(names), labels, where, aliases)
-        return None, labels, DatasetImages(dataset, Path(where)), where
+        spec = self.torchvision
+        names = None if spec.ids else spec.label_names or getattr(dataset, "classes", None)
+        names = list(names) if names is not None else None
+        return names, _labels(dataset), DatasetImages(dataset, Path(where)), where
 
     def open(self, root: Path, split: str, tree: Path) -> tuple[Any, str]:
         """torchvision's dataset of `split` on its files under `root` (never downloading);

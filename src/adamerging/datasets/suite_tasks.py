@@ -31,13 +31,14 @@ def suite_task(
     return Task(
         name,
         folder,
-        SuiteReader(name, folder, tv, aliases),
+        SuiteReader(name, folder, tv),
         FixedNames(aliases),
         paper_test_size=(size, size),
         hf_dataset=(hf[0], None) if hf[0] else None,
         hf_expert=hf[1],
         prompts=prompts,
         hf_test_split=hf_test_split,
+        labels_by_name=True,
         variants=variants,
         downloads=tv.how(),
     )

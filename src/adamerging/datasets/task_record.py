@@ -46,6 +46,8 @@ class Task:
     classes_at: str | None = None
     prompts: str | None = None
     hf_test_split: str = "test"
+    # the reader's raw class list names the classes of its labels, matched to the head's by name
+    labels_by_name: bool = False
     variants: tuple[tuple[int, str], ...] = ()  # (class count, what another variant is): messages
 
     @property

@@ -46,7 +46,7 @@ HF_ARCH: dict[str, str] = {
 }
 
 
-_MODEL_FILES = ["config.json", "*.safetensors"]
+_MODEL_FILES = ("config.json", "*.safetensors")
 
 # (vision tower, whole CLIP) parameter counts: the plan's sizes (float32 safetensors, 4 bytes each)
 _PARAMETERS: dict[str, tuple[int, int]] = {
@@ -69,6 +69,7 @@ class Fetch:
     target: Path
     allow_patterns: tuple[str, ...]
     size: str = ""  # what the plan prints: "~351 MB" (a model), "8000 test images" (a dataset)
+    nbytes: int = 0  # a model's float32 weights (the plan's total)
 
 
 def plan(
@@ -85,13 +86,13 @@ def plan(
             f"--model {model!r}: the hub has FusionBench experts for {', '.join(HF_ARCH)}"
         )
     ckpt = Path(checkpoints) / "hf" / model
-    vision, whole = (f"~{4 * n / 1e6:,.0f} MB" for n in _PARAMETERS[model])
+    vision, whole = (4 * n for n in _PARAMETERS[model])
     fetches = [
-        Fetch(f"openai/{HF_ARCH[model]}", "model", ckpt / "zeroshot", tuple(_MODEL_FILES), whole)
+        Fetch(f"openai/{HF_ARCH[model]}", "model", ckpt / "zeroshot", _MODEL_FILES, *_mb(whole))
     ]
     for task in tasks:
         repo = f"tanganke/{HF_ARCH[model]}_{TASKS[task].hf_expert}"
-        fetches.append(Fetch(repo, "model", ckpt / task / "finetuned", tuple(_MODEL_FILES), vision))
+        fetches.append(Fetch(repo, "model", ckpt / task / "finetuned", _MODEL_FILES, *_mb(vision)))
     for task in tasks:
         if TASKS[task].hf_dataset is None:
             continue
@@ -104,6 +105,11 @@ def plan(
         )
         fetches.append(Fetch(repo, "dataset", target, ("README.md", *shards), size))
     return fetches
+
+
+def _mb(nbytes: int) -> tuple[str, int]:
+    """(the plan's size text, the bytes) of a model's weights."""
+    return f"~{nbytes / 1e6:,.0f} MB", nbytes
 
 
 def no_copy(tasks: list[str]) -> list[str]:
@@ -167,8 +173,8 @@ def print_plan(fetches: list[Fetch], tasks: list[str]) -> None:
         state = "have" if item.target.exists() else "plan"
         print(f"{state}     {item.repo_type} {item.repo_id} -> {item.target}  ({item.size})")
     todo = [f for f in fetches if f.repo_type == "model" and not f.target.exists()]
-    total = sum(float(f.size.strip("~ MB").replace(",", "")) for f in todo)
-    print(f"{len(tasks)} tasks; models to fetch: {len(todo)}, ~{total / 1000:.1f} GB")
+    total = sum(f.nbytes for f in todo)
+    print(f"{len(tasks)} tasks; models to fetch: {len(todo)}, ~{total / 1e9:.1f} GB")
     for task in no_copy(tasks):
         print(
             f"no copy  {task}: the hub has no parquet copy (FusionBench reads a webdataset);"

@@ -200,7 +200,7 @@ def comparison(
 ) -> tuple[dict, set[str]]:
     """Our rows with the reference row (`against`: the paper's, or FusionBench's averages) and the
     difference beside each, where it reports `model`; our rows alone for None."""
-    if against == FUSIONBENCH and not set(tasks) == set(PAPER_TASKS):
+    if against == FUSIONBENCH and set(tasks) != set(PAPER_TASKS):
         theirs = {}  # FusionBench publishes 8-task averages only
     elif against == FUSIONBENCH:
         published = paper_tables()["fusionbench_hf_checkpoints_avg"].get(model, {})

@@ -30,11 +30,17 @@ from adamerging.reporting.results import package_versions, results_path, saved_i
 from adamerging.reporting.run_log import TensorBoardLog, require_tensorboard, run_folder
 from adamerging.reporting.tables import markdown_table, normalized_column
 from adamerging.run.config import RunConfig
-from adamerging.run.experts import check_resume_inputs, expert_paths, find_base, run_tasks
+from adamerging.run.experts import (
+    check_resume_inputs,
+    expert_paths,
+    find_base,
+    run_tasks,
+    unseen_tasks,
+)
 from adamerging.run.flags import build_parser, config_from_namespace
 from adamerging.run.heads import check_heads_buildable
 from adamerging.run.problem import Problem, load_problem
-from adamerging.run.tasks import check_data_present, check_named_experts, parse_tasks
+from adamerging.run.tasks import check_data_present, check_named_experts
 from adamerging.runtime.cli import command_name, run_cli
 from adamerging.runtime.device import ieee_fp32
 from adamerging.runtime.distributed import Ranks, setup
@@ -117,11 +123,6 @@ def check_flags(m: Method, config: RunConfig) -> None:
         merged = Path(config.save_merged)
         folder = merged if config.save_format == "hf" else merged.parent
         require_writable(folder, "--save-merged", keep=False)
-
-
-def unseen_tasks(config: RunConfig) -> list[str]:
-    """The --eval-tasks (evaluated, neither merged nor adapted on)."""
-    return parse_tasks(config.eval_tasks, Path()) if config.eval_tasks else []
 
 
 def check_inputs(config: RunConfig) -> None:

@@ -231,6 +231,11 @@ def run_tasks(config: RunConfig) -> list[str]:
     return list(user_tasks)
 
 
+def unseen_tasks(config: RunConfig) -> list[str]:
+    """The --eval-tasks (evaluated with the merged model, neither merged nor adapted on)."""
+    return parse_tasks(config.eval_tasks, Path()) if config.eval_tasks else []
+
+
 def find_base(config: RunConfig) -> Checkpoint:
     """theta_0's checkpoint: <checkpoints>/<model>/zeroshot.* or a Hugging Face zeroshot/ folder."""
     model_dir = Path(config.checkpoints) / config.model

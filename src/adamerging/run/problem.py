@@ -28,9 +28,9 @@ from adamerging.models.clip import (
 from adamerging.models.evaluation import Normalizer
 from adamerging.models.heads import Head
 from adamerging.run.config import RunConfig
-from adamerging.run.experts import load_task_vectors
+from adamerging.run.experts import load_task_vectors, unseen_tasks
 from adamerging.run.heads import load_heads
-from adamerging.run.tasks import _named, cache_dir, parse_tasks, read_task
+from adamerging.run.tasks import _named, cache_dir, read_task
 
 
 @dataclass
@@ -84,9 +84,7 @@ def load_problem(
     loaded = load_task_vectors(config, vectors)
     timings["load_checkpoints"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    model_dir = Path(config.checkpoints) / config.model
-    named = parse_tasks(config.eval_tasks, model_dir) if config.eval_tasks else []
-    unseen = [t for t in named if t not in loaded.tasks]
+    unseen = [t for t in unseen_tasks(config) if t not in loaded.tasks]
     everything = loaded.tasks + unseen
     splits, templates = test_splits(config, everything)
     timings["load_data"] = time.perf_counter() - t0
